@@ -1,0 +1,118 @@
+"""The counter store: atomic integer counters for limits, budgets and reservations.
+
+Every check that protects money is a *check-and-apply* done in one atomic step, across every
+gateway process: with Redis one Lua script (one round trip), in the embedded store one
+synchronous function on the event loop (no ``await`` between the check and the write).
+
+Data model: a counter lives at ``(key, field)``: a hash key and a field inside it. Keys of one
+account share a hash tag (``{a42}``) so that every script touching one account stays in one
+Redis Cluster slot; :func:`account_key` builds them. A missing field reads as ``None`` (not
+zero) so callers can tell "never loaded" from "zero" and load it from Postgres first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import msgspec
+
+
+class Check(msgspec.Struct, frozen=True):
+    """Add ``delta`` to ``key/field`` only if the result stays within bounds.
+
+    The bound is ``value + delta <= cap`` where ``cap`` is the literal ``limit`` or, when
+    ``limit_field`` is set, the current value of that field in the same key (for example
+    ``held + amount <= balance``). ``must_exist``: a missing field fails the whole apply with
+    ``missing`` set instead of reading as zero. ``ttl_ms`` sets the key's expiry when the
+    apply creates the key (fixed windows for rate limits); ``0`` leaves the expiry alone.
+    A negative ``delta`` is never refused by the bound (releasing is always allowed).
+    """
+
+    key: str
+    field: str
+    delta: int
+    limit: int | None = None
+    limit_field: str | None = None
+    must_exist: bool = False
+    ttl_ms: int = 0
+
+
+class Adjust(msgspec.Struct, frozen=True):
+    """Unconditionally add ``delta`` to ``key/field`` (creating it at zero)."""
+
+    key: str
+    field: str
+    delta: int
+    ttl_ms: int = 0
+
+
+class ApplyResult(msgspec.Struct, frozen=True):
+    """Outcome of :meth:`CounterStore.apply`.
+
+    ``ok``: every delta was applied. Otherwise nothing was applied, ``failed`` is the index of
+    the first failing check, ``missing`` says whether it failed for a missing field (load it
+    and retry) rather than its bound, ``value`` and ``cap`` are that check's current value and
+    effective cap (``None`` when missing), so callers can say how much would still fit.
+    """
+
+    ok: bool
+    failed: int = -1
+    missing: bool = False
+    value: int | None = None
+    cap: int | None = None
+
+
+class CounterStore(Protocol):
+    """Atomic counters shared by every gateway process (Redis) or by one process (embedded)."""
+
+    async def apply(self, checks: Sequence[Check]) -> ApplyResult:
+        """Check every bound, then apply every delta, atomically; all or nothing."""
+        ...
+
+    async def adjust(self, adjustments: Sequence[Adjust]) -> None:
+        """Apply unconditional deltas atomically in one round trip."""
+        ...
+
+    async def get(self, key: str, field: str) -> int | None:
+        """The field's value, ``None`` when the key or field does not exist."""
+        ...
+
+    async def get_all(self, key: str) -> dict[str, int]:
+        """Every field of a key (empty when the key does not exist)."""
+        ...
+
+    async def set_if(
+        self,
+        key: str,
+        values: Mapping[str, int],
+        guard_field: str,
+        guard_value: int | None,
+    ) -> bool:
+        """Set ``values`` only if ``guard_field`` still equals ``guard_value`` (``None``: absent).
+
+        Used to refresh a mirrored value from Postgres without overwriting a concurrent
+        settlement: the caller reads the guard (a generation counter) before its query.
+        """
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove a key and all its fields."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`CounterStoreUnavailable` if the store cannot answer."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+        ...
+
+
+class CounterStoreUnavailable(Exception):
+    """The store could not answer; money checks must fail closed on this."""
+
+
+def account_key(prefix: str, account_id: int, name: str) -> str:
+    """A key inside the account's hash slot: ``{prefix}{a<id>}:<name>``."""
+    return f"{prefix}{{a{account_id}}}:{name}"

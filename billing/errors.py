@@ -1,0 +1,43 @@
+"""Errors of metering and credits; each carries its HTTP status and OpenAI ``error.code``."""
+
+from __future__ import annotations
+
+
+class BillingError(Exception):
+    status_code = 402
+    type = "insufficient_quota"
+    code = "insufficient_credits"
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InsufficientCredits(BillingError):
+    code = "insufficient_credits"
+
+
+class SpendingLimitExceeded(BillingError):
+    code = "spending_limit_exceeded"
+
+
+class ModelNotPriced(BillingError):
+    status_code = 400
+    type = "invalid_request_error"
+    code = "model_not_priced"
+
+
+class BillingUnavailable(BillingError):
+    """Redis or Postgres could not answer a money check: fail closed."""
+
+    status_code = 503
+    type = "api_error"
+    code = "billing_unavailable"
+    retryable = True
+
+
+class AccountNotFound(BillingError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "account_not_found"

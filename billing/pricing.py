@@ -1,0 +1,77 @@
+"""Prices of models in micro-credits per token, and the cost of a request's usage.
+
+Config gives USD per million tokens as decimal strings. One USD buys ``credits_per_usd``
+credits, so USD/Mtok × credits_per_usd is exactly micro-credits per token; the markup is
+applied once here. Rates stay ``Decimal`` (sub-micro prices exist) and only a request's total
+is rounded, upwards.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from billing.money import ceil_micro
+from providers.base import Usage
+
+__all__ = ["ModelPrice", "Usage"]
+
+
+class ModelPrice(msgspec.Struct, frozen=True):
+    """Micro-credits per token (markup included)."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+    cache_write: Decimal
+
+    @classmethod
+    def from_usd_per_mtok(
+        cls,
+        *,
+        input_usd: str,
+        output_usd: str,
+        cached_input_usd: str = "",
+        cache_write_usd: str = "",
+        credits_per_usd: int,
+        markup_percent: str = "0",
+    ) -> ModelPrice:
+        factor = Decimal(credits_per_usd) * (Decimal(1) + Decimal(markup_percent) / Decimal(100))
+        input_rate = Decimal(input_usd) * factor
+        return cls(
+            input=input_rate,
+            output=Decimal(output_usd) * factor,
+            # Providers without a cache discount bill cached tokens as plain input.
+            cached_input=Decimal(cached_input_usd) * factor if cached_input_usd else input_rate,
+            cache_write=Decimal(cache_write_usd) * factor if cache_write_usd else input_rate,
+        )
+
+    def cost_micro(self, usage: Usage) -> int:
+        """What ``usage`` costs, rounded up to a whole micro-credit.
+
+        ``input_tokens`` includes cached tokens (OpenAI's convention), so those are billed at
+        the cached rate instead of the input rate.
+        """
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        uncached = usage.input_tokens - cached
+        total = (
+            uncached * self.input
+            + cached * self.cached_input
+            + usage.cache_write_tokens * self.cache_write
+            + usage.output_tokens * self.output
+        )
+        return ceil_micro(total)
+
+    def worst_case_micro(self, input_tokens: int, max_output_tokens: int) -> int:
+        """The most a request can cost: every input token uncached, every output token used."""
+        return ceil_micro(input_tokens * self.input + max_output_tokens * self.output)
+
+    def affordable_output_tokens(self, input_tokens: int, available_micro: int) -> int:
+        """The largest ``max_tokens`` whose worst case fits in ``available_micro``."""
+        left = Decimal(available_micro) - input_tokens * self.input
+        if left < 0:
+            return 0
+        if self.output == 0:
+            return 2**31 - 1
+        return int(left // self.output)

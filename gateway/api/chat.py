@@ -1,0 +1,21 @@
+"""``/v1/chat/completions``: a thin controller over :mod:`gateway.pipeline.chat`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from gateway.errors import remember_request_id
+from gateway.pipeline.chat import chat_completions, new_request_id
+from gateway.state import GatewayState
+
+
+@post("/v1/chat/completions", status_code=200, sync_to_thread=False)
+async def create_chat_completion(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    state: GatewayState = request.app.state.gateway
+    request_id = new_request_id()
+    remember_request_id(request, request_id)
+    raw_body = await request.body()
+    return await chat_completions(state, request.headers, raw_body, request_id)

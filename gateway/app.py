@@ -1,0 +1,75 @@
+"""The Litestar application factory.
+
+``create_app(settings)`` builds nothing itself: the lifespan opens the database engine, the
+counter store and one HTTP client per upstream when the server starts, and closes them when
+it stops, so importing this module (or building an app in a test) has no side effects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.exceptions import HTTPException
+
+from billing.counters import build_counter_store
+from billing.metering import Meter
+from gateway.api.chat import create_chat_completion
+from gateway.api.health import healthz, readyz
+from gateway.catalog import build_adapters, build_catalog
+from gateway.db import create_engine, create_sessionmaker
+from gateway.errors import (
+    DOMAIN_ERRORS,
+    handle_domain_error,
+    handle_http_exception,
+    handle_unexpected,
+)
+from gateway.settings import Settings, load_settings
+from gateway.state import GatewayState
+from keys.service import KeyResolver
+
+
+def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)
+        sessionmaker = create_sessionmaker(engine)
+        counters = build_counter_store(settings.redis_url)
+        adapters = build_adapters(settings, env)
+        app.state.gateway = GatewayState(
+            settings=settings,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            counters=counters,
+            meter=Meter(counters, sessionmaker, prefix=settings.redis_prefix, refresh_s=settings.balance_refresh_s),
+            keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s),
+            catalog=build_catalog(settings),
+            adapters=adapters,
+        )
+        try:
+            yield
+        finally:
+            for adapter in adapters.values():
+                await adapter.aclose()
+            await counters.close()
+            await engine.dispose()
+
+    exception_handlers: dict[type[Exception] | int, object] = {
+        error_type: handle_domain_error for error_type in DOMAIN_ERRORS
+    }
+    exception_handlers[HTTPException] = handle_http_exception
+    exception_handlers[Exception] = handle_unexpected
+    return Litestar(
+        route_handlers=[create_chat_completion, healthz, readyz],
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        openapi_config=None,
+        debug=False,
+    )
+
+
+def app_from_environment() -> Litestar:
+    """Factory for server workers: settings come from ``TOLLWAY_CONFIG`` and ``TOLLWAY_*``."""
+    return create_app(load_settings(env=os.environ))

@@ -1,0 +1,227 @@
+"""The ``tollway`` command line: serve, migrate, and operate accounts, keys and credits.
+
+Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
+non-zero exit code (2 for bad input or configuration, 1 for anything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.accounts import AccountExists, create_account, get_account, grant_credits, list_accounts
+from billing.errors import AccountNotFound
+from billing.money import MoneyError, credits_to_micro, format_credits
+from gateway.db import create_engine, create_sessionmaker, migrate
+from gateway.settings import Settings, SettingsError, load_settings
+from keys.service import create_key
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed without a traceback, exit code 2."""
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(text)
+
+
+async def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[None]]) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            await work(session)
+    finally:
+        await engine.dispose()
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return load_settings(args.config, **overrides)
+
+
+def _parse_credits(value: str) -> int:
+    try:
+        micro = credits_to_micro(value)
+    except MoneyError as error:
+        raise CommandError(str(error)) from error
+    return micro
+
+
+def _account_json(account: Any) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "name": account.name,
+        "email": account.email,
+        "status": account.status,
+        "balance": format_credits(account.balance_micro),
+        "created_at": account.created_at.isoformat(),
+    }
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    asyncio.run(migrate(settings.database_url))
+    _emit(args, {"migrated": True}, "database is up to date")
+
+
+def cmd_accounts_create(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    credits = _parse_credits(args.credits)
+    if credits < 0:
+        raise CommandError("--credits cannot be negative")
+
+    async def work(session: AsyncSession) -> None:
+        try:
+            account = await create_account(session, args.name, email=args.email, credits_micro=credits)
+        except AccountExists as error:
+            raise CommandError(str(error)) from error
+        _emit(
+            args,
+            _account_json(account),
+            f"created account {account.id} ({account.name}) with {format_credits(account.balance_micro)} credits",
+        )
+
+    asyncio.run(_with_session(settings, work))
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+
+    async def work(session: AsyncSession) -> None:
+        accounts = [_account_json(a) for a in await list_accounts(session)]
+        lines = [f"{a['id']:>6}  {a['name']:<24} {a['status']:<10} {a['balance']:>16} credits" for a in accounts]
+        _emit(args, {"accounts": accounts}, "\n".join(lines) or "no accounts")
+
+    asyncio.run(_with_session(settings, work))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+
+    async def work(session: AsyncSession) -> None:
+        try:
+            await get_account(session, args.account)
+        except AccountNotFound as error:
+            raise CommandError(str(error)) from error
+        key, plaintext = await create_key(session, args.account, args.name)
+        _emit(
+            args,
+            {"id": key.id, "account_id": key.account_id, "name": key.name, "prefix": key.prefix, "key": plaintext},
+            f"{plaintext}\n(key {key.id} for account {key.account_id}; it will not be shown again)",
+        )
+
+    asyncio.run(_with_session(settings, work))
+
+
+def cmd_credits_grant(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    amount = _parse_credits(args.amount)
+    if amount == 0:
+        raise CommandError("the amount must not be zero")
+
+    async def work(session: AsyncSession) -> None:
+        try:
+            entry = await grant_credits(
+                session, args.account, amount, reason=args.reason, idempotency_key=args.idempotency_key
+            )
+        except AccountNotFound as error:
+            raise CommandError(str(error)) from error
+        _emit(
+            args,
+            {
+                "account_id": entry.account_id,
+                "amount": format_credits(entry.amount_micro),
+                "balance": format_credits(entry.balance_after_micro),
+                "ledger_id": entry.id,
+            },
+            f"granted {format_credits(entry.amount_micro)} credits to account {entry.account_id}; "
+            f"balance {format_credits(entry.balance_after_micro)}",
+        )
+
+    asyncio.run(_with_session(settings, work))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from gateway.bootstrap import prepare_and_announce
+    from gateway.server import run_server
+
+    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    asyncio.run(prepare_and_announce(settings, as_json=args.json))
+    run_server(settings, config_path=args.config)
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--config", default=None, help="TOML config file (default: $TOLLWAY_CONFIG)")
+    top.add_argument("--json", action="store_true", default=False, help="machine-readable output")
+    # The same options after a subcommand; SUPPRESS keeps them from erasing ones given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="tollway", description="OpenAI-compatible AI gateway", parents=[top])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=None, help="processes (more than one needs Redis)")
+    serve.set_defaults(handler=cmd_serve)
+
+    commands.add_parser("migrate", parents=[common], help="upgrade the database").set_defaults(handler=cmd_migrate)
+
+    accounts = commands.add_parser("accounts", parents=[common], help="manage accounts")
+    account_commands = accounts.add_subparsers(dest="accounts_command", required=True)
+    create = account_commands.add_parser("create", parents=[common], help="create an account")
+    create.add_argument("name")
+    create.add_argument("--credits", default="0")
+    create.add_argument("--email", default="")
+    create.set_defaults(handler=cmd_accounts_create)
+    account_commands.add_parser("list", parents=[common], help="list accounts").set_defaults(handler=cmd_accounts_list)
+
+    keys = commands.add_parser("keys", parents=[common], help="manage prx- keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_create = key_commands.add_parser("create", parents=[common], help="create a key (shown once)")
+    key_create.add_argument("--account", type=int, required=True)
+    key_create.add_argument("--name", required=True)
+    key_create.set_defaults(handler=cmd_keys_create)
+
+    credits = commands.add_parser("credits", parents=[common], help="manage credits")
+    credit_commands = credits.add_subparsers(dest="credits_command", required=True)
+    grant = credit_commands.add_parser("grant", parents=[common], help="grant credits to an account")
+    grant.add_argument("account", type=int)
+    grant.add_argument("amount", help="credits, e.g. 100 or 12.5 (negative to correct)")
+    grant.add_argument("--reason", default="")
+    grant.add_argument("--idempotency-key", default=None, help="repeat-safe: the same key grants once")
+    grant.set_defaults(handler=cmd_credits_grant)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (CommandError, SettingsError) as error:
+        print(f"tollway: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Every failure becomes the OpenAI error envelope: ``{"error": {message, type, param, code}}``.
+
+Each domain package has its own error tree carrying ``status_code``, ``type``, ``code`` (and
+``retryable``); this module renders all of them, plus Litestar's own HTTP errors, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from billing.errors import BillingError
+from keys.errors import KeyError_
+from providers.errors import ProviderError
+
+log = logging.getLogger("tollway.gateway")
+_encoder = msgspec.json.Encoder()
+
+
+class GatewayError(Exception):
+    status_code = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class InvalidRequest(GatewayError):
+    code = "invalid_request"
+
+
+class InvalidJSON(GatewayError):
+    code = "invalid_json"
+
+
+class ModelNotFound(GatewayError):
+    code = "model_not_found"
+
+
+class ProviderUnavailable(GatewayError):
+    status_code = 503
+    type = "api_error"
+    code = "provider_unavailable"
+
+
+DOMAIN_ERRORS: tuple[type[Exception], ...] = (GatewayError, KeyError_, BillingError, ProviderError)
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    return _encoder.encode({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def error_response(error: Exception, request_id: str | None = None) -> Response[bytes]:
+    """Render one of our domain errors (anything with status_code/type/code/message)."""
+    status = int(getattr(error, "status_code", 500))
+    headers: dict[str, str] = dict(getattr(error, "headers", None) or {})
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    body = error_body(
+        str(getattr(error, "message", str(error))),
+        str(getattr(error, "type", "api_error")),
+        getattr(error, "code", None),
+        getattr(error, "param", None),
+    )
+    return Response(content=body, status_code=status, media_type="application/json", headers=headers)
+
+
+_REQUEST_ID = "tollway.request_id"
+
+
+def remember_request_id(request: Request[Any, Any, Any], request_id: str) -> None:
+    """Keep the request id in the ASGI scope so an error response can name it too."""
+    cast(dict[str, Any], request.scope)[_REQUEST_ID] = request_id
+
+
+def handle_domain_error(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    return error_response(error, cast(dict[str, Any], request.scope).get(_REQUEST_ID))
+
+
+_HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
+    status = error.status_code
+    code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status, "http_error")
+    type_ = _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return Response(
+        content=error_body(str(error.detail), type_, code),
+        status_code=status,
+        media_type="application/json",
+        headers=dict(error.headers or {}),
+    )
+
+
+def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    # The message may hold anything (even a secret from a driver error): log it, never echo it.
+    log.exception("unhandled error", exc_info=error)
+    return Response(
+        content=error_body("internal error", "api_error", "internal_error"),
+        status_code=500,
+        media_type="application/json",
+    )

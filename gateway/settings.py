@@ -1,0 +1,200 @@
+"""Settings: one TOML file plus ``TOLLWAY_*`` environment overrides.
+
+Nothing here runs at import time: :func:`load_settings` is called by the CLI (or a test) and
+its result is passed to ``create_app``. Unknown keys in the file are refused so a typo in an
+operator's config fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ProviderKind = Literal["openai", "openai-compatible", "azure", "anthropic", "gemini", "demo"]
+Category = Literal["text", "image", "video", "stt", "tts"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./tollway.db"
+DEMO_PROVIDER = "demo"
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message names the offending setting."""
+
+
+class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    kind: ProviderKind
+    base_url: str = ""
+    api_key: str = ""
+    api_key_env: str = ""
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+    max_connections: int = 200
+    headers: dict[str, str] = {}
+
+    def resolved_api_key(self, env: Mapping[str, str]) -> str:
+        """The upstream key, from the file or the environment variable it names."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            return env.get(self.api_key_env, "")
+        return ""
+
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    provider: str
+    upstream_model: str
+    category: Category = "text"
+    input_per_mtok: str = ""
+    output_per_mtok: str = ""
+    cached_input_per_mtok: str = ""
+    cache_write_per_mtok: str = ""
+    max_output_tokens: PositiveInt = 4096
+    context_length: PositiveInt = 128000
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = ""
+    redis_prefix: str = "tw:"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: PositiveInt = 1
+    credits_per_usd: PositiveInt = 1000
+    markup_percent: str = "0"
+    auto_migrate: bool = True
+    bootstrap: bool = True
+    bootstrap_credits: str = "500"
+    demo_provider: bool = True
+    key_cache_ttl_s: float = 1.0
+    balance_refresh_s: float = 5.0
+    reservation_ttl_s: int = 900
+    log_level: str = "info"
+    providers: dict[str, ProviderSettings] = {}
+    models: dict[str, ModelSettings] = {}
+
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.redis_url)
+
+
+_ENV_OVERRIDES: dict[str, type] = {
+    "database_url": str,
+    "redis_url": str,
+    "redis_prefix": str,
+    "host": str,
+    "port": int,
+    "workers": int,
+    "credits_per_usd": int,
+    "markup_percent": str,
+    "auto_migrate": bool,
+    "bootstrap": bool,
+    "bootstrap_credits": str,
+    "demo_provider": bool,
+    "key_cache_ttl_s": float,
+    "balance_refresh_s": float,
+    "reservation_ttl_s": int,
+    "log_level": str,
+}
+
+
+def _parse_env_value(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"TOLLWAY_{name.upper()} must be true or false, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError as error:
+        raise SettingsError(f"TOLLWAY_{name.upper()} must be a {kind.__name__}, got {raw!r}") from error
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read the TOML file (``config_path`` or ``$TOLLWAY_CONFIG``), then env, then ``overrides``."""
+    env = os.environ if env is None else env
+    path = config_path if config_path is not None else env.get("TOLLWAY_CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as error:
+            raise SettingsError(f"config file not found: {path}") from error
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"config file {path} is not valid TOML: {error}") from error
+    for name, kind in _ENV_OVERRIDES.items():
+        value = env.get(f"TOLLWAY_{name.upper()}")
+        if value is not None:
+            raw[name] = _parse_env_value(name, value, kind)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as error:
+        raise SettingsError(f"invalid configuration: {error}") from error
+    validate_settings(settings)
+    return settings
+
+
+def _decimal(value: str, where: str) -> Decimal:
+    try:
+        parsed = Decimal(value)
+    except InvalidOperation as error:
+        raise SettingsError(f"{where} must be a decimal string, got {value!r}") from error
+    if not parsed.is_finite() or parsed < 0:
+        raise SettingsError(f"{where} must be a non-negative decimal, got {value!r}")
+    return parsed
+
+
+def validate_settings(settings: Settings) -> None:
+    """Cross-field checks msgspec cannot express; each error names the setting."""
+    _decimal(settings.markup_percent, "markup_percent")
+    _decimal(settings.bootstrap_credits, "bootstrap_credits")
+    if settings.workers > 1 and not settings.uses_redis:
+        raise SettingsError(
+            "more than one worker needs Redis: set redis_url (TOLLWAY_REDIS_URL); the embedded "
+            "counter store lives in one process and cannot share budgets across workers"
+        )
+    if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise SettingsError(
+            "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://, "
+            f"got {settings.database_url.split('://', 1)[0]}://…"
+        )
+    for name, provider in settings.providers.items():
+        if provider.kind != "demo" and not provider.base_url:
+            raise SettingsError(f"providers.{name}.base_url is required for kind {provider.kind!r}")
+    for slug, model in settings.models.items():
+        if "/" not in slug:
+            raise SettingsError(f"models.{slug!r}: model slugs are provider/model")
+        if model.provider not in settings.providers and not (
+            model.provider == DEMO_PROVIDER and settings.demo_provider
+        ):
+            raise SettingsError(f"models.{slug!r}.provider names unknown provider {model.provider!r}")
+        for field in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"):
+            value = getattr(model, field)
+            if value:
+                _decimal(value, f"models.{slug!r}.{field}")
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file behind a SQLite URL (``None`` for other databases or in-memory SQLite)."""
+    prefix = "sqlite+aiosqlite:///"
+    if not database_url.startswith(prefix):
+        return None
+    rest = database_url[len(prefix) :].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest)

@@ -1,0 +1,32 @@
+"""Errors of the security chain; each carries its HTTP status and OpenAI ``error.code``."""
+
+from __future__ import annotations
+
+
+class KeyError_(Exception):
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class MissingApiKey(KeyError_):
+    code = "missing_api_key"
+
+
+class InvalidApiKey(KeyError_):
+    code = "invalid_api_key"
+
+
+class TokenExpired(KeyError_):
+    code = "token_expired"
+
+
+class AccountSuspended(KeyError_):
+    status_code = 403
+    type = "permission_error"
+    code = "account_suspended"

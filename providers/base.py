@@ -1,0 +1,70 @@
+"""What every provider adapter speaks: OpenAI-shaped chat in, OpenAI-shaped chat out.
+
+The gateway hands an adapter an OpenAI chat-completions body (model already replaced by the
+upstream's name) and gets back either a whole completion or a :class:`ChatStream` of chunks,
+each already serialised as the OpenAI chunk JSON to forward. Adapters know nothing of keys,
+billing, HTTP frameworks or storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import msgspec
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Token usage in OpenAI's convention: ``input_tokens`` includes cached reads."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class ChatCall(msgspec.Struct, frozen=True):
+    """One upstream chat call: the OpenAI body to send (``model`` is the upstream's name)."""
+
+    body: dict[str, Any]
+    upstream_model: str
+
+
+class ChatResult(msgspec.Struct):
+    """A whole (non-streamed) completion in OpenAI shape, and its usage if reported."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+
+
+class StreamChunk(msgspec.Struct):
+    """One OpenAI chat chunk, serialised (``data``), plus what the gateway meters from it.
+
+    ``text`` is the generated text in this chunk (content, tool-call arguments), counted
+    when a stream ends without usage. ``usage`` is set on the chunk that reports it.
+    """
+
+    data: bytes
+    text: str = ""
+    usage: Usage | None = None
+
+
+class ChatStream(Protocol):
+    """An open upstream stream; iterate for chunks, always close it (idempotent)."""
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ChatAdapter(Protocol):
+    """A provider. ``open_stream`` raises before returning if the upstream refused the call,
+    so the gateway can still answer with an HTTP error instead of a broken stream."""
+
+    name: str
+
+    async def complete(self, call: ChatCall) -> ChatResult: ...
+
+    async def open_stream(self, call: ChatCall) -> ChatStream: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,72 @@
+"""Upstream failures, normalised so the gateway never branches on a provider's message text.
+
+ProviderError
+├── UpstreamTimeout        (504, retryable)   connect/read/idle timeout or deadline
+├── UpstreamUnavailable    (502, retryable)   connection refused/reset, bad gateway
+├── UpstreamBadResponse    (502)              an answer we cannot parse
+└── UpstreamHTTPError      (upstream status)  the provider said no (4xx/5xx)
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    status_code = 502
+    type = "api_error"
+    code = "upstream_error"
+    retryable = False
+
+    def __init__(self, message: str, *, provider: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+
+
+class UpstreamTimeout(ProviderError):
+    status_code = 504
+    code = "upstream_timeout"
+    retryable = True
+
+
+class UpstreamUnavailable(ProviderError):
+    status_code = 502
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamBadResponse(ProviderError):
+    status_code = 502
+    code = "upstream_bad_response"
+
+
+class UpstreamHTTPError(ProviderError):
+    """The upstream answered with an error status; its status is kept where meaningful."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        upstream_status: int,
+        upstream_type: str = "",
+        upstream_code: str = "",
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.upstream_status = upstream_status
+        # Authentication failures are *our* upstream credentials, not the caller's: never 401.
+        if upstream_status in (401, 403):
+            self.status_code = 502
+            self.code = "upstream_auth_failed"
+        elif upstream_status == 429:
+            self.status_code = 429
+            self.code = "upstream_rate_limited"
+            self.type = "rate_limit_error"
+            self.retryable = True
+        elif 400 <= upstream_status < 500:
+            self.status_code = upstream_status
+            self.type = upstream_type or "invalid_request_error"
+            self.code = upstream_code or "upstream_rejected"
+        else:
+            self.status_code = 502
+            self.code = upstream_code or "upstream_error"
+            self.retryable = upstream_status in (500, 502, 503, 504)

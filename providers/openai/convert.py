@@ -1,0 +1,66 @@
+"""Pure conversions between OpenAI wire payloads and the gateway's types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from providers.base import Usage
+from providers.openai.types import ChunkView, ErrorView, UsageView, error_decoder
+
+
+def usage_from_view(view: UsageView) -> Usage:
+    cached = view.prompt_tokens_details.cached_tokens if view.prompt_tokens_details else 0
+    return Usage(input_tokens=view.prompt_tokens, output_tokens=view.completion_tokens, cached_input_tokens=cached)
+
+
+def usage_from_body(body: dict[str, Any]) -> Usage | None:
+    raw = body.get("usage")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return usage_from_view(msgspec.convert(raw, UsageView))
+    except msgspec.ValidationError:
+        return None
+
+
+def chunk_text(chunk: ChunkView) -> str:
+    """Generated text in a chunk (content, refusals, tool-call names and arguments)."""
+    parts: list[str] = []
+    for choice in chunk.choices:
+        delta = choice.delta
+        if delta is None:
+            continue
+        if delta.content:
+            parts.append(delta.content)
+        if delta.refusal:
+            parts.append(delta.refusal)
+        for call in delta.tool_calls or ():
+            if call.function is not None:
+                parts.append(call.function.name or "")
+                parts.append(call.function.arguments or "")
+    return "".join(parts)
+
+
+def error_message(raw: bytes) -> tuple[str, str, str]:
+    """(message, type, code) from an upstream error body, tolerating any shape."""
+    try:
+        view: ErrorView = error_decoder.decode(raw)
+    except msgspec.DecodeError:
+        text = raw[:300].decode("utf-8", "replace").strip()
+        return (text or "upstream error", "", "")
+    error = view.error
+    if isinstance(error, str):
+        return (error, "", "")
+    if error is None:
+        return ("upstream error", "", "")
+    return (error.message or "upstream error", error.type or "", str(error.code) if error.code is not None else "")
+
+
+def with_stream_usage(body: dict[str, Any]) -> dict[str, Any]:
+    """Ask the upstream to report usage at the end of a stream (billing needs it)."""
+    options = body.get("stream_options")
+    merged = dict(options) if isinstance(options, dict) else {}
+    merged["include_usage"] = True
+    return {**body, "stream_options": merged}

@@ -1,0 +1,54 @@
+"""View types: only the fields of OpenAI payloads the gateway reads (msgspec ignores the rest)."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0
+
+
+class UsageView(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class FunctionDelta(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct):
+    function: FunctionDelta | None = None
+
+
+class Delta(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    delta: Delta | None = None
+
+
+class ChunkView(msgspec.Struct):
+    choices: list[ChunkChoice] = []
+    usage: UsageView | None = None
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str = ""
+    type: str | None = None
+    code: str | int | None = None
+
+
+class ErrorView(msgspec.Struct):
+    error: ErrorDetail | str | None = None
+
+
+chunk_decoder = msgspec.json.Decoder(ChunkView)
+usage_decoder = msgspec.json.Decoder(UsageView)
+error_decoder = msgspec.json.Decoder(ErrorView)

@@ -1,0 +1,110 @@
+"""Shared fixtures: the real Postgres and Redis on 127.0.0.1, and which backends to run.
+
+Integration tests run once per backend (``sqlite`` = SQLite file + embedded counters,
+``postgres`` = Postgres + Redis). ``TOLLWAY_TEST_BACKENDS=sqlite`` narrows a local run.
+Under CI (``CI=true``) an unreachable Postgres or Redis fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.services import POSTGRES_ADMIN_URL, REDIS_URL, UNDER_CI
+
+pytest_plugins = ["tests.fakes.gateway_fixtures"]
+
+
+def service_missing(what: str, error: BaseException) -> None:
+    """Skip locally, fail loudly under CI: CI must never pass by skipping a backend."""
+    message = f"{what} is not reachable: {error!r}"
+    if UNDER_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+async def _redis_ping(url: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        asyncio.run(_redis_ping(REDIS_URL))
+    except Exception as error:
+        service_missing("Redis", error)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix unique to one test, so tests never see each other's counters."""
+    return f"twtest:{secrets.token_hex(4)}:"
+
+
+async def _create_database(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _asyncpg_url(admin_url: str, database: str) -> str:
+    base = admin_url.rsplit("/", 1)[0]
+    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{database}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of a reachable Postgres (skips or fails when there is none)."""
+
+    async def ping() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(ping())
+    except Exception as error:
+        service_missing("Postgres", error)
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty Postgres database for one test (SQLAlchemy asyncpg URL), dropped after."""
+    name = f"tollway_test_{secrets.token_hex(5)}"
+    asyncio.run(_create_database(name))
+    try:
+        yield _asyncpg_url(postgres_server, name)
+    finally:
+        asyncio.run(_drop_database(name))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    return f"sqlite+aiosqlite:///{os.fspath(tmp_path)}/tollway.db"

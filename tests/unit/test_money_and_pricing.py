@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from billing.money import MoneyError, credits_to_micro, format_credits, micro_to_usd
+from billing.pricing import ModelPrice, Usage
+
+
+@pytest.mark.parametrize(
+    ("text", "micro"),
+    [("500", 500_000_000), ("0.000001", 1), ("12.345678", 12_345_678), ("-3.5", -3_500_000), ("0", 0)],
+)
+def test_money_credits_round_trip(text: str, micro: int) -> None:
+    assert credits_to_micro(text) == micro
+    assert format_credits(micro) == text
+
+
+@pytest.mark.parametrize("bad", ["0.0000001", "abc", "NaN", "Infinity", ""])
+def test_money_rejects_inexact_or_non_numbers(bad: str) -> None:
+    with pytest.raises(MoneyError):
+        credits_to_micro(bad)
+
+
+def test_money_format_trims_trailing_zeros() -> None:
+    assert format_credits(6_150) == "0.00615"
+    assert format_credits(1_000_000) == "1"
+
+
+def test_money_usd_from_micro() -> None:
+    # 1 credit = 0.001 USD at the default 1000 credits per USD.
+    assert micro_to_usd(1_000_000, 1000) == "0.001"
+    assert micro_to_usd(6_150, 1000) == "0.00000615"
+
+
+def price(markup: str = "0") -> ModelPrice:
+    return ModelPrice.from_usd_per_mtok(
+        input_usd="0.15",
+        output_usd="0.60",
+        cached_input_usd="0.075",
+        credits_per_usd=1000,
+        markup_percent=markup,
+    )
+
+
+def test_pricing_rates_are_micro_credits_per_token() -> None:
+    p = price()
+    assert (p.input, p.output, p.cached_input) == (Decimal("150"), Decimal("600"), Decimal("75"))
+    assert p.cache_write == p.input  # no cache-write price: billed as input
+
+
+def test_pricing_cost_uses_cached_rate_for_cached_part() -> None:
+    usage = Usage(input_tokens=21, output_tokens=5, cached_input_tokens=16)
+    assert price().cost_micro(usage) == 5 * 150 + 16 * 75 + 5 * 600
+
+
+def test_pricing_rounds_fractions_up() -> None:
+    tiny = ModelPrice.from_usd_per_mtok(input_usd="0.0000001", output_usd="0", credits_per_usd=1000)
+    assert tiny.cost_micro(Usage(input_tokens=1)) == 1
+
+
+def test_pricing_markup_applies_once() -> None:
+    assert price("10").cost_micro(Usage(input_tokens=10)) == 1650
+
+
+def test_pricing_worst_case_and_affordable_output() -> None:
+    p = price()
+    assert p.worst_case_micro(100, 1000) == 100 * 150 + 1000 * 600
+    assert p.affordable_output_tokens(100, 100 * 150 + 999 * 600 + 599) == 999
+    assert p.affordable_output_tokens(100, 10) == 0
