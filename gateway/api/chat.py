@@ -12,7 +12,7 @@ from gateway.pipeline.chat import chat_completions, new_request_id
 from gateway.state import GatewayState
 
 
-@post("/v1/chat/completions", status_code=200, sync_to_thread=False)
+@post("/v1/chat/completions", status_code=200)
 async def create_chat_completion(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     state: GatewayState = request.app.state.gateway
     request_id = new_request_id()

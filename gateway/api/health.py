@@ -10,7 +10,7 @@ from sqlalchemy import text
 from gateway.state import GatewayState
 
 
-@get("/healthz", sync_to_thread=False)
+@get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 

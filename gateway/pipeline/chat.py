@@ -7,6 +7,7 @@ exit path (success, upstream error, client disconnect), shielded from cancellati
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -82,9 +83,21 @@ def parse_chat_body(raw: bytes) -> tuple[dict[str, Any], ChatBodyView]:
     try:
         view = msgspec.convert(body, ChatBodyView)
     except msgspec.ValidationError as error:
-        param = str(error).rpartition("at `$.")[2].rstrip("`") or None
+        param = _error_param(str(error))
         raise InvalidRequest(f"invalid request: {error}", param=param) from error
     return body, view
+
+
+_PARAM_PATTERNS = (re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)"), re.compile(r"required field `([^`]+)`"))
+
+
+def _error_param(message: str) -> str | None:
+    """The top-level field a validation message is about, for the error's ``param``."""
+    for pattern in _PARAM_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1)
+    return None
 
 
 def find_model(state: GatewayState, slug: str) -> CatalogModel:
@@ -287,7 +300,12 @@ def _error_chunk(error: ProviderError, request_id: str, model: CatalogModel) -> 
             "created": int(time.time()),
             "model": model.slug,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
-            "error": {"message": error.message, "type": error.type, "code": error.code},
+            # Not a top-level "error" key: the OpenAI SDKs raise on that and the caller would
+            # never see the finish_reason PRODUCT.md promises; the details ride in _tollway.
+            "_tollway": {
+                "request_id": request_id,
+                "error": {"message": error.message, "type": error.type, "code": error.code},
+            },
         }
     )
 
@@ -300,9 +318,11 @@ async def _stream_body(
     stream: ChatStream,
     input_tokens: int,
 ) -> AsyncIterator[bytes]:
+    """Forward chunks as they come; settle before ``[DONE]`` so a client that saw the end of
+    the stream sees its debit too, and in ``finally`` for every other way out."""
     generated: list[str] = []
     usage: Usage | None = None
-    status, error_code, cancelled = 200, "", False
+    status, error_code, cancelled, settled = 200, "", False, False
     try:
         try:
             async for chunk in stream:
@@ -316,9 +336,15 @@ async def _stream_body(
         except ProviderError as error:
             status, error_code = error.status_code, error.code
             yield _sse(_error_chunk(error, ctx.request_id, model))
+        await stream.aclose()
         if usage is None:
             usage = _estimated_usage(input_tokens, generated, model)
             yield _sse(_usage_chunk(state, ctx, model, usage))
+        with anyio.CancelScope(shield=True):
+            settled = True
+            await settle(
+                state, ctx, model, reservation, usage, status_code=status, error_code=error_code, streamed=True
+            )
         yield b"data: [DONE]\n\n"
     except GeneratorExit:
         cancelled = True
@@ -330,19 +356,20 @@ async def _stream_body(
             status, error_code = 500, "internal_error"
         raise
     finally:
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
-            await settle(
-                state,
-                ctx,
-                model,
-                reservation,
-                usage or _estimated_usage(input_tokens, generated, model),
-                status_code=status if not cancelled else 499,
-                error_code=error_code if not cancelled else "client_disconnected",
-                streamed=True,
-                cancelled=cancelled,
-            )
+        if not settled:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+                await settle(
+                    state,
+                    ctx,
+                    model,
+                    reservation,
+                    usage or _estimated_usage(input_tokens, generated, model),
+                    status_code=499 if cancelled else status,
+                    error_code="client_disconnected" if cancelled else error_code,
+                    streamed=True,
+                    cancelled=cancelled,
+                )
 
 
 def _estimated_usage(input_tokens: int, generated: list[str], model: CatalogModel) -> Usage:

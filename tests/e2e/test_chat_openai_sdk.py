@@ -97,8 +97,8 @@ def test_chat_mid_stream_upstream_failure_ends_with_error_chunk(gateway: Gateway
             model=FAKE_MODEL, messages=[{"role": "user", "content": "Say hello"}], stream=True
         )
     )
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
-    assert finishes[-1] == "error"
+    error_chunk = next(c for c in chunks if c.choices and c.choices[0].finish_reason == "error")
+    assert error_chunk.model_extra["_tollway"]["error"]["code"] == "upstream_unavailable"  # type: ignore[index]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from"
     output_tokens = count_text_tokens("Hello from", "gpt-4o-mini")

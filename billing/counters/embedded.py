@@ -1,0 +1,92 @@
+"""The in-process counter store for the single-process default (no Redis).
+
+Atomicity comes from the event loop: ``apply`` checks and writes with no ``await`` in between,
+so no other coroutine can interleave. It is only correct within one process, which is why
+``tollway serve --workers N`` refuses to start without Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from billing.counters._base import Adjust, ApplyResult, Check
+
+
+class _Entry:
+    __slots__ = ("expires_at", "fields")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, int] = {}
+        self.expires_at: float | None = None
+
+
+class EmbeddedCounterStore:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._data: dict[str, _Entry] = {}
+
+    def _live(self, key: str) -> _Entry | None:
+        entry = self._data.get(key)
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
+            del self._data[key]
+            return None
+        return entry
+
+    def _entry(self, key: str, ttl_ms: int) -> _Entry:
+        entry = self._live(key)
+        if entry is None:
+            entry = self._data[key] = _Entry()
+            if ttl_ms > 0:
+                entry.expires_at = self._clock() + ttl_ms / 1000
+        return entry
+
+    async def apply(self, checks: Sequence[Check]) -> ApplyResult:
+        # Evaluate every bound against the values before this apply, then write: all or nothing.
+        for index, check in enumerate(checks):
+            entry = self._live(check.key)
+            fields = entry.fields if entry is not None else {}
+            value = fields.get(check.field)
+            if value is None and check.must_exist:
+                return ApplyResult(ok=False, failed=index, missing=True)
+            current = value or 0
+            cap: int | None = check.limit
+            if check.limit_field is not None:
+                cap = fields.get(check.limit_field)
+                if cap is None:
+                    return ApplyResult(ok=False, failed=index, missing=True, value=value)
+            if cap is not None and check.delta > 0 and current + check.delta > cap:
+                return ApplyResult(ok=False, failed=index, value=current, cap=cap)
+        for check in checks:
+            entry = self._entry(check.key, check.ttl_ms)
+            entry.fields[check.field] = entry.fields.get(check.field, 0) + check.delta
+        return ApplyResult(ok=True)
+
+    async def adjust(self, adjustments: Sequence[Adjust]) -> None:
+        for item in adjustments:
+            entry = self._entry(item.key, item.ttl_ms)
+            entry.fields[item.field] = entry.fields.get(item.field, 0) + item.delta
+
+    async def get(self, key: str, field: str) -> int | None:
+        entry = self._live(key)
+        return entry.fields.get(field) if entry is not None else None
+
+    async def get_all(self, key: str) -> dict[str, int]:
+        entry = self._live(key)
+        return dict(entry.fields) if entry is not None else {}
+
+    async def set_if(self, key: str, values: Mapping[str, int], guard_field: str, guard_value: int | None) -> bool:
+        if await self.get(key, guard_field) != guard_value:
+            return False
+        entry = self._entry(key, 0)
+        entry.fields.update(values)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._data.clear()

@@ -1,0 +1,169 @@
+"""The Redis counter store: every check-and-apply is one Lua script, one round trip.
+
+Scripts receive every key they touch in ``KEYS`` (Redis Cluster routes by them), and the
+keys of one account share a hash tag, so a script never spans slots. Connection failures
+become :class:`CounterStoreUnavailable` so money checks fail closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from billing.counters._base import Adjust, ApplyResult, Check, CounterStoreUnavailable
+
+T = TypeVar("T")
+
+# ARGV per check: field, delta, limit ("" = none), limit_field ("" = none), must_exist (0/1), ttl_ms.
+# Bounds are evaluated against the values before this apply; then every delta is written.
+_APPLY = """
+local n = #KEYS
+for i = 1, n do
+  local base = (i - 1) * 6
+  local field, delta = ARGV[base + 1], tonumber(ARGV[base + 2])
+  local limit, limit_field = ARGV[base + 3], ARGV[base + 4]
+  local raw = redis.call('HGET', KEYS[i], field)
+  if (not raw) and ARGV[base + 5] == '1' then
+    return {i - 1, 1, false, false}
+  end
+  local value = tonumber(raw or '0')
+  local cap = false
+  if limit_field ~= '' then
+    local raw_cap = redis.call('HGET', KEYS[i], limit_field)
+    if not raw_cap then
+      return {i - 1, 1, raw and value or false, false}
+    end
+    cap = tonumber(raw_cap)
+  elseif limit ~= '' then
+    cap = tonumber(limit)
+  end
+  if cap and delta > 0 and value + delta > cap then
+    return {i - 1, 0, value, cap}
+  end
+end
+for i = 1, n do
+  local base = (i - 1) * 6
+  local ttl = tonumber(ARGV[base + 6])
+  local existed = ttl > 0 and redis.call('EXISTS', KEYS[i]) == 1
+  redis.call('HINCRBY', KEYS[i], ARGV[base + 1], ARGV[base + 2])
+  if ttl > 0 and not existed then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return {-1, 0, false, false}
+"""
+
+# ARGV per item: field, delta, ttl_ms (the TTL is set only on a key that had none).
+_ADJUST = """
+for i = 1, #KEYS do
+  local base = (i - 1) * 3
+  redis.call('HINCRBY', KEYS[i], ARGV[base + 1], ARGV[base + 2])
+  local ttl = tonumber(ARGV[base + 3])
+  if ttl > 0 and redis.call('PTTL', KEYS[i]) < 0 then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return 0
+"""
+
+# ARGV: guard_field, guard_value ("" = must be absent), then field/value pairs.
+_SET_IF = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] == '' then
+  if current then return 0 end
+elseif current ~= ARGV[2] then
+  return 0
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+
+class RedisCounterStore:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._apply = client.register_script(_APPLY)
+        self._adjust = client.register_script(_ADJUST)
+        self._set_if = client.register_script(_SET_IF)
+
+    @classmethod
+    def from_url(cls, url: str, *, max_connections: int = 200) -> RedisCounterStore:
+        """Build from a URL; connects lazily. Short timeouts so a dead Redis fails fast."""
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            max_connections=max_connections,
+            health_check_interval=30,
+        )
+        return cls(client)
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await operation()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise CounterStoreUnavailable(f"redis unavailable: {type(error).__name__}") from error
+
+    async def apply(self, checks: Sequence[Check]) -> ApplyResult:
+        if not checks:
+            return ApplyResult(ok=True)
+        keys = [check.key for check in checks]
+        args: list[Any] = []
+        for check in checks:
+            args += [
+                check.field,
+                check.delta,
+                "" if check.limit is None else check.limit,
+                check.limit_field or "",
+                1 if check.must_exist else 0,
+                check.ttl_ms,
+            ]
+        failed, missing, value, cap = await self._call(lambda: self._apply(keys=keys, args=args))
+        if failed == -1:
+            return ApplyResult(ok=True)
+        return ApplyResult(
+            ok=False,
+            failed=int(failed),
+            missing=bool(missing),
+            value=None if value is None else int(value),
+            cap=None if cap is None else int(cap),
+        )
+
+    async def adjust(self, adjustments: Sequence[Adjust]) -> None:
+        if not adjustments:
+            return
+        keys = [item.key for item in adjustments]
+        args: list[Any] = []
+        for item in adjustments:
+            args += [item.field, item.delta, item.ttl_ms]
+        await self._call(lambda: self._adjust(keys=keys, args=args))
+
+    async def get(self, key: str, field: str) -> int | None:
+        raw = await self._call(lambda: self._client.hget(key, field))
+        return None if raw is None else int(raw)
+
+    async def get_all(self, key: str) -> dict[str, int]:
+        raw = await self._call(lambda: self._client.hgetall(key))
+        return {name.decode(): int(value) for name, value in raw.items()}
+
+    async def set_if(self, key: str, values: Mapping[str, int], guard_field: str, guard_value: int | None) -> bool:
+        args: list[Any] = [guard_field, "" if guard_value is None else guard_value]
+        for name, value in values.items():
+            args += [name, value]
+        applied = await self._call(lambda: self._set_if(keys=[key], args=args))
+        return bool(applied)
+
+    async def delete(self, key: str) -> None:
+        await self._call(lambda: self._client.delete(key))
+
+    async def ping(self) -> None:
+        await self._call(lambda: self._client.ping())
+
+    async def close(self) -> None:
+        await self._client.aclose()
