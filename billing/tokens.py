@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import math
 import threading
 from importlib import resources
 from pathlib import Path
@@ -158,10 +159,10 @@ def estimate_image_tokens(width: int, height: int, detail: str = "high") -> int:
     if detail == "low":
         return IMAGE_LOW_DETAIL
     scale = min(1.0, 2048 / max(width, height))
-    width, height = width * scale, height * scale
-    scale = min(1.0, 768 / min(width, height))
-    width, height = width * scale, height * scale
-    tiles = -(-int(width) // 512) * -(-int(height) // 512)
+    scaled_width, scaled_height = width * scale, height * scale
+    scale = min(1.0, 768 / min(scaled_width, scaled_height))
+    scaled_width, scaled_height = scaled_width * scale, scaled_height * scale
+    tiles = math.ceil(scaled_width / 512) * math.ceil(scaled_height / 512)
     return tiles * IMAGE_TOKENS_PER_TILE + IMAGE_LOW_DETAIL
 
 

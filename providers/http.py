@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -37,8 +38,19 @@ def build_client(
     )
 
 
+def _timed_out(error: httpx.HTTPError) -> bool:
+    # httpx-aiohttp maps a refused connection (aiohttp.ClientConnectorError) to ConnectTimeout;
+    # the aiohttp exception it chains tells the two apart.
+    cause = error.__cause__
+    if isinstance(cause, aiohttp.ServerTimeoutError):
+        return True
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return False
+    return isinstance(error, httpx.TimeoutException)
+
+
 def transport_error(error: httpx.HTTPError, provider: str) -> ProviderError:
     """Map an httpx failure to our tree by type, never by message."""
-    if isinstance(error, httpx.TimeoutException):
+    if _timed_out(error):
         return UpstreamTimeout(f"upstream {provider} timed out", provider=provider)
     return UpstreamUnavailable(f"upstream {provider} is unreachable ({type(error).__name__})", provider=provider)

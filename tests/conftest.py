@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 
 from tests.fakes.services import POSTGRES_ADMIN_URL, REDIS_URL, UNDER_CI
 
 pytest_plugins = ["tests.fakes.gateway_fixtures"]
+
+T = TypeVar("T")
 
 
 def service_missing(what: str, error: BaseException) -> None:
@@ -25,6 +29,13 @@ def service_missing(what: str, error: BaseException) -> None:
     if UNDER_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` that also works when the caller is inside a running event loop
+    (a session fixture first requested by an async test)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _redis_ping(url: str) -> None:
@@ -40,7 +51,7 @@ async def _redis_ping(url: str) -> None:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     try:
-        asyncio.run(_redis_ping(REDIS_URL))
+        run_in_thread(_redis_ping(REDIS_URL))
     except Exception as error:
         service_missing("Redis", error)
     return REDIS_URL
@@ -88,7 +99,7 @@ def postgres_server() -> str:
         await conn.close()
 
     try:
-        asyncio.run(ping())
+        run_in_thread(ping())
     except Exception as error:
         service_missing("Postgres", error)
     return POSTGRES_ADMIN_URL
@@ -98,11 +109,11 @@ def postgres_server() -> str:
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A fresh, empty Postgres database for one test (SQLAlchemy asyncpg URL), dropped after."""
     name = f"tollway_test_{secrets.token_hex(5)}"
-    asyncio.run(_create_database(name))
+    run_in_thread(_create_database(name))
     try:
         yield _asyncpg_url(postgres_server, name)
     finally:
-        asyncio.run(_drop_database(name))
+        run_in_thread(_drop_database(name))
 
 
 @pytest.fixture

@@ -150,7 +150,8 @@ class RedisCounterStore:
 
     async def get_all(self, key: str) -> dict[str, int]:
         raw = await self._call(lambda: self._client.hgetall(key))
-        return {name.decode(): int(value) for name, value in raw.items()}
+        # The client returns bytes (decode_responses is off); str only in a decoding client.
+        return {(name.decode() if isinstance(name, bytes) else name): int(value) for name, value in raw.items()}
 
     async def set_if(self, key: str, values: Mapping[str, int], guard_field: str, guard_value: int | None) -> bool:
         args: list[Any] = [guard_field, "" if guard_value is None else guard_value]

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import anyio
 import msgspec
-from billing.tokens import count_chat_tokens, count_text_tokens
 from litestar import Response
 from litestar.response import Stream
 
@@ -24,6 +23,7 @@ from billing.errors import BillingError
 from billing.ledger import Settlement
 from billing.metering import Reservation
 from billing.money import format_credits, micro_to_usd
+from billing.tokens import count_chat_tokens, count_text_tokens
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest, ModelNotFound, ProviderUnavailable
 from gateway.state import GatewayState

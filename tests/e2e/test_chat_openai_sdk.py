@@ -11,8 +11,8 @@ import time
 import httpx
 import openai
 import pytest
-from billing.tokens import count_text_tokens
 
+from billing.tokens import count_text_tokens
 from tests.fakes.gateway_fixtures import FAKE_MODEL, Gateway, expected_cost_micro
 
 OPENING = 500_000_000

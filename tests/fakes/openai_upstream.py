@@ -34,6 +34,7 @@ class FakeOpenAI:
     stream_error_after: int | None = None
     omit_usage: bool = False
     chunk_delay_s: float = 0.0
+    response_delay_s: float = 0.0
     received: list[ReceivedRequest] = field(default_factory=list)
     served: int = 0
     disconnected: int = 0
@@ -84,6 +85,8 @@ class FakeOpenAI:
             kind = "server_error" if self.fail_status >= 500 else "invalid_request_error"
             await _json(send, self.fail_status, _error("The fake upstream was told to fail", kind, None))
             return
+        if self.response_delay_s:
+            await asyncio.sleep(self.response_delay_s)
         if parsed.get("stream"):
             await self._stream(parsed, send, receive)
         else:

@@ -1,0 +1,80 @@
+"""The ``tollway`` CLI against a real database, on both backends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from tests.fakes.gateway_fixtures import Backend
+
+
+@pytest.fixture
+def config(backend: Backend, tmp_path: Path) -> str:
+    path = tmp_path / "tollway.toml"
+    path.write_text(f'database_url = "{backend.database_url}"\nredis_url = "{backend.redis_url}"\n')
+    assert main(["--config", str(path), "migrate"]) == 0
+    return str(path)
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_cli_accounts_keys_and_credits(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    account = run_json(capsys, "--config", config, "--json", "accounts", "create", "acme", "--credits", "12.5")
+    assert (account["name"], account["balance"]) == ("acme", "12.5")
+    account_id = str(account["id"])
+
+    key = run_json(capsys, "keys", "create", "--account", account_id, "--name", "ci", "--config", config, "--json")
+    assert str(key["key"]).startswith("prx-") and key["prefix"] == str(key["key"])[:8]
+
+    granted = run_json(
+        capsys, "--config", config, "--json", "credits", "grant", account_id, "100", "--reason", "top-up"
+    )
+    assert (granted["amount"], granted["balance"]) == ("100", "112.5")
+
+    listed = run_json(capsys, "--config", config, "--json", "accounts", "list")
+    assert [(a["name"], a["balance"]) for a in listed["accounts"]] == [("acme", "112.5")]  # type: ignore[union-attr]
+
+
+def test_cli_grant_idempotency_key_grants_once(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    account = run_json(capsys, "--config", config, "--json", "accounts", "create", "acme")
+    args = ["--config", config, "--json", "credits", "grant", str(account["id"]), "5", "--idempotency-key", "order-1"]
+    first = run_json(capsys, *args)
+    second = run_json(capsys, *args)
+    assert first == second
+    assert first["balance"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["accounts", "create", "acme", "--credits", "1.0000001"], "6 decimal places"),
+        (["keys", "create", "--account", "999", "--name", "x"], "no account"),
+        (["credits", "grant", "999", "5"], "no account"),
+        (["credits", "grant", "1", "0"], "zero"),
+    ],
+)
+def test_cli_errors_exit_2_with_message(
+    config: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(["--config", config, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_duplicate_account_is_refused(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", config, "accounts", "create", "acme"]) == 0
+    assert main(["--config", config, "accounts", "create", "acme"]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_cli_serve_refuses_workers_without_redis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "tollway.toml"
+    path.write_text(f'database_url = "sqlite+aiosqlite:///{tmp_path}/t.db"\n')
+    assert main(["--config", str(path), "serve", "--workers", "2"]) == 2
+    assert "needs Redis" in capsys.readouterr().err

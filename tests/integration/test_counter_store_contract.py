@@ -1,0 +1,156 @@
+"""One contract, two backends: the embedded store and Redis must behave identically."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from billing.counters import (
+    Adjust,
+    Check,
+    CounterStore,
+    CounterStoreUnavailable,
+    EmbeddedCounterStore,
+    RedisCounterStore,
+    account_key,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[CounterStore]:
+    if request.param == "embedded":
+        yield EmbeddedCounterStore()
+        return
+    redis_store = RedisCounterStore.from_url(request.getfixturevalue("redis_url"))
+    yield redis_store
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    keys = [key async for key in client.scan_iter(match=redis_prefix + "*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+    await redis_store.close()
+
+
+@pytest.fixture
+def key(redis_prefix: str) -> str:
+    return account_key(redis_prefix, 42, "balance")
+
+
+async def test_counter_store_apply_within_bound(store: CounterStore, key: str) -> None:
+    result = await store.apply([Check(key, "spend", 30, limit=100)])
+    assert result.ok
+    assert await store.get(key, "spend") == 30
+
+
+async def test_counter_store_refusal_changes_nothing(store: CounterStore, key: str, redis_prefix: str) -> None:
+    other = account_key(redis_prefix, 42, "key7")
+    await store.adjust([Adjust(key, "spend", 90)])
+    result = await store.apply([Check(other, "spend", 5, limit=100), Check(key, "spend", 20, limit=100)])
+    assert not result.ok
+    assert (result.failed, result.missing, result.value, result.cap) == (1, False, 90, 100)
+    assert await store.get(other, "spend") is None
+    assert await store.get(key, "spend") == 90
+
+
+async def test_counter_store_first_failing_check_is_reported(store: CounterStore, key: str) -> None:
+    result = await store.apply([Check(key, "a", 5, limit=1), Check(key, "b", 5, limit=1)])
+    assert (result.ok, result.failed) == (False, 0)
+
+
+async def test_counter_store_limit_field_caps_by_another_field(store: CounterStore, key: str) -> None:
+    await store.adjust([Adjust(key, "bal", 100)])
+    assert (await store.apply([Check(key, "held", 60, limit_field="bal")])).ok
+    refused = await store.apply([Check(key, "held", 41, limit_field="bal")])
+    assert (refused.ok, refused.value, refused.cap) == (False, 60, 100)
+    assert (await store.apply([Check(key, "held", 40, limit_field="bal")])).ok
+    assert await store.get_all(key) == {"bal": 100, "held": 100}
+
+
+async def test_counter_store_missing_fields(store: CounterStore, key: str) -> None:
+    must = await store.apply([Check(key, "bal", 1, must_exist=True)])
+    assert (must.ok, must.missing, must.value) == (False, True, None)
+    cap_missing = await store.apply([Check(key, "held", 1, limit_field="bal")])
+    assert (cap_missing.ok, cap_missing.missing) == (False, True)
+    assert await store.get_all(key) == {}
+
+
+async def test_counter_store_negative_delta_always_allowed(store: CounterStore, key: str) -> None:
+    await store.adjust([Adjust(key, "spend", 500)])
+    result = await store.apply([Check(key, "spend", -100, limit=10)])
+    assert result.ok
+    assert await store.get(key, "spend") == 400
+
+
+async def test_counter_store_checks_see_values_before_the_apply(store: CounterStore, key: str) -> None:
+    # Two checks on one field are each judged against the value before either delta.
+    result = await store.apply([Check(key, "n", 6, limit=10), Check(key, "n", 6, limit=10)])
+    assert result.ok
+    assert await store.get(key, "n") == 12
+
+
+async def test_counter_store_ttl_set_on_creation_only(store: CounterStore, key: str) -> None:
+    if isinstance(store, EmbeddedCounterStore):
+        clock = FakeClock()
+        store = EmbeddedCounterStore(clock=clock)
+        assert (await store.apply([Check(key, "rpm", 1, limit=5, ttl_ms=60_000)])).ok
+        clock.now += 30
+        assert (await store.apply([Check(key, "rpm", 1, limit=5, ttl_ms=60_000)])).ok
+        clock.now += 31  # 61 s after creation: the window the first apply opened is over
+        assert await store.get(key, "rpm") is None
+        return
+    assert (await store.apply([Check(key, "rpm", 1, limit=5, ttl_ms=400)])).ok
+    await asyncio.sleep(0.25)
+    assert (await store.apply([Check(key, "rpm", 1, limit=5, ttl_ms=400)])).ok  # does not extend
+    await asyncio.sleep(0.3)
+    assert await store.get(key, "rpm") is None
+
+
+async def test_counter_store_adjust_creates_and_adds(store: CounterStore, key: str) -> None:
+    await store.adjust([Adjust(key, "held", 10), Adjust(key, "bal", -3), Adjust(key, "held", 5)])
+    assert await store.get_all(key) == {"held": 15, "bal": -3}
+
+
+async def test_counter_store_set_if_guards(store: CounterStore, key: str) -> None:
+    assert await store.set_if(key, {"bal": 100}, "gen", None)
+    assert not await store.set_if(key, {"bal": 1}, "gen", 3)
+    await store.adjust([Adjust(key, "gen", 1)])
+    assert not await store.set_if(key, {"bal": 2}, "gen", None)
+    assert await store.set_if(key, {"bal": 200}, "gen", 1)
+    assert await store.get_all(key) == {"bal": 200, "gen": 1}
+
+
+async def test_counter_store_delete(store: CounterStore, key: str) -> None:
+    await store.adjust([Adjust(key, "x", 1)])
+    await store.delete(key)
+    assert await store.get_all(key) == {}
+    await store.ping()
+
+
+async def test_counter_store_concurrent_reservations_never_overshoot(store: CounterStore, key: str) -> None:
+    results = await asyncio.gather(*(store.apply([Check(key, "spend", 7, limit=500)]) for _ in range(200)))
+    assert sum(r.ok for r in results) == 71
+    assert await store.get(key, "spend") == 497
+
+
+async def test_counter_store_redis_down_fails_fast() -> None:
+    store = RedisCounterStore.from_url("redis://127.0.0.1:1/0")
+    started = time.monotonic()
+    with pytest.raises(CounterStoreUnavailable):
+        await store.apply([Check("k", "f", 1, limit=1)])
+    with pytest.raises(CounterStoreUnavailable):
+        await store.ping()
+    assert time.monotonic() - started < 5
+    await store.close()
