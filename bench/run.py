@@ -129,8 +129,12 @@ max_output_tokens = 16384
     account = json.loads(tollway(config, "accounts", "create", "bench", "--credits", "100000000"))
     key = json.loads(tollway(config, "keys", "create", "--account", str(account["id"]), "--name", "bench"))["key"]
 
+    floor_port = free_port()
     processes = [
         subprocess.Popen(["taskset", "-c", "1", sys.executable, str(HERE / "canned_upstream.py"), str(upstream_port)]),
+        subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, str(HERE / "floor_app.py"), str(floor_port), str(upstream_port)]
+        ),
         subprocess.Popen(
             ["taskset", "-c", "0", str(VENV_BIN / "tollway"), "--config", str(config), "serve"],
             stdout=subprocess.DEVNULL,
@@ -141,9 +145,16 @@ max_output_tokens = 16384
         gateway = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
         wait_up(f"http://127.0.0.1:{upstream_port}/")
         wait_up(f"http://127.0.0.1:{gateway_port}/healthz")
+        floor = f"http://127.0.0.1:{floor_port}/v1/chat/completions"
+        wait_up(f"http://127.0.0.1:{floor_port}/")
         sequential_p50_ms(gateway, key, BODY, count=200)  # warm up caches and pools
         rows = [
             ("upstream directly", wrk(upstream, key, BODY, args.duration), sequential_p50_ms(upstream, key, BODY)),
+            (
+                "floor: bare Litestar pass-through",
+                wrk(floor, key, BODY, args.duration),
+                sequential_p50_ms(floor, key, BODY),
+            ),
             ("gateway, chat", wrk(gateway, key, BODY, args.duration), sequential_p50_ms(gateway, key, BODY)),
             (
                 "gateway, chat stream",

@@ -6,12 +6,14 @@ request was settled before (a retry, a replayed buffer) and nothing is written a
 
 from __future__ import annotations
 
-import msgspec
-from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import cast
 
-from billing.models import Account, LedgerEntry, LedgerKind, UsageRecord
+import msgspec
+from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billing.models import Account, LedgerEntry, LedgerKind, UsageRecord, utcnow
 from providers.base import Usage
 
 
@@ -34,59 +36,72 @@ class Settlement(msgspec.Struct, frozen=True):
     end_user_id: str = ""
 
 
-def _insert_usage(dialect: str):  # type: ignore[no-untyped-def]
-    return postgresql.insert(UsageRecord) if dialect == "postgresql" else sqlite.insert(UsageRecord)
+_usage = cast(Table, UsageRecord.__table__)
+_ledger = cast(Table, LedgerEntry.__table__)
+_accounts = cast(Table, Account.__table__)
+
+# Built once: execute() with parameters hits SQLAlchemy's compiled cache instead of building
+# (and cache-keying) a statement per request.
+_INSERT_USAGE = {
+    "postgresql": postgresql.insert(_usage)
+    .on_conflict_do_nothing(index_elements=["request_id"])
+    .returning(_usage.c.id),
+    "sqlite": sqlite.insert(_usage).on_conflict_do_nothing(index_elements=["request_id"]).returning(_usage.c.id),
+}
+_DEBIT_BALANCE = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("debit_account_id"))
+    .values(balance_micro=_accounts.c.balance_micro - bindparam("debit_micro"))
+    .returning(_accounts.c.balance_micro)
+)
+_INSERT_LEDGER = insert(_ledger)
 
 
-async def write_settlement(session: AsyncSession, settlement: Settlement) -> bool:
-    """Write the usage record and, if it cost anything, the debit; commits.
+async def write_settlement(connection: AsyncConnection, settlement: Settlement) -> bool:
+    """Write the usage record and, if it cost anything, the debit, in the caller's transaction.
 
     Returns ``False`` when this request id was settled before (nothing written).
     """
-    dialect = session.get_bind().dialect.name
     usage = settlement.usage
-    inserted = await session.scalar(
-        _insert_usage(dialect)
-        .values(
-            request_id=settlement.request_id,
-            account_id=settlement.account_id,
-            key_id=settlement.key_id,
-            model=settlement.model,
-            provider=settlement.provider,
-            upstream_model=settlement.upstream_model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_tokens=usage.cached_input_tokens,
-            credits_micro=settlement.cost_micro,
-            latency_ms=settlement.latency_ms,
-            status_code=settlement.status_code,
-            error_code=settlement.error_code,
-            streamed=settlement.streamed,
-            cancelled=settlement.cancelled,
-            end_user_id=settlement.end_user_id,
-        )
-        .on_conflict_do_nothing(index_elements=["request_id"])
-        .returning(UsageRecord.id)
+    now = utcnow()
+    inserted = await connection.scalar(
+        _INSERT_USAGE[connection.dialect.name],
+        {
+            "request_id": settlement.request_id,
+            "account_id": settlement.account_id,
+            "key_id": settlement.key_id,
+            "model": settlement.model,
+            "provider": settlement.provider,
+            "upstream_model": settlement.upstream_model,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_input_tokens,
+            "credits_micro": settlement.cost_micro,
+            "latency_ms": settlement.latency_ms,
+            "status_code": settlement.status_code,
+            "error_code": settlement.error_code,
+            "streamed": settlement.streamed,
+            "cancelled": settlement.cancelled,
+            "end_user_id": settlement.end_user_id,
+            "created_at": now,
+        },
     )
     if inserted is None:
-        await session.rollback()
         return False
     if settlement.cost_micro:
-        balance_after = await session.scalar(
-            update(Account)
-            .where(Account.id == settlement.account_id)
-            .values(balance_micro=Account.balance_micro - settlement.cost_micro)
-            .returning(Account.balance_micro)
+        balance_after = await connection.scalar(
+            _DEBIT_BALANCE, {"debit_account_id": settlement.account_id, "debit_micro": settlement.cost_micro}
         )
-        session.add(
-            LedgerEntry(
-                account_id=settlement.account_id,
-                kind=LedgerKind.DEBIT.value,
-                amount_micro=-settlement.cost_micro,
-                balance_after_micro=int(balance_after or 0),
-                request_id=settlement.request_id,
-                reason=settlement.model,
-            )
+        await connection.execute(
+            _INSERT_LEDGER,
+            {
+                "account_id": settlement.account_id,
+                "kind": LedgerKind.DEBIT.value,
+                "amount_micro": -settlement.cost_micro,
+                "balance_after_micro": int(balance_after or 0),
+                "request_id": settlement.request_id,
+                "reason": settlement.model,
+                "created_at": now,
+            },
         )
-    await session.commit()
     return True

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.accounts import account_balance
 from billing.counters import Adjust, Check, CounterStore, CounterStoreUnavailable, account_key
@@ -44,6 +44,7 @@ class Meter:
     def __init__(
         self,
         store: CounterStore,
+        engine: AsyncEngine,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         prefix: str,
@@ -52,6 +53,7 @@ class Meter:
     ) -> None:
         self._store = store
         self._sessionmaker = sessionmaker
+        self._engine = engine
         self._prefix = prefix
         self._refresh_s = refresh_s
         self._clock = clock
@@ -86,8 +88,8 @@ class Meter:
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
         """Debit the real cost once and release the hold; never raises for a served request."""
         try:
-            async with self._sessionmaker() as session:
-                await write_settlement(session, settlement)
+            async with self._engine.begin() as connection:
+                await write_settlement(connection, settlement)
         except SQLAlchemyError:
             # The durable usage buffer (billing issue) makes this path lossless; until then the
             # failure is loud so an operator can reconcile.
@@ -106,8 +108,8 @@ class Meter:
     async def record(self, settlement: Settlement) -> None:
         """Record a request that held no credits (refused before reserving); never raises."""
         try:
-            async with self._sessionmaker() as session:
-                await write_settlement(session, settlement)
+            async with self._engine.begin() as connection:
+                await write_settlement(connection, settlement)
         except SQLAlchemyError:
             log.exception("usage record write failed", extra={"request_id": settlement.request_id})
 

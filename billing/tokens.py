@@ -133,6 +133,12 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         )
 
 
+def warm_encodings() -> None:
+    """Load every shipped encoding now (blocking; call it in a thread at startup)."""
+    for name in ENCODINGS:
+        get_encoding(name)
+
+
 @functools.lru_cache(maxsize=1024)
 def encoding_name_for_model(model: str) -> str:
     name = model.rsplit("/", 1)[-1].lower()

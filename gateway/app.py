@@ -7,15 +7,18 @@ it stops, so importing this module (or building an app in a test) has no side ef
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.exceptions import HTTPException
+from litestar.logging.config import LoggingConfig
 
 from billing.counters import build_counter_store
 from billing.metering import Meter
+from billing.tokens import warm_encodings
 from gateway.api.chat import create_chat_completion
 from gateway.api.health import healthz, readyz
 from gateway.catalog import build_adapters, build_catalog
@@ -43,11 +46,15 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             engine=engine,
             sessionmaker=sessionmaker,
             counters=counters,
-            meter=Meter(counters, sessionmaker, prefix=settings.redis_prefix, refresh_s=settings.balance_refresh_s),
+            meter=Meter(
+                counters, engine, sessionmaker, prefix=settings.redis_prefix, refresh_s=settings.balance_refresh_s
+            ),
             keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s),
             catalog=build_catalog(settings),
             adapters=adapters,
         )
+        # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
+        await asyncio.to_thread(warm_encodings)
         try:
             yield
         finally:
@@ -66,6 +73,12 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         openapi_config=None,
+        logging_config=LoggingConfig(
+            root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
+            # httpx logs every upstream request at INFO: a formatted line per call on the hot path.
+            loggers={"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+            log_exceptions="never",
+        ),
         debug=False,
     )
 
