@@ -7,11 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import openai
 import pytest
 from sqlalchemy import update
 
 from billing.models import Account
+from gateway.app import create_app
 from tests.fakes.gateway_fixtures import (
     FAKE_MODEL,
     Backend,
@@ -21,6 +23,7 @@ from tests.fakes.gateway_fixtures import (
     start_gateway,
 )
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.servers import ThreadedServer, free_port
 
 OPENING = 500_000_000
 
@@ -29,10 +32,7 @@ OPENING = 500_000_000
 def slow_gateway(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
     """A gateway whose provider read timeout is short, to exercise 504s."""
     settings = gateway_settings(backend, fake_openai)
-    provider = settings.providers["fake"]
-    import msgspec
-
-    fast = msgspec.structs.replace(provider, read_timeout_s=0.3)
+    fast = msgspec.structs.replace(settings.providers["fake"], read_timeout_s=0.3)
     settings = msgspec.structs.replace(settings, providers={"fake": fast})
     gw, server = start_gateway(settings, fake_openai)
     try:
@@ -67,19 +67,9 @@ def test_chat_stream_idle_timeout_ends_stream_with_error(slow_gateway: Gateway) 
 
 
 def test_chat_upstream_unreachable_is_502(gateway: Gateway) -> None:
-    gateway.fake.fail_times = 0
-    import msgspec
-
-    # Point a second gateway at a port nobody listens on.
-    from tests.fakes.servers import free_port
-
+    # A second gateway on the same database, its provider on a port nobody listens on.
     dead = msgspec.structs.replace(gateway.settings.providers["fake"], base_url=f"http://127.0.0.1:{free_port()}/v1")
-    settings = msgspec.structs.replace(
-        gateway.settings, providers={"fake": dead}, database_url=gateway.settings.database_url
-    )
-    from gateway.app import create_app
-    from tests.fakes.servers import ThreadedServer
-
+    settings = msgspec.structs.replace(gateway.settings, providers={"fake": dead})
     server = ThreadedServer(create_app(settings, env={})).start()
     try:
         response = httpx.post(

@@ -20,11 +20,12 @@ from tests.fakes.servers import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def serve(workdir: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def serve(workdir: Path, port: int, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start ``tollway [args] serve`` in ``workdir`` and wait until it answers /healthz."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
     env.update({"TOLLWAY_PORT": str(port), "PYTHONPATH": str(REPO)})
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve"],
+        [sys.executable, "-m", "gateway.cli", *args, "serve"],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,
@@ -77,51 +78,18 @@ def test_serve_first_run_bootstraps_and_prints_key_once(tmp_path: Path) -> None:
 
 
 def test_serve_two_workers_share_postgres_and_redis(tmp_path: Path, postgres_url: str, redis_url: str) -> None:
-    """``--workers 2`` on Postgres + Redis: both workers answer with the bootstrap key."""
+    """``--workers 2`` on Postgres + Redis: the workers serve calls with the bootstrap key."""
     port = free_port()
     config = tmp_path / "tollway.toml"
-    config.write_text(f'database_url = "{postgres_url}"\nredis_url = "{redis_url}"\nredis_prefix = "twtest:{port}:"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-    env.update({"PYTHONPATH": str(REPO)})
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "--config",
-            str(config),
-            "--json",
-            "serve",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    config.write_text(
+        f'database_url = "{postgres_url}"\nredis_url = "{redis_url}"\nredis_prefix = "twtest:{port}:"\nworkers = 2\n'
     )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True).start()
+    process, lines = serve(tmp_path, port, "--config", str(config), "--json")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any('"key"' in line for line in lines):
-            time.sleep(0.05)
         announced = next(line for line in lines if '"key"' in line)
         key = re.search(r"prx-[0-9a-f]{48}", announced)
         assert key is not None, "".join(lines)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(0), max_retries=3)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    pytest.fail("workers did not come up:\n" + "".join(lines))
-                time.sleep(0.1)
         replies = [
             client.chat.completions.create(model="demo/echo", messages=[{"role": "user", "content": f"n{i}"}])
             for i in range(20)
