@@ -41,3 +41,14 @@ class AccountNotFound(BillingError):
     status_code = 404
     type = "invalid_request_error"
     code = "account_not_found"
+
+
+class RateLimitExceeded(BillingError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, retry_after_s))}

@@ -14,16 +14,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.accounts import account_balance
-from billing.counters import Adjust, Check, CounterStore, CounterStoreUnavailable, account_key
-from billing.errors import BillingUnavailable, InsufficientCredits
+from billing.counters import Adjust, ApplyResult, Check, CounterStore, CounterStoreUnavailable, account_key
+from billing.errors import (
+    BillingError,
+    BillingUnavailable,
+    InsufficientCredits,
+    RateLimitExceeded,
+    SpendingLimitExceeded,
+)
 from billing.ledger import Settlement, write_settlement
 from billing.money import format_credits
+from billing.periods import period_end, period_id
 
 log = logging.getLogger("tollway.billing")
 
@@ -32,10 +40,27 @@ HELD = "held"
 GENERATION = "gen"
 
 
+class KeyLimits(msgspec.Struct, frozen=True):
+    """A key's own limits for one request (a ``bt-`` token brings its parent's)."""
+
+    key_id: int
+    spending_limit_micro: int | None = None
+    spending_period: str = "monthly"
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+
+
 class Reservation(msgspec.Struct, frozen=True):
     request_id: str
     account_id: int
     amount_micro: int
+    spend_key: str = ""
+    tpm_key: str = ""
+    tokens: int = 0
+
+
+_WINDOW_MS = 120_000  # a minute window's counter outlives its minute, then Redis drops it
+_PERIOD_GRACE = timedelta(days=2)
 
 
 class Meter:
@@ -63,27 +88,77 @@ class Meter:
     def balance_key(self, account_id: int) -> str:
         return account_key(self._prefix, account_id, "balance")
 
-    async def reserve(self, account_id: int, amount_micro: int, request_id: str) -> Reservation:
-        """Hold ``amount_micro`` of the account's credits, or raise :class:`InsufficientCredits`."""
+    def spend_key(self, account_id: int, key_id: int, period: str, now: datetime) -> str:
+        return account_key(self._prefix, account_id, f"spend:{key_id}:{period_id(now, period)}")
+
+    async def key_spend_micro(self, account_id: int, key_id: int, period: str, now: datetime) -> int:
+        """What the key has spent (and holds) in the current period."""
+        return await self._store.get(self.spend_key(account_id, key_id, period, now), "v") or 0
+
+    async def reserve(
+        self,
+        account_id: int,
+        amount_micro: int,
+        request_id: str,
+        *,
+        limits: KeyLimits | None = None,
+        tokens: int = 0,
+        now: datetime | None = None,
+    ) -> Reservation:
+        """Steps 10–12 of the security chain in one atomic apply: the key's rate limits, its
+        spending limit for the current period, then the account balance.
+
+        Raises :class:`RateLimitExceeded`, :class:`SpendingLimitExceeded` or
+        :class:`InsufficientCredits` naming the first limit that does not hold.
+        """
         if self._clock() - self._refreshed_at.get(account_id, float("-inf")) > self._refresh_s:
             await self.refresh_balance(account_id)
-        key = self.balance_key(account_id)
-        check = Check(key=key, field=HELD, delta=amount_micro, limit_field=BALANCE)
+        now = now or datetime.now(UTC)
+        checks: list[Check] = []
+        kinds: list[str] = []
+        spend_key = tpm_key = ""
+        if limits is not None:
+            minute = int(now.timestamp()) // 60
+            if limits.rpm_limit is not None:
+                key = account_key(self._prefix, account_id, f"rpm:{limits.key_id}:{minute}")
+                checks.append(Check(key, "n", 1, limit=limits.rpm_limit, ttl_ms=_WINDOW_MS))
+                kinds.append("rpm")
+            if limits.tpm_limit is not None:
+                tpm_key = account_key(self._prefix, account_id, f"tpm:{limits.key_id}:{minute}")
+                checks.append(Check(tpm_key, "n", tokens, limit=limits.tpm_limit, ttl_ms=_WINDOW_MS))
+                kinds.append("tpm")
+            spend_key = self.spend_key(account_id, limits.key_id, limits.spending_period, now)
+            period_ttl = period_end(now, limits.spending_period) - now + _PERIOD_GRACE
+            checks.append(
+                Check(
+                    spend_key,
+                    "v",
+                    amount_micro,
+                    limit=limits.spending_limit_micro,
+                    ttl_ms=int(period_ttl.total_seconds() * 1000),
+                )
+            )
+            kinds.append("spend")
+        checks.append(Check(self.balance_key(account_id), HELD, amount_micro, limit_field=BALANCE))
+        kinds.append("balance")
         try:
-            result = await self._store.apply([check])
-            if not result.ok and result.missing:
+            result = await self._store.apply(checks)
+            if not result.ok and result.missing and kinds[result.failed] == "balance":
                 # The mirror was lost (a Redis restart): load it and try once more.
                 await self.refresh_balance(account_id, force=True)
-                result = await self._store.apply([check])
+                result = await self._store.apply(checks)
         except CounterStoreUnavailable as error:
             raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
         if not result.ok:
-            available = max(0, (result.cap or 0) - (result.value or 0))
-            raise InsufficientCredits(
-                f"insufficient credits: this request may cost up to {format_credits(amount_micro)} "
-                f"credits and {format_credits(available)} are available"
-            )
-        return Reservation(request_id=request_id, account_id=account_id, amount_micro=amount_micro)
+            raise _refusal(kinds[result.failed], result, amount_micro, now)
+        return Reservation(
+            request_id=request_id,
+            account_id=account_id,
+            amount_micro=amount_micro,
+            spend_key=spend_key,
+            tpm_key=tpm_key,
+            tokens=tokens,
+        )
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
         """Debit the real cost once and release the hold; never raises for a served request."""
@@ -94,14 +169,19 @@ class Meter:
             # The durable usage buffer (billing issue) makes this path lossless; until then the
             # failure is loud so an operator can reconcile.
             log.exception("settlement write failed", extra={"request_id": settlement.request_id})
+        balance_key = self.balance_key(reservation.account_id)
+        adjustments = [
+            Adjust(balance_key, HELD, -reservation.amount_micro),
+            Adjust(balance_key, BALANCE, -settlement.cost_micro),
+            Adjust(balance_key, GENERATION, 1),
+        ]
+        if reservation.spend_key:
+            adjustments.append(Adjust(reservation.spend_key, "v", settlement.cost_micro - reservation.amount_micro))
+        if reservation.tpm_key:
+            used = settlement.usage.input_tokens + settlement.usage.output_tokens
+            adjustments.append(Adjust(reservation.tpm_key, "n", used - reservation.tokens))
         try:
-            await self._store.adjust(
-                [
-                    Adjust(self.balance_key(reservation.account_id), HELD, -reservation.amount_micro),
-                    Adjust(self.balance_key(reservation.account_id), BALANCE, -settlement.cost_micro),
-                    Adjust(self.balance_key(reservation.account_id), GENERATION, 1),
-                ]
-            )
+            await self._store.adjust(adjustments)
         except CounterStoreUnavailable:
             log.exception("releasing a reservation failed", extra={"request_id": settlement.request_id})
 
@@ -154,3 +234,22 @@ class Meter:
         """Balance minus open reservations, as the next reservation would see it."""
         fields = await self._store.get_all(self.balance_key(account_id))
         return fields.get(BALANCE, 0) - fields.get(HELD, 0)
+
+
+def _refusal(kind: str, result: ApplyResult, amount_micro: int, now: datetime) -> BillingError:
+    if kind in ("rpm", "tpm"):
+        unit = "requests" if kind == "rpm" else "tokens"
+        return RateLimitExceeded(
+            f"rate limit exceeded: this key allows {result.cap} {unit} per minute",
+            retry_after_s=60 - now.second,
+        )
+    available = max(0, (result.cap or 0) - (result.value or 0))
+    if kind == "spend":
+        return SpendingLimitExceeded(
+            f"spending limit reached: this request may cost up to {format_credits(amount_micro)} credits and "
+            f"{format_credits(available)} remain in this key's limit for the period"
+        )
+    return InsufficientCredits(
+        f"insufficient credits: this request may cost up to {format_credits(amount_micro)} "
+        f"credits and {format_credits(available)} are available"
+    )

@@ -31,6 +31,8 @@ from gateway.errors import (
 )
 from gateway.settings import Settings, load_settings
 from gateway.state import GatewayState
+from keys.browser_tokens import BrowserTokens
+from keys.restrictions import parse_networks
 from keys.service import KeyResolver
 
 
@@ -52,6 +54,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s),
             catalog=build_catalog(settings),
             adapters=adapters,
+            tokens=BrowserTokens(counters, prefix=settings.redis_prefix),
+            trusted_proxies=parse_networks(settings.trusted_proxies, strict=False),
         )
         # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
         await asyncio.to_thread(warm_encodings)

@@ -7,6 +7,7 @@ operator's config fails loudly instead of being ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -78,6 +79,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     balance_refresh_s: float = 5.0
     reservation_ttl_s: int = 900
     log_level: str = "info"
+    trusted_proxies: list[str] = []
+    country_header: str = ""
+    country_fail_closed: bool = True
+    cors_max_age_s: int = 600
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -103,6 +108,8 @@ _ENV_OVERRIDES: dict[str, type] = {
     "balance_refresh_s": float,
     "reservation_ttl_s": int,
     "log_level": str,
+    "country_header": str,
+    "country_fail_closed": bool,
 }
 
 
@@ -162,6 +169,11 @@ def _decimal(value: str, where: str) -> Decimal:
 def validate_settings(settings: Settings) -> None:
     """Cross-field checks msgspec cannot express; each error names the setting."""
     _decimal(settings.markup_percent, "markup_percent")
+    for proxy in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as error:
+            raise SettingsError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR") from error
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
     if settings.workers > 1 and not settings.uses_redis:
         raise SettingsError(

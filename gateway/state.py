@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+from litestar import Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.counters import CounterStore
 from billing.metering import Meter
 from gateway.catalog import CatalogModel
+from gateway.pipeline.facts import request_facts
 from gateway.settings import Settings
+from keys.browser_tokens import BrowserTokens
+from keys.chain import RequestFacts
+from keys.restrictions import IPNetwork
 from keys.service import KeyResolver
 from providers.base import ChatAdapter
 
@@ -30,4 +36,16 @@ class GatewayState:
     keys: KeyResolver
     catalog: dict[str, CatalogModel]
     adapters: dict[str, ChatAdapter]
+    tokens: BrowserTokens
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     now: Callable[[], datetime] = field(default=utc_now)
+
+    def request_facts(self, request: Request[Any, Any, Any]) -> RequestFacts:
+        client = request.scope.get("client")
+        return request_facts(
+            client[0] if client else None,
+            request.headers,
+            trusted_proxies=self.trusted_proxies,
+            country_header=self.settings.country_header.lower(),
+            fail_closed_on_unknown_country=self.settings.country_fail_closed,
+        )

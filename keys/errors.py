@@ -30,3 +30,36 @@ class AccountSuspended(KeyError_):
     status_code = 403
     type = "permission_error"
     code = "account_suspended"
+
+
+class _Forbidden(KeyError_):
+    status_code = 403
+    type = "permission_error"
+
+
+class OutsideActiveHours(_Forbidden):
+    code = "outside_active_hours"
+
+
+class IpNotAllowed(_Forbidden):
+    code = "ip_not_allowed"
+
+
+class CountryBlocked(_Forbidden):
+    code = "country_blocked"
+
+
+class OriginNotAllowed(_Forbidden):
+    code = "origin_not_allowed"
+
+
+class ModelNotAllowed(_Forbidden):
+    code = "model_not_allowed"
+
+
+class CategoryNotAllowed(_Forbidden):
+    code = "category_not_allowed"
+
+
+class BrowserTokenForbidden(_Forbidden):
+    code = "browser_token_forbidden"

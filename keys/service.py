@@ -9,22 +9,37 @@ database at request rate.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
-import msgspec
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.models import Account
 from keys.models import ApiKey
+from keys.restrictions import (
+    HoursWindow,
+    IPNetwork,
+    OriginPattern,
+    RestrictionError,
+    parse_active_hours,
+    parse_networks,
+    parse_origins,
+)
 from keys.secrets import display_prefix, hash_key, new_prx_key
 
 
-class KeyIdentity(msgspec.Struct, frozen=True):
-    """What the request path needs to know about a resolved key (no secret inside)."""
+@dataclass(frozen=True, slots=True)
+class KeyIdentity:
+    """What the request path needs to know about a resolved key: parsed restrictions, no secret.
+
+    A ``bt-`` token resolves to its parent's identity with ``via_token`` set, so every
+    restriction of the parent applies to it, live.
+    """
 
     key_id: int
     account_id: int
@@ -32,10 +47,41 @@ class KeyIdentity(msgspec.Struct, frozen=True):
     is_active: bool
     expires_at: datetime | None
     name: str
-    allowed_models: tuple[str, ...] = ()
-    allowed_categories: tuple[str, ...] = ()
+    allowed_models: frozenset[str] = frozenset()
+    allowed_categories: frozenset[str] = frozenset()
+    allowed_ips: tuple[IPNetwork, ...] = ()
+    allowed_origins: tuple[OriginPattern, ...] = ()
+    blocked_countries: frozenset[str] = frozenset()
+    active_hours: HoursWindow | None = None
     spending_limit_micro: int | None = None
     spending_period: str = "monthly"
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    webhook_url: str = ""
+    via_token: bool = False
+
+
+def identity_from_row(key: ApiKey, account_status: str) -> KeyIdentity:
+    """Parse a key row's restrictions once, when it enters the cache."""
+    return KeyIdentity(
+        key_id=key.id,
+        account_id=key.account_id,
+        account_status=account_status,
+        is_active=key.is_active,
+        expires_at=key.expires_at,
+        name=key.name,
+        allowed_models=frozenset(key.allowed_models or ()),
+        allowed_categories=frozenset(key.allowed_categories or ()),
+        allowed_ips=parse_networks(key.allowed_ips or ()),
+        allowed_origins=parse_origins(key.allowed_origins or ()),
+        blocked_countries=frozenset(c.upper() for c in key.blocked_countries or ()),
+        active_hours=parse_active_hours(key.active_hours or ""),
+        spending_limit_micro=key.spending_limit_micro,
+        spending_period=key.spending_period,
+        rpm_limit=key.rpm_limit,
+        tpm_limit=key.tpm_limit,
+        webhook_url=key.webhook_url,
+    )
 
 
 async def create_key(session: AsyncSession, account_id: int, name: str, *, description: str = "") -> tuple[ApiKey, str]:
@@ -52,6 +98,9 @@ async def create_key(session: AsyncSession, account_id: int, name: str, *, descr
     await session.commit()
     await session.refresh(key)
     return key, plaintext
+
+
+log = logging.getLogger("tollway.keys")
 
 
 class KeyResolver:
@@ -76,37 +125,43 @@ class KeyResolver:
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < self._ttl_s:
             return cached[1]
-        identity = await self._load(digest)
-        self._cache[digest] = (now, identity)
-        self._cache.move_to_end(digest)
-        while len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
+        identity = await self._load(ApiKey.key_hash == digest)
+        self._remember(digest, now, identity)
         return identity
 
     def forget_all(self) -> None:
         self._cache.clear()
 
-    async def _load(self, digest: str) -> KeyIdentity | None:
+    async def resolve_id(self, key_id: int) -> KeyIdentity | None:
+        """The identity of key ``key_id`` (the parent of a ``bt-`` token), cached the same way."""
+        cache_key = f"id:{key_id}"
+        now = self._clock()
+        cached = self._cache.get(cache_key)
+        if cached is not None and now - cached[0] < self._ttl_s:
+            return cached[1]
+        identity = await self._load(ApiKey.id == key_id)
+        self._remember(cache_key, now, identity)
+        return identity
+
+    def _remember(self, cache_key: str, now: float, identity: KeyIdentity | None) -> None:
+        self._cache[cache_key] = (now, identity)
+        self._cache.move_to_end(cache_key)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+
+    async def _load(self, condition: ColumnElement[bool]) -> KeyIdentity | None:
         async with self._sessionmaker() as session:
             row = (
                 await session.execute(
-                    select(ApiKey, Account.status)
-                    .join(Account, Account.id == ApiKey.account_id)
-                    .where(ApiKey.key_hash == digest)
+                    select(ApiKey, Account.status).join(Account, Account.id == ApiKey.account_id).where(condition)
                 )
             ).first()
         if row is None:
             return None
         key, account_status = row
-        return KeyIdentity(
-            key_id=key.id,
-            account_id=key.account_id,
-            account_status=account_status,
-            is_active=key.is_active,
-            expires_at=key.expires_at,
-            name=key.name,
-            allowed_models=tuple(key.allowed_models or ()),
-            allowed_categories=tuple(key.allowed_categories or ()),
-            spending_limit_micro=key.spending_limit_micro,
-            spending_period=key.spending_period,
-        )
+        try:
+            return identity_from_row(key, account_status)
+        except RestrictionError:
+            # Written by hand around the API: refuse the key rather than drop a restriction.
+            log.error("key %s has unreadable restrictions; refusing it", key.id)
+            return None

@@ -18,4 +18,5 @@ async def create_chat_completion(request: Request[Any, Any, Any]) -> Response[by
     request_id = new_request_id()
     remember_request_id(request, request_id)
     raw_body = await request.body()
-    return await chat_completions(state, request.headers, raw_body, request_id)
+    facts = state.request_facts(request)
+    return await chat_completions(state, request.headers, facts, raw_body, request_id)

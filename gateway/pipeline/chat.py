@@ -21,13 +21,14 @@ from litestar.response import Stream
 
 from billing.errors import BillingError
 from billing.ledger import Settlement
-from billing.metering import Reservation
+from billing.metering import KeyLimits, Reservation
 from billing.money import format_credits, micro_to_usd
 from billing.tokens import count_chat_tokens, count_text_tokens
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest, ModelNotFound, ProviderUnavailable
 from gateway.state import GatewayState
-from keys.chain import authenticate
+from keys.chain import RequestFacts, authenticate, authorize_models
+from keys.errors import KeyError_
 from keys.service import KeyIdentity
 from providers.base import ChatCall, ChatStream, Usage
 from providers.errors import ProviderError
@@ -47,6 +48,7 @@ class ChatBodyView(msgspec.Struct):
     model: str
     messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1)]
     stream: bool = False
+    models: list[str] | None = None
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
     tools: list[dict[str, Any]] | None = None
@@ -121,13 +123,23 @@ def upstream_body(body: dict[str, Any], model: CatalogModel) -> dict[str, Any]:
     return forwarded
 
 
-def worst_case(model: CatalogModel, view: ChatBodyView) -> tuple[int, int]:
-    """(input token estimate, micro-credits to reserve) for the most this call can cost."""
+def worst_case(model: CatalogModel, view: ChatBodyView) -> tuple[int, int, int]:
+    """(input token estimate, most output tokens, micro-credits to reserve) for this call."""
     assert model.price is not None
     input_tokens = count_chat_tokens(view.messages, model.upstream_model, view.tools)
     asked = view.max_completion_tokens or view.max_tokens or model.max_output_tokens
     max_output = min(asked, model.max_output_tokens)
-    return input_tokens, model.price.worst_case_micro(input_tokens, max_output)
+    return input_tokens, max_output, model.price.worst_case_micro(input_tokens, max_output)
+
+
+def key_limits(identity: KeyIdentity) -> KeyLimits:
+    return KeyLimits(
+        key_id=identity.key_id,
+        spending_limit_micro=identity.spending_limit_micro,
+        spending_period=identity.spending_period,
+        rpm_limit=identity.rpm_limit,
+        tpm_limit=identity.tpm_limit,
+    )
 
 
 def tollway_meta(
@@ -182,7 +194,7 @@ async def settle(
     return cost
 
 
-def refused_settlement(ctx: CallContext, slug: str, error: GatewayError | BillingError) -> Settlement:
+def refused_settlement(ctx: CallContext, slug: str, error: GatewayError | BillingError | KeyError_) -> Settlement:
     """The usage record of an authenticated request refused before it reached a provider."""
     return Settlement(
         request_id=ctx.request_id,
@@ -210,10 +222,11 @@ def _completion_text(body: dict[str, Any]) -> str:
 
 
 async def chat_completions(
-    state: GatewayState, headers: Mapping[str, str], raw_body: bytes, request_id: str
+    state: GatewayState, headers: Mapping[str, str], facts: RequestFacts, raw_body: bytes, request_id: str
 ) -> Response[bytes] | Stream:
     started = time.perf_counter()
-    identity = await authenticate(headers.get("authorization"), state.keys, state.now())
+    now = state.now()
+    identity = await authenticate(headers.get("authorization"), state.keys, now, facts, state.tokens)
     ctx = CallContext(request_id, started, identity, headers.get(END_USER_HEADER, "")[:_MAX_END_USER])
     slug = ""
     try:
@@ -221,9 +234,17 @@ async def chat_completions(
         slug = view.model
         ctx.end_user_id = end_user_of(headers, view)
         model = find_model(state, view.model)
-        input_tokens, amount = worst_case(model, view)
-        reservation = await state.meter.reserve(identity.account_id, amount, request_id)
-    except (GatewayError, BillingError) as error:
+        authorize_models(identity, [view.model, *(view.models or ())], model.category)
+        input_tokens, max_output, amount = worst_case(model, view)
+        reservation = await state.meter.reserve(
+            identity.account_id,
+            amount,
+            request_id,
+            limits=key_limits(identity),
+            tokens=input_tokens + max_output,
+            now=now,
+        )
+    except (GatewayError, BillingError, KeyError_) as error:
         await state.meter.record(refused_settlement(ctx, slug, error))
         raise
     call = ChatCall(body=upstream_body(body, model), upstream_model=model.upstream_model)
