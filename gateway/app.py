@@ -21,18 +21,21 @@ from billing.metering import Meter
 from billing.tokens import warm_encodings
 from gateway.api.chat import create_chat_completion
 from gateway.api.health import healthz, readyz
+from gateway.api.keys import KeysController
 from gateway.catalog import build_adapters, build_catalog
+from gateway.cors import cors_middleware
 from gateway.db import create_engine, create_sessionmaker
 from gateway.errors import (
     DOMAIN_ERRORS,
     handle_domain_error,
     handle_http_exception,
+    handle_restriction_error,
     handle_unexpected,
 )
 from gateway.settings import Settings, load_settings
 from gateway.state import GatewayState
 from keys.browser_tokens import BrowserTokens
-from keys.restrictions import parse_networks
+from keys.restrictions import RestrictionError, parse_networks
 from keys.service import KeyResolver
 
 
@@ -70,13 +73,15 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     exception_handlers: dict[type[Exception] | int, object] = {
         error_type: handle_domain_error for error_type in DOMAIN_ERRORS
     }
+    exception_handlers[RestrictionError] = handle_restriction_error
     exception_handlers[HTTPException] = handle_http_exception
     exception_handlers[Exception] = handle_unexpected
     return Litestar(
-        route_handlers=[create_chat_completion, healthz, readyz],
+        route_handlers=[create_chat_completion, KeysController, healthz, readyz],
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         openapi_config=None,
+        middleware=[cors_middleware(settings.cors_max_age_s)],
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
             # httpx logs every upstream request at INFO: a formatted line per call on the hot path.

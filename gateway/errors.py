@@ -7,7 +7,8 @@ Each domain package has its own error tree carrying ``status_code``, ``type``, `
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+import re
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Request, Response
@@ -15,9 +16,11 @@ from litestar.exceptions import HTTPException
 
 from billing.errors import BillingError
 from keys.errors import KeyError_
+from keys.restrictions import RestrictionError
 from providers.errors import ProviderError
 
 log = logging.getLogger("tollway.gateway")
+T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
@@ -51,7 +54,33 @@ class ProviderUnavailable(GatewayError):
     code = "provider_unavailable"
 
 
+_PARAM_PATTERNS = (re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)"), re.compile(r"field `([^`]+)`"))
+
+
+def validation_param(message: str) -> str | None:
+    """The top-level field a msgspec validation message is about, for the error's ``param``."""
+    for pattern in _PARAM_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1)
+    return None
+
+
+def decode_body(raw: bytes, type_: type[T]) -> T:
+    """Decode a JSON request body into ``type_``; errors are 400s naming the field."""
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as error:
+        raise InvalidRequest(f"invalid request: {error}", param=validation_param(str(error))) from error
+    except msgspec.DecodeError as error:
+        raise InvalidJSON(f"request body is not valid JSON: {error}") from error
+
+
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (GatewayError, KeyError_, BillingError, ProviderError)
+
+
+def handle_restriction_error(request: Request[Any, Any, Any], error: RestrictionError) -> Response[bytes]:
+    return error_response(InvalidRequest(str(error), param=error.field))
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:

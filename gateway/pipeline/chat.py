@@ -7,7 +7,6 @@ exit path (success, upstream error, client disconnect), shielded from cancellati
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -25,7 +24,14 @@ from billing.metering import KeyLimits, Reservation
 from billing.money import format_credits, micro_to_usd
 from billing.tokens import count_chat_tokens, count_text_tokens
 from gateway.catalog import CatalogModel
-from gateway.errors import GatewayError, InvalidJSON, InvalidRequest, ModelNotFound, ProviderUnavailable
+from gateway.errors import (
+    GatewayError,
+    InvalidJSON,
+    InvalidRequest,
+    ModelNotFound,
+    ProviderUnavailable,
+    validation_param,
+)
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate, authorize_models
 from keys.errors import KeyError_
@@ -85,21 +91,9 @@ def parse_chat_body(raw: bytes) -> tuple[dict[str, Any], ChatBodyView]:
     try:
         view = msgspec.convert(body, ChatBodyView)
     except msgspec.ValidationError as error:
-        param = _error_param(str(error))
+        param = validation_param(str(error))
         raise InvalidRequest(f"invalid request: {error}", param=param) from error
     return body, view
-
-
-_PARAM_PATTERNS = (re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)"), re.compile(r"required field `([^`]+)`"))
-
-
-def _error_param(message: str) -> str | None:
-    """The top-level field a validation message is about, for the error's ``param``."""
-    for pattern in _PARAM_PATTERNS:
-        match = pattern.search(message)
-        if match:
-            return match.group(1)
-    return None
 
 
 def find_model(state: GatewayState, slug: str) -> CatalogModel:

@@ -97,3 +97,105 @@ def test_keys_material() -> None:
     assert hash_key(key) != key and len(hash_key(key)) == 64
     assert new_prx_key() != key
     assert not looks_like_prx_key("prx-" + "g" * 48)
+
+
+# --- steps 4-9, each alone, then in order ---------------------------------------------------
+
+from ipaddress import ip_address  # noqa: E402
+
+from keys.chain import (  # noqa: E402
+    RequestFacts,
+    authorize_models,
+    authorize_request,
+    check_active_hours,
+    check_client_ip,
+    check_country,
+    check_origin,
+)
+from keys.errors import (  # noqa: E402
+    CategoryNotAllowed,
+    CountryBlocked,
+    IpNotAllowed,
+    ModelNotAllowed,
+    OriginNotAllowed,
+    OutsideActiveHours,
+)
+from keys.restrictions import parse_active_hours, parse_networks, parse_origins  # noqa: E402
+
+FACTS = RequestFacts(client_ip=ip_address("203.0.113.5"), origin=("app.example.com", 443), country="FR")
+
+
+def test_chain_step4_active_hours() -> None:
+    check_active_hours(identity(active_hours=parse_active_hours("09:00-18:00")), NOW)  # 12:00
+    with pytest.raises(OutsideActiveHours) as caught:
+        check_active_hours(identity(active_hours=parse_active_hours("13:00-18:00")), NOW)
+    assert (caught.value.status_code, caught.value.code) == (403, "outside_active_hours")
+
+
+def test_chain_step5_client_ip() -> None:
+    check_client_ip(identity(allowed_ips=parse_networks(["203.0.113.0/24"])), FACTS)
+    with pytest.raises(IpNotAllowed):
+        check_client_ip(identity(allowed_ips=parse_networks(["10.0.0.0/8"])), FACTS)
+    with pytest.raises(IpNotAllowed):
+        check_client_ip(identity(allowed_ips=parse_networks(["10.0.0.0/8"])), RequestFacts())
+
+
+def test_chain_step6_country_and_fail_closed() -> None:
+    check_country(identity(blocked_countries=frozenset({"RU"})), FACTS)
+    with pytest.raises(CountryBlocked):
+        check_country(identity(blocked_countries=frozenset({"FR"})), FACTS)
+    with pytest.raises(CountryBlocked, match="could not be determined"):
+        check_country(identity(blocked_countries=frozenset({"RU"})), RequestFacts())
+    check_country(identity(blocked_countries=frozenset({"RU"})), RequestFacts(fail_closed_on_unknown_country=False))
+
+
+def test_chain_step7_origin() -> None:
+    check_origin(identity(allowed_origins=parse_origins(["*.example.com"])), FACTS)
+    with pytest.raises(OriginNotAllowed):
+        check_origin(identity(allowed_origins=parse_origins(["myapp.com"])), FACTS)
+    with pytest.raises(OriginNotAllowed, match="carry an allowed Origin"):
+        check_origin(identity(allowed_origins=parse_origins(["myapp.com"])), RequestFacts())
+
+
+def test_chain_step8_every_fallback_model_is_checked() -> None:
+    allowed = identity(allowed_models=frozenset({"openai/gpt-4o-mini"}))
+    authorize_models(allowed, ["openai/gpt-4o-mini"], "text")
+    with pytest.raises(ModelNotAllowed, match="gpt-4o'"):
+        authorize_models(allowed, ["openai/gpt-4o-mini", "openai/gpt-4o"], "text")
+
+
+def test_chain_step9_category() -> None:
+    with pytest.raises(CategoryNotAllowed):
+        authorize_models(identity(allowed_categories=frozenset({"tts"})), ["openai/gpt-4o-mini"], "text")
+
+
+def test_chain_earlier_failure_answers() -> None:
+    everything_wrong = identity(
+        active_hours=parse_active_hours("13:00-18:00"),
+        allowed_ips=parse_networks(["10.0.0.0/8"]),
+        blocked_countries=frozenset({"FR"}),
+        allowed_origins=parse_origins(["myapp.com"]),
+    )
+    with pytest.raises(OutsideActiveHours):
+        authorize_request(everything_wrong, FACTS, NOW)
+    with pytest.raises(IpNotAllowed):
+        authorize_request(identity(**{**everything_wrong_fields(), "active_hours": None}), FACTS, NOW)
+    with pytest.raises(CountryBlocked):
+        authorize_request(
+            identity(blocked_countries=frozenset({"FR"}), allowed_origins=parse_origins(["x.com"])), FACTS, NOW
+        )
+
+
+def everything_wrong_fields() -> dict[str, object]:
+    return {
+        "allowed_ips": parse_networks(["10.0.0.0/8"]),
+        "blocked_countries": frozenset({"FR"}),
+        "allowed_origins": parse_origins(["myapp.com"]),
+    }
+
+
+async def test_chain_suspended_account_answers_before_restrictions() -> None:
+    key = new_prx_key()
+    resolver = StubResolver({key: identity(account_status="suspended", allowed_ips=parse_networks(["10.0.0.0/8"]))})
+    with pytest.raises(AccountSuspended):
+        await authenticate(f"Bearer {key}", resolver, NOW, FACTS)  # type: ignore[arg-type]

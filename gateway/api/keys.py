@@ -1,0 +1,161 @@
+"""``/api/keys``: key management and ``bt-`` browser tokens, thin over :mod:`keys.management`.
+
+Authenticated by a ``prx-`` key of the account (steps 1–3 of the chain); a key sees and
+manages only its own account's keys, and ``bt-`` tokens are refused with 403.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.money import format_credits
+from gateway.errors import decode_body, remember_request_id
+from gateway.pipeline.chat import new_request_id
+from gateway.state import GatewayState
+from keys.browser_tokens import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
+from keys.chain import identify
+from keys.errors import BrowserTokenForbidden, InvalidApiKey
+from keys.management import (
+    KeyCreate,
+    KeyNotFound,
+    KeyUpdate,
+    create_key_with,
+    delete_key,
+    get_key,
+    list_keys,
+    update_key,
+)
+from keys.models import ApiKey
+from keys.service import KeyIdentity
+
+_encoder = msgspec.json.Encoder()
+
+
+class EphemeralCreate(msgspec.Struct, forbid_unknown_fields=True):
+    key_id: int
+    ttl: Annotated[int, msgspec.Meta(ge=MIN_TTL_S, le=MAX_TTL_S)] = DEFAULT_TTL_S
+
+
+class EphemeralRevoke(msgspec.Struct, forbid_unknown_fields=True):
+    token: str
+
+
+def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
+    return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
+
+
+async def _caller(request: Request[Any, Any, Any]) -> tuple[GatewayState, KeyIdentity]:
+    remember_request_id(request, new_request_id())
+    state: GatewayState = request.app.state.gateway
+    identity = await identify(request.headers.get("authorization"), state.keys, state.tokens, state.now())
+    if identity.via_token:
+        raise BrowserTokenForbidden("browser tokens cannot use the management API")
+    return state, identity
+
+
+async def key_view(state: GatewayState, key: ApiKey) -> dict[str, Any]:
+    spent = await state.meter.key_spend_micro(key.account_id, key.id, key.spending_period, state.now())
+    return {
+        "id": key.id,
+        "name": key.name,
+        "description": key.description,
+        "prefix": key.prefix,
+        "is_active": key.is_active,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "allowed_models": key.allowed_models,
+        "allowed_categories": key.allowed_categories,
+        "allowed_ips": key.allowed_ips,
+        "allowed_origins": key.allowed_origins,
+        "blocked_countries": key.blocked_countries,
+        "active_hours": key.active_hours,
+        "spending_limit": format_credits(key.spending_limit_micro) if key.spending_limit_micro is not None else None,
+        "spending_current": format_credits(spent),
+        "spending_period": key.spending_period,
+        "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
+        "webhook_url": key.webhook_url,
+        "created_at": key.created_at.isoformat(),
+    }
+
+
+class KeysController(Controller):
+    path = "/api/keys"
+
+    @get("/")
+    async def list_keys(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        state, caller = await _caller(request)
+        async with state.sessionmaker() as session:
+            keys = await list_keys(session, caller.account_id)
+        return _json({"keys": [await key_view(state, key) for key in keys]})
+
+    @post("/")
+    async def create_key(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        state, caller = await _caller(request)
+        create = decode_body(await request.body(), KeyCreate)
+        async with state.sessionmaker() as session:
+            key, plaintext = await create_key_with(session, caller.account_id, create, state.now())
+        body = {**await key_view(state, key), "key": plaintext}
+        body["_tollway"] = {"note": "Save this key. It will not be shown again."}
+        return _json(body, 201)
+
+    @get("/{key_id:int}/")
+    async def get_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[bytes]:
+        state, caller = await _caller(request)
+        async with state.sessionmaker() as session:
+            key = await get_key(session, caller.account_id, key_id)
+        return _json(await key_view(state, key))
+
+    @patch("/{key_id:int}/")
+    async def update_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[bytes]:
+        state, caller = await _caller(request)
+        update = decode_body(await request.body(), KeyUpdate)
+        async with state.sessionmaker() as session:
+            key, _before = await update_key(session, caller.account_id, key_id, update, state.now())
+        state.keys.forget_all()
+        return _json(await key_view(state, key))
+
+    @delete("/{key_id:int}/", status_code=204)
+    async def delete_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> None:
+        state, caller = await _caller(request)
+        async with state.sessionmaker() as session:
+            await delete_key(session, caller.account_id, key_id)
+        state.keys.forget_all()
+
+    @post("/ephemeral/")
+    async def mint_token(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        state, caller = await _caller(request)
+        ask = decode_body(await request.body(), EphemeralCreate)
+        async with state.sessionmaker() as session:
+            parent = await _own_active_key(session, caller.account_id, ask.key_id)
+        minted = await state.tokens.mint(caller.account_id, parent.id, ask.ttl)
+        return _json(
+            {"data": {"token": minted.token, "expires_in": minted.expires_in, "expires_at": minted.expires_at}}, 201
+        )
+
+    @post("/ephemeral/revoke/", status_code=204)
+    async def revoke_token(self, request: Request[Any, Any, Any]) -> None:
+        state, caller = await _caller(request)
+        ask = decode_body(await request.body(), EphemeralRevoke)
+        owner = await state.tokens.owner_of(ask.token)
+        if owner is None or owner[0] != caller.account_id:
+            raise InvalidApiKey("no such browser token")
+        await state.tokens.revoke(ask.token)
+
+    @post("/{key_id:int}/revoke-tokens/", status_code=204)
+    async def revoke_all_tokens(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> None:
+        state, caller = await _caller(request)
+        async with state.sessionmaker() as session:
+            await get_key(session, caller.account_id, key_id)
+        await state.tokens.revoke_all(caller.account_id, key_id)
+
+
+async def _own_active_key(session: AsyncSession, account_id: int, key_id: FromPath[int]) -> ApiKey:
+    key = await get_key(session, account_id, key_id)
+    if not key.is_active:
+        raise KeyNotFound(f"key {key_id} is disabled and cannot mint tokens")
+    return key

@@ -1,0 +1,209 @@
+"""Managing an account's ``prx-`` keys: create, read, change, delete.
+
+Every restriction is validated here, before it reaches the database, and each error names
+the field. Changes are partial: a field left out stays as it is, ``null`` clears it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.money import MoneyError, credits_to_micro
+from keys.errors import KeyError_
+from keys.models import ApiKey
+from keys.restrictions import (
+    RestrictionError,
+    parse_active_hours,
+    parse_categories,
+    parse_countries,
+    parse_networks,
+    parse_origins,
+    parse_period,
+)
+from keys.secrets import display_prefix, hash_key, new_prx_key
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Limit = Annotated[int, msgspec.Meta(ge=1)]
+Credits = str | int | float
+
+
+class KeyNotFound(KeyError_):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "key_not_found"
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    description: str = ""
+    is_active: bool = True
+    expires_at: datetime | None = None
+    allowed_models: list[str] = []
+    allowed_categories: list[str] = []
+    allowed_ips: list[str] = []
+    allowed_origins: list[str] = []
+    blocked_countries: list[str] = []
+    active_hours: str = ""
+    spending_limit: Credits | None = None
+    spending_period: str = "monthly"
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    webhook_url: str = ""
+
+
+class KeyUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Every field optional; ``msgspec.UNSET`` = not sent (unchanged), ``None`` = clear."""
+
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    description: str | msgspec.UnsetType | None = msgspec.UNSET
+    is_active: bool | msgspec.UnsetType = msgspec.UNSET
+    expires_at: datetime | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_models: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_categories: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_ips: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_origins: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    blocked_countries: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    active_hours: str | msgspec.UnsetType | None = msgspec.UNSET
+    spending_limit: Credits | msgspec.UnsetType | None = msgspec.UNSET
+    spending_period: str | msgspec.UnsetType = msgspec.UNSET
+    rpm_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
+    tpm_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
+    webhook_url: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+# What "cleared" means for each column: no restriction.
+_CLEARED: dict[str, Any] = {
+    "description": "",
+    "expires_at": None,
+    "allowed_models": [],
+    "allowed_categories": [],
+    "allowed_ips": [],
+    "allowed_origins": [],
+    "blocked_countries": [],
+    "active_hours": "",
+    "spending_limit_micro": None,
+    "rpm_limit": None,
+    "tpm_limit": None,
+    "webhook_url": "",
+}
+
+
+def _spending_limit_micro(value: Credits) -> int:
+    try:
+        micro = credits_to_micro(Decimal(str(value)))
+    except (MoneyError, InvalidOperation) as error:
+        raise RestrictionError("spending_limit", f"not a number of credits: {value!r}") from error
+    if micro < 0:
+        raise RestrictionError("spending_limit", "cannot be negative")
+    return micro
+
+
+def _webhook_url(value: str) -> str:
+    if value and not value.startswith(("https://", "http://")):
+        raise RestrictionError("webhook_url", "must be an http(s) URL")
+    return value
+
+
+def _normalise(field: str, value: Any, now: datetime) -> tuple[str, Any]:
+    """Validate one restriction and return the (column, value) to store."""
+    if field == "expires_at" and value is not None:
+        expires = value if value.tzinfo else value.replace(tzinfo=UTC)
+        if expires <= now:
+            raise RestrictionError("expires_at", "is in the past")
+        return field, expires
+    if field == "allowed_ips":
+        return field, [str(n) for n in parse_networks(value)]
+    if field == "allowed_origins":
+        parse_origins(value)
+        return field, [origin.lower() for origin in value]
+    if field == "blocked_countries":
+        return field, sorted(parse_countries(value))
+    if field == "allowed_categories":
+        return field, sorted(parse_categories(value))
+    if field == "allowed_models":
+        if any(not isinstance(m, str) or "/" not in m for m in value):
+            raise RestrictionError("allowed_models", "model slugs are provider/model")
+        return field, list(dict.fromkeys(value))
+    if field == "active_hours":
+        parse_active_hours(value)
+        return field, value
+    if field == "spending_period":
+        return field, parse_period(value)
+    if field == "spending_limit":
+        return "spending_limit_micro", _spending_limit_micro(value)
+    if field == "webhook_url":
+        return field, _webhook_url(value)
+    return field, value
+
+
+def changes_from(update: KeyCreate | KeyUpdate, now: datetime) -> dict[str, Any]:
+    """The columns to write for a create or a partial update, validated."""
+    changes: dict[str, Any] = {}
+    for field in update.__struct_fields__:
+        value = getattr(update, field)
+        if value is msgspec.UNSET:
+            continue
+        if value is None and field not in ("expires_at", "spending_limit", "rpm_limit", "tpm_limit"):
+            if field not in _CLEARED:
+                raise RestrictionError(field, "cannot be null")
+            changes[field] = _CLEARED[field]
+            continue
+        if value is None:
+            column = "spending_limit_micro" if field == "spending_limit" else field
+            changes[column] = None
+            continue
+        column, stored = _normalise(field, value, now)
+        changes[column] = stored
+    return changes
+
+
+async def list_keys(session: AsyncSession, account_id: int) -> list[ApiKey]:
+    return list(await session.scalars(select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id)))
+
+
+async def get_key(session: AsyncSession, account_id: int, key_id: int) -> ApiKey:
+    """A key of this account; another account's key is reported as not found, never forbidden."""
+    key = await session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == account_id))
+    if key is None:
+        raise KeyNotFound(f"no key with id {key_id}")
+    return key
+
+
+async def create_key_with(
+    session: AsyncSession, account_id: int, create: KeyCreate, now: datetime
+) -> tuple[ApiKey, str]:
+    """Create a key with its restrictions; returns the row and the plaintext (shown once). Commits."""
+    changes = changes_from(create, now)
+    plaintext = new_prx_key()
+    key = ApiKey(account_id=account_id, prefix=display_prefix(plaintext), key_hash=hash_key(plaintext), **changes)
+    session.add(key)
+    await session.commit()
+    await session.refresh(key)
+    return key, plaintext
+
+
+async def update_key(
+    session: AsyncSession, account_id: int, key_id: int, update: KeyUpdate, now: datetime
+) -> tuple[ApiKey, dict[str, Any]]:
+    """Apply a partial update; returns the key and the columns' values before it. Commits."""
+    key = await get_key(session, account_id, key_id)
+    changes = changes_from(update, now)
+    before = {column: getattr(key, column) for column in changes}
+    for column, value in changes.items():
+        setattr(key, column, value)
+    key.updated_at = now
+    await session.commit()
+    await session.refresh(key)
+    return key, before
+
+
+async def delete_key(session: AsyncSession, account_id: int, key_id: int) -> None:
+    key = await get_key(session, account_id, key_id)
+    await session.delete(key)
+    await session.commit()
