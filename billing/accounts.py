@@ -119,3 +119,12 @@ async def account_balance(session: AsyncSession, account_id: int) -> int:
     if balance is None:
         raise AccountNotFound(f"no account with id {account_id}")
     return int(balance)
+
+
+async def set_account_status(session: AsyncSession, account_id: int, status: AccountStatus) -> tuple[Account, str]:
+    """Change an account's status; returns the account and its previous status. Does not commit."""
+    account = await get_account(session, account_id)
+    previous = account.status
+    account.status = status.value
+    await session.flush()
+    return account, previous

@@ -19,9 +19,10 @@ from litestar.logging.config import LoggingConfig
 from billing.counters import build_counter_store
 from billing.metering import Meter
 from billing.tokens import warm_encodings
+from gateway.api.admin import AdminController
 from gateway.api.chat import create_chat_completion
 from gateway.api.health import healthz, readyz
-from gateway.api.keys import KeysController
+from gateway.api.keys import AuditController, KeysController
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
 from gateway.db import create_engine, create_sessionmaker
@@ -77,7 +78,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     exception_handlers[HTTPException] = handle_http_exception
     exception_handlers[Exception] = handle_unexpected
     return Litestar(
-        route_handlers=[create_chat_completion, KeysController, healthz, readyz],
+        route_handlers=[create_chat_completion, KeysController, AuditController, AdminController, healthz, readyz],
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         openapi_config=None,

@@ -15,11 +15,20 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.accounts import AccountExists, create_account, get_account, grant_credits, list_accounts
+from billing.accounts import (
+    AccountExists,
+    create_account,
+    get_account,
+    grant_credits,
+    list_accounts,
+    set_account_status,
+)
 from billing.errors import AccountNotFound
+from billing.models import AccountStatus
 from billing.money import MoneyError, credits_to_micro, format_credits
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.settings import Settings, SettingsError, load_settings
+from keys.audit import record_event
 from keys.service import create_key
 
 
@@ -102,6 +111,30 @@ def cmd_accounts_list(args: argparse.Namespace) -> None:
         accounts = [_account_json(a) for a in await list_accounts(session)]
         lines = [f"{a['id']:>6}  {a['name']:<24} {a['status']:<10} {a['balance']:>16} credits" for a in accounts]
         _emit(args, {"accounts": accounts}, "\n".join(lines) or "no accounts")
+
+    asyncio.run(_with_session(settings, work))
+
+
+def cmd_accounts_set_status(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+
+    async def work(session: AsyncSession) -> None:
+        try:
+            account, previous = await set_account_status(session, args.account, AccountStatus(args.status))
+        except AccountNotFound as error:
+            raise CommandError(str(error)) from error
+        record_event(
+            session,
+            account_id=account.id,
+            actor="operator:cli",
+            action="account.status",
+            target_type="account",
+            target_id=account.id,
+            before={"status": previous},
+            after={"status": account.status},
+        )
+        await session.commit()
+        _emit(args, _account_json(account), f"account {account.id} is now {account.status} (was {previous})")
 
     asyncio.run(_with_session(settings, work))
 
@@ -192,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--email", default="")
     create.set_defaults(handler=cmd_accounts_create)
     account_commands.add_parser("list", parents=[common], help="list accounts").set_defaults(handler=cmd_accounts_list)
+    status = account_commands.add_parser("set-status", parents=[common], help="activate, suspend or ban")
+    status.add_argument("account", type=int)
+    status.add_argument("status", choices=[s.value for s in AccountStatus])
+    status.set_defaults(handler=cmd_accounts_set_status)
 
     keys = commands.add_parser("keys", parents=[common], help="manage prx- keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -83,6 +83,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     country_header: str = ""
     country_fail_closed: bool = True
     cors_max_age_s: int = 600
+    admin_token: str = ""
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -110,6 +111,7 @@ _ENV_OVERRIDES: dict[str, type] = {
     "log_level": str,
     "country_header": str,
     "country_fail_closed": bool,
+    "admin_token": str,
 }
 
 
@@ -175,6 +177,8 @@ def validate_settings(settings: Settings) -> None:
         except ValueError as error:
             raise SettingsError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR") from error
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
+    if settings.admin_token and len(settings.admin_token) < 32:
+        raise SettingsError("admin_token must be at least 32 characters (use a random secret)")
     if settings.workers > 1 and not settings.uses_redis:
         raise SettingsError(
             "more than one worker needs Redis: set redis_url (TOLLWAY_REDIS_URL); the embedded "

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.money import MoneyError, credits_to_micro
+from keys.audit import record_event
 from keys.errors import KeyError_
 from keys.models import ApiKey
 from keys.restrictions import (
@@ -176,20 +177,30 @@ async def get_key(session: AsyncSession, account_id: int, key_id: int) -> ApiKey
 
 
 async def create_key_with(
-    session: AsyncSession, account_id: int, create: KeyCreate, now: datetime
+    session: AsyncSession, account_id: int, create: KeyCreate, now: datetime, *, actor: str
 ) -> tuple[ApiKey, str]:
     """Create a key with its restrictions; returns the row and the plaintext (shown once). Commits."""
     changes = changes_from(create, now)
     plaintext = new_prx_key()
     key = ApiKey(account_id=account_id, prefix=display_prefix(plaintext), key_hash=hash_key(plaintext), **changes)
     session.add(key)
+    await session.flush()
+    record_event(
+        session,
+        account_id=account_id,
+        actor=actor,
+        action="key.create",
+        target_type="key",
+        target_id=key.id,
+        after={"prefix": key.prefix, **changes},
+    )
     await session.commit()
     await session.refresh(key)
     return key, plaintext
 
 
 async def update_key(
-    session: AsyncSession, account_id: int, key_id: int, update: KeyUpdate, now: datetime
+    session: AsyncSession, account_id: int, key_id: int, update: KeyUpdate, now: datetime, *, actor: str
 ) -> tuple[ApiKey, dict[str, Any]]:
     """Apply a partial update; returns the key and the columns' values before it. Commits."""
     key = await get_key(session, account_id, key_id)
@@ -198,12 +209,31 @@ async def update_key(
     for column, value in changes.items():
         setattr(key, column, value)
     key.updated_at = now
+    record_event(
+        session,
+        account_id=account_id,
+        actor=actor,
+        action="key.update",
+        target_type="key",
+        target_id=key_id,
+        before=before,
+        after=changes,
+    )
     await session.commit()
     await session.refresh(key)
     return key, before
 
 
-async def delete_key(session: AsyncSession, account_id: int, key_id: int) -> None:
+async def delete_key(session: AsyncSession, account_id: int, key_id: int, *, actor: str) -> None:
     key = await get_key(session, account_id, key_id)
+    record_event(
+        session,
+        account_id=account_id,
+        actor=actor,
+        action="key.delete",
+        target_type="key",
+        target_id=key_id,
+        before={"name": key.name, "prefix": key.prefix},
+    )
     await session.delete(key)
     await session.commit()

@@ -10,13 +10,14 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.money import format_credits
 from gateway.errors import decode_body, remember_request_id
 from gateway.pipeline.chat import new_request_id
 from gateway.state import GatewayState
+from keys.audit import list_events, record_event
 from keys.browser_tokens import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
 from keys.chain import identify
 from keys.errors import BrowserTokenForbidden, InvalidApiKey
@@ -56,6 +57,10 @@ async def _caller(request: Request[Any, Any, Any]) -> tuple[GatewayState, KeyIde
     if identity.via_token:
         raise BrowserTokenForbidden("browser tokens cannot use the management API")
     return state, identity
+
+
+def actor_of(identity: KeyIdentity) -> str:
+    return f"key:{identity.key_id}"
 
 
 async def key_view(state: GatewayState, key: ApiKey) -> dict[str, Any]:
@@ -98,7 +103,9 @@ class KeysController(Controller):
         state, caller = await _caller(request)
         create = decode_body(await request.body(), KeyCreate)
         async with state.sessionmaker() as session:
-            key, plaintext = await create_key_with(session, caller.account_id, create, state.now())
+            key, plaintext = await create_key_with(
+                session, caller.account_id, create, state.now(), actor=actor_of(caller)
+            )
         body = {**await key_view(state, key), "key": plaintext}
         body["_tollway"] = {"note": "Save this key. It will not be shown again."}
         return _json(body, 201)
@@ -115,7 +122,9 @@ class KeysController(Controller):
         state, caller = await _caller(request)
         update = decode_body(await request.body(), KeyUpdate)
         async with state.sessionmaker() as session:
-            key, _before = await update_key(session, caller.account_id, key_id, update, state.now())
+            key, _before = await update_key(
+                session, caller.account_id, key_id, update, state.now(), actor=actor_of(caller)
+            )
         state.keys.forget_all()
         return _json(await key_view(state, key))
 
@@ -123,7 +132,7 @@ class KeysController(Controller):
     async def delete_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> None:
         state, caller = await _caller(request)
         async with state.sessionmaker() as session:
-            await delete_key(session, caller.account_id, key_id)
+            await delete_key(session, caller.account_id, key_id, actor=actor_of(caller))
         state.keys.forget_all()
 
     @post("/ephemeral/")
@@ -151,7 +160,16 @@ class KeysController(Controller):
         state, caller = await _caller(request)
         async with state.sessionmaker() as session:
             await get_key(session, caller.account_id, key_id)
-        await state.tokens.revoke_all(caller.account_id, key_id)
+            await state.tokens.revoke_all(caller.account_id, key_id)
+            record_event(
+                session,
+                account_id=caller.account_id,
+                actor=actor_of(caller),
+                action="key.revoke_tokens",
+                target_type="key",
+                target_id=key_id,
+            )
+            await session.commit()
 
 
 async def _own_active_key(session: AsyncSession, account_id: int, key_id: FromPath[int]) -> ApiKey:
@@ -159,3 +177,32 @@ async def _own_active_key(session: AsyncSession, account_id: int, key_id: FromPa
     if not key.is_active:
         raise KeyNotFound(f"key {key_id} is disabled and cannot mint tokens")
     return key
+
+
+class AuditController(Controller):
+    path = "/api/audit"
+
+    @get("/")
+    async def list_audit(
+        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100, before_id: FromQuery[int | None] = None
+    ) -> Response[bytes]:
+        state, caller = await _caller(request)
+        async with state.sessionmaker() as session:
+            events = await list_events(session, caller.account_id, limit=max(1, min(limit, 500)), before_id=before_id)
+        return _json(
+            {
+                "events": [
+                    {
+                        "id": e.id,
+                        "actor": e.actor,
+                        "action": e.action,
+                        "target_type": e.target_type,
+                        "target_id": e.target_id,
+                        "before": e.before,
+                        "after": e.after,
+                        "created_at": e.created_at.isoformat(),
+                    }
+                    for e in events
+                ]
+            }
+        )

@@ -23,6 +23,7 @@ from tests.fakes.servers import ThreadedServer
 from tests.fakes.services import BACKENDS
 
 FAKE_MODEL = "fake/gpt-4o-mini"
+ADMIN_TOKEN = "operator-secret-for-tests-0123456789abcdef"
 INPUT_PER_MTOK = Decimal("0.15")
 OUTPUT_PER_MTOK = Decimal("0.60")
 CACHED_PER_MTOK = Decimal("0.075")
@@ -87,6 +88,7 @@ def gateway_settings(backend: Backend, fake: FakeOpenAI, **overrides: Any) -> Se
         "redis_prefix": backend.redis_prefix,
         "bootstrap": False,
         "balance_refresh_s": 0.3,
+        "admin_token": ADMIN_TOKEN,
         "providers": {
             "fake": ProviderSettings(
                 kind="openai",

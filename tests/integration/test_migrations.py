@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.db import alembic_config, downgrade, migrate
 
-TABLES = {"accounts", "users", "memberships", "api_keys", "credit_ledger", "usage_records"}
+TABLES = {"accounts", "users", "memberships", "api_keys", "credit_ledger", "usage_records", "audit_events"}
 
 
 async def table_names(url: str) -> set[str]:

@@ -1,0 +1,163 @@
+"""``/api/admin``: the operator's API (accounts, their status, credit grants).
+
+Authenticated by the operator token from config (``admin_token``), compared in constant
+time; with no token configured the admin API is off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.params import FromPath
+
+from billing.accounts import (
+    AccountExists,
+    create_account,
+    get_account,
+    grant_credits,
+    list_accounts,
+    set_account_status,
+)
+from billing.models import Account, AccountStatus
+from billing.money import MoneyError, credits_to_micro, format_credits
+from gateway.errors import GatewayError, InvalidRequest, decode_body, remember_request_id
+from gateway.pipeline.chat import new_request_id
+from gateway.state import GatewayState
+from keys.audit import record_event
+
+_encoder = msgspec.json.Encoder()
+OPERATOR = "operator"
+
+
+class AdminUnauthorized(GatewayError):
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_admin_token"
+
+
+class AccountConflict(GatewayError):
+    status_code = 409
+    code = "account_exists"
+
+
+class AccountCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    email: str = ""
+    credits: str = "0"
+
+
+class AccountUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    status: AccountStatus
+
+
+class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
+    amount: str
+    reason: str = ""
+    idempotency_key: str | None = None
+
+
+def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
+    return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
+
+
+def _operator(request: Request[Any, Any, Any]) -> GatewayState:
+    remember_request_id(request, new_request_id())
+    state: GatewayState = request.app.state.gateway
+    expected = state.settings.admin_token
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    digest = hashlib.sha256
+    if (
+        not expected
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(digest(given.encode()).digest(), digest(expected.encode()).digest())
+    ):
+        raise AdminUnauthorized("a valid operator token is required for /api/admin")
+    return state
+
+
+def _credits(value: str, param: str) -> int:
+    try:
+        return credits_to_micro(value)
+    except MoneyError as error:
+        raise InvalidRequest(str(error), param=param) from error
+
+
+def account_view(account: Account) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "name": account.name,
+        "email": account.email,
+        "status": account.status,
+        "balance": format_credits(account.balance_micro),
+        "created_at": account.created_at.isoformat(),
+    }
+
+
+class AdminController(Controller):
+    path = "/api/admin"
+
+    @get("/accounts/")
+    async def list_accounts(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        state = _operator(request)
+        async with state.sessionmaker() as session:
+            return _json({"accounts": [account_view(a) for a in await list_accounts(session)]})
+
+    @post("/accounts/")
+    async def create_account(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        state = _operator(request)
+        create = decode_body(await request.body(), AccountCreate)
+        credits = _credits(create.credits, "credits")
+        if credits < 0:
+            raise InvalidRequest("credits cannot be negative", param="credits")
+        async with state.sessionmaker() as session:
+            try:
+                account = await create_account(session, create.name, email=create.email, credits_micro=credits)
+            except AccountExists as error:
+                raise AccountConflict(str(error), param="name") from error
+        return _json(account_view(account), 201)
+
+    @patch("/accounts/{account_id:int}/")
+    async def update_account(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+        state = _operator(request)
+        update = decode_body(await request.body(), AccountUpdate)
+        async with state.sessionmaker() as session:
+            account, previous = await set_account_status(session, account_id, update.status)
+            record_event(
+                session,
+                account_id=account_id,
+                actor=OPERATOR,
+                action="account.status",
+                target_type="account",
+                target_id=account_id,
+                before={"status": previous},
+                after={"status": update.status.value},
+            )
+            await session.commit()
+        state.keys.forget_all()
+        return _json(account_view(account))
+
+    @post("/accounts/{account_id:int}/credits/")
+    async def grant(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+        state = _operator(request)
+        grant = decode_body(await request.body(), CreditGrant)
+        amount = _credits(grant.amount, "amount")
+        if amount == 0:
+            raise InvalidRequest("amount must not be zero", param="amount")
+        async with state.sessionmaker() as session:
+            entry = await grant_credits(
+                session, account_id, amount, reason=grant.reason, idempotency_key=grant.idempotency_key
+            )
+            account = await get_account(session, account_id)
+        await state.meter.refresh_balance(account_id, force=True)
+        return _json(
+            {
+                "ledger_id": entry.id,
+                "amount": format_credits(entry.amount_micro),
+                "balance": format_credits(account.balance_micro),
+            },
+            201,
+        )
