@@ -28,6 +28,7 @@ from gateway.errors import GatewayError, InvalidRequest, decode_body, remember_r
 from gateway.pipeline.chat import new_request_id
 from gateway.state import GatewayState
 from keys.audit import record_event
+from keys.management import KeyCreate, create_key_with
 
 _encoder = msgspec.json.Encoder()
 OPERATOR = "operator"
@@ -52,6 +53,10 @@ class AccountCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 class AccountUpdate(msgspec.Struct, forbid_unknown_fields=True):
     status: AccountStatus
+
+
+class AdminKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
@@ -160,4 +165,18 @@ class AdminController(Controller):
                 "balance": format_credits(account.balance_micro),
             },
             201,
+        )
+
+    @post("/accounts/{account_id:int}/keys/")
+    async def create_key(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+        """An account's first key comes from the operator; the account manages the rest itself."""
+        state = _operator(request)
+        create = decode_body(await request.body(), AdminKeyCreate)
+        async with state.sessionmaker() as session:
+            await get_account(session, account_id)
+            key, plaintext = await create_key_with(
+                session, account_id, KeyCreate(name=create.name), state.now(), actor=OPERATOR
+            )
+        return _json(
+            {"id": key.id, "account_id": account_id, "name": key.name, "prefix": key.prefix, "key": plaintext}, 201
         )
