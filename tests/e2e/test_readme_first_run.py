@@ -34,7 +34,9 @@ def readme_commands() -> list[str]:
 def test_readme_starts_with_install_and_test_commands() -> None:
     first, second = readme_commands()
     assert "tollway serve" in first and "pip install" in first
-    assert "pytest" in second and "pip install" in second
+    assert second == "bash scripts/test"
+    script = (REPO / "scripts" / "test").read_text()
+    assert "pip install" in script and "pytest" in script and "npm ci" in script
 
 
 @pytest.mark.slow
