@@ -20,9 +20,11 @@ from billing.counters import build_counter_store
 from billing.metering import Meter
 from billing.tokens import warm_encodings
 from gateway.api.admin import AdminController
+from gateway.api.auth import AuthController
 from gateway.api.chat import create_chat_completion
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
+from gateway.api.members import MembersController
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
 from gateway.db import create_engine, create_sessionmaker
@@ -33,11 +35,13 @@ from gateway.errors import (
     handle_restriction_error,
     handle_unexpected,
 )
+from gateway.pipeline.geoip import CountryDatabase
 from gateway.settings import Settings, load_settings
 from gateway.state import GatewayState
 from keys.browser_tokens import BrowserTokens
 from keys.restrictions import RestrictionError, parse_networks
 from keys.service import KeyResolver
+from keys.sessions import SessionService, load_signing_secret
 
 
 def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> Litestar:
@@ -47,6 +51,16 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         sessionmaker = create_sessionmaker(engine)
         counters = build_counter_store(settings.redis_url)
         adapters = build_adapters(settings, env)
+        countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
+        sessions = SessionService(
+            sessionmaker,
+            counters,
+            await load_signing_secret(sessionmaker, settings.session_secret),
+            prefix=settings.redis_prefix,
+            access_ttl_s=settings.session_ttl_s,
+            refresh_ttl_s=settings.session_refresh_ttl_s,
+            now=lambda: app.state.gateway.now(),  # follows the state's clock, which tests may replace
+        )
         app.state.gateway = GatewayState(
             settings=settings,
             engine=engine,
@@ -59,7 +73,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             catalog=build_catalog(settings),
             adapters=adapters,
             tokens=BrowserTokens(counters, prefix=settings.redis_prefix),
+            sessions=sessions,
             trusted_proxies=parse_networks(settings.trusted_proxies, strict=False),
+            countries=countries,
         )
         # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
         await asyncio.to_thread(warm_encodings)
@@ -70,6 +86,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 await adapter.aclose()
             await counters.close()
             await engine.dispose()
+            if countries is not None:
+                countries.close()
 
     exception_handlers: dict[type[Exception] | int, object] = {
         error_type: handle_domain_error for error_type in DOMAIN_ERRORS
@@ -78,7 +96,16 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     exception_handlers[HTTPException] = handle_http_exception
     exception_handlers[Exception] = handle_unexpected
     return Litestar(
-        route_handlers=[create_chat_completion, KeysController, AuditController, AdminController, healthz, readyz],
+        route_handlers=[
+            create_chat_completion,
+            KeysController,
+            AuditController,
+            MembersController,
+            AuthController,
+            AdminController,
+            healthz,
+            readyz,
+        ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         openapi_config=None,

@@ -82,8 +82,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     trusted_proxies: list[str] = []
     country_header: str = ""
     country_fail_closed: bool = True
+    geoip_database: str = ""
     cors_max_age_s: int = 600
     admin_token: str = ""
+    session_secret: str = ""
+    session_ttl_s: PositiveInt = 900
+    session_refresh_ttl_s: PositiveInt = 14 * 86400
+    session_cookie_secure: bool = True
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -111,7 +116,12 @@ _ENV_OVERRIDES: dict[str, type] = {
     "log_level": str,
     "country_header": str,
     "country_fail_closed": bool,
+    "geoip_database": str,
     "admin_token": str,
+    "session_secret": str,
+    "session_ttl_s": int,
+    "session_refresh_ttl_s": int,
+    "session_cookie_secure": bool,
 }
 
 
@@ -179,6 +189,10 @@ def validate_settings(settings: Settings) -> None:
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
     if settings.admin_token and len(settings.admin_token) < 32:
         raise SettingsError("admin_token must be at least 32 characters (use a random secret)")
+    if settings.session_secret and len(settings.session_secret) < 32:
+        raise SettingsError("session_secret must be at least 32 characters (use a random secret)")
+    if settings.geoip_database and not Path(settings.geoip_database).is_file():
+        raise SettingsError(f"geoip_database: no such file {settings.geoip_database!r}")
     if settings.workers > 1 and not settings.uses_redis:
         raise SettingsError(
             "more than one worker needs Redis: set redis_url (TOLLWAY_REDIS_URL); the embedded "

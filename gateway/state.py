@@ -14,11 +14,13 @@ from billing.counters import CounterStore
 from billing.metering import Meter
 from gateway.catalog import CatalogModel
 from gateway.pipeline.facts import request_facts
+from gateway.pipeline.geoip import CountryDatabase
 from gateway.settings import Settings
 from keys.browser_tokens import BrowserTokens
 from keys.chain import RequestFacts
 from keys.restrictions import IPNetwork
 from keys.service import KeyResolver
+from keys.sessions import SessionService
 from providers.base import ChatAdapter
 
 
@@ -37,7 +39,9 @@ class GatewayState:
     catalog: dict[str, CatalogModel]
     adapters: dict[str, ChatAdapter]
     tokens: BrowserTokens
+    sessions: SessionService
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    countries: CountryDatabase | None = None
     now: Callable[[], datetime] = field(default=utc_now)
 
     def request_facts(self, request: Request[Any, Any, Any]) -> RequestFacts:
@@ -48,4 +52,5 @@ class GatewayState:
             trusted_proxies=self.trusted_proxies,
             country_header=self.settings.country_header.lower(),
             fail_closed_on_unknown_country=self.settings.country_fail_closed,
+            country_lookup=self.countries.country_of if self.countries is not None else None,
         )

@@ -9,9 +9,10 @@ class KeyError_(Exception):
     code = "invalid_api_key"
     retryable = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
 
 
 class MissingApiKey(KeyError_):
@@ -63,3 +64,43 @@ class CategoryNotAllowed(_Forbidden):
 
 class BrowserTokenForbidden(_Forbidden):
     code = "browser_token_forbidden"
+
+
+class InvalidCredentials(KeyError_):
+    code = "invalid_credentials"
+
+
+class SessionExpired(KeyError_):
+    code = "session_expired"
+
+
+class CsrfFailed(_Forbidden):
+    code = "csrf_failed"
+
+
+class RoleForbidden(_Forbidden):
+    code = "insufficient_role"
+
+
+class TooManyAttempts(KeyError_):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "too_many_attempts"
+
+
+class IdentityInvalid(KeyError_):
+    status_code = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class IdentityConflict(KeyError_):
+    status_code = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class MemberNotFound(KeyError_):
+    status_code = 404
+    type = "not_found_error"
+    code = "member_not_found"

@@ -29,6 +29,8 @@ from gateway.pipeline.chat import new_request_id
 from gateway.state import GatewayState
 from keys.audit import record_event
 from keys.management import KeyCreate, create_key_with
+from keys.members import add_member
+from keys.models import Role
 
 _encoder = msgspec.json.Encoder()
 OPERATOR = "operator"
@@ -57,6 +59,12 @@ class AccountUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 class AdminKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class AdminMemberAdd(msgspec.Struct, forbid_unknown_fields=True):
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    password: str | None = None
+    role: Role = Role.OWNER
 
 
 class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
@@ -180,3 +188,21 @@ class AdminController(Controller):
         return _json(
             {"id": key.id, "account_id": account_id, "name": key.name, "prefix": key.prefix, "key": plaintext}, 201
         )
+
+    @post("/accounts/{account_id:int}/members/")
+    async def add_member(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+        """An account's first owner comes from the operator; owners and admins invite the rest."""
+        state = _operator(request)
+        ask = decode_body(await request.body(), AdminMemberAdd)
+        async with state.sessionmaker() as session:
+            await get_account(session, account_id)
+            member = await add_member(
+                session,
+                account_id,
+                email=ask.email,
+                role=ask.role,
+                password=ask.password,
+                actor_role=Role.OWNER,
+                actor=OPERATOR,
+            )
+        return _json({"account_id": account_id, **member.as_json()}, 201)

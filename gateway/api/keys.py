@@ -1,7 +1,8 @@
 """``/api/keys``: key management and ``bt-`` browser tokens, thin over :mod:`keys.management`.
 
-Authenticated by a ``prx-`` key of the account (steps 1–3 of the chain); a key sees and
-manages only its own account's keys, and ``bt-`` tokens are refused with 403.
+Authenticated by a ``prx-`` key of the account or a dashboard session (see
+:func:`gateway.api.auth.management_caller`); a caller sees and manages only its own account's
+keys, within what its role allows, and ``bt-`` tokens are refused with 403.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from litestar.params import FromPath, FromQuery
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.money import format_credits
-from gateway.errors import decode_body, remember_request_id
-from gateway.pipeline.chat import new_request_id
+from gateway.api.auth import management_caller
+from gateway.errors import decode_body
 from gateway.state import GatewayState
 from keys.audit import list_events, record_event
 from keys.browser_tokens import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
-from keys.chain import identify
-from keys.errors import BrowserTokenForbidden, InvalidApiKey
+from keys.errors import InvalidApiKey
 from keys.management import (
     KeyCreate,
     KeyNotFound,
@@ -32,7 +32,7 @@ from keys.management import (
     update_key,
 )
 from keys.models import ApiKey
-from keys.service import KeyIdentity
+from keys.roles import Permission
 
 _encoder = msgspec.json.Encoder()
 
@@ -48,19 +48,6 @@ class EphemeralRevoke(msgspec.Struct, forbid_unknown_fields=True):
 
 def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
     return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
-
-
-async def _caller(request: Request[Any, Any, Any]) -> tuple[GatewayState, KeyIdentity]:
-    remember_request_id(request, new_request_id())
-    state: GatewayState = request.app.state.gateway
-    identity = await identify(request.headers.get("authorization"), state.keys, state.tokens, state.now())
-    if identity.via_token:
-        raise BrowserTokenForbidden("browser tokens cannot use the management API")
-    return state, identity
-
-
-def actor_of(identity: KeyIdentity) -> str:
-    return f"key:{identity.key_id}"
 
 
 async def key_view(state: GatewayState, key: ApiKey) -> dict[str, Any]:
@@ -93,51 +80,47 @@ class KeysController(Controller):
 
     @get("/")
     async def list_keys(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.VIEW)
         async with state.sessionmaker() as session:
             keys = await list_keys(session, caller.account_id)
         return _json({"keys": [await key_view(state, key) for key in keys]})
 
     @post("/")
     async def create_key(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         create = decode_body(await request.body(), KeyCreate)
         async with state.sessionmaker() as session:
-            key, plaintext = await create_key_with(
-                session, caller.account_id, create, state.now(), actor=actor_of(caller)
-            )
+            key, plaintext = await create_key_with(session, caller.account_id, create, state.now(), actor=caller.actor)
         body = {**await key_view(state, key), "key": plaintext}
         body["_tollway"] = {"note": "Save this key. It will not be shown again."}
         return _json(body, 201)
 
     @get("/{key_id:int}/")
     async def get_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[bytes]:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.VIEW)
         async with state.sessionmaker() as session:
             key = await get_key(session, caller.account_id, key_id)
         return _json(await key_view(state, key))
 
     @patch("/{key_id:int}/")
     async def update_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[bytes]:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         update = decode_body(await request.body(), KeyUpdate)
         async with state.sessionmaker() as session:
-            key, _before = await update_key(
-                session, caller.account_id, key_id, update, state.now(), actor=actor_of(caller)
-            )
+            key, _before = await update_key(session, caller.account_id, key_id, update, state.now(), actor=caller.actor)
         state.keys.forget_all()
         return _json(await key_view(state, key))
 
     @delete("/{key_id:int}/", status_code=204)
     async def delete_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> None:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         async with state.sessionmaker() as session:
-            await delete_key(session, caller.account_id, key_id, actor=actor_of(caller))
+            await delete_key(session, caller.account_id, key_id, actor=caller.actor)
         state.keys.forget_all()
 
     @post("/ephemeral/")
     async def mint_token(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.MINT_TOKENS)
         ask = decode_body(await request.body(), EphemeralCreate)
         async with state.sessionmaker() as session:
             parent = await _own_active_key(session, caller.account_id, ask.key_id)
@@ -148,7 +131,7 @@ class KeysController(Controller):
 
     @post("/ephemeral/revoke/", status_code=204)
     async def revoke_token(self, request: Request[Any, Any, Any]) -> None:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.MINT_TOKENS)
         ask = decode_body(await request.body(), EphemeralRevoke)
         owner = await state.tokens.owner_of(ask.token)
         if owner is None or owner[0] != caller.account_id:
@@ -157,14 +140,14 @@ class KeysController(Controller):
 
     @post("/{key_id:int}/revoke-tokens/", status_code=204)
     async def revoke_all_tokens(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> None:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         async with state.sessionmaker() as session:
             await get_key(session, caller.account_id, key_id)
             await state.tokens.revoke_all(caller.account_id, key_id)
             record_event(
                 session,
                 account_id=caller.account_id,
-                actor=actor_of(caller),
+                actor=caller.actor,
                 action="key.revoke_tokens",
                 target_type="key",
                 target_id=key_id,
@@ -186,7 +169,7 @@ class AuditController(Controller):
     async def list_audit(
         self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100, before_id: FromQuery[int | None] = None
     ) -> Response[bytes]:
-        state, caller = await _caller(request)
+        state, caller = await management_caller(request, Permission.VIEW_AUDIT)
         async with state.sessionmaker() as session:
             events = await list_events(session, caller.account_id, limit=max(1, min(limit, 500)), before_id=before_id)
         return _json(

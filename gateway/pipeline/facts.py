@@ -2,13 +2,14 @@
 
 The right-most ``X-Forwarded-For`` hop that is not one of our trusted proxies is the client:
 everything left of it was written by the client itself and can be forged. The country header
-is believed only when it arrives through a trusted proxy, for the same reason.
+is believed only when it arrives through a trusted proxy, for the same reason; without it the
+country comes from the operator's local MaxMind database, looked up by the client IP.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from keys.chain import RequestFacts
 from keys.restrictions import IPAddress, IPNetwork, origin_host
@@ -54,16 +55,20 @@ def request_facts(
     trusted_proxies: tuple[IPNetwork, ...],
     country_header: str,
     fail_closed_on_unknown_country: bool,
+    country_lookup: Callable[[IPAddress], str | None] | None = None,
 ) -> RequestFacts:
     peer_address = _parse_ip(peer) if peer else None
+    address = client_ip(peer, headers.get("x-forwarded-for"), trusted_proxies)
     country = None
     if country_header and peer_address is not None and _trusted(peer_address, trusted_proxies):
         value = headers.get(country_header, "").strip().upper()
         # CDNs send XX or T1 (Tor) for "unknown"; treat anything but two letters as unknown.
         if len(value) == 2 and value.isalpha() and value not in {"XX", "T1"}:
             country = value
+    if country is None and country_lookup is not None and address is not None:
+        country = country_lookup(address)
     return RequestFacts(
-        client_ip=client_ip(peer, headers.get("x-forwarded-for"), trusted_proxies),
+        client_ip=address,
         origin=origin_host(headers.get("origin"), headers.get("referer")),
         country=country,
         fail_closed_on_unknown_country=fail_closed_on_unknown_country,

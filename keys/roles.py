@@ -1,0 +1,63 @@
+"""Who may do what: the role table, enforced by the server on every management call.
+
+It follows envmanager.md §5 (owners and admins manage; members use; viewers look), mapped onto
+Tollway's resources:
+
+    capability                          owner  admin  member  viewer
+    view keys, credits, usage, members    ✓      ✓      ✓       ✓
+    mint bt- browser tokens               ✓      ✓      ✓       –
+    create / edit / delete keys           ✓      ✓      –       –
+    revoke a key's browser tokens         ✓      ✓      –       –
+    view the audit trail                  ✓      ✓      –       –
+    invite / change / remove members      ✓      ✓      –       –    (only owners touch owners)
+    billing                               ✓      –      –       –
+
+A ``prx-`` key calling the management API acts with the admin role for its account: keys are
+machine credentials that already hold the account's full API access.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from keys.errors import RoleForbidden
+from keys.models import Role
+
+
+class Permission(enum.StrEnum):
+    VIEW = "view"
+    MINT_TOKENS = "mint_tokens"
+    MANAGE_KEYS = "manage_keys"
+    VIEW_AUDIT = "view_audit"
+    MANAGE_MEMBERS = "manage_members"
+    BILLING = "billing"
+
+
+_MANAGERS = frozenset({Role.OWNER, Role.ADMIN})
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.OWNER: frozenset(Permission),
+    Role.ADMIN: frozenset(Permission) - {Permission.BILLING},
+    Role.MEMBER: frozenset({Permission.VIEW, Permission.MINT_TOKENS}),
+    Role.VIEWER: frozenset({Permission.VIEW}),
+}
+
+KEY_ROLE = Role.ADMIN
+
+
+def allows(role: Role, permission: Permission) -> bool:
+    return permission in ROLE_PERMISSIONS[role]
+
+
+def require(role: Role, permission: Permission) -> None:
+    if not allows(role, permission):
+        raise RoleForbidden(f"your role ({role.value}) does not allow this ({permission.value.replace('_', ' ')})")
+
+
+def may_assign(actor: Role, current: Role | None, new: Role | None) -> bool:
+    """Whether ``actor`` may move a membership from ``current`` to ``new`` (None = absent)."""
+    if actor not in _MANAGERS:
+        return False
+    if actor is Role.OWNER:
+        return True
+    return Role.OWNER not in (current, new)
