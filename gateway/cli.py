@@ -1,4 +1,4 @@
-"""The ``tollway`` command line: serve, migrate, and operate accounts, keys and credits.
+"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys and credits.
 
 Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
 non-zero exit code (2 for bad input or configuration, 1 for anything else).
@@ -29,6 +29,9 @@ from billing.money import MoneyError, credits_to_micro, format_credits
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.settings import Settings, SettingsError, load_settings
 from keys.audit import record_event
+from keys.errors import KeyError_
+from keys.members import add_member
+from keys.models import Role
 from keys.service import create_key
 
 
@@ -185,6 +188,36 @@ def cmd_credits_grant(args: argparse.Namespace) -> None:
     asyncio.run(_with_session(settings, work))
 
 
+def cmd_members_add(args: argparse.Namespace) -> None:
+    """Give an account a dashboard user; the password comes from stdin so it stays out of ps and history."""
+    settings = _settings(args)
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+
+    async def work(session: AsyncSession) -> None:
+        try:
+            await get_account(session, args.account)
+            member = await add_member(
+                session,
+                args.account,
+                email=args.email,
+                role=Role(args.role),
+                password=password,
+                actor_role=Role.OWNER,
+                actor="operator",
+            )
+        except AccountNotFound as error:
+            raise CommandError(str(error)) from error
+        except KeyError_ as error:
+            raise CommandError(error.message) from error
+        _emit(
+            args,
+            {"account_id": args.account, **member.as_json()},
+            f"{member.email} is now {member.role.value} of account {args.account}",
+        )
+
+    asyncio.run(_with_session(settings, work))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.bootstrap import prepare_and_announce
     from gateway.server import run_server
@@ -236,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     key_create.add_argument("--account", type=int, required=True)
     key_create.add_argument("--name", required=True)
     key_create.set_defaults(handler=cmd_keys_create)
+
+    members = commands.add_parser("members", parents=[common], help="manage dashboard users of an account")
+    member_commands = members.add_subparsers(dest="members_command", required=True)
+    member_add = member_commands.add_parser("add", parents=[common], help="add a user (created if new)")
+    member_add.add_argument("--account", type=int, required=True)
+    member_add.add_argument("--email", required=True)
+    member_add.add_argument("--role", choices=[r.value for r in Role], default=Role.OWNER.value)
+    member_add.add_argument(
+        "--password-stdin", action="store_true", help="read the new user's password from the first line of stdin"
+    )
+    member_add.set_defaults(handler=cmd_members_add)
 
     credits = commands.add_parser("credits", parents=[common], help="manage credits")
     credit_commands = credits.add_subparsers(dest="credits_command", required=True)

@@ -62,7 +62,7 @@ async def list_members(session: AsyncSession, account_id: int) -> list[MemberVie
         .where(Membership.account_id == account_id)
         .order_by(Membership.id)
     )
-    return [MemberView(m.id, m.user_id, email, Role(m.role)) for m, email in rows.tuples()]
+    return [MemberView(m.id, m.user_id, email, Role(m.role)) for m, email in rows]
 
 
 async def _owner_count(session: AsyncSession, account_id: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -78,3 +79,34 @@ def test_cli_serve_refuses_workers_without_redis(tmp_path: Path, capsys: pytest.
     path.write_text(f'database_url = "sqlite+aiosqlite:///{tmp_path}/t.db"\n')
     assert main(["--config", str(path), "serve", "--workers", "2"]) == 2
     assert "needs Redis" in capsys.readouterr().err
+
+
+def test_cli_members_add_reads_the_password_from_stdin(
+    config: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account_id = str(run_json(capsys, "--config", config, "--json", "accounts", "create", "acme")["id"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery staple\n"))
+    added = run_json(
+        capsys,
+        "--config",
+        config,
+        "--json",
+        "members",
+        "add",
+        "--account",
+        account_id,
+        "--email",
+        "Owner@Acme.test",
+        "--password-stdin",
+    )
+    assert (added["email"], added["role"]) == ("owner@acme.test", "owner")
+    assert "correct horse" not in json.dumps(added)
+
+    # Adding the same person again, or a new person without a password, is refused with a message.
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    capsys.readouterr()
+    assert main(["--config", config, "members", "add", "--account", account_id, "--email", "owner@acme.test"]) == 2
+    assert "already a member" in capsys.readouterr().err
+    assert main(["--config", config, "members", "add", "--account", account_id, "--email", "new@acme.test"]) == 2
+    assert "initial password" in capsys.readouterr().err
+    assert main(["--config", config, "members", "add", "--account", "999", "--email", "x@acme.test"]) == 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +13,17 @@ import pytest
 
 from billing.accounts import create_account
 from keys.service import create_key
-from tests.fakes.gateway_fixtures import FAKE_MODEL, Gateway, _with_session, expected_cost_micro
+from tests.fakes.gateway_fixtures import (
+    FAKE_MODEL,
+    Backend,
+    Gateway,
+    _with_session,
+    expected_cost_micro,
+    gateway_settings,
+    start_gateway,
+)
+from tests.fakes.geoip import write_country_db
+from tests.fakes.openai_upstream import FakeOpenAI
 
 CHAT = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -231,3 +243,22 @@ def test_cors_preflight_and_exposed_headers(gateway: Gateway) -> None:
         "access-control-allow-origin"
         not in api(gateway, "GET", "/api/keys/", headers={"Origin": "https://x.com"}).headers
     )
+
+
+@pytest.fixture
+def geo_gateway(backend: Backend, fake_openai: FakeOpenAI, tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway whose MaxMind database places loopback callers in Germany."""
+    database = write_country_db(tmp_path / "country.mmdb", {"127.0.0.0/8": {"country": {"iso_code": "DE"}}})
+    settings = gateway_settings(backend, fake_openai, geoip_database=str(database))
+    gw, server = start_gateway(settings, fake_openai)
+    try:
+        yield gw
+    finally:
+        server.stop()
+
+
+def test_blocked_countries_from_the_local_geoip_database(geo_gateway: Gateway) -> None:
+    blocked = chat(geo_gateway, new_key(geo_gateway, blocked_countries=["DE", "AT"])["key"])
+    assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "country_blocked"
+    assert "not allowed" in blocked.json()["error"]["message"]
+    assert chat(geo_gateway, new_key(geo_gateway, blocked_countries=["FR"])["key"]).status_code == 200
