@@ -13,7 +13,9 @@ Tollway's resources:
     billing                               ✓      –      –       –
 
 A ``prx-`` key calling the management API acts with the admin role for its account: keys are
-machine credentials that already hold the account's full API access.
+machine credentials that already hold the account's full API access. A key with any
+restriction acts as a member (view, mint browser tokens for itself only), so a narrowed key
+cannot create or mint itself something wider.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 
 KEY_ROLE = Role.ADMIN
+RESTRICTED_KEY_ROLE = Role.MEMBER
 
 
 def allows(role: Role, permission: Permission) -> bool:

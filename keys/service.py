@@ -60,6 +60,22 @@ class KeyIdentity:
     webhook_url: str = ""
     via_token: bool = False
 
+    @property
+    def is_restricted(self) -> bool:
+        """Whether any restriction narrows this key (such a key must not mint itself a wider one)."""
+        return bool(
+            self.expires_at is not None
+            or self.allowed_models
+            or self.allowed_categories
+            or self.allowed_ips
+            or self.allowed_origins
+            or self.blocked_countries
+            or self.active_hours is not None
+            or self.spending_limit_micro is not None
+            or self.rpm_limit is not None
+            or self.tpm_limit is not None
+        )
+
 
 def identity_from_row(key: ApiKey, account_status: str) -> KeyIdentity:
     """Parse a key row's restrictions once, when it enters the cache."""

@@ -1,7 +1,9 @@
 """Who is calling the management API, and ``/api/auth`` for dashboard sign-in.
 
-A management call is authenticated either by ``Authorization: Bearer prx-…`` (a key acts with
-the admin role of its account; ``bt-`` tokens are refused) or by the dashboard's session
+A management call is authenticated either by ``Authorization: Bearer prx-…`` (an unrestricted
+key acts with the admin role of its account; a key with any restriction must pass its own
+hours/IP/country/origin checks and may only view and mint ``bt-`` tokens for itself, so it can
+never hand out more than it has; ``bt-`` tokens are refused) or by the dashboard's session
 cookie, in which case every write must also carry the CSRF token. The role is then checked
 against the permission the endpoint needs (:mod:`keys.roles`).
 
@@ -21,10 +23,10 @@ from litestar.datastructures import Cookie
 from gateway.errors import InvalidRequest, decode_body, remember_request_id
 from gateway.pipeline.chat import new_request_id
 from gateway.state import GatewayState
-from keys.chain import identify
-from keys.errors import BrowserTokenForbidden, MissingApiKey, SessionExpired
+from keys.chain import authorize_request, identify
+from keys.errors import BrowserTokenForbidden, MissingApiKey, RoleForbidden, SessionExpired
 from keys.models import Role
-from keys.roles import KEY_ROLE, Permission, require
+from keys.roles import KEY_ROLE, RESTRICTED_KEY_ROLE, Permission, require
 from keys.service import KeyIdentity
 from keys.sessions import IssuedSession, Principal
 
@@ -45,6 +47,11 @@ class Caller:
     key: KeyIdentity | None = None
     principal: Principal | None = None
 
+    def require_token_parent(self, key_id: int) -> None:
+        """A restricted key mints browser tokens only for itself, never for a wider sibling."""
+        if self.key is not None and self.key.is_restricted and key_id != self.key.key_id:
+            raise RoleForbidden("a key with restrictions can only mint browser tokens for itself")
+
 
 async def management_caller(request: Request[Any, Any, Any], permission: Permission) -> tuple[GatewayState, Caller]:
     remember_request_id(request, new_request_id())
@@ -55,7 +62,9 @@ async def management_caller(request: Request[Any, Any, Any], permission: Permiss
         identity = await identify(authorization, state.keys, state.tokens, state.now())
         if identity.via_token:
             raise BrowserTokenForbidden("browser tokens cannot use the management API")
-        caller = Caller(identity.account_id, KEY_ROLE, f"key:{identity.key_id}", key=identity)
+        authorize_request(identity, state.request_facts(request), state.now())
+        role = RESTRICTED_KEY_ROLE if identity.is_restricted else KEY_ROLE
+        caller = Caller(identity.account_id, role, f"key:{identity.key_id}", key=identity)
     else:
         access = request.cookies.get(ACCESS_COOKIE)
         if not access:

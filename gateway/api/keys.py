@@ -122,6 +122,7 @@ class KeysController(Controller):
     async def mint_token(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.MINT_TOKENS)
         ask = decode_body(await request.body(), EphemeralCreate)
+        caller.require_token_parent(ask.key_id)
         async with state.sessionmaker() as session:
             parent = await _own_active_key(session, caller.account_id, ask.key_id)
         minted = await state.tokens.mint(caller.account_id, parent.id, ask.ttl)

@@ -262,3 +262,21 @@ def test_blocked_countries_from_the_local_geoip_database(geo_gateway: Gateway) -
     assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "country_blocked"
     assert "not allowed" in blocked.json()["error"]["message"]
     assert chat(geo_gateway, new_key(geo_gateway, blocked_countries=["FR"])["key"]).status_code == 200
+
+
+def test_a_restricted_key_cannot_hand_out_more_than_it_has(gateway: Gateway) -> None:
+    narrow = new_key(gateway, allowed_models=[FAKE_MODEL], rpm_limit=100)
+    wide = new_key(gateway)
+    assert api(gateway, "GET", "/api/keys/", key=narrow["key"]).status_code == 200
+    create = api(gateway, "POST", "/api/keys/", key=narrow["key"], json={"name": "wider"})
+    assert create.status_code == 403 and create.json()["error"]["code"] == "insufficient_role"
+    widen = api(gateway, "PATCH", f"/api/keys/{narrow['id']}/", key=narrow["key"], json={"allowed_models": None})
+    assert widen.status_code == 403
+    sibling = api(gateway, "POST", "/api/keys/ephemeral/", key=narrow["key"], json={"key_id": wide["id"]})
+    assert sibling.status_code == 403
+    own = api(gateway, "POST", "/api/keys/ephemeral/", key=narrow["key"], json={"key_id": narrow["id"]})
+    assert own.status_code == 201
+    # Its own network restrictions apply on /api too, not only on /v1.
+    pinned = new_key(gateway, allowed_ips=["10.0.0.0/8"])
+    refused = api(gateway, "GET", "/api/keys/", key=pinned["key"])
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "ip_not_allowed"
