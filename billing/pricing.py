@@ -50,26 +50,29 @@ class ModelPrice(msgspec.Struct, frozen=True):
     def cost_micro(self, usage: Usage) -> int:
         """What ``usage`` costs, rounded up to a whole micro-credit.
 
-        ``input_tokens`` includes cached tokens (OpenAI's convention), so those are billed at
-        the cached rate instead of the input rate.
+        ``input_tokens`` is the whole prompt, cache reads and cache writes included (OpenAI's
+        convention, which the Anthropic adapter follows), so those parts are billed at their
+        own rates instead of the input rate.
         """
         cached = min(usage.cached_input_tokens, usage.input_tokens)
-        uncached = usage.input_tokens - cached
+        written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+        uncached = usage.input_tokens - cached - written
         total = (
             uncached * self.input
             + cached * self.cached_input
-            + usage.cache_write_tokens * self.cache_write
+            + written * self.cache_write
             + usage.output_tokens * self.output
         )
         return ceil_micro(total)
 
     def worst_case_micro(self, input_tokens: int, max_output_tokens: int) -> int:
-        """The most a request can cost: every input token uncached, every output token used."""
-        return ceil_micro(input_tokens * self.input + max_output_tokens * self.output)
+        """The most a request can cost: every input token at the dearer of the input and cache-write
+        rates (a prompt may be written to the cache), every output token used."""
+        return ceil_micro(input_tokens * max(self.input, self.cache_write) + max_output_tokens * self.output)
 
     def affordable_output_tokens(self, input_tokens: int, available_micro: int) -> int:
         """The largest ``max_tokens`` whose worst case fits in ``available_micro``."""
-        left = Decimal(available_micro) - input_tokens * self.input
+        left = Decimal(available_micro) - input_tokens * max(self.input, self.cache_write)
         if left < 0:
             return 0
         if self.output == 0:

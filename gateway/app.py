@@ -36,6 +36,7 @@ from gateway.errors import (
     handle_unexpected,
 )
 from gateway.pipeline.geoip import CountryDatabase
+from gateway.routing import Router
 from gateway.settings import Settings, load_settings
 from gateway.state import GatewayState
 from keys.browser_tokens import BrowserTokens
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             adapters=adapters,
             tokens=BrowserTokens(counters, prefix=settings.redis_prefix),
             sessions=sessions,
+            router=Router(breaker_failures=settings.breaker_failures, breaker_cooldown_s=settings.breaker_cooldown_s),
             trusted_proxies=parse_networks(settings.trusted_proxies, strict=False),
             countries=countries,
         )

@@ -9,14 +9,27 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import httpx
 import msgspec
 
 from billing.pricing import ModelPrice
-from gateway.settings import DEMO_PROVIDER, ModelSettings, ProviderSettings, Settings, SettingsError
+from gateway.settings import (
+    DEMO_PROVIDER,
+    DeploymentSettings,
+    ModelSettings,
+    ProviderSettings,
+    Settings,
+    SettingsError,
+)
+from providers.anthropic import AnthropicAdapter
+from providers.azure.adapter import azure_adapter
 from providers.base import ChatAdapter
 from providers.demo.adapter import DemoAdapter
+from providers.gemini import GeminiAdapter
 from providers.http import build_client
 from providers.openai.adapter import OpenAIAdapter
+
+ANTHROPIC_VERSION = "2023-06-01"
 
 DEMO_MODELS: dict[str, ModelSettings] = {
     "demo/echo": ModelSettings(
@@ -38,7 +51,16 @@ DEMO_MODELS: dict[str, ModelSettings] = {
 }
 
 
+class Deployment(msgspec.Struct, frozen=True):
+    provider: str
+    upstream_model: str
+    price: ModelPrice | None
+
+
 class CatalogModel(msgspec.Struct, frozen=True):
+    """A callable slug. ``provider``/``upstream_model``/``price`` describe one deployment: the
+    first by default, the one that served once routing has picked (see :meth:`served_by`)."""
+
     slug: str
     provider: str
     upstream_model: str
@@ -46,6 +68,12 @@ class CatalogModel(msgspec.Struct, frozen=True):
     price: ModelPrice | None
     max_output_tokens: int
     context_length: int
+    deployments: tuple[Deployment, ...] = ()
+
+    def served_by(self, deployment: Deployment) -> CatalogModel:
+        return msgspec.structs.replace(
+            self, provider=deployment.provider, upstream_model=deployment.upstream_model, price=deployment.price
+        )
 
 
 def model_settings(settings: Settings) -> dict[str, ModelSettings]:
@@ -54,48 +82,67 @@ def model_settings(settings: Settings) -> dict[str, ModelSettings]:
     return models
 
 
+def _price(settings: Settings, model: ModelSettings, deployment: DeploymentSettings) -> ModelPrice | None:
+    """The deployment's own prices where it sets them, the model's otherwise."""
+    source: ModelSettings | DeploymentSettings = (
+        deployment if deployment.input_per_mtok and deployment.output_per_mtok else model
+    )
+    if not (source.input_per_mtok and source.output_per_mtok):
+        return None
+    return ModelPrice.from_usd_per_mtok(
+        input_usd=source.input_per_mtok,
+        output_usd=source.output_per_mtok,
+        cached_input_usd=source.cached_input_per_mtok,
+        cache_write_usd=source.cache_write_per_mtok,
+        credits_per_usd=settings.credits_per_usd,
+        markup_percent=settings.markup_percent,
+    )
+
+
 def build_catalog(settings: Settings) -> dict[str, CatalogModel]:
     catalog: dict[str, CatalogModel] = {}
     for slug, model in model_settings(settings).items():
-        price = None
-        if model.input_per_mtok and model.output_per_mtok:
-            price = ModelPrice.from_usd_per_mtok(
-                input_usd=model.input_per_mtok,
-                output_usd=model.output_per_mtok,
-                cached_input_usd=model.cached_input_per_mtok,
-                cache_write_usd=model.cache_write_per_mtok,
-                credits_per_usd=settings.credits_per_usd,
-                markup_percent=settings.markup_percent,
-            )
+        deployments = tuple(
+            Deployment(d.provider, d.upstream_model, _price(settings, model, d)) for d in model.all_deployments()
+        )
+        first = deployments[0]
         catalog[slug] = CatalogModel(
             slug=slug,
-            provider=model.provider,
-            upstream_model=model.upstream_model,
+            provider=first.provider,
+            upstream_model=first.upstream_model,
             category=model.category,
-            price=price,
+            price=first.price,
             max_output_tokens=model.max_output_tokens,
             context_length=model.context_length,
+            deployments=deployments,
         )
     return catalog
 
 
+def _client(provider: ProviderSettings, headers: dict[str, str]) -> httpx.AsyncClient:
+    return build_client(
+        provider.effective_base_url,
+        headers={**provider.headers, **headers},
+        connect_timeout_s=provider.connect_timeout_s,
+        read_timeout_s=provider.read_timeout_s,
+        max_connections=provider.max_connections,
+    )
+
+
 def build_adapter(name: str, provider: ProviderSettings, env: Mapping[str, str]) -> ChatAdapter:
+    api_key = provider.resolved_api_key(env)
     if provider.kind == "demo":
         return DemoAdapter(name)
     if provider.kind in ("openai", "openai-compatible"):
-        headers = dict(provider.headers)
-        api_key = provider.resolved_api_key(env)
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        client = build_client(
-            provider.base_url,
-            headers=headers,
-            connect_timeout_s=provider.connect_timeout_s,
-            read_timeout_s=provider.read_timeout_s,
-            max_connections=provider.max_connections,
-        )
-        return OpenAIAdapter(name, client)
-    raise SettingsError(f"providers.{name}: kind {provider.kind!r} is not supported by this version yet")
+        return OpenAIAdapter(name, _client(provider, {"authorization": f"Bearer {api_key}"} if api_key else {}))
+    if provider.kind == "azure":
+        return azure_adapter(name, _client(provider, {"api-key": api_key}), api_version=provider.api_version)
+    if provider.kind == "anthropic":
+        headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+        return AnthropicAdapter(name, _client(provider, headers))
+    if provider.kind == "gemini":
+        return GeminiAdapter(name, _client(provider, {"x-goog-api-key": api_key}))
+    raise SettingsError(f"providers.{name}: unknown kind {provider.kind!r}")
 
 
 def build_adapters(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, ChatAdapter]:

@@ -21,6 +21,12 @@ ProviderKind = Literal["openai", "openai-compatible", "azure", "anthropic", "gem
 Category = Literal["text", "image", "video", "stt", "tts"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./tollway.db"
+# Where the first-party APIs live; OpenAI-compatible servers and Azure resources must be named.
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
 DEMO_PROVIDER = "demo"
 
 
@@ -36,7 +42,13 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 120.0
     max_connections: int = 200
+    deadline_s: float = 600.0
     headers: dict[str, str] = {}
+    api_version: str = ""  # azure: the api-version query parameter
+
+    @property
+    def effective_base_url(self) -> str:
+        return self.base_url or DEFAULT_BASE_URLS.get(self.kind, "")
 
     def resolved_api_key(self, env: Mapping[str, str]) -> str:
         """The upstream key, from the file or the environment variable it names."""
@@ -50,9 +62,21 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
-class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class DeploymentSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One place a model can be served: a provider and its name for the model (for Azure, the
+    deployment name). Prices default to the model's; set them when this deployment costs more."""
+
     provider: str
     upstream_model: str
+    input_per_mtok: str = ""
+    output_per_mtok: str = ""
+    cached_input_per_mtok: str = ""
+    cache_write_per_mtok: str = ""
+
+
+class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    provider: str = ""
+    upstream_model: str = ""
     category: Category = "text"
     input_per_mtok: str = ""
     output_per_mtok: str = ""
@@ -60,6 +84,12 @@ class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cache_write_per_mtok: str = ""
     max_output_tokens: PositiveInt = 4096
     context_length: PositiveInt = 128000
+    deployments: list[DeploymentSettings] = []
+
+    def all_deployments(self) -> list[DeploymentSettings]:
+        """The model's own provider first (when set), then the listed deployments."""
+        own = [DeploymentSettings(self.provider, self.upstream_model)] if self.provider else []
+        return own + list(self.deployments)
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -85,6 +115,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     geoip_database: str = ""
     cors_max_age_s: int = 600
     admin_token: str = ""
+    retry_attempts: PositiveInt = 3
+    retry_backoff_s: float = 0.05
+    breaker_failures: PositiveInt = 3
+    breaker_cooldown_s: float = 30.0
     session_secret: str = ""
     session_ttl_s: PositiveInt = 900
     session_refresh_ttl_s: PositiveInt = 14 * 86400
@@ -204,19 +238,29 @@ def validate_settings(settings: Settings) -> None:
             f"got {settings.database_url.split('://', 1)[0]}://…"
         )
     for name, provider in settings.providers.items():
-        if provider.kind != "demo" and not provider.base_url:
+        if provider.kind != "demo" and not provider.effective_base_url:
             raise SettingsError(f"providers.{name}.base_url is required for kind {provider.kind!r}")
     for slug, model in settings.models.items():
         if "/" not in slug:
             raise SettingsError(f"models.{slug!r}: model slugs are provider/model")
-        if model.provider not in settings.providers and not (
-            model.provider == DEMO_PROVIDER and settings.demo_provider
-        ):
-            raise SettingsError(f"models.{slug!r}.provider names unknown provider {model.provider!r}")
+        if model.provider and not model.upstream_model:
+            raise SettingsError(f"models.{slug!r}.upstream_model is required with provider")
+        if not model.all_deployments():
+            raise SettingsError(f"models.{slug!r} needs a provider and upstream_model, or deployments")
         for field in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"):
             value = getattr(model, field)
             if value:
                 _decimal(value, f"models.{slug!r}.{field}")
+        for index, deployment in enumerate(model.all_deployments()):
+            where = f"models.{slug!r}" if index == 0 and model.provider else f"models.{slug!r}.deployments"
+            if deployment.provider not in settings.providers and not (
+                deployment.provider == DEMO_PROVIDER and settings.demo_provider
+            ):
+                raise SettingsError(f"{where}.provider names unknown provider {deployment.provider!r}")
+            for field in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"):
+                value = getattr(deployment, field)
+                if value:
+                    _decimal(value, f"{where}.{field}")
 
 
 def sqlite_path(database_url: str) -> Path | None:

@@ -15,6 +15,7 @@ from billing.metering import Meter
 from gateway.catalog import CatalogModel
 from gateway.pipeline.facts import request_facts
 from gateway.pipeline.geoip import CountryDatabase
+from gateway.routing import Router
 from gateway.settings import Settings
 from keys.browser_tokens import BrowserTokens
 from keys.chain import RequestFacts
@@ -22,6 +23,8 @@ from keys.restrictions import IPNetwork
 from keys.service import KeyResolver
 from keys.sessions import SessionService
 from providers.base import ChatAdapter
+
+DEFAULT_DEADLINE_S = 600.0
 
 
 def utc_now() -> datetime:
@@ -40,9 +43,14 @@ class GatewayState:
     adapters: dict[str, ChatAdapter]
     tokens: BrowserTokens
     sessions: SessionService
+    router: Router
     trusted_proxies: tuple[IPNetwork, ...] = ()
     countries: CountryDatabase | None = None
     now: Callable[[], datetime] = field(default=utc_now)
+
+    def deadline_s(self, provider: str) -> float:
+        configured = self.settings.providers.get(provider)
+        return configured.deadline_s if configured is not None else DEFAULT_DEADLINE_S
 
     def request_facts(self, request: Request[Any, Any, Any]) -> RequestFacts:
         client = request.scope.get("client")

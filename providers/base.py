@@ -15,7 +15,8 @@ import msgspec
 
 
 class Usage(msgspec.Struct, frozen=True):
-    """Token usage in OpenAI's convention: ``input_tokens`` includes cached reads."""
+    """Token usage in OpenAI's convention: ``input_tokens`` is the whole prompt, including the
+    cached reads (``cached_input_tokens``) and cache writes (``cache_write_tokens``) in it."""
 
     input_tokens: int = 0
     output_tokens: int = 0

@@ -32,12 +32,13 @@ from gateway.errors import (
     ProviderUnavailable,
     validation_param,
 )
+from gateway.routing import ProviderPreferences, attempts, backoff_s
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate, authorize_models
 from keys.errors import KeyError_
 from keys.service import KeyIdentity
-from providers.base import ChatCall, ChatStream, Usage
-from providers.errors import ProviderError
+from providers.base import ChatCall, ChatResult, ChatStream, StreamChunk, Usage
+from providers.errors import ProviderError, UpstreamTimeout
 
 # Fields that steer the gateway and must not reach the upstream (``user`` is the caller's
 # end-user id: PRODUCT.md says it is recorded, never forwarded).
@@ -59,6 +60,7 @@ class ChatBodyView(msgspec.Struct):
     max_completion_tokens: PositiveInt | None = None
     tools: list[dict[str, Any]] | None = None
     user: str | None = None
+    provider: ProviderPreferences | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -96,15 +98,21 @@ def parse_chat_body(raw: bytes) -> tuple[dict[str, Any], ChatBodyView]:
     return body, view
 
 
-def find_model(state: GatewayState, slug: str) -> CatalogModel:
+def find_model(state: GatewayState, slug: str, *, param: str = "model") -> CatalogModel:
     model = state.catalog.get(slug)
     if model is None:
-        raise ModelNotFound(f"unknown model {slug!r}: see GET /v1/models", param="model")
-    if model.price is None:
-        raise ModelNotFound(f"model {slug!r} has no price configured and cannot be called", param="model")
-    if model.provider not in state.adapters:
+        raise ModelNotFound(f"unknown model {slug!r}: see GET /v1/models", param=param)
+    if any(d.price is None for d in model.deployments):
+        raise ModelNotFound(f"model {slug!r} has no price configured and cannot be called", param=param)
+    if any(d.provider not in state.adapters for d in model.deployments):
         raise ProviderUnavailable(f"no provider is configured for model {slug!r}")
     return model
+
+
+def requested_models(state: GatewayState, view: ChatBodyView) -> list[CatalogModel]:
+    """The model asked for, then its fallbacks from ``models`` (each once)."""
+    slugs = dict.fromkeys([view.model, *(view.models or ())])
+    return [find_model(state, slug, param="model" if index == 0 else "models") for index, slug in enumerate(slugs)]
 
 
 def end_user_of(headers: Mapping[str, str], view: ChatBodyView) -> str:
@@ -117,13 +125,19 @@ def upstream_body(body: dict[str, Any], model: CatalogModel) -> dict[str, Any]:
     return forwarded
 
 
-def worst_case(model: CatalogModel, view: ChatBodyView) -> tuple[int, int, int]:
-    """(input token estimate, most output tokens, micro-credits to reserve) for this call."""
-    assert model.price is not None
-    input_tokens = count_chat_tokens(view.messages, model.upstream_model, view.tools)
-    asked = view.max_completion_tokens or view.max_tokens or model.max_output_tokens
-    max_output = min(asked, model.max_output_tokens)
-    return input_tokens, max_output, model.price.worst_case_micro(input_tokens, max_output)
+def worst_case(plan: list[CatalogModel], view: ChatBodyView) -> tuple[int, int, int]:
+    """(input token estimate, most output tokens, micro-credits to reserve) for this call.
+
+    Any deployment of the plan may end up serving, so the hold covers the dearest of them."""
+    input_tokens = count_chat_tokens(view.messages, plan[0].upstream_model, view.tools)
+    asked = view.max_completion_tokens or view.max_tokens
+    most_output, amount = 0, 0
+    for served in plan:
+        assert served.price is not None
+        max_output = min(asked or served.max_output_tokens, served.max_output_tokens)
+        most_output = max(most_output, max_output)
+        amount = max(amount, served.price.worst_case_micro(input_tokens, max_output))
+    return input_tokens, most_output, amount
 
 
 def key_limits(identity: KeyIdentity) -> KeyLimits:
@@ -227,9 +241,11 @@ async def chat_completions(
         body, view = parse_chat_body(raw_body)
         slug = view.model
         ctx.end_user_id = end_user_of(headers, view)
-        model = find_model(state, view.model)
-        authorize_models(identity, [view.model, *(view.models or ())], model.category)
-        input_tokens, max_output, amount = worst_case(model, view)
+        primary = find_model(state, view.model)
+        authorize_models(identity, [view.model, *(view.models or ())], primary.category)
+        models = requested_models(state, view)
+        plan = state.router.plan(models, view.provider)
+        input_tokens, max_output, amount = worst_case(plan, view)
         reservation = await state.meter.reserve(
             identity.account_id,
             amount,
@@ -241,16 +257,11 @@ async def chat_completions(
     except (GatewayError, BillingError, KeyError_) as error:
         await state.meter.record(refused_settlement(ctx, slug, error))
         raise
-    call = ChatCall(body=upstream_body(body, model), upstream_model=model.upstream_model)
-    adapter = state.adapters[model.provider]
     if view.stream:
-        try:
-            stream = await adapter.open_stream(call)
-        except BaseException as error:
-            await _settle_failure(state, ctx, model, reservation, error, streamed=True)
-            raise
+        served, stream = await _dispatch(state, ctx, plan, reservation, body, stream=True)
+        assert isinstance(stream, DeadlineStream)
         return Stream(
-            content=_stream_body(state, ctx, model, reservation, stream, input_tokens),
+            content=_stream_body(state, ctx, served, reservation, stream, input_tokens),
             media_type="text/event-stream",
             headers={
                 "X-Request-Id": request_id,
@@ -258,23 +269,93 @@ async def chat_completions(
                 "Cache-Control": "no-cache",
             },
         )
-    try:
-        result = await adapter.complete(call)
-    except BaseException as error:
-        await _settle_failure(state, ctx, model, reservation, error, streamed=False)
-        raise
+    served, result = await _dispatch(state, ctx, plan, reservation, body, stream=False)
+    assert isinstance(result, ChatResult)
     usage = result.usage or Usage(
         input_tokens=input_tokens,
-        output_tokens=count_text_tokens(_completion_text(result.body), model.upstream_model),
+        output_tokens=count_text_tokens(_completion_text(result.body), served.upstream_model),
     )
     with anyio.CancelScope(shield=True):
-        cost = await settle(state, ctx, model, reservation, usage, status_code=200)
-    result.body["_tollway"] = tollway_meta(state, ctx, model, usage, cost)
+        cost = await settle(state, ctx, served, reservation, usage, status_code=200)
+    result.body["_tollway"] = tollway_meta(state, ctx, served, usage, cost)
     return Response(
         content=_encoder.encode(result.body),
         media_type="application/json",
         headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(cost)},
     )
+
+
+async def _dispatch(
+    state: GatewayState,
+    ctx: CallContext,
+    plan: list[CatalogModel],
+    reservation: Reservation,
+    body: dict[str, Any],
+    *,
+    stream: bool,
+) -> tuple[CatalogModel, ChatResult | DeadlineStream]:
+    """Try the plan's deployments, retrying retryable failures with backoff; a stream is only
+    retried while opening, never once a byte of it could have reached the client."""
+    tries = attempts(plan, state.settings.retry_attempts)
+    for number, served in enumerate(tries, 1):
+        adapter = state.adapters[served.provider]
+        call = ChatCall(body=upstream_body(body, served), upstream_model=served.upstream_model)
+        deadline_at = time.monotonic() + state.deadline_s(served.provider)
+        started = time.monotonic()
+        try:
+            try:
+                with anyio.fail_after(deadline_at - started):
+                    outcome: ChatResult | ChatStream = (
+                        await adapter.open_stream(call) if stream else await adapter.complete(call)
+                    )
+            except TimeoutError as error:
+                raise UpstreamTimeout(
+                    f"upstream {served.provider} did not answer within its deadline", provider=served.provider
+                ) from error
+        except ProviderError as error:
+            if not error.retryable:
+                await _settle_failure(state, ctx, served, reservation, error, streamed=stream)
+                raise
+            state.router.failed(served)
+            if number == len(tries):
+                await _settle_failure(state, ctx, served, reservation, error, streamed=stream)
+                raise
+            await anyio.sleep(backoff_s(number, state.settings.retry_backoff_s))
+            continue
+        except BaseException as error:
+            await _settle_failure(state, ctx, served, reservation, error, streamed=stream)
+            raise
+        state.router.succeeded(served, time.monotonic() - started)
+        if isinstance(outcome, ChatResult):
+            return served, outcome
+        return served, DeadlineStream(outcome, deadline_at, served.provider)
+    raise AssertionError("attempts() always yields at least one deployment")
+
+
+class DeadlineStream:
+    """An upstream stream held to the provider's overall deadline, chunk by chunk."""
+
+    def __init__(self, stream: ChatStream, deadline_at: float, provider: str) -> None:
+        self._stream = stream
+        self._deadline_at = deadline_at
+        self._provider = provider
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        chunks = self._stream.__aiter__()
+        while True:
+            try:
+                with anyio.fail_after(max(0.0, self._deadline_at - time.monotonic())):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as error:
+                raise UpstreamTimeout(
+                    f"upstream {self._provider} stream passed its deadline", provider=self._provider
+                ) from error
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 async def _settle_failure(

@@ -6,7 +6,7 @@ into a small view (text and usage) for metering, never re-encoded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -58,17 +58,26 @@ class OpenAIStream:
         await self._response.aclose()
 
 
-class OpenAIAdapter:
-    """Chat completions against ``{base_url}/chat/completions``."""
+def openai_chat_path(upstream_model: str) -> str:
+    return "/chat/completions"
 
-    def __init__(self, name: str, client: httpx.AsyncClient) -> None:
+
+class OpenAIAdapter:
+    """Chat completions against ``{base_url}/chat/completions`` (or ``chat_path(model)``)."""
+
+    def __init__(
+        self, name: str, client: httpx.AsyncClient, *, chat_path: Callable[[str], str] = openai_chat_path
+    ) -> None:
         self.name = name
         self._client = client
+        self._chat_path = chat_path
 
     async def complete(self, call: ChatCall) -> ChatResult:
         body = {**call.body, "stream": False}
         try:
-            response = await self._client.post("/chat/completions", content=_json_encoder.encode(body), headers=_JSON)
+            response = await self._client.post(
+                self._chat_path(call.upstream_model), content=_json_encoder.encode(body), headers=_JSON
+            )
         except httpx.HTTPError as error:
             raise transport_error(error, self.name) from error
         if response.status_code != 200:
@@ -84,7 +93,7 @@ class OpenAIAdapter:
     async def open_stream(self, call: ChatCall) -> OpenAIStream:
         body = with_stream_usage({**call.body, "stream": True})
         request = self._client.build_request(
-            "POST", "/chat/completions", content=_json_encoder.encode(body), headers=_JSON_SSE
+            "POST", self._chat_path(call.upstream_model), content=_json_encoder.encode(body), headers=_JSON_SSE
         )
         try:
             response = await self._client.send(request, stream=True)

@@ -176,13 +176,24 @@ def test_chat_bad_body_is_400(gateway: Gateway, body: bytes, param: str | None) 
 
 
 def test_chat_upstream_5xx_is_502_and_free(gateway: Gateway) -> None:
-    gateway.fake.fail_status, gateway.fake.fail_times = 500, 1
+    gateway.fake.fail_status, gateway.fake.fail_times = 500, 99
     with pytest.raises(openai.APIStatusError) as caught:
         client(gateway).chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 502
+    assert len(gateway.fake.received) == 3  # retry_attempts, with backoff, then give up
     assert gateway.balance_micro() == OPENING
     (record,) = gateway.usage_records()
     assert (record.status_code, record.credits_micro) == (502, 0)
+
+
+def test_chat_transient_5xx_is_retried_and_billed_once(gateway: Gateway) -> None:
+    gateway.fake.fail_status, gateway.fake.fail_times = 503, 2
+    reply = client(gateway).chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "Hello from the fake upstream"
+    assert len(gateway.fake.received) == 3
+    (record,) = gateway.usage_records()
+    assert record.status_code == 200 and gateway.debit_count(record.request_id) == 1
+    assert gateway.balance_micro() == OPENING - expected_cost_micro(21, 5)
 
 
 def test_chat_upstream_4xx_keeps_status_and_message(gateway: Gateway) -> None:

@@ -37,6 +37,9 @@ class FakeOpenAI:
     response_delay_s: float = 0.0
     received: list[ReceivedRequest] = field(default_factory=list)
     served: int = 0
+    # Azure OpenAI mode: deployment URLs, an api-version query parameter and an api-key header.
+    azure_deployment: str | None = None
+    azure_api_version: str = "2024-10-21"
     disconnected: int = 0
 
     def usage(self) -> dict[str, Any]:
@@ -68,7 +71,30 @@ class FakeOpenAI:
         path = scope["path"]
         parsed = json.loads(body) if body else {}
         self.received.append(ReceivedRequest(path, headers, parsed))
-        if headers.get("authorization") != f"Bearer {self.api_key}":
+        if self.azure_deployment is not None:
+            if headers.get("api-key") != self.api_key:
+                await _json(
+                    send, 401, {"error": {"code": "401", "message": "Access denied due to invalid subscription key."}}
+                )
+                return
+            query = scope.get("query_string", b"").decode()
+            if f"api-version={self.azure_api_version}" not in query.split("&"):
+                await _json(send, 404, {"error": {"code": "404", "message": "Resource not found"}})
+                return
+            if path != f"/openai/deployments/{self.azure_deployment}/chat/completions":
+                await _json(
+                    send,
+                    404,
+                    {
+                        "error": {
+                            "code": "DeploymentNotFound",
+                            "message": "The API deployment for this resource does not exist.",
+                        }
+                    },
+                )
+                return
+            path = "/v1/chat/completions"
+        elif headers.get("authorization") != f"Bearer {self.api_key}":
             await _json(
                 send,
                 401,
@@ -128,6 +154,16 @@ class FakeOpenAI:
             "system_fingerprint": "fp_fake",
         }
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        if self.azure_deployment is not None:
+            # Azure opens a stream with a content-filter report that has no choices.
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b'data: {"choices":[],"created":0,"id":"","model":"","object":"",'
+                    b'"prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}\n\n',
+                    "more_body": True,
+                }
+            )
 
         def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             return b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n"

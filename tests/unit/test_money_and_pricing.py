@@ -69,3 +69,15 @@ def test_pricing_worst_case_and_affordable_output() -> None:
     assert p.worst_case_micro(100, 1000) == 100 * 150 + 1000 * 600
     assert p.affordable_output_tokens(100, 100 * 150 + 999 * 600 + 599) == 999
     assert p.affordable_output_tokens(100, 10) == 0
+
+
+def test_pricing_cache_writes_are_part_of_the_prompt_and_bound_the_worst_case() -> None:
+    p = ModelPrice.from_usd_per_mtok(
+        input_usd="3", output_usd="15", cached_input_usd="0.30", cache_write_usd="3.75", credits_per_usd=1000
+    )
+    usage = Usage(input_tokens=27, output_tokens=5, cached_input_tokens=4, cache_write_tokens=2)
+    assert p.cost_micro(usage) == 21 * 3000 + 4 * 300 + 2 * 3750 + 5 * 15000
+    # The reservation covers a prompt that is entirely written to the cache.
+    all_written = Usage(input_tokens=100, output_tokens=10, cache_write_tokens=100)
+    assert p.cost_micro(all_written) <= p.worst_case_micro(100, 10) == 100 * 3750 + 10 * 15000
+    assert p.affordable_output_tokens(100, 100 * 3750 + 10 * 15000) == 10

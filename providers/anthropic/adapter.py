@@ -1,0 +1,100 @@
+"""Anthropic's Messages API (``POST /v1/messages``) behind the OpenAI-shaped adapter protocol.
+
+The gateway's client already carries ``x-api-key`` and ``anthropic-version``. Unlike the
+OpenAI adapter, streams cannot be forwarded byte for byte: each Anthropic event is decoded
+and re-encoded as OpenAI chunks by :class:`StreamTranslator`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+
+from providers.anthropic.convert import StreamTranslator, http_error, to_chat_completion, to_messages_request
+from providers.anthropic.types import message_decoder
+from providers.base import ChatCall, ChatResult, StreamChunk
+from providers.errors import UpstreamBadResponse
+from providers.http import transport_error
+from providers.sse import SSEParser
+
+_PATH = "/v1/messages"
+_json_encoder = msgspec.json.Encoder()
+
+
+class AnthropicStream:
+    def __init__(self, response: httpx.Response, provider: str, *, created: int) -> None:
+        self._response = response
+        self._provider = provider
+        self._translator = StreamTranslator(provider, created=created)
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        parser = SSEParser()
+        try:
+            async for raw in self._response.aiter_bytes():
+                for event in parser.feed(raw):
+                    for chunk in self._translator.feed(event):
+                        yield chunk
+            for event in parser.close():
+                for chunk in self._translator.feed(event):
+                    yield chunk
+        except httpx.HTTPError as error:
+            raise transport_error(error, self._provider) from error
+        finally:
+            await self._response.aclose()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class AnthropicAdapter:
+    """Chat completions translated to and from ``{base_url}/v1/messages``.
+
+    ``default_max_tokens`` fills Anthropic's required ``max_tokens`` when the caller sent none.
+    """
+
+    def __init__(self, name: str, client: httpx.AsyncClient, *, default_max_tokens: int = 4096) -> None:
+        self.name = name
+        self._client = client
+        self._default_max_tokens = default_max_tokens
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        body = to_messages_request(call.body, default_max_tokens=self._default_max_tokens)
+        try:
+            response = await self._client.post(_PATH, content=_json_encoder.encode(body), headers=_JSON)
+        except httpx.HTTPError as error:
+            raise transport_error(error, self.name) from error
+        if response.status_code != 200:
+            raise http_error(self.name, response.status_code, response.content)
+        try:
+            message = message_decoder.decode(response.content)
+        except msgspec.DecodeError as error:
+            raise UpstreamBadResponse(f"upstream {self.name} sent an unexpected body", provider=self.name) from error
+        completion, usage = to_chat_completion(message, created=int(time.time()))
+        return ChatResult(body=completion, usage=usage if message.usage is not None else None)
+
+    async def open_stream(self, call: ChatCall) -> AnthropicStream:
+        body = {**to_messages_request(call.body, default_max_tokens=self._default_max_tokens), "stream": True}
+        request = self._client.build_request("POST", _PATH, content=_json_encoder.encode(body), headers=_JSON_SSE)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as error:
+            raise transport_error(error, self.name) from error
+        if response.status_code != 200:
+            try:
+                raw = await response.aread()
+            except httpx.HTTPError:
+                raw = b""
+            finally:
+                await response.aclose()
+            raise http_error(self.name, response.status_code, raw)
+        return AnthropicStream(response, self.name, created=int(time.time()))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+_JSON = {"content-type": "application/json"}
+_JSON_SSE = {"content-type": "application/json", "accept": "text/event-stream"}

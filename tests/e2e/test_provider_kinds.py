@@ -1,0 +1,166 @@
+"""The official SDK through the gateway to Anthropic and Gemini upstreams (fakes speaking their
+real wire formats): plain and streamed chat, tool calls, billing from their usage blocks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.settings import ModelSettings, ProviderSettings
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.gateway_fixtures import Backend, Gateway, gateway_settings, start_gateway
+from tests.fakes.gemini_upstream import FakeGemini
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.servers import ThreadedServer
+
+CLAUDE = "anthropic/claude-sonnet-4-5"
+GEMINI = "google/gemini-2.5-flash"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    },
+}
+
+
+@pytest.fixture
+def kinds(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, FakeAnthropic, FakeGemini]]:
+    anthropic, gemini = FakeAnthropic(cache_read_tokens=4, cache_creation_tokens=2), FakeGemini(cached_tokens=5)
+    servers = [ThreadedServer(anthropic).start(), ThreadedServer(gemini).start()]
+    base = gateway_settings(backend, fake_openai)
+    settings = gateway_settings(
+        backend,
+        fake_openai,
+        providers={
+            **base.providers,
+            "anthropic": ProviderSettings(kind="anthropic", base_url=servers[0].url, api_key=anthropic.api_key),
+            "google": ProviderSettings(kind="gemini", base_url=servers[1].url, api_key=gemini.api_key),
+        },
+        models={
+            **base.models,
+            CLAUDE: ModelSettings(
+                provider="anthropic",
+                upstream_model="claude-sonnet-4-5",
+                input_per_mtok="3",
+                output_per_mtok="15",
+                cached_input_per_mtok="0.30",
+                cache_write_per_mtok="3.75",
+                max_output_tokens=8192,
+            ),
+            GEMINI: ModelSettings(
+                provider="google",
+                upstream_model="gemini-2.5-flash",
+                input_per_mtok="0.30",
+                output_per_mtok="2.50",
+                cached_input_per_mtok="0.075",
+            ),
+        },
+    )
+    gateway, server = start_gateway(settings, fake_openai)
+    try:
+        yield gateway, anthropic, gemini
+    finally:
+        server.stop()
+        for upstream in servers:
+            upstream.stop()
+
+
+def sdk(gateway: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.v1, api_key=gateway.key, max_retries=0)
+
+
+def _micro(tokens: int, usd_per_mtok: str) -> int:
+    # tokens × USD/Mtok × 1000 credits/USD × 10⁶ micro/credit ÷ 10⁶ tokens/Mtok
+    from decimal import Decimal
+
+    return int(tokens * Decimal(usd_per_mtok) * 1000)
+
+
+def test_anthropic_chat_and_billing_with_cache_tokens(kinds: tuple[Gateway, FakeAnthropic, FakeGemini]) -> None:
+    gateway, anthropic, _ = kinds
+    reply = sdk(gateway).chat.completions.create(
+        model=CLAUDE,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        max_tokens=100,
+        stop=["END"],
+    )
+    assert reply.choices[0].message.content == "Hello from the fake Claude"
+    assert reply.choices[0].finish_reason == "stop"
+    sent = anthropic.received[-1]
+    assert sent.path == "/v1/messages" and sent.headers["x-api-key"] == anthropic.api_key
+    assert sent.body["system"] == "Be brief." and sent.body["stop_sequences"] == ["END"]
+    assert sent.body["model"] == "claude-sonnet-4-5" and sent.body["max_tokens"] == 100
+    assert reply.usage is not None and reply.usage.prompt_tokens == 21 + 4 + 2
+    (record,) = gateway.usage_records()
+    expected = _micro(21, "3") + _micro(4, "0.30") + _micro(2, "3.75") + _micro(5, "15")
+    assert record.credits_micro == expected and record.provider == "anthropic"
+
+
+def test_anthropic_stream_with_tool_call(kinds: tuple[Gateway, FakeAnthropic, FakeGemini]) -> None:
+    gateway, anthropic, _ = kinds
+    anthropic.tool_call = True
+    chunks = list(
+        sdk(gateway).chat.completions.create(
+            model=CLAUDE,
+            messages=[{"role": "user", "content": "weather in SF?"}],
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            stream=True,
+        )
+    )
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls[0].function is not None and calls[0].function.name == "get_weather"
+    arguments = "".join(tc.function.arguments or "" for tc in calls if tc.function)
+    assert json.loads(arguments) == anthropic.tool_input
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert chunks[-1].usage is not None and chunks[-1].model_extra["_tollway"]["provider"] == "anthropic"
+    assert anthropic.received[-1].body["tools"][0]["input_schema"]["required"] == ["location"]
+
+
+def test_gemini_chat_stream_and_function_call(kinds: tuple[Gateway, FakeAnthropic, FakeGemini]) -> None:
+    gateway, _, gemini = kinds
+    reply = sdk(gateway).chat.completions.create(model=GEMINI, messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "Hello from the fake Gemini"
+    assert gemini.received[-1].path.endswith("/models/gemini-2.5-flash:generateContent")
+    (record,) = gateway.usage_records()
+    completion = reply.usage.completion_tokens if reply.usage else 0
+    expected = _micro(17 - 5, "0.30") + _micro(5, "0.075") + _micro(completion, "2.50")
+    assert record.credits_micro == expected
+
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in sdk(gateway).chat.completions.create(
+            model=GEMINI, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        if c.choices
+    )
+    assert text == "Hello from the fake Gemini"
+
+    gemini.function_call = True
+    called = sdk(gateway).chat.completions.create(
+        model=GEMINI,
+        messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    (call,) = called.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert called.choices[0].finish_reason == "tool_calls"
+
+
+def test_upstream_errors_keep_the_openai_envelope(kinds: tuple[Gateway, FakeAnthropic, FakeGemini]) -> None:
+    gateway, anthropic, gemini = kinds
+    anthropic.fail_status = 400
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(gateway).chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "hi"}])
+    assert "told to fail" in caught.value.message
+    gemini.api_key = "AIza-rotated"
+    with pytest.raises(openai.APIStatusError) as denied:
+        sdk(gateway).chat.completions.create(model=GEMINI, messages=[{"role": "user", "content": "hi"}])
+    body: Any = denied.value.body
+    assert denied.value.status_code == 502 and body["code"] == "upstream_auth_failed"
+    assert gateway.balance_micro() == 500_000_000
