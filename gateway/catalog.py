@@ -82,18 +82,32 @@ def model_settings(settings: Settings) -> dict[str, ModelSettings]:
     return models
 
 
+def is_priced(category: str, prices: ModelSettings | DeploymentSettings) -> bool:
+    """Whether ``prices`` cover every way a model of ``category`` can be billed; an unpriced
+    model cannot be called (never silently free)."""
+    tokens = bool(prices.input_per_mtok and prices.output_per_mtok)
+    units = bool(prices.per_unit_usd or prices.per_unit_usd_variants)
+    if category == "text":
+        return tokens
+    if category == "embedding":
+        return bool(prices.input_per_mtok)
+    if category == "stt":
+        return units or bool(prices.input_per_mtok)
+    return units or tokens
+
+
 def _price(settings: Settings, model: ModelSettings, deployment: DeploymentSettings) -> ModelPrice | None:
     """The deployment's own prices where it sets them, the model's otherwise."""
-    source: ModelSettings | DeploymentSettings = (
-        deployment if deployment.input_per_mtok and deployment.output_per_mtok else model
-    )
-    if not (source.input_per_mtok and source.output_per_mtok):
+    source: ModelSettings | DeploymentSettings = deployment if is_priced(model.category, deployment) else model
+    if not is_priced(model.category, source):
         return None
     return ModelPrice.from_usd_per_mtok(
         input_usd=source.input_per_mtok,
         output_usd=source.output_per_mtok,
         cached_input_usd=source.cached_input_per_mtok,
         cache_write_usd=source.cache_write_per_mtok,
+        per_unit_usd=source.per_unit_usd,
+        per_unit_usd_variants=source.per_unit_usd_variants,
         credits_per_usd=settings.credits_per_usd,
         markup_percent=settings.markup_percent,
     )

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 ProviderKind = Literal["openai", "openai-compatible", "azure", "anthropic", "gemini", "demo"]
-Category = Literal["text", "image", "video", "stt", "tts"]
+Category = Literal["text", "embedding", "image", "video", "stt", "tts"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./tollway.db"
 # Where the first-party APIs live; OpenAI-compatible servers and Azure resources must be named.
@@ -72,6 +72,8 @@ class DeploymentSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     output_per_mtok: str = ""
     cached_input_per_mtok: str = ""
     cache_write_per_mtok: str = ""
+    per_unit_usd: str = ""
+    per_unit_usd_variants: dict[str, str] = {}
 
 
 class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -82,6 +84,10 @@ class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     output_per_mtok: str = ""
     cached_input_per_mtok: str = ""
     cache_write_per_mtok: str = ""
+    # USD per billing unit for non-token models: per image (variants by size, "1024x1024" or
+    # "1024x1024/hd"), per input character (tts), per audio second (stt), per video second.
+    per_unit_usd: str = ""
+    per_unit_usd_variants: dict[str, str] = {}
     max_output_tokens: PositiveInt = 4096
     context_length: PositiveInt = 128000
     deployments: list[DeploymentSettings] = []
@@ -202,6 +208,15 @@ def load_settings(
     return settings
 
 
+PRICE_FIELDS = (
+    "input_per_mtok",
+    "output_per_mtok",
+    "cached_input_per_mtok",
+    "cache_write_per_mtok",
+    "per_unit_usd",
+)
+
+
 def _decimal(value: str, where: str) -> Decimal:
     try:
         parsed = Decimal(value)
@@ -247,17 +262,19 @@ def validate_settings(settings: Settings) -> None:
             raise SettingsError(f"models.{slug!r}.upstream_model is required with provider")
         if not model.all_deployments():
             raise SettingsError(f"models.{slug!r} needs a provider and upstream_model, or deployments")
-        for field in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"):
+        for field in PRICE_FIELDS:
             value = getattr(model, field)
             if value:
                 _decimal(value, f"models.{slug!r}.{field}")
+        for variant, value in model.per_unit_usd_variants.items():
+            _decimal(value, f"models.{slug!r}.per_unit_usd_variants.{variant}")
         for index, deployment in enumerate(model.all_deployments()):
             where = f"models.{slug!r}" if index == 0 and model.provider else f"models.{slug!r}.deployments"
             if deployment.provider not in settings.providers and not (
                 deployment.provider == DEMO_PROVIDER and settings.demo_provider
             ):
                 raise SettingsError(f"{where}.provider names unknown provider {deployment.provider!r}")
-            for field in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"):
+            for field in PRICE_FIELDS:
                 value = getattr(deployment, field)
                 if value:
                     _decimal(value, f"{where}.{field}")

@@ -18,7 +18,7 @@ import msgspec
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-CATEGORIES = frozenset({"text", "image", "video", "stt", "tts"})
+CATEGORIES = frozenset({"text", "embedding", "image", "video", "stt", "tts"})
 PERIODS = frozenset({"daily", "weekly", "monthly"})
 
 # ISO 3166-1 alpha-2, officially assigned codes.

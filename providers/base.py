@@ -22,6 +22,10 @@ class Usage(msgspec.Struct, frozen=True):
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    # Non-token billing: images, speech characters, audio or video seconds; ``unit_variant``
+    # names the priced variant (an image size such as "1024x1024", or "1024x1024/hd").
+    units: int = 0
+    unit_variant: str = ""
 
 
 class ChatCall(msgspec.Struct, frozen=True):
@@ -69,3 +73,35 @@ class ChatAdapter(Protocol):
     async def open_stream(self, call: ChatCall) -> ChatStream: ...
 
     async def aclose(self) -> None: ...
+
+
+class UpstreamReply(msgspec.Struct):
+    """A non-chat upstream answer, passed back as bytes (JSON, audio, video, plain text)."""
+
+    content: bytes
+    media_type: str
+    status_code: int = 200
+
+
+class UploadedFile(msgspec.Struct, frozen=True):
+    field: str
+    filename: str
+    content: bytes
+    content_type: str
+
+
+class RouteAdapter(Protocol):
+    """A provider speaking OpenAI's REST surface beyond chat: embeddings, legacy completions,
+    images, audio and videos. ``route`` is the OpenAI path after ``/v1`` (``/embeddings``)."""
+
+    name: str
+
+    async def post_json(self, route: str, upstream_model: str, body: dict[str, Any]) -> UpstreamReply: ...
+
+    async def open_json_stream(self, route: str, upstream_model: str, body: dict[str, Any]) -> ChatStream: ...
+
+    async def post_multipart(
+        self, route: str, upstream_model: str, fields: list[tuple[str, str]], files: list[UploadedFile]
+    ) -> UpstreamReply: ...
+
+    async def get(self, route: str, upstream_model: str) -> UpstreamReply: ...

@@ -18,14 +18,14 @@ from providers.openai.adapter import OpenAIAdapter
 DEFAULT_API_VERSION = "2024-10-21"
 
 
-def azure_chat_path(api_version: str) -> Callable[[str], str]:
+def azure_path(api_version: str) -> Callable[[str, str], str]:
     version = quote(api_version, safe="")
 
-    def path(deployment: str) -> str:
-        return f"/openai/deployments/{quote(deployment, safe='')}/chat/completions?api-version={version}"
+    def path(route: str, deployment: str) -> str:
+        return f"/openai/deployments/{quote(deployment, safe='')}{route}?api-version={version}"
 
     return path
 
 
 def azure_adapter(name: str, client: httpx.AsyncClient, *, api_version: str = DEFAULT_API_VERSION) -> OpenAIAdapter:
-    return OpenAIAdapter(name, client, chat_path=azure_chat_path(api_version or DEFAULT_API_VERSION))
+    return OpenAIAdapter(name, client, path_for=azure_path(api_version or DEFAULT_API_VERSION))

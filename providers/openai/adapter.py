@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from providers.base import ChatCall, ChatResult, StreamChunk
+from providers.base import ChatCall, ChatResult, StreamChunk, UploadedFile, UpstreamReply
 from providers.errors import ProviderError, UpstreamBadResponse, UpstreamHTTPError
 from providers.http import transport_error
 from providers.openai.convert import chunk_text, error_message, usage_from_body, usage_from_view, with_stream_usage
@@ -58,19 +58,24 @@ class OpenAIStream:
         await self._response.aclose()
 
 
-def openai_chat_path(upstream_model: str) -> str:
-    return "/chat/completions"
+def openai_path(route: str, upstream_model: str) -> str:
+    return route
 
 
 class OpenAIAdapter:
-    """Chat completions against ``{base_url}/chat/completions`` (or ``chat_path(model)``)."""
+    """OpenAI's REST surface under ``{base_url}``: chat, and every other ``/v1`` route passed
+    through as JSON or multipart. ``path_for(route, model)`` maps a route to the upstream's
+    URL path (Azure puts the deployment in it)."""
 
     def __init__(
-        self, name: str, client: httpx.AsyncClient, *, chat_path: Callable[[str], str] = openai_chat_path
+        self, name: str, client: httpx.AsyncClient, *, path_for: Callable[[str, str], str] = openai_path
     ) -> None:
         self.name = name
         self._client = client
-        self._chat_path = chat_path
+        self._path_for = path_for
+
+    def _chat_path(self, upstream_model: str) -> str:
+        return self._path_for("/chat/completions", upstream_model)
 
     async def complete(self, call: ChatCall) -> ChatResult:
         body = {**call.body, "stream": False}
@@ -91,9 +96,12 @@ class OpenAIAdapter:
         return ChatResult(body=decoded, usage=usage_from_body(decoded))
 
     async def open_stream(self, call: ChatCall) -> OpenAIStream:
-        body = with_stream_usage({**call.body, "stream": True})
+        return await self.open_json_stream("/chat/completions", call.upstream_model, call.body)
+
+    async def open_json_stream(self, route: str, upstream_model: str, body: dict[str, Any]) -> OpenAIStream:
+        body = with_stream_usage({**body, "stream": True})
         request = self._client.build_request(
-            "POST", self._chat_path(call.upstream_model), content=_json_encoder.encode(body), headers=_JSON_SSE
+            "POST", self._path_for(route, upstream_model), content=_json_encoder.encode(body), headers=_JSON_SSE
         )
         try:
             response = await self._client.send(request, stream=True)
@@ -108,6 +116,33 @@ class OpenAIAdapter:
                 await response.aclose()
             raise self._http_error(response.status_code, raw)
         return OpenAIStream(response, self.name)
+
+    async def post_json(self, route: str, upstream_model: str, body: dict[str, Any]) -> UpstreamReply:
+        return await self._send("POST", route, upstream_model, content=_json_encoder.encode(body), headers=_JSON)
+
+    async def post_multipart(
+        self, route: str, upstream_model: str, fields: list[tuple[str, str]], files: list[UploadedFile]
+    ) -> UpstreamReply:
+        return await self._send(
+            "POST",
+            route,
+            upstream_model,
+            data=_form_fields(fields),
+            files=[(f.field, (f.filename, f.content, f.content_type)) for f in files],
+        )
+
+    async def get(self, route: str, upstream_model: str) -> UpstreamReply:
+        return await self._send("GET", route, upstream_model)
+
+    async def _send(self, method: str, route: str, upstream_model: str, **options: Any) -> UpstreamReply:
+        try:
+            response = await self._client.request(method, self._path_for(route, upstream_model), **options)
+        except httpx.HTTPError as error:
+            raise transport_error(error, self.name) from error
+        if not 200 <= response.status_code < 300:
+            raise self._http_error(response.status_code, response.content)
+        media_type = response.headers.get("content-type", "application/octet-stream")
+        return UpstreamReply(content=response.content, media_type=media_type, status_code=response.status_code)
 
     def _http_error(self, status: int, raw: bytes) -> ProviderError:
         if status in (401, 403):
@@ -129,3 +164,17 @@ class OpenAIAdapter:
 
 _JSON = {"content-type": "application/json"}
 _JSON_SSE = {"content-type": "application/json", "accept": "text/event-stream"}
+
+
+def _form_fields(fields: list[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """Repeated form fields (``timestamp_granularities[]``) become lists, as httpx expects."""
+    merged: dict[str, str | list[str]] = {}
+    for name, value in fields:
+        existing = merged.get(name)
+        if existing is None:
+            merged[name] = value
+        elif isinstance(existing, list):
+            existing.append(value)
+        else:
+            merged[name] = [existing, value]
+    return merged

@@ -29,6 +29,8 @@ def chunk_text(chunk: ChunkView) -> str:
     """Generated text in a chunk (content, refusals, tool-call names and arguments)."""
     parts: list[str] = []
     for choice in chunk.choices:
+        if choice.text:
+            parts.append(choice.text)
         delta = choice.delta
         if delta is None:
             continue

@@ -32,6 +32,7 @@ class Delta(msgspec.Struct):
 
 class ChunkChoice(msgspec.Struct):
     delta: Delta | None = None
+    text: str | None = None  # legacy completions stream text here, not in a delta
 
 
 class ChunkView(msgspec.Struct):

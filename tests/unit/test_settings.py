@@ -67,7 +67,7 @@ def test_settings_cli_overrides_env() -> None:
         ("", {"TOLLWAY_AUTO_MIGRATE": "maybe"}, "TOLLWAY_AUTO_MIGRATE"),
         ("workers = 2\n", {}, "Redis"),
         ("database_url = 'mysql://x'\n", {}, "database_url"),
-        ("[providers.x]\nkind = 'openai'\n", {}, "base_url"),
+        ("[providers.x]\nkind = 'openai-compatible'\n", {}, "base_url"),
         ("[providers.x]\nkind = 'nope'\nbase_url = 'http://x'\n", {}, "kind"),
         ("[models.nomodel]\nprovider = 'demo'\nupstream_model = 'x'\n", {}, "provider/model"),
         ("[models.'a/b']\nprovider = 'ghost'\nupstream_model = 'x'\n", {}, "ghost"),
@@ -96,3 +96,32 @@ def test_settings_sqlite_path() -> None:
     assert sqlite_path("sqlite+aiosqlite:////abs/t.db") == Path("/abs/t.db")
     assert sqlite_path("sqlite+aiosqlite:///:memory:") is None
     assert sqlite_path("postgresql+asyncpg://h/db") is None
+
+
+def test_first_party_providers_have_default_base_urls() -> None:
+    settings = load_settings(
+        env={}, providers={"o": {"kind": "openai"}, "a": {"kind": "anthropic"}, "g": {"kind": "gemini"}}
+    )
+    urls = {name: p.effective_base_url for name, p in settings.providers.items()}
+    assert urls == {
+        "o": "https://api.openai.com/v1",
+        "a": "https://api.anthropic.com",
+        "g": "https://generativelanguage.googleapis.com",
+    }
+    with pytest.raises(SettingsError, match="base_url"):
+        load_settings(env={}, providers={"az": {"kind": "azure"}})
+
+
+def test_deployments_are_checked() -> None:
+    with pytest.raises(SettingsError, match="unknown provider 'nowhere'"):
+        load_settings(
+            env={},
+            models={"x/y": {"deployments": [{"provider": "nowhere", "upstream_model": "m"}], "input_per_mtok": "1"}},
+        )
+    with pytest.raises(SettingsError, match="needs a provider"):
+        load_settings(env={}, models={"x/y": {"input_per_mtok": "1"}})
+    with pytest.raises(SettingsError, match="per_unit_usd_variants.1024x1024"):
+        load_settings(
+            env={},
+            models={"d/img": {"provider": "demo", "upstream_model": "i", "per_unit_usd_variants": {"1024x1024": "x"}}},
+        )
