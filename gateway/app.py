@@ -25,6 +25,16 @@ from gateway.api.chat import create_chat_completion
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import MembersController
+from gateway.api.v1 import (
+    create_completion,
+    create_embeddings,
+    create_images,
+    create_speech,
+    create_transcription,
+    get_generation,
+    list_models,
+    retrieve_model,
+)
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
 from gateway.db import create_engine, create_sessionmaker
@@ -100,6 +110,14 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     return Litestar(
         route_handlers=[
             create_chat_completion,
+            create_completion,
+            create_embeddings,
+            create_images,
+            create_speech,
+            create_transcription,
+            list_models,
+            retrieve_model,
+            get_generation,
             KeysController,
             AuditController,
             MembersController,

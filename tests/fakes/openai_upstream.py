@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import default
 from typing import Any
 
 Scope = dict[str, Any]
@@ -40,6 +42,9 @@ class FakeOpenAI:
     # Azure OpenAI mode: deployment URLs, an api-version query parameter and an api-key header.
     azure_deployment: str | None = None
     azure_api_version: str = "2024-10-21"
+    image_usage: bool = False  # gpt-image-1 reports token usage; dall-e models do not
+    transcription_seconds: int = 9
+    transcription_tokens: bool = False  # gpt-4o-transcribe bills tokens; whisper-1 seconds
     disconnected: int = 0
 
     def usage(self) -> dict[str, Any]:
@@ -69,7 +74,10 @@ class FakeOpenAI:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         path = scope["path"]
-        parsed = json.loads(body) if body else {}
+        if headers.get("content-type", "").startswith("multipart/form-data"):
+            parsed = _multipart(headers["content-type"], body)
+        else:
+            parsed = json.loads(body) if body else {}
         self.received.append(ReceivedRequest(path, headers, parsed))
         if self.azure_deployment is not None:
             if headers.get("api-key") != self.api_key:
@@ -100,6 +108,14 @@ class FakeOpenAI:
                 401,
                 _error("Incorrect API key provided: sk-fak***key", "invalid_request_error", "invalid_api_key"),
             )
+            return
+        if path in _ROUTES and scope["method"] == "POST":
+            if self.fail_times > 0:
+                self.fail_times -= 1
+                await _json(send, self.fail_status, _error("The fake upstream was told to fail", "server_error", None))
+                return
+            self.served += 1
+            await getattr(self, _ROUTES[path])(parsed, send, receive)
             return
         if path != "/v1/chat/completions" or scope["method"] != "POST":
             await _json(
@@ -209,6 +225,97 @@ class FakeOpenAI:
             self.disconnected += 1  # the gateway cancelled its upstream request
         finally:
             watcher.cancel()
+
+    # -- the other /v1 routes, shaped like OpenAI's API reference -------------------------
+
+    async def _embeddings(self, request: dict[str, Any], send: Any, receive: Any) -> None:
+        inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), -0.2, 0.3]} for i in range(len(inputs))
+        ]
+        usage = {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
+        await _json(send, 200, {"object": "list", "data": data, "model": request["model"], "usage": usage})
+
+    async def _completions(self, request: dict[str, Any], send: Any, receive: Any) -> None:
+        base = {"id": "cmpl-fake123", "object": "text_completion", "created": 1_700_000_000, "model": request["model"]}
+        if not request.get("stream"):
+            choice = {"text": " ".join(self.reply_words), "index": 0, "logprobs": None, "finish_reason": "stop"}
+            await _json(send, 200, {**base, "choices": [choice], "usage": self.usage()})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for index, word in enumerate(self.reply_words):
+            text = word if index == 0 else " " + word
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": None}
+            await _body(send, b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n")
+        last = {"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}
+        await _body(send, b"data: " + json.dumps({**base, "choices": [last]}).encode() + b"\n\n")
+        if (request.get("stream_options") or {}).get("include_usage") and not self.omit_usage:
+            await _body(send, b"data: " + json.dumps({**base, "choices": [], "usage": self.usage()}).encode() + b"\n\n")
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def _images(self, request: dict[str, Any], send: Any, receive: Any) -> None:
+        count = int(request.get("n") or 1)
+        data = [{"b64_json": "iVBORw0KGgo=", "revised_prompt": request["prompt"]} for _ in range(count)]
+        body: dict[str, Any] = {"created": 1_700_000_000, "data": data}
+        if self.image_usage:
+            body["usage"] = {
+                "input_tokens": self.prompt_tokens,
+                "output_tokens": 1056 * count,
+                "total_tokens": self.prompt_tokens + 1056 * count,
+                "input_tokens_details": {"text_tokens": self.prompt_tokens, "image_tokens": 0},
+            }
+        await _json(send, 200, body)
+
+    async def _speech(self, request: dict[str, Any], send: Any, receive: Any) -> None:
+        audio = b"ID3" + request["input"].encode()[:32] + bytes(64)
+        media = {"wav": b"audio/wav", "opus": b"audio/opus", "flac": b"audio/flac"}.get(
+            request.get("response_format", "mp3"), b"audio/mpeg"
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", media)]})
+        await send({"type": "http.response.body", "body": audio})
+
+    async def _transcriptions(self, request: dict[str, Any], send: Any, receive: Any) -> None:
+        audio: bytes = request.get("file", b"")
+        fmt = request.get("response_format", "json")
+        text = " ".join(self.reply_words)
+        seconds = self.transcription_seconds
+        if fmt == "text":
+            body, media = text.encode(), b"text/plain; charset=utf-8"
+        elif fmt in ("srt", "vtt"):
+            end = f"00:00:{int(seconds):02d}{',' if fmt == 'srt' else '.'}500"
+            cue = f"1\n00:00:00{',' if fmt == 'srt' else '.'}000 --> {end}\n{text}\n"
+            body, media = (("WEBVTT\n\n" if fmt == "vtt" else "") + cue).encode(), b"text/plain; charset=utf-8"
+        else:
+            payload: dict[str, Any] = {"text": text, "bytes_received": len(audio)}
+            if fmt == "verbose_json":
+                payload.update({"task": "transcribe", "language": "english", "duration": seconds + 0.5})
+            elif self.transcription_tokens:
+                payload["usage"] = {"type": "tokens", "input_tokens": 70, "output_tokens": 12, "total_tokens": 82}
+            else:
+                payload["usage"] = {"type": "duration", "seconds": seconds}
+            body, media = json.dumps(payload).encode(), b"application/json"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", media)]})
+        await send({"type": "http.response.body", "body": body})
+
+
+_ROUTES = {
+    "/v1/embeddings": "_embeddings",
+    "/v1/completions": "_completions",
+    "/v1/images/generations": "_images",
+    "/v1/audio/speech": "_speech",
+    "/v1/audio/transcriptions": "_transcriptions",
+}
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, Any]:
+    """Form fields as strings and files as bytes (enough of RFC 7578 for the tests)."""
+    message = BytesParser(policy=default).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        fields[str(name)] = payload if part.get_filename() else payload.decode()
+    return fields
 
 
 async def _body(send: Any, data: bytes) -> None:

@@ -120,7 +120,7 @@ def test_deployments_are_checked() -> None:
         )
     with pytest.raises(SettingsError, match="needs a provider"):
         load_settings(env={}, models={"x/y": {"input_per_mtok": "1"}})
-    with pytest.raises(SettingsError, match="per_unit_usd_variants.1024x1024"):
+    with pytest.raises(SettingsError, match=r"per_unit_usd_variants\.1024x1024"):
         load_settings(
             env={},
             models={"d/img": {"provider": "demo", "upstream_model": "i", "per_unit_usd_variants": {"1024x1024": "x"}}},

@@ -1,0 +1,172 @@
+"""The ``/v1`` routes besides chat: thin controllers over :mod:`gateway.pipeline.routes`, plus
+``GET /v1/models`` and ``GET /v1/generation``, which read the catalogue and usage records."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.params import FromPath, FromQuery
+from litestar.response import Stream
+from sqlalchemy import select
+
+from billing.models import UsageRecord
+from billing.money import format_credits
+from billing.pricing import ModelPrice
+from gateway.catalog import CatalogModel
+from gateway.errors import GatewayError, remember_request_id
+from gateway.pipeline import routes
+from gateway.pipeline.metered import new_request_id
+from gateway.state import GatewayState
+from keys.chain import authenticate
+from keys.service import KeyIdentity
+
+_encoder = msgspec.json.Encoder()
+_AUDIO_UPLOAD_LIMIT = routes.MAX_AUDIO_BYTES + 1024 * 1024  # the file plus its form fields
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+def _begin(request: Request[Any, Any, Any]) -> tuple[GatewayState, str]:
+    request_id = new_request_id()
+    remember_request_id(request, request_id)
+    return request.app.state.gateway, request_id
+
+
+@post("/v1/embeddings", status_code=200)
+async def create_embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state, request_id = _begin(request)
+    return await routes.embeddings(
+        state, request.headers, state.request_facts(request), await request.body(), request_id
+    )
+
+
+@post("/v1/completions", status_code=200)
+async def create_completion(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    state, request_id = _begin(request)
+    return await routes.completions(
+        state, request.headers, state.request_facts(request), await request.body(), request_id
+    )
+
+
+@post("/v1/images/generations", status_code=200)
+async def create_images(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state, request_id = _begin(request)
+    return await routes.images(state, request.headers, state.request_facts(request), await request.body(), request_id)
+
+
+@post("/v1/audio/speech", status_code=200)
+async def create_speech(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state, request_id = _begin(request)
+    return await routes.speech(state, request.headers, state.request_facts(request), await request.body(), request_id)
+
+
+@post("/v1/audio/transcriptions", status_code=200, request_max_body_size=_AUDIO_UPLOAD_LIMIT)
+async def create_transcription(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state, request_id = _begin(request)
+    form = await request.form()
+    fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    return await routes.transcriptions(state, request.headers, state.request_facts(request), form, fields, request_id)
+
+
+def _rate(value: Decimal) -> str:
+    """Micro-credits per token are, numerically, credits per million tokens."""
+    return format(value.normalize(), "f")
+
+
+def _pricing(price: ModelPrice) -> dict[str, Any]:
+    pricing: dict[str, Any] = {
+        "unit": "credits",
+        "input_per_mtok": _rate(price.input),
+        "output_per_mtok": _rate(price.output),
+        "cached_input_per_mtok": _rate(price.cached_input),
+        "cache_write_per_mtok": _rate(price.cache_write),
+    }
+    if price.per_unit or price.per_unit_variants:
+        pricing["per_unit"] = _rate(price.per_unit / 1_000_000)
+        pricing["per_unit_variants"] = {k: _rate(v / 1_000_000) for k, v in price.per_unit_variants.items()}
+    return pricing
+
+
+def model_view(model: CatalogModel) -> dict[str, Any]:
+    return {
+        "id": model.slug,
+        "object": "model",
+        "created": 0,
+        "owned_by": model.slug.split("/", 1)[0],
+        "category": model.category,
+        "context_length": model.context_length,
+        "max_output_tokens": model.max_output_tokens,
+        "pricing": _pricing(model.price) if model.price is not None else None,
+        "providers": sorted({d.provider for d in model.deployments}),
+    }
+
+
+def _visible(identity: KeyIdentity, model: CatalogModel) -> bool:
+    if model.price is None:
+        return False
+    if identity.allowed_models and model.slug not in identity.allowed_models:
+        return False
+    return not identity.allowed_categories or model.category in identity.allowed_categories
+
+
+async def _identity(request: Request[Any, Any, Any]) -> tuple[GatewayState, KeyIdentity]:
+    state, _request_id = _begin(request)
+    identity = await authenticate(
+        request.headers.get("authorization"), state.keys, state.now(), state.request_facts(request), state.tokens
+    )
+    return state, identity
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Only the models the caller's key may use (steps 1–7 of the chain apply here too)."""
+    state, identity = await _identity(request)
+    data = [model_view(m) for m in state.catalog.values() if _visible(identity, m)]
+    return Response(_encoder.encode({"object": "list", "data": data}), media_type="application/json")
+
+
+@get("/v1/models/{slug:path}")
+async def retrieve_model(request: Request[Any, Any, Any], slug: FromPath[str]) -> Response[bytes]:
+    state, identity = await _identity(request)
+    model = state.catalog.get(slug.lstrip("/"))
+    if model is None or not _visible(identity, model):
+        raise NotFound(f"no model {slug.lstrip('/')!r} for this key", param="model")
+    return Response(_encoder.encode(model_view(model)), media_type="application/json")
+
+
+@get("/v1/generation")
+async def get_generation(request: Request[Any, Any, Any], id: FromQuery[str]) -> Response[bytes]:
+    """What one request cost and how it went, by its request id (within the caller's account)."""
+    state, identity = await _identity(request)
+    async with state.sessionmaker() as session:
+        record = await session.scalar(
+            select(UsageRecord).where(UsageRecord.request_id == id, UsageRecord.account_id == identity.account_id)
+        )
+    if record is None:
+        raise NotFound(f"no generation {id!r} in this account", param="id")
+    data = {
+        "id": record.request_id,
+        "model": record.model,
+        "provider": record.provider,
+        "upstream_model": record.upstream_model,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cached_tokens": record.cached_tokens,
+        "credits_used": format_credits(record.credits_micro),
+        "latency_ms": record.latency_ms,
+        "status_code": record.status_code,
+        "error_code": record.error_code,
+        "streamed": record.streamed,
+        "cancelled": record.cancelled,
+        "end_user_id": record.end_user_id,
+        "key_id": record.key_id,
+        "created_at": record.created_at.isoformat(),
+    }
+    return Response(_encoder.encode({"data": data}), media_type="application/json")
