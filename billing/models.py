@@ -112,3 +112,27 @@ class UsageRecord(Base):
     cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
     end_user_id: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VideoJob(Base):
+    """An asynchronous video generation: charged when created, refunded once if it fails.
+
+    The id is the upstream's job id; ``provider`` says which upstream to ask for its status and
+    content. Only the account that created a job can see it.
+    """
+
+    __tablename__ = "video_jobs"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(100))
+    upstream_model: Mapped[str] = mapped_column(String(200))
+    seconds: Mapped[int] = mapped_column(Integer, default=0)
+    cost_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    refunded: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -31,9 +31,12 @@ from gateway.api.v1 import (
     create_images,
     create_speech,
     create_transcription,
+    create_video,
     get_generation,
     list_models,
     retrieve_model,
+    retrieve_video,
+    video_content,
 )
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
@@ -115,6 +118,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             create_images,
             create_speech,
             create_transcription,
+            create_video,
+            retrieve_video,
+            video_content,
             list_models,
             retrieve_model,
             get_generation,

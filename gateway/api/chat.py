@@ -9,6 +9,7 @@ from litestar.response import Stream
 
 from gateway.errors import remember_request_id
 from gateway.pipeline.chat import chat_completions, new_request_id
+from gateway.pipeline.metered import cancel_on_disconnect
 from gateway.state import GatewayState
 
 
@@ -19,4 +20,6 @@ async def create_chat_completion(request: Request[Any, Any, Any]) -> Response[by
     remember_request_id(request, request_id)
     raw_body = await request.body()
     facts = state.request_facts(request)
-    return await chat_completions(state, request.headers, facts, raw_body, request_id)
+    return await cancel_on_disconnect(
+        request.receive, chat_completions(state, request.headers, facts, raw_body, request_id)
+    )

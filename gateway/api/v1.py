@@ -17,8 +17,8 @@ from billing.money import format_credits
 from billing.pricing import ModelPrice
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, remember_request_id
-from gateway.pipeline import routes
-from gateway.pipeline.metered import new_request_id
+from gateway.pipeline import routes, videos
+from gateway.pipeline.metered import cancel_on_disconnect, new_request_id
 from gateway.state import GatewayState
 from keys.chain import authenticate
 from keys.service import KeyIdentity
@@ -42,29 +42,37 @@ def _begin(request: Request[Any, Any, Any]) -> tuple[GatewayState, str]:
 @post("/v1/embeddings", status_code=200)
 async def create_embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
-    return await routes.embeddings(
-        state, request.headers, state.request_facts(request), await request.body(), request_id
+    return await cancel_on_disconnect(
+        request.receive,
+        routes.embeddings(state, request.headers, state.request_facts(request), await request.body(), request_id),
     )
 
 
 @post("/v1/completions", status_code=200)
 async def create_completion(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     state, request_id = _begin(request)
-    return await routes.completions(
-        state, request.headers, state.request_facts(request), await request.body(), request_id
+    return await cancel_on_disconnect(
+        request.receive,
+        routes.completions(state, request.headers, state.request_facts(request), await request.body(), request_id),
     )
 
 
 @post("/v1/images/generations", status_code=200)
 async def create_images(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
-    return await routes.images(state, request.headers, state.request_facts(request), await request.body(), request_id)
+    return await cancel_on_disconnect(
+        request.receive,
+        routes.images(state, request.headers, state.request_facts(request), await request.body(), request_id),
+    )
 
 
 @post("/v1/audio/speech", status_code=200)
 async def create_speech(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
-    return await routes.speech(state, request.headers, state.request_facts(request), await request.body(), request_id)
+    return await cancel_on_disconnect(
+        request.receive,
+        routes.speech(state, request.headers, state.request_facts(request), await request.body(), request_id),
+    )
 
 
 @post("/v1/audio/transcriptions", status_code=200, request_max_body_size=_AUDIO_UPLOAD_LIMIT)
@@ -72,7 +80,10 @@ async def create_transcription(request: Request[Any, Any, Any]) -> Response[byte
     state, request_id = _begin(request)
     form = await request.form()
     fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    return await routes.transcriptions(state, request.headers, state.request_facts(request), form, fields, request_id)
+    return await cancel_on_disconnect(
+        request.receive,
+        routes.transcriptions(state, request.headers, state.request_facts(request), form, fields, request_id),
+    )
 
 
 def _rate(value: Decimal) -> str:
@@ -170,3 +181,28 @@ async def get_generation(request: Request[Any, Any, Any], id: FromQuery[str]) ->
         "created_at": record.created_at.isoformat(),
     }
     return Response(_encoder.encode({"data": data}), media_type="application/json")
+
+
+@post("/v1/videos", status_code=200, request_max_body_size=_AUDIO_UPLOAD_LIMIT)
+async def create_video(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state, request_id = _begin(request)
+    form = await request.form()
+    fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    return await cancel_on_disconnect(
+        request.receive,
+        videos.create_video(state, request.headers, state.request_facts(request), form, fields, request_id),
+    )
+
+
+@get("/v1/videos/{video_id:str}")
+async def retrieve_video(request: Request[Any, Any, Any], video_id: FromPath[str]) -> Response[bytes]:
+    state, _request_id = _begin(request)
+    return await videos.retrieve_video(state, request.headers, state.request_facts(request), video_id)
+
+
+@get("/v1/videos/{video_id:str}/content")
+async def video_content(
+    request: Request[Any, Any, Any], video_id: FromPath[str], variant: FromQuery[str] = "video"
+) -> Response[bytes]:
+    state, _request_id = _begin(request)
+    return await videos.video_content(state, request.headers, state.request_facts(request), video_id, variant)

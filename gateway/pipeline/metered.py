@@ -8,6 +8,7 @@ exit path (success, upstream error, client disconnect), shielded from cancellati
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -83,6 +84,34 @@ class Admitted:
     plan: list[CatalogModel]
     reservation: Reservation
     amount_micro: int
+
+
+class ClientGone(GatewayError):
+    """The client disconnected before the answer was ready; the upstream call was cancelled."""
+
+    status_code = 499
+    code = "client_disconnected"
+
+
+async def cancel_on_disconnect(receive: Callable[[], Awaitable[Mapping[str, Any]]], work: Awaitable[R]) -> R:
+    """Run ``work`` (the whole pipeline of a request whose body has been read), cancelling it if
+    the client disconnects: the upstream request is cancelled with it and the pipeline settles
+    what it held (shielded), instead of paying for an answer nobody will read."""
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    with anyio.CancelScope() as scope:
+        # A bare task rather than a task group: errors of ``work`` must reach the error handlers
+        # as themselves, not wrapped in an ExceptionGroup.
+        watcher = asyncio.create_task(watch(scope))
+        try:
+            return await work
+        finally:
+            watcher.cancel()
+    raise ClientGone("client disconnected")
 
 
 def new_request_id() -> str:

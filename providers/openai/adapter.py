@@ -6,6 +6,7 @@ into a small view (text and usage) for metering, never re-encoded.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -123,13 +124,8 @@ class OpenAIAdapter:
     async def post_multipart(
         self, route: str, upstream_model: str, fields: list[tuple[str, str]], files: list[UploadedFile]
     ) -> UpstreamReply:
-        return await self._send(
-            "POST",
-            route,
-            upstream_model,
-            data=_form_fields(fields),
-            files=[(f.field, (f.filename, f.content, f.content_type)) for f in files],
-        )
+        content, content_type = multipart_body(fields, files)
+        return await self._send("POST", route, upstream_model, content=content, headers={"content-type": content_type})
 
     async def get(self, route: str, upstream_model: str) -> UpstreamReply:
         return await self._send("GET", route, upstream_model)
@@ -166,15 +162,26 @@ _JSON = {"content-type": "application/json"}
 _JSON_SSE = {"content-type": "application/json", "accept": "text/event-stream"}
 
 
-def _form_fields(fields: list[tuple[str, str]]) -> dict[str, str | list[str]]:
-    """Repeated form fields (``timestamp_granularities[]``) become lists, as httpx expects."""
-    merged: dict[str, str | list[str]] = {}
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "")
+
+
+def multipart_body(fields: list[tuple[str, str]], files: list[UploadedFile]) -> tuple[bytes, str]:
+    """A multipart/form-data body (RFC 7578). Built here rather than by httpx, which falls back
+    to urlencoded when there is no file, while these OpenAI routes always expect multipart."""
+    boundary = "tollway-" + secrets.token_hex(16)
+    parts: list[bytes] = []
     for name, value in fields:
-        existing = merged.get(name)
-        if existing is None:
-            merged[name] = value
-        elif isinstance(existing, list):
-            existing.append(value)
-        else:
-            merged[name] = [existing, value]
-    return merged
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'.encode()
+            + value.encode()
+            + b"\r\n"
+        )
+    for file in files:
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(file.field)}"; '
+            f'filename="{_quoted(file.filename)}"\r\nContent-Type: {_quoted(file.content_type)}\r\n\r\n'
+        )
+        parts.append(head.encode() + file.content + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"

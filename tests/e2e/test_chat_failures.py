@@ -127,3 +127,21 @@ def test_chat_suspended_account_is_403(gateway: Gateway) -> None:
         chat(gateway)
     assert caught.value.code == "account_suspended"
     assert gateway.fake.received == []
+
+
+def test_chat_client_disconnect_cancels_a_non_streamed_upstream_call(gateway: Gateway) -> None:
+    gateway.fake.response_delay_s = 3.0
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            gateway.v1 + "/chat/completions",
+            json={"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {gateway.key}"},
+            timeout=httpx.Timeout(10, read=0.5),  # the client gives up and hangs up
+        )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (gateway.fake.disconnected == 0 or not gateway.usage_records()):
+        time.sleep(0.05)
+    assert gateway.fake.disconnected == 1 and gateway.fake.served == 0  # cancelled, not answered
+    (record,) = gateway.usage_records()
+    assert record.cancelled and record.status_code == 499 and record.credits_micro == 0
+    assert gateway.balance_micro() == OPENING

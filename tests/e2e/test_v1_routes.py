@@ -20,6 +20,7 @@ from tests.fakes.servers import ThreadedServer
 
 EMBED, INSTRUCT, DALLE, GPT_IMAGE = "fake/embed-small", "fake/instruct", "fake/dall-e-3", "fake/gpt-image-1"
 TTS, WHISPER, TRANSCRIBE = "fake/tts-1", "fake/whisper-1", "fake/gpt-4o-transcribe"
+SORA = "fake/sora-2"
 
 
 def _model(upstream: str, category: str, **prices: Any) -> ModelSettings:
@@ -52,6 +53,7 @@ def routes(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
             TTS: _model("tts-1", "tts", per_unit_usd="0.000015"),
             WHISPER: _model("whisper-1", "stt", per_unit_usd="0.0001"),
             TRANSCRIBE: _model("gpt-4o-transcribe", "stt", input_per_mtok="2.5", output_per_mtok="10"),
+            SORA: _model("sora-2", "video", per_unit_usd="0.01", per_unit_usd_variants={"1792x1024": "0.05"}),
             "anthropic/claude-embed": ModelSettings(
                 provider="anthropic", upstream_model="nope", category="embedding", input_per_mtok="1"
             ),
@@ -219,3 +221,32 @@ def test_every_route_goes_through_the_chain_and_checks_the_category(routes: Gate
         raise openai.BadRequestError("400", response=httpx_post, body=httpx_post.json()["error"])
     assert missing_file.value.body["param"] == "file"  # type: ignore[index]
     assert routes.balance_micro() == 500_000_000  # nothing refused cost anything
+
+
+def test_video_jobs_are_charged_on_creation_and_refunded_once_if_they_fail(routes: Gateway) -> None:
+    import warnings
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # the SDK marks the Videos API deprecated
+    client = sdk(routes)
+    job = client.videos.create(model=SORA, prompt="a lighthouse at dawn", seconds="8", size="1792x1024")
+    assert job.status == "queued" and job.id == "video_fake1"
+    sent = routes.fake.received[-1]
+    assert sent.path == "/v1/videos" and sent.body["model"] == "sora-2" and sent.body["seconds"] == "8"
+    charge = 8 * 50_000_000  # 8 s at 0.05 USD = 50 credits a second
+    assert last_cost(routes) == charge
+    assert routes.balance_micro() == 500_000_000 - charge
+
+    assert client.videos.retrieve(job.id).status == "in_progress"
+    content = client.videos.download_content(job.id)
+    assert content.content.startswith(b"\x00\x00\x00\x18ftypmp42")
+
+    routes.fake.video_outcome = "failed"
+    for _ in range(2):
+        failed = client.videos.retrieve(job.id)
+        assert failed.status == "failed" and failed.model_extra["_tollway"]["refunded"] is True
+    assert routes.balance_micro() == 500_000_000  # refunded exactly once
+
+    other = new_key(routes)
+    assert sdk(routes, other).videos.retrieve(job.id).id == job.id  # same account, another key
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve("video_unknown")

@@ -45,6 +45,8 @@ class FakeOpenAI:
     image_usage: bool = False  # gpt-image-1 reports token usage; dall-e models do not
     transcription_seconds: int = 9
     transcription_tokens: bool = False  # gpt-4o-transcribe bills tokens; whisper-1 seconds
+    video_outcome: str = "in_progress"
+    video_jobs: int = 0
     disconnected: int = 0
 
     def usage(self) -> dict[str, Any]:
@@ -109,6 +111,9 @@ class FakeOpenAI:
                 _error("Incorrect API key provided: sk-fak***key", "invalid_request_error", "invalid_api_key"),
             )
             return
+        if path.startswith("/v1/videos/") and scope["method"] == "GET":
+            await self._video_get(path, scope.get("query_string", b"").decode(), send)
+            return
         if path in _ROUTES and scope["method"] == "POST":
             if self.fail_times > 0:
                 self.fail_times -= 1
@@ -127,7 +132,11 @@ class FakeOpenAI:
             kind = "server_error" if self.fail_status >= 500 else "invalid_request_error"
             await _json(send, self.fail_status, _error("The fake upstream was told to fail", kind, None))
             return
-        if self.response_delay_s:
+        if self.response_delay_s and not parsed.get("stream"):
+            if await _disconnected_within(receive, self.response_delay_s):
+                self.disconnected += 1  # the gateway cancelled its upstream request
+                return
+        elif self.response_delay_s:
             await asyncio.sleep(self.response_delay_s)
         if parsed.get("stream"):
             await self._stream(parsed, send, receive)
@@ -228,6 +237,43 @@ class FakeOpenAI:
 
     # -- the other /v1 routes, shaped like OpenAI's API reference -------------------------
 
+    async def _video_create(self, request: dict[str, Any], send: Any, receive: Any) -> None:
+        self.video_jobs += 1
+        job = {
+            "id": f"video_fake{self.video_jobs}",
+            "object": "video",
+            "created_at": 1_700_000_000,
+            "status": "queued",
+            "model": request.get("model", "sora-2"),
+            "progress": 0,
+            "seconds": str(request.get("seconds", "4")),
+            "size": request.get("size", "720x1280"),
+            "prompt": request.get("prompt"),
+        }
+        await _json(send, 200, job)
+
+    async def _video_get(self, path: str, query: str, send: Any) -> None:
+        video_id = path.removeprefix("/v1/videos/").removesuffix("/content")
+        if path.endswith("/content"):
+            variant = "thumbnail" if "variant=thumbnail" in query else "video"
+            media = b"image/webp" if variant == "thumbnail" else b"video/mp4"
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", media)]})
+            await send({"type": "http.response.body", "body": b"\x00\x00\x00\x18ftypmp42" + video_id.encode()})
+            return
+        failed = self.video_outcome == "failed"
+        job = {
+            "id": video_id,
+            "object": "video",
+            "created_at": 1_700_000_000,
+            "status": self.video_outcome,
+            "model": "sora-2",
+            "progress": 100 if self.video_outcome == "completed" else 40,
+            "seconds": "4",
+            "size": "720x1280",
+            "error": {"code": "moderation_blocked", "message": "blocked"} if failed else None,
+        }
+        await _json(send, 200, job)
+
     async def _embeddings(self, request: dict[str, Any], send: Any, receive: Any) -> None:
         inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
         data = [
@@ -299,6 +345,7 @@ class FakeOpenAI:
 
 
 _ROUTES = {
+    "/v1/videos": "_video_create",
     "/v1/embeddings": "_embeddings",
     "/v1/completions": "_completions",
     "/v1/images/generations": "_images",
@@ -316,6 +363,18 @@ def _multipart(content_type: str, body: bytes) -> dict[str, Any]:
         payload = part.get_payload(decode=True) or b""
         fields[str(name)] = payload if part.get_filename() else payload.decode()
     return fields
+
+
+async def _disconnected_within(receive: Any, seconds: float) -> bool:
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(gone(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _body(send: Any, data: bytes) -> None:
