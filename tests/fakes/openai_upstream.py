@@ -46,6 +46,7 @@ class FakeOpenAI:
     transcription_seconds: int = 9
     transcription_tokens: bool = False  # gpt-4o-transcribe bills tokens; whisper-1 seconds
     video_outcome: str = "in_progress"
+    canned_completion: dict[str, Any] | None = None  # a recorded answer to send back verbatim
     video_jobs: int = 0
     disconnected: int = 0
 
@@ -142,7 +143,7 @@ class FakeOpenAI:
             await self._stream(parsed, send, receive)
         else:
             self.served += 1
-            await _json(send, 200, self._completion(parsed))
+            await _json(send, 200, self.canned_completion or self._completion(parsed))
 
     def _completion(self, request: dict[str, Any]) -> dict[str, Any]:
         return {
