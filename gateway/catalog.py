@@ -147,7 +147,7 @@ def build_adapter(name: str, provider: ProviderSettings, env: Mapping[str, str])
     api_key = provider.resolved_api_key(env)
     if provider.kind == "demo":
         return DemoAdapter(name)
-    if provider.kind in ("openai", "openai-compatible"):
+    if provider.speaks_openai:
         return OpenAIAdapter(name, _client(provider, {"authorization": f"Bearer {api_key}"} if api_key else {}))
     if provider.kind == "azure":
         return azure_adapter(name, _client(provider, {"api-key": api_key}), api_version=provider.api_version)

@@ -17,7 +17,29 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-ProviderKind = Literal["openai", "openai-compatible", "azure", "anthropic", "gemini", "demo"]
+from providers.presets import OPENAI_COMPATIBLE_PRESETS
+
+ProviderKind = Literal[
+    "openai",
+    "openai-compatible",
+    "azure",
+    "anthropic",
+    "gemini",
+    "demo",
+    # OpenAI-compatible services with a known base URL (providers/presets.py)
+    "groq",
+    "together",
+    "mistral",
+    "deepseek",
+    "fireworks",
+    "openrouter",
+    "xai",
+    "perplexity",
+    "cerebras",
+    "ollama",
+    "lmstudio",
+    "vllm",
+]
 Category = Literal["text", "embedding", "image", "video", "stt", "tts"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./tollway.db"
@@ -48,15 +70,20 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     @property
     def effective_base_url(self) -> str:
-        return self.base_url or DEFAULT_BASE_URLS.get(self.kind, "")
+        preset = OPENAI_COMPATIBLE_PRESETS.get(self.kind)
+        return self.base_url or DEFAULT_BASE_URLS.get(self.kind, "") or (preset.base_url if preset else "")
+
+    @property
+    def speaks_openai(self) -> bool:
+        return self.kind in ("openai", "openai-compatible") or self.kind in OPENAI_COMPATIBLE_PRESETS
 
     def resolved_api_key(self, env: Mapping[str, str]) -> str:
-        """The upstream key, from the file or the environment variable it names."""
+        """The upstream key, from the file or the environment variable it (or its preset) names."""
         if self.api_key:
             return self.api_key
-        if self.api_key_env:
-            return env.get(self.api_key_env, "")
-        return ""
+        preset = OPENAI_COMPATIBLE_PRESETS.get(self.kind)
+        variable = self.api_key_env or (preset.api_key_env if preset else "")
+        return env.get(variable, "") if variable else ""
 
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]

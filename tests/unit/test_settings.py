@@ -125,3 +125,13 @@ def test_deployments_are_checked() -> None:
             env={},
             models={"d/img": {"provider": "demo", "upstream_model": "i", "per_unit_usd_variants": {"1024x1024": "x"}}},
         )
+
+
+def test_openai_compatible_presets_know_their_url_and_key_variable() -> None:
+    settings = load_settings(env={}, providers={"fast": {"kind": "groq"}, "local": {"kind": "ollama"}})
+    groq, ollama = settings.providers["fast"], settings.providers["local"]
+    assert groq.effective_base_url == "https://api.groq.com/openai/v1" and groq.speaks_openai
+    assert groq.resolved_api_key({"GROQ_API_KEY": "gsk-1"}) == "gsk-1"
+    assert ollama.effective_base_url == "http://127.0.0.1:11434/v1" and ollama.resolved_api_key({}) == ""
+    custom = load_settings(env={}, providers={"g": {"kind": "groq", "base_url": "http://127.0.0.1:9/v1"}})
+    assert custom.providers["g"].effective_base_url == "http://127.0.0.1:9/v1"
