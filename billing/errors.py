@@ -14,11 +14,20 @@ class BillingError(Exception):
         self.message = message
 
 
-class InsufficientCredits(BillingError):
+class OutOfBudget(BillingError):
+    """The balance or the key's spending limit cannot cover the worst case; ``available_micro``
+    is what is left, so the caller can size a request that fits."""
+
+    def __init__(self, message: str, *, available_micro: int = 0) -> None:
+        super().__init__(message)
+        self.available_micro = available_micro
+
+
+class InsufficientCredits(OutOfBudget):
     code = "insufficient_credits"
 
 
-class SpendingLimitExceeded(BillingError):
+class SpendingLimitExceeded(OutOfBudget):
     code = "spending_limit_exceeded"
 
 

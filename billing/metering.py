@@ -247,9 +247,11 @@ def _refusal(kind: str, result: ApplyResult, amount_micro: int, now: datetime) -
     if kind == "spend":
         return SpendingLimitExceeded(
             f"spending limit reached: this request may cost up to {format_credits(amount_micro)} credits and "
-            f"{format_credits(available)} remain in this key's limit for the period"
+            f"{format_credits(available)} remain in this key's limit for the period",
+            available_micro=available,
         )
     return InsufficientCredits(
         f"insufficient credits: this request may cost up to {format_credits(amount_micro)} "
-        f"credits and {format_credits(available)} are available"
+        f"credits and {format_credits(available)} are available",
+        available_micro=available,
     )

@@ -17,7 +17,9 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from billing.errors import OutOfBudget
 from billing.money import format_credits
+from billing.pricing import ModelPrice
 from billing.tokens import count_chat_tokens, count_text_tokens
 from gateway.catalog import CatalogModel
 from gateway.errors import InvalidJSON, InvalidRequest, validation_param
@@ -129,6 +131,22 @@ async def chat_completions(
         input_tokens = count_chat_tokens(view.messages, plan[0].upstream_model, view.tools)
         return output_estimate(plan, view.max_completion_tokens or view.max_tokens, input_tokens)
 
+    def shrink(view: ChatBodyView, plan: list[CatalogModel], refusal: OutOfBudget) -> Estimate | None:
+        """PRODUCT.md: without max_tokens, lower it to what is affordable; with it, say what would fit."""
+        affordable = min(
+            min(
+                served.max_output_tokens, _price(served).affordable_output_tokens(input_tokens, refusal.available_micro)
+            )
+            for served in plan
+        )
+        if view.max_completion_tokens or view.max_tokens:
+            hint = f"; the largest max_tokens that fits is {affordable}" if affordable >= 1 else ""
+            raise type(refusal)(refusal.message + hint, available_micro=refusal.available_micro) from refusal
+        if affordable < 1:
+            return None
+        holder["max_tokens"] = affordable
+        return output_estimate(plan, affordable, input_tokens)
+
     admitted, view = await admit(
         state,
         headers,
@@ -139,22 +157,32 @@ async def chat_completions(
         route="/v1/chat/completions",
         estimate=estimate,
         serves=_serves_chat,
+        shrink=shrink,
     )
     body: dict[str, Any] = holder["body"]
+    clamp: int | None = holder.get("max_tokens")
+    extra_headers = {"X-Tollway-Max-Tokens": str(clamp)} if clamp else {}
+
+    def call_for(served: CatalogModel) -> ChatCall:
+        forwarded = upstream_body(body, served)
+        if clamp:
+            # OpenAI's own API (and Azure) want max_completion_tokens; other servers know max_tokens.
+            kind = state.settings.providers[served.provider].kind if served.provider in state.settings.providers else ""
+            forwarded["max_completion_tokens" if kind in ("openai", "azure") else "max_tokens"] = clamp
+        return ChatCall(body=forwarded, upstream_model=served.upstream_model)
 
     if view.stream:
 
         async def open_stream(adapter: Any, served: CatalogModel, deadline_at: float) -> DeadlineStream:
-            call = ChatCall(body=upstream_body(body, served), upstream_model=served.upstream_model)
-            return DeadlineStream(await adapter.open_stream(call), deadline_at, served.provider)
+            return DeadlineStream(await adapter.open_stream(call_for(served)), deadline_at, served.provider)
 
         served, stream = await dispatch(state, admitted, open_stream, streamed=True)
-        return stream_response(state, admitted, served, stream, input_tokens, "chat.completion.chunk")
+        streaming = stream_response(state, admitted, served, stream, input_tokens, "chat.completion.chunk")
+        streaming.headers.update(extra_headers)
+        return streaming
 
     async def complete(adapter: Any, served: CatalogModel, deadline_at: float) -> ChatResult:
-        result: ChatResult = await adapter.complete(
-            ChatCall(body=upstream_body(body, served), upstream_model=served.upstream_model)
-        )
+        result: ChatResult = await adapter.complete(call_for(served))
         return result
 
     served, result = await dispatch(state, admitted, complete)
@@ -167,8 +195,13 @@ async def chat_completions(
     return Response(
         content=_encoder.encode(result.body),
         media_type="application/json",
-        headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(cost)},
+        headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(cost), **extra_headers},
     )
+
+
+def _price(served: CatalogModel) -> ModelPrice:
+    assert served.price is not None
+    return served.price
 
 
 def stream_response(

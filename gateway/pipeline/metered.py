@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from billing.errors import BillingError
+from billing.errors import BillingError, OutOfBudget
 from billing.ledger import Settlement
 from billing.metering import KeyLimits, Reservation
 from billing.money import format_credits, micro_to_usd
@@ -171,6 +171,7 @@ async def admit(
     route: str,
     estimate: Callable[[B, list[CatalogModel]], Estimate],
     serves: Callable[[object], bool],
+    shrink: Callable[[B, list[CatalogModel], OutOfBudget], Estimate | None] | None = None,
 ) -> tuple[Admitted, B]:
     """Chain steps 1–12 for any route; an authenticated refusal is still recorded (at no cost)."""
     started = time.perf_counter()
@@ -195,14 +196,29 @@ async def admit(
         if not plan:
             raise InvalidRequest(f"the provider of model {body.model!r} does not offer {route}", param="model")
         worst = estimate(body, plan)
-        reservation = await state.meter.reserve(
-            identity.account_id,
-            worst.amount_micro,
-            request_id,
-            limits=key_limits(identity),
-            tokens=worst.tokens,
-            now=now,
-        )
+        try:
+            reservation = await state.meter.reserve(
+                identity.account_id,
+                worst.amount_micro,
+                request_id,
+                limits=key_limits(identity),
+                tokens=worst.tokens,
+                now=now,
+            )
+        except OutOfBudget as refusal:
+            # The route may fit the request to what is left (chat lowers max_tokens) and try once more.
+            smaller = shrink(body, plan, refusal) if shrink is not None else None
+            if smaller is None:
+                raise
+            worst = smaller
+            reservation = await state.meter.reserve(
+                identity.account_id,
+                worst.amount_micro,
+                request_id,
+                limits=key_limits(identity),
+                tokens=worst.tokens,
+                now=now,
+            )
     except (GatewayError, BillingError, KeyError_) as error:
         await state.meter.record(refused_settlement(ctx, slug, error))
         raise
