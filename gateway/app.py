@@ -21,6 +21,7 @@ from billing.metering import Meter
 from billing.tokens import warm_encodings
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
+from gateway.api.billing import CreditsController, UsageController
 from gateway.api.chat import create_chat_completion
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
@@ -127,6 +128,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             KeysController,
             AuditController,
             MembersController,
+            CreditsController,
+            UsageController,
             AuthController,
             AdminController,
             healthz,

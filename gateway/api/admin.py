@@ -22,7 +22,7 @@ from billing.accounts import (
     list_accounts,
     set_account_status,
 )
-from billing.models import Account, AccountStatus
+from billing.models import Account, AccountStatus, LedgerKind
 from billing.money import MoneyError, credits_to_micro, format_credits
 from gateway.errors import GatewayError, InvalidRequest, decode_body, remember_request_id
 from gateway.pipeline.chat import new_request_id
@@ -65,6 +65,12 @@ class AdminMemberAdd(msgspec.Struct, forbid_unknown_fields=True):
     email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
     password: str | None = None
     role: Role = Role.OWNER
+
+
+class RefundCreate(msgspec.Struct, forbid_unknown_fields=True):
+    amount: str
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    reason: str = ""
 
 
 class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
@@ -169,6 +175,35 @@ class AdminController(Controller):
         return _json(
             {
                 "ledger_id": entry.id,
+                "amount": format_credits(entry.amount_micro),
+                "balance": format_credits(account.balance_micro),
+            },
+            201,
+        )
+
+    @post("/accounts/{account_id:int}/refunds/")
+    async def refund(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+        """Give credits back for something that went wrong; the idempotency key makes a retry safe."""
+        state = _operator(request)
+        ask = decode_body(await request.body(), RefundCreate)
+        amount = _credits(ask.amount, "amount")
+        if amount <= 0:
+            raise InvalidRequest("a refund must be positive", param="amount")
+        async with state.sessionmaker() as session:
+            entry = await grant_credits(
+                session,
+                account_id,
+                amount,
+                reason=ask.reason,
+                idempotency_key=ask.idempotency_key,
+                kind=LedgerKind.REFUND,
+            )
+            account = await get_account(session, account_id)
+        await state.meter.refresh_balance(account_id, force=True)
+        return _json(
+            {
+                "ledger_id": entry.id,
+                "kind": entry.kind,
                 "amount": format_credits(entry.amount_micro),
                 "balance": format_credits(account.balance_micro),
             },

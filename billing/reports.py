@@ -1,0 +1,98 @@
+"""Read-side queries for an account's money: its ledger and its usage, paged and grouped.
+
+Pages go newest first by id (``before_id`` = the last id of the previous page), which stays
+stable while new rows arrive. Summaries group in the database; days are UTC calendar days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Date, cast, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.models import LedgerEntry, UsageRecord
+
+GroupBy = Literal["day", "model", "key", "end_user"]
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilter:
+    key_id: int | None = None
+    model: str | None = None
+    end_user_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def conditions(self, account_id: int) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = [UsageRecord.account_id == account_id]
+        if self.key_id is not None:
+            where.append(UsageRecord.key_id == self.key_id)
+        if self.model:
+            where.append(UsageRecord.model == self.model)
+        if self.end_user_id:
+            where.append(UsageRecord.end_user_id == self.end_user_id)
+        if self.since is not None:
+            where.append(UsageRecord.created_at >= self.since)
+        if self.until is not None:
+            where.append(UsageRecord.created_at < self.until)
+        return where
+
+
+async def ledger_page(
+    session: AsyncSession, account_id: int, *, limit: int, before_id: int | None = None
+) -> Sequence[LedgerEntry]:
+    query = select(LedgerEntry).where(LedgerEntry.account_id == account_id)
+    if before_id is not None:
+        query = query.where(LedgerEntry.id < before_id)
+    return (await session.scalars(query.order_by(LedgerEntry.id.desc()).limit(min(limit, MAX_PAGE)))).all()
+
+
+async def usage_page(
+    session: AsyncSession, account_id: int, usage_filter: UsageFilter, *, limit: int, before_id: int | None = None
+) -> Sequence[UsageRecord]:
+    query = select(UsageRecord).where(*usage_filter.conditions(account_id))
+    if before_id is not None:
+        query = query.where(UsageRecord.id < before_id)
+    return (await session.scalars(query.order_by(UsageRecord.id.desc()).limit(min(limit, MAX_PAGE)))).all()
+
+
+async def usage_summary(
+    session: AsyncSession, account_id: int, usage_filter: UsageFilter, group_by: GroupBy
+) -> list[dict[str, Any]]:
+    if session.get_bind().dialect.name == "postgresql":
+        day: Any = cast(func.timezone("UTC", UsageRecord.created_at), Date)
+    else:
+        day = func.date(UsageRecord.created_at)  # SQLite stores UTC text; date() keeps the day
+    group: Any = {
+        "day": day,
+        "model": UsageRecord.model,
+        "key": UsageRecord.key_id,
+        "end_user": UsageRecord.end_user_id,
+    }[group_by]
+    rows = await session.execute(
+        select(
+            group.label("group"),
+            func.count().label("requests"),
+            func.coalesce(func.sum(UsageRecord.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(UsageRecord.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum(UsageRecord.credits_micro), 0).label("credits_micro"),
+        )
+        .where(*usage_filter.conditions(account_id))
+        .group_by(group)
+        .order_by(group)
+    )
+    return [
+        {
+            "group": str(row.group) if row.group is not None else None,
+            "requests": int(row.requests),
+            "input_tokens": int(row.input_tokens),
+            "output_tokens": int(row.output_tokens),
+            "credits_micro": int(row.credits_micro),
+        }
+        for row in rows
+    ]

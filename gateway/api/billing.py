@@ -1,0 +1,148 @@
+"""``/api/credits`` and ``/api/usage``: an account's balance, ledger and usage, for any member."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, get_args
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.params import FromQuery
+
+from billing.models import Account, LedgerEntry, UsageRecord
+from billing.money import format_credits
+from billing.reports import GroupBy, UsageFilter, ledger_page, usage_page, usage_summary
+from gateway.api.auth import management_caller
+from gateway.errors import InvalidRequest
+from keys.roles import Permission
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json(payload: Any) -> Response[bytes]:
+    return Response(_encoder.encode(payload), media_type="application/json")
+
+
+def _when(value: str | None, param: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise InvalidRequest(f"{param} must be an ISO 8601 time, got {value!r}", param=param) from error
+    if moment.tzinfo is None:
+        raise InvalidRequest(f"{param} needs a time zone (e.g. 2026-11-01T00:00:00Z)", param=param)
+    return moment
+
+
+def _limit(value: int) -> int:
+    if not 1 <= value <= 500:
+        raise InvalidRequest("limit must be between 1 and 500", param="limit")
+    return value
+
+
+def ledger_view(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "kind": entry.kind,
+        "amount": format_credits(entry.amount_micro),
+        "balance_after": format_credits(entry.balance_after_micro),
+        "request_id": entry.request_id,
+        "reason": entry.reason,
+        "created_at": entry.created_at.isoformat(),
+    }
+
+
+def usage_view(record: UsageRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "request_id": record.request_id,
+        "key_id": record.key_id,
+        "model": record.model,
+        "provider": record.provider,
+        "upstream_model": record.upstream_model,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cached_tokens": record.cached_tokens,
+        "credits_used": format_credits(record.credits_micro),
+        "latency_ms": record.latency_ms,
+        "status_code": record.status_code,
+        "error_code": record.error_code,
+        "streamed": record.streamed,
+        "cancelled": record.cancelled,
+        "end_user_id": record.end_user_id,
+        "created_at": record.created_at.isoformat(),
+    }
+
+
+class CreditsController(Controller):
+    path = "/api/credits"
+
+    @get("/")
+    async def credits(
+        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 50, before_id: FromQuery[int | None] = None
+    ) -> Response[bytes]:
+        state, caller = await management_caller(request, Permission.VIEW)
+        async with state.sessionmaker() as session:
+            account = await session.get(Account, caller.account_id)
+            assert account is not None
+            entries = await ledger_page(session, caller.account_id, limit=_limit(limit), before_id=before_id)
+        return _json(
+            {
+                "balance": format_credits(account.balance_micro),
+                "available": format_credits(await state.meter.available_micro(caller.account_id)),
+                "low_credits_threshold": format_credits(account.low_credit_threshold_micro),
+                "ledger": [ledger_view(e) for e in entries],
+                "next_before_id": entries[-1].id if len(entries) == limit else None,
+            }
+        )
+
+
+class UsageController(Controller):
+    path = "/api/usage"
+
+    @get("/")
+    async def usage(
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromQuery[int | None] = None,
+        model: FromQuery[str | None] = None,
+        end_user_id: FromQuery[str | None] = None,
+        since: FromQuery[str | None] = None,
+        until: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 100,
+        before_id: FromQuery[int | None] = None,
+    ) -> Response[bytes]:
+        state, caller = await management_caller(request, Permission.VIEW)
+        usage_filter = UsageFilter(key_id, model, end_user_id, _when(since, "since"), _when(until, "until"))
+        async with state.sessionmaker() as session:
+            records = await usage_page(
+                session, caller.account_id, usage_filter, limit=_limit(limit), before_id=before_id
+            )
+        return _json(
+            {
+                "data": [usage_view(r) for r in records],
+                "next_before_id": records[-1].id if len(records) == limit else None,
+            }
+        )
+
+    @get("/summary/")
+    async def summary(
+        self,
+        request: Request[Any, Any, Any],
+        group_by: FromQuery[str] = "day",
+        key_id: FromQuery[int | None] = None,
+        model: FromQuery[str | None] = None,
+        end_user_id: FromQuery[str | None] = None,
+        since: FromQuery[str | None] = None,
+        until: FromQuery[str | None] = None,
+    ) -> Response[bytes]:
+        state, caller = await management_caller(request, Permission.VIEW)
+        if group_by not in get_args(GroupBy):
+            raise InvalidRequest(f"group_by must be one of {', '.join(get_args(GroupBy))}", param="group_by")
+        usage_filter = UsageFilter(key_id, model, end_user_id, _when(since, "since"), _when(until, "until"))
+        async with state.sessionmaker() as session:
+            rows = await usage_summary(session, caller.account_id, usage_filter, group_by)  # type: ignore[arg-type]
+        for row in rows:
+            row["credits_used"] = format_credits(row.pop("credits_micro"))
+        return _json({"group_by": group_by, "data": rows})
