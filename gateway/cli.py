@@ -39,6 +39,10 @@ class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit code 2."""
 
 
+class ReconcileFailed(Exception):
+    """Reconcile found drift: exit code 1, the report itself already says what."""
+
+
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     if args.json:
         print(json.dumps(data, indent=2))
@@ -218,6 +222,51 @@ def cmd_members_add(args: argparse.Namespace) -> None:
     asyncio.run(_with_session(settings, work))
 
 
+def cmd_billing_reconcile(args: argparse.Namespace) -> None:
+    """Exit 1 when ledger, balances, usage records and counters disagree (see gateway.reconcile)."""
+    from datetime import UTC, datetime
+
+    from billing.counters import build_counter_store
+    from gateway.reconcile import reconcile
+
+    settings = _settings(args)
+
+    async def run() -> bool:
+        engine = create_engine(settings.database_url)
+        counters = build_counter_store(settings.redis_url) if settings.uses_redis else None
+        try:
+            report = await reconcile(
+                create_sessionmaker(engine), counters=counters, prefix=settings.redis_prefix, now=datetime.now(UTC)
+            )
+        finally:
+            await engine.dispose()
+            if counters is not None:
+                await counters.close()
+        summary = f"{report.accounts} accounts, {report.debits} debits checked"
+        text = "\n".join(
+            [
+                *(f"DRIFT {line}" for line in report.drift),
+                *(f"note  {line}" for line in report.notes),
+                ("OK " if report.ok else "FAILED ") + summary,
+            ]
+        )
+        _emit(
+            args,
+            {
+                "ok": report.ok,
+                "accounts": report.accounts,
+                "debits": report.debits,
+                "drift": report.drift,
+                "notes": report.notes,
+            },
+            text,
+        )
+        return report.ok
+
+    if not asyncio.run(run()):
+        raise ReconcileFailed("ledger, balances, usage records and counters disagree")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.bootstrap import prepare_and_announce
     from gateway.server import run_server
@@ -281,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     member_add.set_defaults(handler=cmd_members_add)
 
+    billing = commands.add_parser("billing", parents=[common], help="check the books")
+    billing_commands = billing.add_subparsers(dest="billing_command", required=True)
+    billing_commands.add_parser(
+        "reconcile", parents=[common], help="check ledger, balances, usage and counters agree (exit 1 on drift)"
+    ).set_defaults(handler=cmd_billing_reconcile)
+
     credits = commands.add_parser("credits", parents=[common], help="manage credits")
     credit_commands = credits.add_subparsers(dest="credits_command", required=True)
     grant = credit_commands.add_parser("grant", parents=[common], help="grant credits to an account")
@@ -299,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, SettingsError) as error:
         print(f"tollway: {error}", file=sys.stderr)
         return 2
+    except ReconcileFailed as error:
+        print(f"tollway: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
