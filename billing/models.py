@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -135,4 +137,15 @@ class VideoJob(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     refunded: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ModelPriceOverride(Base):
+    """An operator's price for one model slug (USD strings, as in the config); wins over both
+    the config and the shipped price list, and reaches every gateway process within seconds."""
+
+    __tablename__ = "model_price_overrides"
+
+    slug: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prices: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

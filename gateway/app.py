@@ -50,6 +50,7 @@ from gateway.errors import (
     handle_unexpected,
 )
 from gateway.pipeline.geoip import CountryDatabase
+from gateway.prices import follow_price_changes, reload_catalogue
 from gateway.routing import Router
 from gateway.settings import Settings, load_settings
 from gateway.state import GatewayState
@@ -93,10 +94,13 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             trusted_proxies=parse_networks(settings.trusted_proxies, strict=False),
             countries=countries,
         )
+        state: GatewayState = app.state.gateway
+        await reload_catalogue(state)  # the operator's price overrides
         # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
         await asyncio.to_thread(warm_encodings)
         try:
-            yield
+            async with follow_price_changes(state, counters):
+                yield
         finally:
             for adapter in adapters.values():
                 await adapter.aclose()

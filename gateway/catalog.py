@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import httpx
 import msgspec
 
+from billing.catalogue import ListPrice, list_price, vendor_models
 from billing.pricing import ModelPrice
 from gateway.settings import (
     DEMO_PROVIDER,
@@ -30,6 +31,8 @@ from providers.http import build_client
 from providers.openai.adapter import OpenAIAdapter
 
 ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_OUTPUT = 4096
+DEFAULT_CONTEXT = 128000
 
 DEMO_MODELS: dict[str, ModelSettings] = {
     "demo/echo": ModelSettings(
@@ -76,13 +79,49 @@ class CatalogModel(msgspec.Struct, frozen=True):
         )
 
 
+class PriceFields(msgspec.Struct, frozen=True):
+    """USD prices from one source (config, admin override or the shipped list), as strings."""
+
+    input_per_mtok: str = ""
+    output_per_mtok: str = ""
+    cached_input_per_mtok: str = ""
+    cache_write_per_mtok: str = ""
+    per_unit_usd: str = ""
+    per_unit_usd_variants: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, source: ModelSettings | DeploymentSettings) -> PriceFields:
+        return cls(
+            source.input_per_mtok,
+            source.output_per_mtok,
+            source.cached_input_per_mtok,
+            source.cache_write_per_mtok,
+            source.per_unit_usd,
+            dict(source.per_unit_usd_variants),
+        )
+
+    @classmethod
+    def listed(cls, entry: ListPrice) -> PriceFields:
+        return cls(
+            entry.input, entry.output, entry.cached_input, entry.cache_write, entry.per_unit, dict(entry.variants)
+        )
+
+
 def model_settings(settings: Settings) -> dict[str, ModelSettings]:
+    """The demo models, every listed model of providers with ``catalogue_models``, then the
+    config's own models (which win)."""
     models = dict(DEMO_MODELS) if settings.demo_provider else {}
+    for name, provider in settings.providers.items():
+        if provider.catalogue_models:
+            for upstream, entry in vendor_models(provider.kind).items():
+                models[f"{name}/{upstream}"] = ModelSettings(
+                    provider=name, upstream_model=upstream, category=entry.category
+                )
     models.update(settings.models)
     return models
 
 
-def is_priced(category: str, prices: ModelSettings | DeploymentSettings) -> bool:
+def is_priced(category: str, prices: PriceFields) -> bool:
     """Whether ``prices`` cover every way a model of ``category`` can be billed; an unpriced
     model cannot be called (never silently free)."""
     tokens = bool(prices.input_per_mtok and prices.output_per_mtok)
@@ -96,10 +135,29 @@ def is_priced(category: str, prices: ModelSettings | DeploymentSettings) -> bool
     return units or tokens
 
 
-def _price(settings: Settings, model: ModelSettings, deployment: DeploymentSettings) -> ModelPrice | None:
-    """The deployment's own prices where it sets them, the model's otherwise."""
-    source: ModelSettings | DeploymentSettings = deployment if is_priced(model.category, deployment) else model
-    if not is_priced(model.category, source):
+def _kind(settings: Settings, provider: str) -> str:
+    configured = settings.providers.get(provider)
+    return configured.kind if configured is not None else provider
+
+
+def _price(
+    settings: Settings,
+    model: ModelSettings,
+    category: str,
+    deployment: DeploymentSettings,
+    override: PriceFields | None,
+) -> ModelPrice | None:
+    """First priced source of: the operator's override, the deployment's prices, the model's,
+    the vendor's list price for the deployment's upstream model."""
+    listed = list_price(_kind(settings, deployment.provider), deployment.upstream_model)
+    sources = [
+        override,
+        PriceFields.of(deployment),
+        PriceFields.of(model),
+        PriceFields.listed(listed) if listed else None,
+    ]
+    source = next((s for s in sources if s is not None and is_priced(category, s)), None)
+    if source is None:
         return None
     return ModelPrice.from_usd_per_mtok(
         input_usd=source.input_per_mtok,
@@ -113,21 +171,26 @@ def _price(settings: Settings, model: ModelSettings, deployment: DeploymentSetti
     )
 
 
-def build_catalog(settings: Settings) -> dict[str, CatalogModel]:
+def build_catalog(settings: Settings, overrides: Mapping[str, PriceFields] | None = None) -> dict[str, CatalogModel]:
     catalog: dict[str, CatalogModel] = {}
     for slug, model in model_settings(settings).items():
+        override = (overrides or {}).get(slug)
+        own = model.all_deployments()[0]
+        listed = list_price(_kind(settings, own.provider), own.upstream_model)
+        category = model.category or (listed.category if listed else "text")
         deployments = tuple(
-            Deployment(d.provider, d.upstream_model, _price(settings, model, d)) for d in model.all_deployments()
+            Deployment(d.provider, d.upstream_model, _price(settings, model, category, d, override))
+            for d in model.all_deployments()
         )
         first = deployments[0]
         catalog[slug] = CatalogModel(
             slug=slug,
             provider=first.provider,
             upstream_model=first.upstream_model,
-            category=model.category,
+            category=category,
             price=first.price,
-            max_output_tokens=model.max_output_tokens,
-            context_length=model.context_length,
+            max_output_tokens=model.max_output_tokens or (listed.max_output if listed else DEFAULT_MAX_OUTPUT),
+            context_length=model.context_length or (listed.context if listed else DEFAULT_CONTEXT),
             deployments=deployments,
         )
     return catalog

@@ -65,6 +65,7 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     read_timeout_s: float = 120.0
     max_connections: int = 200
     deadline_s: float = 600.0
+    catalogue_models: bool = False  # offer every model of this vendor in the shipped price list
     headers: dict[str, str] = {}
     api_version: str = ""  # azure: the api-version query parameter
 
@@ -106,7 +107,7 @@ class DeploymentSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True
 class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     provider: str = ""
     upstream_model: str = ""
-    category: Category = "text"
+    category: Category | None = None  # unset: the price list's category for the model, else text
     input_per_mtok: str = ""
     output_per_mtok: str = ""
     cached_input_per_mtok: str = ""
@@ -115,8 +116,9 @@ class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # "1024x1024/hd"), per input character (tts), per audio second (stt), per video second.
     per_unit_usd: str = ""
     per_unit_usd_variants: dict[str, str] = {}
-    max_output_tokens: PositiveInt = 4096
-    context_length: PositiveInt = 128000
+    # Unset: the shipped price list's value for the upstream model, else 4096 / 128000.
+    max_output_tokens: PositiveInt | None = None
+    context_length: PositiveInt | None = None
     deployments: list[DeploymentSettings] = []
 
     def all_deployments(self) -> list[DeploymentSettings]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.params import FromPath
 
 from billing.accounts import (
@@ -24,8 +25,12 @@ from billing.accounts import (
 )
 from billing.models import Account, AccountStatus, LedgerKind
 from billing.money import MoneyError, credits_to_micro, format_credits
-from gateway.errors import GatewayError, InvalidRequest, decode_body, remember_request_id
+from gateway.api.v1 import model_view
+from gateway.catalog import PriceFields, is_priced
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, decode_body, remember_request_id
 from gateway.pipeline.chat import new_request_id
+from gateway.prices import load_overrides, store_override
+from gateway.settings import PRICE_FIELDS
 from gateway.state import GatewayState
 from keys.audit import record_event
 from keys.management import KeyCreate, create_key_with
@@ -71,6 +76,15 @@ class RefundCreate(msgspec.Struct, forbid_unknown_fields=True):
     amount: str
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     reason: str = ""
+
+
+class PriceOverride(msgspec.Struct, forbid_unknown_fields=True):
+    input_per_mtok: str = ""
+    output_per_mtok: str = ""
+    cached_input_per_mtok: str = ""
+    cache_write_per_mtok: str = ""
+    per_unit_usd: str = ""
+    per_unit_usd_variants: dict[str, str] = {}
 
 
 class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
@@ -241,3 +255,49 @@ class AdminController(Controller):
                 actor=OPERATOR,
             )
         return _json({"account_id": account_id, **member.as_json()}, 201)
+
+    @get("/models/")
+    async def list_models(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        state = _operator(request)
+        overridden = set(await load_overrides(state.sessionmaker))
+        return _json(
+            {"models": [{**model_view(m), "price_override": m.slug in overridden} for m in state.catalog.values()]}
+        )
+
+    @put("/models/{slug:path}")
+    async def set_price(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> Response[bytes]:
+        """Set a model's price (USD, like the config); it reaches every process within seconds."""
+        state = _operator(request)
+        slug = slug.lstrip("/")
+        model = state.catalog.get(slug)
+        if model is None:
+            raise ModelNotFound(f"unknown model {slug!r}", param="model")
+        ask = decode_body(await request.body(), PriceOverride)
+        for field in PRICE_FIELDS:
+            value = getattr(ask, field, "")
+            if value:
+                _usd(value, field)
+        for variant, value in ask.per_unit_usd_variants.items():
+            _usd(value, f"per_unit_usd_variants.{variant}")
+        fields = PriceFields(**msgspec.structs.asdict(ask))
+        if not is_priced(model.category, fields):
+            raise InvalidRequest(
+                f"these prices do not cover a {model.category} model (see the README's pricing fields)",
+                param="input_per_mtok",
+            )
+        await store_override(state, slug, fields)
+        return _json(model_view(state.catalog[slug]))
+
+    @delete("/models/{slug:path}", status_code=204)
+    async def clear_price(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> None:
+        state = _operator(request)
+        await store_override(state, slug.lstrip("/"), None)
+
+
+def _usd(value: str, field: str) -> None:
+    try:
+        parsed = Decimal(value)
+    except InvalidOperation as error:
+        raise InvalidRequest(f"{field} must be a decimal string", param=field) from error
+    if not parsed.is_finite() or parsed < 0:
+        raise InvalidRequest(f"{field} must be a non-negative decimal", param=field)

@@ -93,3 +93,35 @@ def test_two_processes_deleted_key_and_its_tokens_die_everywhere(two_gateways: l
     assert wait_refused(second, victim["key"], seconds=1.5) <= 1.05
     assert wait_refused(second, token, seconds=1.5) <= 1.05
     assert wait_refused(first, token, seconds=0.5) <= 0.5
+
+
+def test_two_processes_a_price_override_reaches_both_and_bills_at_once(two_gateways: list[str]) -> None:
+    first, second = two_gateways
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    account = httpx.post(first + "/api/admin/accounts/", json={"name": "acme", "credits": "50"}, headers=admin).json()
+    key = httpx.post(first + f"/api/admin/accounts/{account['id']}/keys/", json={"name": "k"}, headers=admin).json()
+
+    def echo_price(url: str) -> str:
+        return str(
+            httpx.get(url + "/v1/models/demo/echo", headers=auth(key["key"])).json()["pricing"]["input_per_mtok"]
+        )
+
+    assert echo_price(first) == echo_price(second) == "150"
+    bad = httpx.put(first + "/api/admin/models/demo/echo", json={"input_per_mtok": "x"}, headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input_per_mtok"
+    partial = httpx.put(first + "/api/admin/models/demo/echo", json={"input_per_mtok": "1"}, headers=admin)
+    assert partial.status_code == 400  # a text model needs an output price too
+    assert httpx.put(first + "/api/admin/models/nope/x", json={}, headers=admin).status_code == 400
+    changed = httpx.put(
+        first + "/api/admin/models/demo/echo", json={"input_per_mtok": "2", "output_per_mtok": "4"}, headers=admin
+    )
+    assert changed.status_code == 200 and changed.json()["pricing"]["input_per_mtok"] == "2000"
+    assert echo_price(first) == "2000"  # the process that took the change applies it at once
+    started = time.monotonic()
+    while echo_price(second) != "2000":
+        assert time.monotonic() - started < 6, "the other process never saw the new price"
+        time.sleep(0.1)
+    listing = httpx.get(first + "/api/admin/models/", headers=admin).json()["models"]
+    assert {m["id"]: m["price_override"] for m in listing}["demo/echo"] is True
+    assert httpx.delete(first + "/api/admin/models/demo/echo", headers=admin).status_code == 204
+    assert echo_price(first) == "150"

@@ -1,0 +1,61 @@
+"""The shipped price list (``prices.toml``): vendors' list prices, categories and limits.
+
+A configured model without prices of its own takes its vendor's list price for its upstream
+model, so ``openai/gpt-4o-mini`` needs no numbers in the config; a provider with
+``catalogue_models = true`` offers every listed model of its vendor as ``<provider>/<model>``.
+The config's own prices, then the admin API's overrides, win over this list.
+"""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+PRICES_FILE = Path(__file__).with_name("prices.toml")
+
+# Which vendor's list prices a provider kind charges.
+VENDOR_OF_KIND: dict[str, str] = {
+    "openai": "openai",
+    "azure": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "mistral": "mistral",
+    "groq": "groq",
+    "deepseek": "deepseek",
+    "xai": "xai",
+    "together": "together",
+}
+
+
+class ListPrice(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    category: Literal["text", "embedding", "image", "video", "stt", "tts"] = "text"
+    input: str = ""
+    output: str = ""
+    cached_input: str = ""
+    cache_write: str = ""
+    per_unit: str = ""
+    variants: dict[str, str] = {}
+    context: int = 128000
+    max_output: int = 4096
+
+
+@functools.cache
+def price_list() -> dict[str, dict[str, ListPrice]]:
+    raw = tomllib.loads(PRICES_FILE.read_text(encoding="utf-8"))
+    return msgspec.convert(raw, dict[str, dict[str, ListPrice]])
+
+
+def list_price(kind: str, upstream_model: str) -> ListPrice | None:
+    vendor = VENDOR_OF_KIND.get(kind)
+    if vendor is None:
+        return None
+    return price_list().get(vendor, {}).get(upstream_model)
+
+
+def vendor_models(kind: str) -> dict[str, ListPrice]:
+    vendor = VENDOR_OF_KIND.get(kind)
+    return dict(price_list().get(vendor, {})) if vendor else {}
