@@ -13,7 +13,8 @@ from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing.models import Account, LedgerEntry, LedgerKind, UsageRecord, utcnow
+from billing.models import Account, LedgerEntry, LedgerKind, UsageRecord, WebhookEvent, utcnow
+from billing.money import format_credits
 from providers.base import Usage
 
 
@@ -52,9 +53,10 @@ _DEBIT_BALANCE = (
     update(_accounts)
     .where(_accounts.c.id == bindparam("debit_account_id"))
     .values(balance_micro=_accounts.c.balance_micro - bindparam("debit_micro"))
-    .returning(_accounts.c.balance_micro)
+    .returning(_accounts.c.balance_micro, _accounts.c.low_credit_threshold_micro, _accounts.c.email)
 )
 _INSERT_LEDGER = insert(_ledger)
+_INSERT_EVENT = insert(cast(Table, WebhookEvent.__table__))
 
 
 async def write_settlement(connection: AsyncConnection, settlement: Settlement) -> bool:
@@ -89,16 +91,38 @@ async def write_settlement(connection: AsyncConnection, settlement: Settlement) 
     if inserted is None:
         return False
     if settlement.cost_micro:
-        balance_after = await connection.scalar(
-            _DEBIT_BALANCE, {"debit_account_id": settlement.account_id, "debit_micro": settlement.cost_micro}
-        )
+        debited = (
+            await connection.execute(
+                _DEBIT_BALANCE, {"debit_account_id": settlement.account_id, "debit_micro": settlement.cost_micro}
+            )
+        ).first()
+        balance_after = int(debited[0]) if debited is not None else 0
+        if debited is not None and balance_after < debited[1] <= balance_after + settlement.cost_micro:
+            # This debit crossed the account's threshold: the row lock on the account orders
+            # debits, so exactly one debit per crossing sees it (PRODUCT.md: once per crossing).
+            await connection.execute(
+                _INSERT_EVENT,
+                {
+                    "account_id": settlement.account_id,
+                    "key_id": None,
+                    "event": "low_credits",
+                    "payload": {
+                        "event": "low_credits",
+                        "user_email": debited[2],
+                        "credits_balance": format_credits(balance_after),
+                    },
+                    "dedupe_key": None,
+                    "fanned_out": False,
+                    "created_at": now,
+                },
+            )
         await connection.execute(
             _INSERT_LEDGER,
             {
                 "account_id": settlement.account_id,
                 "kind": LedgerKind.DEBIT.value,
                 "amount_micro": -settlement.cost_micro,
-                "balance_after_micro": int(balance_after or 0),
+                "balance_after_micro": balance_after,
                 "request_id": settlement.request_id,
                 "reason": settlement.model,
                 "created_at": now,

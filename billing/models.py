@@ -65,6 +65,8 @@ class Account(Base):
     status: Mapped[str] = mapped_column(String(16), default=AccountStatus.ACTIVE.value)
     balance_micro: Mapped[int] = mapped_column(BigInteger, default=0)
     low_credit_threshold_micro: Mapped[int] = mapped_column(BigInteger, default=100_000_000)
+    # HMAC key for this account's webhook signatures; generated on first use.
+    webhook_secret: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -149,3 +151,40 @@ class ModelPriceOverride(Base):
     slug: Mapped[str] = mapped_column(String(200), primary_key=True)
     prices: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class WebhookEvent(Base):
+    """Something to tell an account's webhooks, written in the transaction that caused it (the
+    outbox). ``key_id`` set: that key's webhook only; unset: every active key with a webhook.
+    ``dedupe_key`` makes "once per crossing / period / minute" a unique constraint."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    event: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event to one URL, retried with backoff until it answers 2xx or attempts run out."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "url"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2000))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_status: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -21,7 +21,7 @@ from billing.metering import Meter
 from billing.tokens import warm_encodings
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
-from gateway.api.billing import CreditsController, UsageController
+from gateway.api.billing import CreditsController, UsageController, WebhooksController
 from gateway.api.chat import create_chat_completion
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
@@ -54,6 +54,7 @@ from gateway.prices import follow_price_changes, reload_catalogue
 from gateway.routing import Router
 from gateway.settings import Settings, load_settings
 from gateway.state import GatewayState
+from gateway.webhooks import WebhookWorker, deliver_webhooks
 from keys.browser_tokens import BrowserTokens
 from keys.restrictions import RestrictionError, parse_networks
 from keys.service import KeyResolver
@@ -98,8 +99,14 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         await reload_catalogue(state)  # the operator's price overrides
         # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
         await asyncio.to_thread(warm_encodings)
+        webhooks = WebhookWorker(
+            sessionmaker,
+            allow_private=settings.webhook_allow_private,
+            retry_base_s=settings.webhook_retry_base_s,
+            now=lambda: app.state.gateway.now(),
+        )
         try:
-            async with follow_price_changes(state, counters):
+            async with follow_price_changes(state, counters), deliver_webhooks(webhooks, settings.webhook_poll_s):
                 yield
         finally:
             for adapter in adapters.values():
@@ -134,6 +141,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             MembersController,
             CreditsController,
             UsageController,
+            WebhooksController,
             AuthController,
             AdminController,
             healthz,

@@ -150,6 +150,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     geoip_database: str = ""
     cors_max_age_s: int = 600
     admin_token: str = ""
+    webhook_allow_private: bool = False
+    webhook_poll_s: float = 1.0
+    webhook_retry_base_s: float = 10.0
     retry_attempts: PositiveInt = 3
     retry_backoff_s: float = 0.05
     breaker_failures: PositiveInt = 3
@@ -186,6 +189,7 @@ _ENV_OVERRIDES: dict[str, type] = {
     "country_header": str,
     "country_fail_closed": bool,
     "geoip_database": str,
+    "webhook_allow_private": bool,
     "admin_token": str,
     "session_secret": str,
     "session_ttl_s": int,

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any, get_args
 
 import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, get, post
 from litestar.params import FromQuery
+from sqlalchemy import select
 
-from billing.models import Account, LedgerEntry, UsageRecord
+from billing.models import Account, LedgerEntry, UsageRecord, WebhookDelivery, WebhookEvent
 from billing.money import format_credits
 from billing.reports import GroupBy, UsageFilter, ledger_page, usage_page, usage_summary
 from gateway.api.auth import management_caller
 from gateway.errors import InvalidRequest
+from gateway.state import GatewayState
 from keys.roles import Permission
 
 _encoder = msgspec.json.Encoder()
 
 
-def _json(payload: Any) -> Response[bytes]:
-    return Response(_encoder.encode(payload), media_type="application/json")
+def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
+    return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
 
 
 def _when(value: str | None, param: str) -> datetime | None:
@@ -146,3 +149,61 @@ class UsageController(Controller):
         for row in rows:
             row["credits_used"] = format_credits(row.pop("credits_micro"))
         return _json({"group_by": group_by, "data": rows})
+
+
+class WebhooksController(Controller):
+    """The account's webhook signing secret (owners and admins) and recent deliveries."""
+
+    path = "/api/webhooks"
+
+    @get("/secret/")
+    async def secret(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
+        return _json({"secret": await _account_secret(state, caller.account_id, rotate=False)})
+
+    @post("/secret/rotate/")
+    async def rotate(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
+        return _json({"secret": await _account_secret(state, caller.account_id, rotate=True)}, 201)
+
+    @get("/deliveries/")
+    async def deliveries(self, request: Request[Any, Any, Any], limit: FromQuery[int] = 50) -> Response[bytes]:
+        state, caller = await management_caller(request, Permission.VIEW_AUDIT)
+        async with state.sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(WebhookDelivery, WebhookEvent.event)
+                    .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+                    .where(WebhookEvent.account_id == caller.account_id)
+                    .order_by(WebhookDelivery.id.desc())
+                    .limit(_limit(limit))
+                )
+            ).all()
+        return _json(
+            {
+                "data": [
+                    {
+                        "id": delivery.id,
+                        "event": event,
+                        "url": delivery.url,
+                        "status": delivery.status,
+                        "attempts": delivery.attempts,
+                        "last_status": delivery.last_status,
+                        "last_error": delivery.last_error,
+                        "next_attempt_at": delivery.next_attempt_at.isoformat(),
+                        "delivered_at": delivery.delivered_at.isoformat() if delivery.delivered_at else None,
+                    }
+                    for delivery, event in rows
+                ]
+            }
+        )
+
+
+async def _account_secret(state: GatewayState, account_id: int, *, rotate: bool) -> str:
+    async with state.sessionmaker() as session:
+        account = await session.get(Account, account_id, with_for_update=True)
+        assert account is not None
+        if rotate or not account.webhook_secret:
+            account.webhook_secret = "whsec_" + secrets.token_hex(24)
+            await session.commit()
+        return account.webhook_secret

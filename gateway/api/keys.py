@@ -18,6 +18,7 @@ from billing.money import format_credits
 from gateway.api.auth import management_caller
 from gateway.errors import decode_body
 from gateway.state import GatewayState
+from gateway.webhooks import check_webhook_url
 from keys.audit import list_events, record_event
 from keys.browser_tokens import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
 from keys.errors import InvalidApiKey
@@ -89,6 +90,8 @@ class KeysController(Controller):
     async def create_key(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         create = decode_body(await request.body(), KeyCreate)
+        if isinstance(create.webhook_url, str):
+            check_webhook_url(create.webhook_url, allow_private=state.settings.webhook_allow_private)
         async with state.sessionmaker() as session:
             key, plaintext = await create_key_with(session, caller.account_id, create, state.now(), actor=caller.actor)
         body = {**await key_view(state, key), "key": plaintext}
@@ -106,6 +109,8 @@ class KeysController(Controller):
     async def update_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         update = decode_body(await request.body(), KeyUpdate)
+        if isinstance(update.webhook_url, str):
+            check_webhook_url(update.webhook_url, allow_private=state.settings.webhook_allow_private)
         async with state.sessionmaker() as session:
             key, _before = await update_key(session, caller.account_id, key_id, update, state.now(), actor=caller.actor)
         state.keys.forget_all()

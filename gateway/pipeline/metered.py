@@ -9,18 +9,22 @@ exit path (success, upstream error, client disconnect), shielded from cancellati
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 
-from billing.errors import BillingError, OutOfBudget
+from billing.errors import BillingError, OutOfBudget, RateLimitExceeded, SpendingLimitExceeded
 from billing.ledger import Settlement
 from billing.metering import KeyLimits, Reservation
 from billing.money import format_credits, micro_to_usd
+from billing.webhooks import enqueue, rate_limit_event, spending_limit_event
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable
 from gateway.routing import ProviderPreferences, attempts, backoff_s
@@ -31,6 +35,7 @@ from keys.service import KeyIdentity
 from providers.base import ChatStream, StreamChunk, Usage
 from providers.errors import ProviderError, UpstreamTimeout
 
+log = logging.getLogger("tollway.gateway")
 END_USER_HEADER = "x-tollway-user-id"
 MAX_END_USER = 256
 # Fields that steer the gateway and must not reach the upstream (``user`` is the caller's
@@ -221,8 +226,33 @@ async def admit(
             )
     except (GatewayError, BillingError, KeyError_) as error:
         await state.meter.record(refused_settlement(ctx, slug, error))
+        if isinstance(error, SpendingLimitExceeded | RateLimitExceeded) and identity.webhook_url:
+            await _tell_webhook(state, identity, error, now)
         raise
     return Admitted(ctx, plan, reservation, worst.amount_micro), body
+
+
+async def _tell_webhook(state: GatewayState, identity: KeyIdentity, error: BillingError, now: datetime) -> None:
+    """Queue spending_limit_reached / rate_limit_exceeded (once per period / minute); never raises."""
+    if isinstance(error, SpendingLimitExceeded):
+        payload, dedupe = spending_limit_event(
+            identity.key_id, identity.name, identity.spending_limit_micro, identity.spending_period, now
+        )
+    else:
+        payload, dedupe = rate_limit_event(identity.key_id, identity.name, error.message, now)
+    try:
+        async with state.sessionmaker() as session:
+            await enqueue(
+                session,
+                account_id=identity.account_id,
+                key_id=identity.key_id,
+                event=str(payload["event"]),
+                payload=payload,
+                dedupe_key=dedupe,
+            )
+            await session.commit()
+    except SQLAlchemyError:
+        log.warning("could not queue a webhook event", exc_info=True)
 
 
 async def dispatch(

@@ -210,9 +210,12 @@ def test_keys_spending_limit_and_rpm(gateway: Gateway) -> None:
     assert chat(gateway, capped).status_code == 200
     assert chat(gateway, capped).status_code == 200  # 0.006 spent, a second worst case still fits
     tight = new_key(gateway, spending_limit="1")["key"]
-    refused = chat(gateway, tight)
+    refused = chat(gateway, tight, json={**CHAT, "max_tokens": 5000})
     assert refused.status_code == 402 and refused.json()["error"]["code"] == "spending_limit_exceeded"
+    assert "the largest max_tokens that fits is" in refused.json()["error"]["message"]
     assert chat(gateway, tight, json={**CHAT, "max_tokens": 100}).status_code == 200
+    fitted = chat(gateway, tight)  # no max_tokens: lowered to what the limit still allows
+    assert fitted.status_code == 200 and 100 < int(fitted.headers["x-tollway-max-tokens"]) < 1700
 
     limited = new_key(gateway, rpm_limit=2)["key"]
     assert [chat(gateway, limited).status_code for _ in range(2)] == [200, 200]
