@@ -17,11 +17,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.accounts import account_balance
-from billing.counters import Adjust, ApplyResult, Check, CounterStore, CounterStoreUnavailable, account_key
+from billing.counters import Adjust, ApplyResult, Check, CounterStore, CounterStoreUnavailable, Hold, account_key
 from billing.errors import (
     BillingError,
     BillingUnavailable,
@@ -30,8 +31,9 @@ from billing.errors import (
     SpendingLimitExceeded,
 )
 from billing.ledger import Settlement, write_settlement
+from billing.models import UsageRecord
 from billing.money import format_credits
-from billing.periods import period_end, period_id
+from billing.periods import period_end, period_id, period_start
 
 log = logging.getLogger("tollway.billing")
 
@@ -55,6 +57,7 @@ class Reservation(msgspec.Struct, frozen=True):
     account_id: int
     amount_micro: int
     spend_key: str = ""
+    spend_ttl_ms: int = 0
     tpm_key: str = ""
     tokens: int = 0
 
@@ -74,7 +77,9 @@ class Meter:
         *,
         prefix: str,
         refresh_s: float,
+        reservation_ttl_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._sessionmaker = sessionmaker
@@ -82,11 +87,16 @@ class Meter:
         self._prefix = prefix
         self._refresh_s = refresh_s
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._reservation_ttl_s = reservation_ttl_s
         self._refreshed_at: dict[int, float] = {}
         self._refreshing: dict[int, asyncio.Future[None]] = {}
 
     def balance_key(self, account_id: int) -> str:
         return account_key(self._prefix, account_id, "balance")
+
+    def holds_key(self, account_id: int) -> str:
+        return account_key(self._prefix, account_id, "holds")
 
     def spend_key(self, account_id: int, key_id: int, period: str, now: datetime) -> str:
         return account_key(self._prefix, account_id, f"spend:{key_id}:{period_id(now, period)}")
@@ -135,18 +145,37 @@ class Meter:
                     "v",
                     amount_micro,
                     limit=limits.spending_limit_micro,
+                    # Missing means a new period or lost counters: rebuilt from Postgres below.
+                    must_exist=True,
                     ttl_ms=int(period_ttl.total_seconds() * 1000),
                 )
             )
             kinds.append("spend")
         checks.append(Check(self.balance_key(account_id), HELD, amount_micro, limit_field=BALANCE))
         kinds.append("balance")
+        # The hold's record outlives a crashed process: a later refresh finds it expired and
+        # releases it (see sweep_expired), so no reservation holds credits forever.
+        record = msgspec.json.encode(
+            {
+                "a": amount_micro,
+                "e": int((self._wall_clock() + self._reservation_ttl_s) * 1000),
+                "s": spend_key,
+                "t": tpm_key,
+                "k": tokens if tpm_key else 0,
+            }
+        ).decode()
+        hold = Hold(self.holds_key(account_id), request_id, record)
         try:
-            result = await self._store.apply(checks)
-            if not result.ok and result.missing and kinds[result.failed] == "balance":
-                # The mirror was lost (a Redis restart): load it and try once more.
-                await self.refresh_balance(account_id, force=True)
-                result = await self._store.apply(checks)
+            result = await self._store.apply(checks, hold)
+            for _attempt in range(2):
+                if result.ok or not result.missing:
+                    break
+                if kinds[result.failed] == "balance":
+                    # The mirror was lost (a Redis restart): load it and try again.
+                    await self.refresh_balance(account_id, force=True)
+                elif kinds[result.failed] == "spend" and limits is not None:
+                    await self._rebuild_spend(account_id, limits, spend_key, now, checks[result.failed].ttl_ms)
+                result = await self._store.apply(checks, hold)
         except CounterStoreUnavailable as error:
             raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
         if not result.ok:
@@ -156,6 +185,7 @@ class Meter:
             account_id=account_id,
             amount_micro=amount_micro,
             spend_key=spend_key,
+            spend_ttl_ms=next((c.ttl_ms for c, kind in zip(checks, kinds, strict=True) if kind == "spend"), 0),
             tpm_key=tpm_key,
             tokens=tokens,
         )
@@ -170,18 +200,25 @@ class Meter:
             # failure is loud so an operator can reconcile.
             log.exception("settlement write failed", extra={"request_id": settlement.request_id})
         balance_key = self.balance_key(reservation.account_id)
-        adjustments = [
-            Adjust(balance_key, HELD, -reservation.amount_micro),
-            Adjust(balance_key, BALANCE, -settlement.cost_micro),
-            Adjust(balance_key, GENERATION, 1),
-        ]
+        always = [Adjust(balance_key, BALANCE, -settlement.cost_micro), Adjust(balance_key, GENERATION, 1)]
         if reservation.spend_key:
-            adjustments.append(Adjust(reservation.spend_key, "v", settlement.cost_micro - reservation.amount_micro))
+            always.append(Adjust(reservation.spend_key, "v", settlement.cost_micro, ttl_ms=reservation.spend_ttl_ms))
         if reservation.tpm_key:
             used = settlement.usage.input_tokens + settlement.usage.output_tokens
-            adjustments.append(Adjust(reservation.tpm_key, "n", used - reservation.tokens))
+            always.append(Adjust(reservation.tpm_key, "n", used))
         try:
-            await self._store.adjust(adjustments)
+            await self._store.release(
+                self.holds_key(reservation.account_id),
+                reservation.request_id,
+                if_held=_release_of(
+                    balance_key,
+                    reservation.amount_micro,
+                    reservation.spend_key,
+                    reservation.tpm_key,
+                    reservation.tokens,
+                ),
+                always=always,
+            )
         except CounterStoreUnavailable:
             log.exception("releasing a reservation failed", extra={"request_id": settlement.request_id})
 
@@ -212,7 +249,58 @@ class Meter:
             if self._refreshing.get(account_id) is future:
                 del self._refreshing[account_id]
 
+    async def _rebuild_spend(
+        self, account_id: int, limits: KeyLimits, spend_key: str, now: datetime, ttl_ms: int
+    ) -> None:
+        """A key's spend counter for this period, from its usage records (0 in a new period)."""
+        since = period_start(now, limits.spending_period)
+        try:
+            async with self._sessionmaker() as session:
+                spent = await session.scalar(
+                    select(func.coalesce(func.sum(UsageRecord.credits_micro), 0)).where(
+                        UsageRecord.key_id == limits.key_id, UsageRecord.created_at >= since
+                    )
+                )
+        except SQLAlchemyError as error:
+            raise BillingUnavailable("the credits database is unreachable; try again shortly") from error
+        if await self._store.set_if(spend_key, {"v": int(spent or 0)}, "v", None):
+            await self._store.adjust([Adjust(spend_key, "v", 0, ttl_ms=ttl_ms)])
+
+    async def sweep_expired(self, account_id: int) -> int:
+        """Release the holds of reservations nobody settled in time (their process died); returns
+        how many. Settling later still bills the request; it just finds no hold to release."""
+        now_ms = int(self._wall_clock() * 1000)
+        released = 0
+        holds_key = self.holds_key(account_id)
+        for request_id, raw in (await self._store.holds(holds_key)).items():
+            try:
+                record = msgspec.json.decode(raw)
+                expired = int(record["e"]) <= now_ms
+            except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+                expired, record = True, {"a": 0, "s": "", "t": "", "k": 0}
+            if not expired:
+                continue
+            if await self._store.release(
+                holds_key,
+                request_id,
+                if_held=_release_of(
+                    self.balance_key(account_id),
+                    int(record.get("a", 0)),
+                    str(record.get("s", "")),
+                    str(record.get("t", "")),
+                    int(record.get("k", 0)),
+                ),
+                always=[],
+            ):
+                released += 1
+                log.warning("released an expired reservation", extra={"request_id": request_id})
+        return released
+
     async def _refresh(self, account_id: int) -> None:
+        try:
+            await self.sweep_expired(account_id)
+        except CounterStoreUnavailable as error:
+            raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
         key = self.balance_key(account_id)
         # A settlement between our read of the generation and our write voids the write;
         # under steady traffic a few attempts always find a quiet moment.
@@ -232,8 +320,20 @@ class Meter:
 
     async def available_micro(self, account_id: int) -> int:
         """Balance minus open reservations, as the next reservation would see it."""
+        if self._clock() - self._refreshed_at.get(account_id, float("-inf")) > self._refresh_s:
+            await self.refresh_balance(account_id)
         fields = await self._store.get_all(self.balance_key(account_id))
         return fields.get(BALANCE, 0) - fields.get(HELD, 0)
+
+
+def _release_of(balance_key: str, amount_micro: int, spend_key: str, tpm_key: str, tokens: int) -> list[Adjust]:
+    """What taking a reservation added, to be taken back exactly once."""
+    back = [Adjust(balance_key, HELD, -amount_micro)]
+    if spend_key:
+        back.append(Adjust(spend_key, "v", -amount_micro))
+    if tpm_key:
+        back.append(Adjust(tpm_key, "n", -tokens))
+    return back
 
 
 def _refusal(kind: str, result: ApplyResult, amount_micro: int, now: datetime) -> BillingError:

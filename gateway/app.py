@@ -84,7 +84,12 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             sessionmaker=sessionmaker,
             counters=counters,
             meter=Meter(
-                counters, engine, sessionmaker, prefix=settings.redis_prefix, refresh_s=settings.balance_refresh_s
+                counters,
+                engine,
+                sessionmaker,
+                prefix=settings.redis_prefix,
+                refresh_s=settings.balance_refresh_s,
+                reservation_ttl_s=settings.reservation_ttl_s,
             ),
             keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s),
             catalog=build_catalog(settings),

@@ -8,6 +8,7 @@ from billing.counters._base import (
     Check,
     CounterStore,
     CounterStoreUnavailable,
+    Hold,
     account_key,
 )
 from billing.counters.embedded import EmbeddedCounterStore
@@ -20,6 +21,7 @@ __all__ = [
     "CounterStore",
     "CounterStoreUnavailable",
     "EmbeddedCounterStore",
+    "Hold",
     "RedisCounterStore",
     "account_key",
     "build_counter_store",

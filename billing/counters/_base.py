@@ -47,6 +47,15 @@ class Adjust(msgspec.Struct, frozen=True):
     ttl_ms: int = 0
 
 
+class Hold(msgspec.Struct, frozen=True):
+    """A reservation's record, written by the same atomic apply that takes it, so that a
+    reservation whose process died can be found and released (see ``release``)."""
+
+    key: str
+    field: str
+    value: str
+
+
 class ApplyResult(msgspec.Struct, frozen=True):
     """Outcome of :meth:`CounterStore.apply`.
 
@@ -66,8 +75,18 @@ class ApplyResult(msgspec.Struct, frozen=True):
 class CounterStore(Protocol):
     """Atomic counters shared by every gateway process (Redis) or by one process (embedded)."""
 
-    async def apply(self, checks: Sequence[Check]) -> ApplyResult:
-        """Check every bound, then apply every delta, atomically; all or nothing."""
+    async def apply(self, checks: Sequence[Check], hold: Hold | None = None) -> ApplyResult:
+        """Check every bound, then apply every delta (and record ``hold``), atomically; all or nothing."""
+        ...
+
+    async def release(self, holds_key: str, field: str, *, if_held: Sequence[Adjust], always: Sequence[Adjust]) -> bool:
+        """Remove a hold record and apply ``always``, plus ``if_held`` only if the record was still
+        there, atomically; returns whether it was. Settling and expiring race safely this way:
+        whichever removes the record releases the hold, once."""
+        ...
+
+    async def holds(self, holds_key: str) -> dict[str, str]:
+        """Every hold record under ``holds_key`` (field → value)."""
         ...
 
     async def adjust(self, adjustments: Sequence[Adjust]) -> None:

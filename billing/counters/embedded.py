@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from billing.counters._base import Adjust, ApplyResult, Check
+from billing.counters._base import Adjust, ApplyResult, Check, Hold
 
 
 class _Entry:
@@ -25,6 +25,7 @@ class EmbeddedCounterStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._data: dict[str, _Entry] = {}
+        self._holds: dict[str, dict[str, str]] = {}
 
     def _live(self, key: str) -> _Entry | None:
         entry = self._data.get(key)
@@ -41,7 +42,7 @@ class EmbeddedCounterStore:
                 entry.expires_at = self._clock() + ttl_ms / 1000
         return entry
 
-    async def apply(self, checks: Sequence[Check]) -> ApplyResult:
+    async def apply(self, checks: Sequence[Check], hold: Hold | None = None) -> ApplyResult:
         # Evaluate every bound against the values before this apply, then write: all or nothing.
         for index, check in enumerate(checks):
             entry = self._live(check.key)
@@ -60,7 +61,17 @@ class EmbeddedCounterStore:
         for check in checks:
             entry = self._entry(check.key, check.ttl_ms)
             entry.fields[check.field] = entry.fields.get(check.field, 0) + check.delta
+        if hold is not None:
+            self._holds.setdefault(hold.key, {})[hold.field] = hold.value
         return ApplyResult(ok=True)
+
+    async def release(self, holds_key: str, field: str, *, if_held: Sequence[Adjust], always: Sequence[Adjust]) -> bool:
+        held = self._holds.get(holds_key, {}).pop(field, None) is not None
+        await self.adjust([*(if_held if held else ()), *always])
+        return held
+
+    async def holds(self, holds_key: str) -> dict[str, str]:
+        return dict(self._holds.get(holds_key, {}))
 
     async def adjust(self, adjustments: Sequence[Adjust]) -> None:
         for item in adjustments:
@@ -90,3 +101,4 @@ class EmbeddedCounterStore:
 
     async def close(self) -> None:
         self._data.clear()
+        self._holds.clear()

@@ -14,16 +14,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from billing.counters._base import Adjust, ApplyResult, Check, CounterStoreUnavailable
+from billing.counters._base import Adjust, ApplyResult, Check, CounterStoreUnavailable, Hold
 
 T = TypeVar("T")
 
-# ARGV per check: field, delta, limit ("" = none), limit_field ("" = none), must_exist (0/1), ttl_ms.
+# ARGV[1] = number of checks; then per check: field, delta, limit ("" = none), limit_field
+# ("" = none), must_exist (0/1), ttl_ms; then, with a hold, its field and value (KEYS[n + 1]).
 # Bounds are evaluated against the values before this apply; then every delta is written.
 _APPLY = """
-local n = #KEYS
+local n = tonumber(ARGV[1])
 for i = 1, n do
-  local base = (i - 1) * 6
+  local base = (i - 1) * 6 + 1
   local field, delta = ARGV[base + 1], tonumber(ARGV[base + 2])
   local limit, limit_field = ARGV[base + 3], ARGV[base + 4]
   local raw = redis.call('HGET', KEYS[i], field)
@@ -46,7 +47,7 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  local base = (i - 1) * 6
+  local base = (i - 1) * 6 + 1
   local ttl = tonumber(ARGV[base + 6])
   local existed = ttl > 0 and redis.call('EXISTS', KEYS[i]) == 1
   redis.call('HINCRBY', KEYS[i], ARGV[base + 1], ARGV[base + 2])
@@ -54,7 +55,30 @@ for i = 1, n do
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
+if #KEYS > n then
+  redis.call('HSET', KEYS[n + 1], ARGV[n * 6 + 2], ARGV[n * 6 + 3])
+end
 return {-1, 0, false, false}
+"""
+
+# KEYS[1] = the holds hash, then the adjusted keys; ARGV[1] = the hold's field, ARGV[2] = how
+# many adjustments apply only if the hold was still there (they come first), then per
+# adjustment: field, delta, ttl_ms (set only on a key without one). Returns 1 when this call
+# removed the hold.
+_RELEASE = """
+local held = redis.call('HDEL', KEYS[1], ARGV[1])
+local conditional = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local base = (i - 2) * 3 + 2
+  if i - 1 > conditional or held == 1 then
+    redis.call('HINCRBY', KEYS[i], ARGV[base + 1], ARGV[base + 2])
+    local ttl = tonumber(ARGV[base + 3])
+    if ttl > 0 and redis.call('PTTL', KEYS[i]) < 0 then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+end
+return held
 """
 
 # ARGV per item: field, delta, ttl_ms (the TTL is set only on a key that had none).
@@ -91,6 +115,7 @@ class RedisCounterStore:
         self._apply = client.register_script(_APPLY)
         self._adjust = client.register_script(_ADJUST)
         self._set_if = client.register_script(_SET_IF)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 200) -> RedisCounterStore:
@@ -110,11 +135,11 @@ class RedisCounterStore:
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise CounterStoreUnavailable(f"redis unavailable: {type(error).__name__}") from error
 
-    async def apply(self, checks: Sequence[Check]) -> ApplyResult:
+    async def apply(self, checks: Sequence[Check], hold: Hold | None = None) -> ApplyResult:
         if not checks:
             return ApplyResult(ok=True)
         keys = [check.key for check in checks]
-        args: list[Any] = []
+        args: list[Any] = [len(checks)]
         for check in checks:
             args += [
                 check.field,
@@ -124,6 +149,9 @@ class RedisCounterStore:
                 1 if check.must_exist else 0,
                 check.ttl_ms,
             ]
+        if hold is not None:
+            keys.append(hold.key)
+            args += [hold.field, hold.value]
         failed, missing, value, cap = await self._call(lambda: self._apply(keys=keys, args=args))
         if failed == -1:
             return ApplyResult(ok=True)
@@ -143,6 +171,20 @@ class RedisCounterStore:
         for item in adjustments:
             args += [item.field, item.delta, item.ttl_ms]
         await self._call(lambda: self._adjust(keys=keys, args=args))
+
+    async def release(self, holds_key: str, field: str, *, if_held: Sequence[Adjust], always: Sequence[Adjust]) -> bool:
+        keys = [holds_key, *(a.key for a in if_held), *(a.key for a in always)]
+        args: list[Any] = [field, len(if_held)]
+        for item in (*if_held, *always):
+            args += [item.field, item.delta, item.ttl_ms]
+        return bool(await self._call(lambda: self._release(keys=keys, args=args)))
+
+    async def holds(self, holds_key: str) -> dict[str, str]:
+        raw = await self._call(lambda: self._client.hgetall(holds_key))
+        return {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
 
     async def get(self, key: str, field: str) -> int | None:
         raw = await self._call(lambda: self._client.hget(key, field))

@@ -14,6 +14,7 @@ from billing.counters import (
     CounterStore,
     CounterStoreUnavailable,
     EmbeddedCounterStore,
+    Hold,
     RedisCounterStore,
     account_key,
 )
@@ -154,3 +155,24 @@ async def test_counter_store_redis_down_fails_fast() -> None:
         await store.ping()
     assert time.monotonic() - started < 5
     await store.close()
+
+
+async def test_counter_store_holds_are_recorded_with_the_apply_and_released_once(
+    store: CounterStore, key: str, redis_prefix: str
+) -> None:
+    holds = account_key(redis_prefix, 42, "holds")
+    spend = account_key(redis_prefix, 42, "spend:1:2026-11")
+    await store.adjust([Adjust(key, "bal", 100)])
+    refused = await store.apply([Check(key, "held", 500, limit_field="bal")], Hold(holds, "req_x", "{}"))
+    assert not refused.ok and await store.holds(holds) == {}  # a refused apply records nothing
+    taken = await store.apply(
+        [Check(spend, "v", 30), Check(key, "held", 30, limit_field="bal")], Hold(holds, "req_1", '{"a":30}')
+    )
+    assert taken.ok and await store.holds(holds) == {"req_1": '{"a":30}'}
+    back = [Adjust(key, "held", -30), Adjust(spend, "v", -30)]
+    charge = [Adjust(key, "bal", -7), Adjust(spend, "v", 7)]
+    assert await store.release(holds, "req_1", if_held=back, always=charge) is True
+    assert await store.release(holds, "req_1", if_held=back, always=[]) is False  # the sweeper, too late
+    assert await store.get_all(key) == {"bal": 93, "held": 0}
+    assert await store.get(spend, "v") == 7
+    assert await store.holds(holds) == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,44 @@ def test_each_kind_of_drift_is_named(gateway: Gateway, tmp_path: Path, capsys: p
     assert "but its ledger sums to" in drift
     if gateway.settings.redis_url:
         assert "counter balance" in drift  # Redis still mirrors the honest balance
+
+
+def test_counters_are_rebuilt_from_postgres_after_redis_loses_them(
+    gateway: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not gateway.settings.redis_url:
+        pytest.skip("the embedded store lives and dies with its process")
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    capped = httpx.post(
+        gateway.url + "/api/keys/", json={"name": "capped", "spending_limit": "10"}, headers=headers
+    ).json()
+    for _ in range(2):
+        response = httpx.post(
+            gateway.v1 + "/chat/completions",
+            json={"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {capped['key']}"},
+        )
+        assert response.status_code == 200
+    one = gateway.usage_records()[-1].credits_micro
+
+    async def flush() -> None:
+        client = aioredis.Redis.from_url(gateway.settings.redis_url)
+        keys = [k async for k in client.scan_iter(match=gateway.settings.redis_prefix + "*")]
+        await client.delete(*keys)
+        await client.aclose()
+
+    asyncio.run(flush())  # Redis lost everything: balance mirror, spend counters, holds
+    response = httpx.post(
+        gateway.v1 + "/chat/completions",
+        json={"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {capped['key']}"},
+    )
+    assert response.status_code == 200
+    view = httpx.get(gateway.url + f"/api/keys/{capped['id']}/", headers=headers).json()
+    assert view["spending_current"] == format(Decimal(3 * one).scaleb(-6).normalize(), "f")  # rebuilt, then added
+    code, report = reconcile(gateway, tmp_path, capsys)
+    assert code == 0, report["drift"]

@@ -7,28 +7,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.fakes.gateway_fixtures import ADMIN_TOKEN
-from tests.fakes.servers import free_port
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.servers import ThreadedServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = {"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture
-def two_gateways(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[list[str]]:
+def start_gateways(config_text: str, tmp_path: Path, count: int = 2) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
     config = tmp_path / "tollway.toml"
-    config.write_text(
-        f'database_url = "{postgres_url}"\nredis_url = "{redis_url}"\nredis_prefix = "{redis_prefix}"\n'
-        f'bootstrap = false\nadmin_token = "{ADMIN_TOKEN}"\n'
-    )
+    config.write_text(config_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
     env["PYTHONPATH"] = str(REPO)
-    ports = [free_port(), free_port()]
+    ports = [free_port() for _ in range(count)]
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve", "--port", str(port)],
@@ -39,23 +37,43 @@ def two_gateways(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix
         for port in ports
     ]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
+    deadline = time.monotonic() + 30
+    for url in urls:
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                for process in processes:
+                    process.kill()
+                pytest.fail("gateways did not start")
+            time.sleep(0.1)
+    return urls, processes
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=30)
+
+
+def base_config(postgres_url: str, redis_url: str, redis_prefix: str) -> str:
+    return (
+        f'database_url = "{postgres_url}"\nredis_url = "{redis_url}"\nredis_prefix = "{redis_prefix}"\n'
+        f'bootstrap = false\nadmin_token = "{ADMIN_TOKEN}"\n'
+    )
+
+
+@pytest.fixture
+def two_gateways(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[list[str]]:
+    urls, processes = start_gateways(base_config(postgres_url, redis_url, redis_prefix), tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        for url in urls:
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail("gateways did not start")
-                time.sleep(0.1)
         yield urls
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
+        stop(processes)
 
 
 def auth(key: str) -> dict[str, str]:
@@ -125,3 +143,48 @@ def test_two_processes_a_price_override_reaches_both_and_bills_at_once(two_gatew
     assert {m["id"]: m["price_override"] for m in listing}["demo/echo"] is True
     assert httpx.delete(first + "/api/admin/models/demo/echo", headers=admin).status_code == 204
     assert echo_price(first) == "150"
+
+
+def test_a_killed_process_does_not_hold_credits_forever(
+    tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """SIGKILL mid-stream: the reservation's record outlives the process and is released by the
+    survivor once it expires, so the account's available credits come back."""
+    fake = FakeOpenAI(reply_words=[f"w{i}" for i in range(400)], chunk_delay_s=0.05)
+    upstream = ThreadedServer(fake).start()
+    config = base_config(postgres_url, redis_url, redis_prefix) + (
+        "reservation_ttl_s = 3\nbalance_refresh_s = 0.2\ndemo_provider = false\n"
+        f'[providers.fake]\nkind = "openai"\nbase_url = "{upstream.url}/v1"\napi_key = "{fake.api_key}"\n'
+        '[models."fake/gpt"]\nprovider = "fake"\nupstream_model = "gpt-4o-mini"\n'
+    )
+    urls, processes = start_gateways(config, tmp_path)
+    victim, survivor = urls
+    try:
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        account = httpx.post(victim + "/api/admin/accounts/", json={"name": "acme", "credits": "50"}, headers=admin)
+        key = httpx.post(
+            victim + f"/api/admin/accounts/{account.json()['id']}/keys/", json={"name": "k"}, headers=admin
+        ).json()["key"]
+        body = {"model": "fake/gpt", "messages": [{"role": "user", "content": "count"}], "stream": True}
+        with httpx.stream(
+            "POST", victim + "/v1/chat/completions", json=body, headers=auth(key), timeout=10
+        ) as response:
+            assert response.status_code == 200
+            held = response.headers["x-tollway-credits-reserved"]
+            lines = response.iter_lines()
+            for _ in range(5):
+                next(lines)
+            processes[0].kill()  # SIGKILL: no finally, no settlement
+            processes[0].wait(timeout=10)
+        credits = httpx.get(survivor + "/api/credits/", headers=auth(key)).json()
+        assert Decimal(credits["available"]) == Decimal("50") - Decimal(held)
+        started = time.monotonic()
+        while Decimal(httpx.get(survivor + "/api/credits/", headers=auth(key)).json()["available"]) != 50:
+            assert time.monotonic() - started < 10, "the expired reservation was never released"
+            time.sleep(0.2)
+        assert time.monotonic() - started > 1  # not before it expired
+        ok = httpx.post(survivor + "/v1/chat/completions", json={**body, "stream": False}, headers=auth(key))
+        assert ok.status_code == 200
+    finally:
+        stop(processes)
+        upstream.stop()
