@@ -188,3 +188,65 @@ def test_a_killed_process_does_not_hold_credits_forever(
     finally:
         stop(processes)
         upstream.stop()
+
+
+def test_concurrent_requests_across_two_processes_never_overspend(
+    two_gateways: list[str], tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """300 concurrent calls over two processes against an account (and a key limit) that covers
+    only some: nothing overspends, each served call is debited once, refusals cost nothing."""
+    import asyncio
+
+    first, second = two_gateways
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    account = httpx.post(first + "/api/admin/accounts/", json={"name": "acme", "credits": "2"}, headers=admin).json()
+    manager = httpx.post(
+        first + f"/api/admin/accounts/{account['id']}/keys/", json={"name": "m"}, headers=admin
+    ).json()["key"]
+    capped = httpx.post(
+        first + "/api/keys/", json={"name": "capped", "spending_limit": "0.5"}, headers=auth(manager)
+    ).json()["key"]
+    # max_tokens 200: a worst case of ~0.12 credits; the real cost of an echo is far smaller.
+    body = {"model": "demo/lorem", "messages": [{"role": "user", "content": "go"}], "max_tokens": 200}
+
+    async def fire(count: int, key: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(two_gateways[i % 2] + "/v1/chat/completions", json=body, headers=auth(key))
+                        for i in range(count)
+                    )
+                )
+            )
+
+    limited = asyncio.run(fire(100, capped))
+    everyone = asyncio.run(fire(200, manager))
+    statuses = [r.status_code for r in limited + everyone]
+    assert set(statuses) <= {200, 402} and statuses.count(200) > 0 and statuses.count(402) > 0
+    spent_capped = sum(Decimal(r.json()["_tollway"]["credits_used"]) for r in limited if r.status_code == 200)
+    assert spent_capped <= Decimal("0.5")  # the key's limit held under concurrency
+    credits = httpx.get(second + "/api/credits/", headers=auth(manager)).json()
+    assert Decimal(credits["balance"]) >= 0  # the account never went below zero
+    served = [r for r in limited + everyone if r.status_code == 200]
+    spent = sum(Decimal(r.json()["_tollway"]["credits_used"]) for r in served)
+    assert Decimal(credits["balance"]) == Decimal("2") - spent  # each served call debited exactly once
+    debits = [e for e in _all_ledger(second, manager) if e["kind"] == "debit"]
+    assert sorted(e["request_id"] for e in debits) == sorted(r.headers["x-request-id"] for r in served)
+    config = tmp_path / "reconcile.toml"
+    config.write_text(base_config(postgres_url, redis_url, redis_prefix))
+    from gateway.cli import main
+
+    assert main(["--config", str(config), "billing", "reconcile"]) == 0
+
+
+def _all_ledger(url: str, key: str) -> list[dict[str, str]]:
+    entries: list[dict[str, str]] = []
+    before: int | None = None
+    while True:
+        params = {"limit": 500, **({"before_id": before} if before else {})}
+        page = httpx.get(url + "/api/credits/", params=params, headers=auth(key)).json()
+        entries += page["ledger"]
+        before = page["next_before_id"]
+        if before is None:
+            return entries
