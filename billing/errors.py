@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import SQLAlchemyError
+
+# What a lost or refused database connection raises: SQLAlchemy wraps most driver errors, but
+# a connection dropped mid-checkout can surface as the socket's own OSError.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
+
 
 class BillingError(Exception):
     status_code = 402

@@ -11,19 +11,20 @@ dropped, so the mirror can lag low but never runs high.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.accounts import account_balance
 from billing.counters import Adjust, ApplyResult, Check, CounterStore, CounterStoreUnavailable, Hold, account_key
 from billing.errors import (
+    DATABASE_ERRORS,
     BillingError,
     BillingUnavailable,
     InsufficientCredits,
@@ -192,13 +193,7 @@ class Meter:
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
         """Debit the real cost once and release the hold; never raises for a served request."""
-        try:
-            async with self._engine.begin() as connection:
-                await write_settlement(connection, settlement)
-        except SQLAlchemyError:
-            # The durable usage buffer (billing issue) makes this path lossless; until then the
-            # failure is loud so an operator can reconcile.
-            log.exception("settlement write failed", extra={"request_id": settlement.request_id})
+        await self._write(settlement)
         balance_key = self.balance_key(reservation.account_id)
         always = [Adjust(balance_key, BALANCE, -settlement.cost_micro), Adjust(balance_key, GENERATION, 1)]
         if reservation.spend_key:
@@ -224,11 +219,43 @@ class Meter:
 
     async def record(self, settlement: Settlement) -> None:
         """Record a request that held no credits (refused before reserving); never raises."""
+        await self._write(settlement)
+
+    async def _write(self, settlement: Settlement) -> None:
+        """Into the database now, or, if it cannot answer, into the settlement queue, which the
+        background writer drains into the database (idempotently) once it is back."""
         try:
             async with self._engine.begin() as connection:
                 await write_settlement(connection, settlement)
-        except SQLAlchemyError:
-            log.exception("usage record write failed", extra={"request_id": settlement.request_id})
+            return
+        except DATABASE_ERRORS:
+            log.warning("database unavailable: settlement queued", extra={"request_id": settlement.request_id})
+        try:
+            await self._store.queue_settlement(msgspec.json.encode(settlement))
+        except CounterStoreUnavailable:
+            # Neither store can take it: the one case a served request goes unrecorded; reconcile
+            # shows the account's counters ahead of its ledger.
+            log.critical(
+                "settlement lost: database and counters both unavailable", extra={"request_id": settlement.request_id}
+            )
+
+    async def write_queued(self, consumer: str, *, batch: int = 200, idle_ms: int = 30_000) -> int:
+        """Move queued settlements into the database in one transaction; returns how many."""
+        entries = await self._store.claim_settlements(consumer, batch, idle_ms)
+        if not entries:
+            return 0
+        settlements = [msgspec.json.decode(data, type=Settlement) for _id, data in entries]
+        try:
+            async with self._engine.begin() as connection:
+                for settlement in settlements:
+                    await write_settlement(connection, settlement)  # idempotent on request_id
+        except DATABASE_ERRORS:
+            log.warning("database still unavailable: %d settlements wait", len(entries))
+            return 0
+        await self._store.ack_settlements([entry_id for entry_id, _data in entries])
+        for account_id in {s.account_id for s in settlements}:
+            self._refreshed_at.pop(account_id, None)  # re-read the balances they changed
+        return len(entries)
 
     async def refresh_balance(self, account_id: int, *, force: bool = False) -> None:
         """Reload the mirrored balance from the database; concurrent callers share one query."""
@@ -261,7 +288,7 @@ class Meter:
                         UsageRecord.key_id == limits.key_id, UsageRecord.created_at >= since
                     )
                 )
-        except SQLAlchemyError as error:
+        except DATABASE_ERRORS as error:
             raise BillingUnavailable("the credits database is unreachable; try again shortly") from error
         if await self._store.set_if(spend_key, {"v": int(spent or 0)}, "v", None):
             await self._store.adjust([Adjust(spend_key, "v", 0, ttl_ms=ttl_ms)])
@@ -302,6 +329,14 @@ class Meter:
         except CounterStoreUnavailable as error:
             raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
         key = self.balance_key(account_id)
+        try:
+            queued = await self._store.queued_settlements()
+        except CounterStoreUnavailable as error:
+            raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
+        if queued and await self._store.get(key, BALANCE) is not None:
+            # Debits wait for the database: its balance is behind the mirror, which stays the truth.
+            self._refreshed_at[account_id] = self._clock()
+            return
         # A settlement between our read of the generation and our write voids the write;
         # under steady traffic a few attempts always find a quiet moment.
         for _attempt in range(5):
@@ -312,7 +347,7 @@ class Meter:
                 applied = await self._store.set_if(key, {BALANCE: balance}, GENERATION, generation)
             except CounterStoreUnavailable as error:
                 raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
-            except SQLAlchemyError as error:
+            except DATABASE_ERRORS as error:
                 raise BillingUnavailable("the credits database is unreachable; try again shortly") from error
             if applied:
                 self._refreshed_at[account_id] = self._clock()
@@ -355,3 +390,25 @@ def _refusal(kind: str, result: ApplyResult, amount_micro: int, now: datetime) -
         f"credits and {format_credits(available)} are available",
         available_micro=available,
     )
+
+
+@contextlib.asynccontextmanager
+async def settlement_writer(meter: Meter, consumer: str, *, poll_s: float = 1.0) -> AsyncIterator[None]:
+    """Drain the settlement queue into the database in the background for the app's lifetime."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                written = await meter.write_queued(consumer)
+            except Exception:  # the counters being down must not end the writer
+                log.warning("settlement writer round failed; retrying", exc_info=True)
+                written = 0
+            await asyncio.sleep(0.05 if written else poll_s)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

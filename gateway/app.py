@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,7 @@ from litestar.exceptions import HTTPException
 from litestar.logging.config import LoggingConfig
 
 from billing.counters import build_counter_store
-from billing.metering import Meter
+from billing.metering import Meter, settlement_writer
 from billing.tokens import warm_encodings
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
@@ -66,7 +67,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         sessionmaker = create_sessionmaker(engine)
-        counters = build_counter_store(settings.redis_url)
+        counters = build_counter_store(settings.redis_url, settings.redis_prefix)
         adapters = build_adapters(settings, env)
         countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
         sessions = SessionService(
@@ -111,7 +112,11 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             now=lambda: app.state.gateway.now(),
         )
         try:
-            async with follow_price_changes(state, counters), deliver_webhooks(webhooks, settings.webhook_poll_s):
+            async with (
+                follow_price_changes(state, counters),
+                deliver_webhooks(webhooks, settings.webhook_poll_s),
+                settlement_writer(state.meter, f"{socket.gethostname()}-{os.getpid()}"),
+            ):
                 yield
         finally:
             for adapter in adapters.values():

@@ -233,7 +233,7 @@ def cmd_billing_reconcile(args: argparse.Namespace) -> None:
 
     async def run() -> bool:
         engine = create_engine(settings.database_url)
-        counters = build_counter_store(settings.redis_url) if settings.uses_redis else None
+        counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
         try:
             report = await reconcile(
                 create_sessionmaker(engine), counters=counters, prefix=settings.redis_prefix, now=datetime.now(UTC)

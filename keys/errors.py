@@ -104,3 +104,12 @@ class MemberNotFound(KeyError_):
     status_code = 404
     type = "not_found_error"
     code = "member_not_found"
+
+
+class KeysUnavailable(KeyError_):
+    """The key database cannot answer and the key is not cached: fail closed, retryable."""
+
+    status_code = 503
+    type = "api_error"
+    code = "keys_unavailable"
+    retryable = True

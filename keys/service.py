@@ -19,7 +19,9 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing.errors import DATABASE_ERRORS
 from billing.models import Account
+from keys.errors import KeysUnavailable
 from keys.models import ApiKey
 from keys.restrictions import (
     HoursWindow,
@@ -136,26 +138,30 @@ class KeyResolver:
 
     async def resolve(self, token: str) -> KeyIdentity | None:
         """The identity behind a ``prx-`` key, or ``None`` if no such key exists."""
-        digest = hash_key(token)
-        now = self._clock()
-        cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] < self._ttl_s:
-            return cached[1]
-        identity = await self._load(ApiKey.key_hash == digest)
-        self._remember(digest, now, identity)
-        return identity
+        return await self._cached(hash_key(token), ApiKey.key_hash == hash_key(token))
 
     def forget_all(self) -> None:
-        self._cache.clear()
+        """Make every entry stale (still usable if the database cannot answer)."""
+        for cache_key, (_at, identity) in list(self._cache.items()):
+            self._cache[cache_key] = (float("-inf"), identity)
 
     async def resolve_id(self, key_id: int) -> KeyIdentity | None:
         """The identity of key ``key_id`` (the parent of a ``bt-`` token), cached the same way."""
-        cache_key = f"id:{key_id}"
+        return await self._cached(f"id:{key_id}", ApiKey.id == key_id)
+
+    async def _cached(self, cache_key: str, condition: ColumnElement[bool]) -> KeyIdentity | None:
         now = self._clock()
         cached = self._cache.get(cache_key)
         if cached is not None and now - cached[0] < self._ttl_s:
             return cached[1]
-        identity = await self._load(ApiKey.id == key_id)
+        try:
+            identity = await self._load(condition)
+        except DATABASE_ERRORS as error:
+            # The database is unreachable. Nothing can change a key while it is down, so the
+            # last answer we had is still the truth: serve it (stale-if-error), else fail closed.
+            if cached is not None:
+                return cached[1]
+            raise KeysUnavailable("the key database is unreachable; try again shortly") from error
         self._remember(cache_key, now, identity)
         return identity
 

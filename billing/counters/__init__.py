@@ -28,8 +28,8 @@ __all__ = [
 ]
 
 
-def build_counter_store(redis_url: str) -> CounterStore:
+def build_counter_store(redis_url: str, prefix: str = "tw:") -> CounterStore:
     """Redis when a URL is configured, else the embedded store; connects lazily (no I/O here)."""
     if redis_url:
-        return RedisCounterStore.from_url(redis_url)
+        return RedisCounterStore.from_url(redis_url, prefix=prefix)
     return EmbeddedCounterStore()

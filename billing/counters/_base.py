@@ -119,6 +119,23 @@ class CounterStore(Protocol):
         """Remove a key and all its fields."""
         ...
 
+    async def queue_settlement(self, data: bytes) -> None:
+        """Keep a settlement the database could not take (Redis: a stream that outlives us)."""
+        ...
+
+    async def claim_settlements(self, consumer: str, count: int, idle_ms: int) -> list[tuple[str, bytes]]:
+        """Queued settlements for ``consumer`` to write: new ones, and ones another consumer
+        took more than ``idle_ms`` ago without acknowledging (it died)."""
+        ...
+
+    async def ack_settlements(self, ids: Sequence[str]) -> None:
+        """Forget settlements that are now in the database."""
+        ...
+
+    async def queued_settlements(self) -> int:
+        """How many settlements wait for the database (0: the database is up to date)."""
+        ...
+
     async def ping(self) -> None:
         """Raise :class:`CounterStoreUnavailable` if the store cannot answer."""
         ...

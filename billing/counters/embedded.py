@@ -26,6 +26,8 @@ class EmbeddedCounterStore:
         self._clock = clock
         self._data: dict[str, _Entry] = {}
         self._holds: dict[str, dict[str, str]] = {}
+        self._queue: dict[str, bytes] = {}
+        self._queued = 0
 
     def _live(self, key: str) -> _Entry | None:
         entry = self._data.get(key)
@@ -92,6 +94,20 @@ class EmbeddedCounterStore:
         entry = self._entry(key, 0)
         entry.fields.update(values)
         return True
+
+    async def queue_settlement(self, data: bytes) -> None:
+        self._queued += 1
+        self._queue[str(self._queued)] = data
+
+    async def claim_settlements(self, consumer: str, count: int, idle_ms: int) -> list[tuple[str, bytes]]:
+        return list(self._queue.items())[:count]
+
+    async def ack_settlements(self, ids: Sequence[str]) -> None:
+        for entry_id in ids:
+            self._queue.pop(entry_id, None)
+
+    async def queued_settlements(self) -> int:
+        return len(self._queue)
 
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)

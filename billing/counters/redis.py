@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.counters._base import Adjust, ApplyResult, Check, CounterStoreUnavailable, Hold
@@ -109,16 +110,21 @@ return 1
 """
 
 
+_GROUP = "writers"
+
+
 class RedisCounterStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, queue_key: str = "tw:settlements") -> None:
         self._client = client
+        self._queue_key = queue_key
+        self._group_ready = False
         self._apply = client.register_script(_APPLY)
         self._adjust = client.register_script(_ADJUST)
         self._set_if = client.register_script(_SET_IF)
         self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str, *, max_connections: int = 200) -> RedisCounterStore:
+    def from_url(cls, url: str, *, max_connections: int = 200, prefix: str = "tw:") -> RedisCounterStore:
         """Build from a URL; connects lazily. Short timeouts so a dead Redis fails fast."""
         client = aioredis.Redis.from_url(
             url,
@@ -127,7 +133,7 @@ class RedisCounterStore:
             max_connections=max_connections,
             health_check_interval=30,
         )
-        return cls(client)
+        return cls(client, queue_key=f"{prefix}settlements")
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -202,6 +208,56 @@ class RedisCounterStore:
         applied = await self._call(lambda: self._set_if(keys=[key], args=args))
         return bool(applied)
 
+    async def queue_settlement(self, data: bytes) -> None:
+        await self._call(lambda: self._client.xadd(self._queue_key, {"d": data}))
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._client.xgroup_create(self._queue_key, _GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self._group_ready = True
+
+    async def claim_settlements(self, consumer: str, count: int, idle_ms: int) -> list[tuple[str, bytes]]:
+        async def claim() -> list[tuple[str, bytes]]:
+            await self._ensure_group()
+            # Our own unacknowledged entries first (a write that failed), then others' stale ones
+            # (their process died), then new ones.
+            own: Any = await self._client.xreadgroup(_GROUP, consumer, {self._queue_key: "0"}, count=count)
+            mine = [entry for _stream, items in own or () for entry in items if entry[1]]
+            if mine:
+                return [(_text(entry_id), fields[b"d"]) for entry_id, fields in mine]
+            claimed: Any = await self._client.xautoclaim(
+                self._queue_key, _GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count
+            )
+            fresh: Any = await self._client.xreadgroup(_GROUP, consumer, {self._queue_key: ">"}, count=count)
+            entries = list(claimed[1]) + [entry for _stream, items in fresh or () for entry in items]
+            return [
+                (_text(entry_id), fields[b"d"])
+                for entry_id, fields in entries
+                if fields  # a deleted entry still pending comes back without fields
+            ]
+
+        return await self._call(claim)
+
+    async def ack_settlements(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+
+        async def ack() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.xack(self._queue_key, _GROUP, *ids)
+            pipe.xdel(self._queue_key, *ids)
+            await pipe.execute()
+
+        await self._call(ack)
+
+    async def queued_settlements(self) -> int:
+        return int(await self._call(lambda: self._client.xlen(self._queue_key)))
+
     async def delete(self, key: str) -> None:
         await self._call(lambda: self._client.delete(key))
 
@@ -210,3 +266,7 @@ class RedisCounterStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -33,7 +33,7 @@ async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncItera
     if request.param == "embedded":
         yield EmbeddedCounterStore()
         return
-    redis_store = RedisCounterStore.from_url(request.getfixturevalue("redis_url"))
+    redis_store = RedisCounterStore.from_url(request.getfixturevalue("redis_url"), prefix=redis_prefix)
     yield redis_store
     import redis.asyncio as aioredis
 
@@ -176,3 +176,25 @@ async def test_counter_store_holds_are_recorded_with_the_apply_and_released_once
     assert await store.get_all(key) == {"bal": 93, "held": 0}
     assert await store.get(spend, "v") == 7
     assert await store.holds(holds) == {}
+
+
+async def test_counter_store_settlement_queue(store: CounterStore) -> None:
+    assert await store.queued_settlements() == 0
+    await store.queue_settlement(b"one")
+    await store.queue_settlement(b"two")
+    assert await store.queued_settlements() == 2
+    first = await store.claim_settlements("writer-a", 10, 30_000)
+    assert [data for _id, data in first] == [b"one", b"two"]
+    again = await store.claim_settlements("writer-a", 10, 30_000)  # not acknowledged: still ours
+    assert [data for _id, data in again] == [b"one", b"two"]
+    await store.ack_settlements([first[0][0]])
+    assert await store.queued_settlements() == 1
+    if isinstance(store, RedisCounterStore):
+        # Another writer takes over what a dead one left, once it has been idle long enough.
+        assert await store.claim_settlements("writer-b", 10, 60_000) == []
+        await asyncio.sleep(0.05)
+        taken = await store.claim_settlements("writer-b", 10, 10)
+        assert [data for _id, data in taken] == [b"two"]
+    remaining = await store.claim_settlements("writer-b", 10, 10)
+    await store.ack_settlements([entry_id for entry_id, _data in remaining])
+    assert await store.queued_settlements() == 0
