@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Response
@@ -56,10 +56,37 @@ _WORST_AUDIO_BYTES_PER_S = 1_000
 _encoder = msgspec.json.Encoder()
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+V = TypeVar("V", bound="_Routed")
 
 
 def _serves_routes(adapter: object) -> bool:
     return hasattr(adapter, "post_json")
+
+
+async def _admit_json(
+    state: GatewayState,
+    headers: Mapping[str, str],
+    facts: RequestFacts,
+    request_id: str,
+    body: dict[str, Any],
+    view_type: type[V],
+    *,
+    category: str,
+    route: str,
+    estimate: Callable[[V, list[CatalogModel]], Estimate],
+) -> tuple[Admitted, V]:
+    """``admit`` for a JSON route served by OpenAI-format providers."""
+    return await admit(
+        state,
+        headers,
+        facts,
+        request_id,
+        parse=lambda: view_of(body, view_type),
+        categories=frozenset({category}),
+        route=route,
+        estimate=estimate,
+        serves=_serves_routes,
+    )
 
 
 class _Routed(msgspec.Struct, kw_only=True):
@@ -166,16 +193,16 @@ async def embeddings(
         amount = max(_price(s).worst_case_micro(input_tokens, 0) for s in plan)
         return Estimate(tokens=input_tokens, amount_micro=amount)
 
-    admitted, _view = await admit(
+    admitted, _view = await _admit_json(
         state,
         headers,
         facts,
         request_id,
-        parse=lambda: view_of(body, EmbeddingsView),
-        categories=frozenset({"embedding"}),
+        body,
+        EmbeddingsView,
+        category="embedding",
         route="/v1/embeddings",
         estimate=estimate,
-        serves=_serves_routes,
     )
     served, answer = await _post_json(state, admitted, "/embeddings", body)
     usage = usage_from_body(answer) or Usage(input_tokens=input_tokens)
@@ -209,16 +236,16 @@ async def completions(
         amount = max(_price(s).worst_case_micro(input_tokens, 0) for s in plan) + single.amount_micro * choices
         return Estimate(tokens=input_tokens + single.tokens * choices, amount_micro=amount)
 
-    admitted, view = await admit(
+    admitted, view = await _admit_json(
         state,
         headers,
         facts,
         request_id,
-        parse=lambda: view_of(body, CompletionsView),
-        categories=frozenset({"text"}),
+        body,
+        CompletionsView,
+        category="text",
         route="/v1/completions",
         estimate=estimate,
-        serves=_serves_routes,
     )
     if view.stream:
 
@@ -271,16 +298,16 @@ async def images(
             amount = max(amount, units + price.worst_case_micro(0, view.n * served.max_output_tokens))
         return Estimate(tokens=prompt_tokens, amount_micro=amount)
 
-    admitted, view = await admit(
+    admitted, view = await _admit_json(
         state,
         headers,
         facts,
         request_id,
-        parse=lambda: view_of(body, ImagesView),
-        categories=frozenset({"image"}),
+        body,
+        ImagesView,
+        category="image",
         route="/v1/images/generations",
         estimate=estimate,
-        serves=_serves_routes,
     )
     served, answer = await _post_json(state, admitted, "/images/generations", body)
     images_made = len(answer.get("data") or ())
@@ -320,16 +347,8 @@ async def speech(
     def estimate(view: SpeechView, plan: list[CatalogModel]) -> Estimate:
         return Estimate(tokens=0, amount_micro=max(_price(s).worst_case_units_micro(len(view.input)) for s in plan))
 
-    admitted, view = await admit(
-        state,
-        headers,
-        facts,
-        request_id,
-        parse=lambda: view_of(body, SpeechView),
-        categories=frozenset({"tts"}),
-        route="/v1/audio/speech",
-        estimate=estimate,
-        serves=_serves_routes,
+    admitted, view = await _admit_json(
+        state, headers, facts, request_id, body, SpeechView, category="tts", route="/v1/audio/speech", estimate=estimate
     )
 
     async def call(adapter: Any, served: CatalogModel, deadline_at: float) -> UpstreamReply:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from tests.fakes.asgi import read_request, serve_lifespan
+
 Scope = dict[str, Any]
 
 _STATUS_NAMES = {
@@ -75,20 +77,9 @@ class FakeGemini:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            await serve_lifespan(receive, send)
+            return
+        headers, body = await read_request(scope, receive)
         path: str = scope["path"]
         query = parse_qs(scope.get("query_string", b"").decode())
         parsed = json.loads(body) if body else {}

@@ -15,6 +15,8 @@ from email.parser import BytesParser
 from email.policy import default
 from typing import Any
 
+from tests.fakes.asgi import read_request, serve_lifespan
+
 Scope = dict[str, Any]
 
 
@@ -62,20 +64,9 @@ class FakeOpenAI:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            await serve_lifespan(receive, send)
+            return
+        headers, body = await read_request(scope, receive)
         path = scope["path"]
         if headers.get("content-type", "").startswith("multipart/form-data"):
             parsed = _multipart(headers["content-type"], body)

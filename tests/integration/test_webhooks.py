@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from billing.webhooks import verify_signature
+from tests.fakes.asgi import read_request
 from tests.fakes.gateway_fixtures import (
     ADMIN_TOKEN,
     FAKE_MODEL,
@@ -38,16 +39,11 @@ class Receiver:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        headers, body = await read_request(scope, receive)
         status = 500 if self.fail_first > 0 else 204
         self.fail_first -= 1
         if status == 204:
-            self.received.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
+            self.received.append((headers, body))
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
