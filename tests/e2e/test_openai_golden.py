@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.settings import ModelSettings
+from gateway.settings import ModelSettings, ProviderSettings
 from tests.fakes.gateway_fixtures import Backend, Gateway, expected_cost_micro, gateway_settings, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -81,3 +81,48 @@ def test_images_through_chat_with_image_modality(image_chat: Gateway) -> None:
     message = response.json()["choices"][0]["message"]
     assert message["images"][0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert image_chat.usage_records()[-1].credits_micro == 12 * 5000 + 1290 * 40_000
+
+
+@pytest.fixture
+def azure(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
+    """The same recorded payloads through an Azure deployment (Azure speaks OpenAI's format)."""
+    fake_openai.azure_deployment = "prod-4o-mini"
+    base = gateway_settings(backend, fake_openai)
+    settings = gateway_settings(
+        backend,
+        fake_openai,
+        providers={
+            **base.providers,
+            "fake": ProviderSettings(kind="azure", base_url=fake_openai.url, api_key=fake_openai.api_key),  # type: ignore[attr-defined]
+        },
+        models={
+            **base.models,
+            "fake/gpt-4o-mini": ModelSettings(
+                provider="fake",
+                upstream_model="prod-4o-mini",
+                input_per_mtok="0.15",
+                output_per_mtok="0.60",
+                cached_input_per_mtok="0.075",
+                max_output_tokens=16384,
+            ),
+        },
+    )
+    gateway, server = start_gateway(settings, fake_openai)
+    try:
+        yield gateway
+    finally:
+        server.stop()
+
+
+def test_azure_gets_the_same_body_on_its_deployment_url(azure: Gateway) -> None:
+    azure.fake.canned_completion = golden("chat_response.json")
+    response = post(azure, golden("chat_request.json"))
+    assert response.status_code == 200, response.text
+    received = azure.fake.received[-1]
+    assert received.path == "/openai/deployments/prod-4o-mini/chat/completions"
+    assert received.headers["api-key"] == azure.fake.api_key
+    assert received.body == {**golden("chat_upstream_request.json"), "model": "prod-4o-mini"}
+    answer = response.json()
+    answer.pop("_tollway")
+    assert answer == golden("chat_response.json")
+    assert azure.usage_records()[-1].credits_micro == expected_cost_micro(1117, 46, cached=1024)
