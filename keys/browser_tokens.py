@@ -10,6 +10,7 @@ new one) rather than ``invalid_api_key``.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -59,7 +60,10 @@ class BrowserTokens:
 
     async def mint(self, account_id: int, key_id: int, ttl_s: int) -> MintedToken:
         token = BT_PREFIX + secrets.token_hex(_SECRET_HEX // 2)
-        expires_at = int(self._clock()) + ttl_s
+        now = self._clock()
+        # Kept in milliseconds: a 1 s token lives 1 s, not anywhere between 0 and 1 s.
+        expires_at_ms = int((now + ttl_s) * 1000)
+        expires_at = math.ceil(now + ttl_s)
         generation = await self._store.get(self._generation_key(account_id, key_id), "g") or 0
         record_ttl_ms = (ttl_s + EXPIRED_GRACE_S) * 1000
         key = self._token_key(token)
@@ -68,7 +72,7 @@ class BrowserTokens:
                 Adjust(key, "key", key_id, record_ttl_ms),
                 Adjust(key, "acct", account_id, record_ttl_ms),
                 Adjust(key, "gen", generation, record_ttl_ms),
-                Adjust(key, "exp", expires_at, record_ttl_ms),
+                Adjust(key, "expm", expires_at_ms, record_ttl_ms),
             ]
         )
         return MintedToken(token=token, expires_in=ttl_s, expires_at=expires_at)
@@ -76,12 +80,14 @@ class BrowserTokens:
     async def resolve(self, token: str) -> TokenGrant | None:
         """The grant behind a token, or ``None`` if it never existed or was revoked."""
         record = await self._store.get_all(self._token_key(token))
-        if not {"key", "acct", "gen", "exp"} <= record.keys():
+        if not {"key", "acct", "gen"} <= record.keys() or not {"expm", "exp"} & record.keys():
             return None
         generation = await self._store.get(self._generation_key(record["acct"], record["key"]), "g") or 0
         if record["gen"] != generation:
             return None
-        return TokenGrant(key_id=record["key"], account_id=record["acct"], expired=record["exp"] <= self._clock())
+        # "exp" (whole seconds) is what tokens minted before the millisecond field carry.
+        expires_ms = record["expm"] if "expm" in record else record["exp"] * 1000
+        return TokenGrant(key_id=record["key"], account_id=record["acct"], expired=expires_ms <= self._clock() * 1000)
 
     async def revoke(self, token: str) -> bool:
         """Revoke one token; ``False`` if it was not known (already gone)."""
