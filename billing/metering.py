@@ -61,6 +61,7 @@ class Reservation(msgspec.Struct, frozen=True):
     spend_ttl_ms: int = 0
     tpm_key: str = ""
     tokens: int = 0
+    record: str = ""  # the hold record as written (checkpoints extend it)
 
 
 _WINDOW_MS = 120_000  # a minute window's counter outlives its minute, then Redis drops it
@@ -189,6 +190,7 @@ class Meter:
             spend_ttl_ms=next((c.ttl_ms for c, kind in zip(checks, kinds, strict=True) if kind == "spend"), 0),
             tpm_key=tpm_key,
             tokens=tokens,
+            record=record,
         )
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
@@ -293,6 +295,18 @@ class Meter:
         if await self._store.set_if(spend_key, {"v": int(spent or 0)}, "v", None):
             await self._store.adjust([Adjust(spend_key, "v", 0, ttl_ms=ttl_ms)])
 
+    async def checkpoint(self, reservation: Reservation, so_far: Settlement) -> None:
+        """Remember what a stream has cost so far, so that if its process dies the expiry bills
+        this instead of nothing; never raises."""
+        record = msgspec.json.decode(reservation.record)
+        record["p"] = msgspec.to_builtins(so_far)
+        try:
+            await self._store.update_hold(
+                self.holds_key(reservation.account_id), reservation.request_id, msgspec.json.encode(record).decode()
+            )
+        except CounterStoreUnavailable:
+            log.warning("could not checkpoint a stream", extra={"request_id": reservation.request_id})
+
     async def sweep_expired(self, account_id: int) -> int:
         """Release the holds of reservations nobody settled in time (their process died); returns
         how many. Settling later still bills the request; it just finds no hold to release."""
@@ -307,18 +321,26 @@ class Meter:
                 expired, record = True, {"a": 0, "s": "", "t": "", "k": 0}
             if not expired:
                 continue
-            if await self._store.release(
-                holds_key,
-                request_id,
-                if_held=_release_of(
-                    self.balance_key(account_id),
-                    int(record.get("a", 0)),
-                    str(record.get("s", "")),
-                    str(record.get("t", "")),
-                    int(record.get("k", 0)),
-                ),
-                always=[],
-            ):
+            back = _release_of(
+                self.balance_key(account_id),
+                int(record.get("a", 0)),
+                str(record.get("s", "")),
+                str(record.get("t", "")),
+                int(record.get("k", 0)),
+            )
+            if record.get("p"):
+                # A stream that checkpointed: bill what it had generated. The database write is
+                # idempotent on the request id, so write first, then let the release decide who
+                # moves the counters (once).
+                served = msgspec.convert(record["p"], Settlement)
+                await self._write(served)
+                back += [
+                    Adjust(self.balance_key(account_id), BALANCE, -served.cost_micro),
+                    Adjust(self.balance_key(account_id), GENERATION, 1),
+                ]
+                if record.get("s"):
+                    back.append(Adjust(str(record["s"]), "v", served.cost_micro))
+            if await self._store.release(holds_key, request_id, if_held=back, always=[]):
                 released += 1
                 log.warning("released an expired reservation", extra={"request_id": request_id})
         return released

@@ -85,6 +85,10 @@ class CounterStore(Protocol):
         whichever removes the record releases the hold, once."""
         ...
 
+    async def update_hold(self, holds_key: str, field: str, value: str) -> bool:
+        """Replace a hold record's value only if the hold still exists (never resurrect one)."""
+        ...
+
     async def holds(self, holds_key: str) -> dict[str, str]:
         """Every hold record under ``holds_key`` (field → value)."""
         ...

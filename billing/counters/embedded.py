@@ -72,6 +72,13 @@ class EmbeddedCounterStore:
         await self.adjust([*(if_held if held else ()), *always])
         return held
 
+    async def update_hold(self, holds_key: str, field: str, value: str) -> bool:
+        records = self._holds.get(holds_key, {})
+        if field not in records:
+            return False
+        records[field] = value
+        return True
+
     async def holds(self, holds_key: str) -> dict[str, str]:
         return dict(self._holds.get(holds_key, {}))
 

@@ -110,6 +110,12 @@ return 1
 """
 
 
+_UPDATE_HOLD = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 _GROUP = "writers"
 
 
@@ -122,6 +128,7 @@ class RedisCounterStore:
         self._adjust = client.register_script(_ADJUST)
         self._set_if = client.register_script(_SET_IF)
         self._release = client.register_script(_RELEASE)
+        self._update_hold = client.register_script(_UPDATE_HOLD)
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 200, prefix: str = "tw:") -> RedisCounterStore:
@@ -184,6 +191,9 @@ class RedisCounterStore:
         for item in (*if_held, *always):
             args += [item.field, item.delta, item.ttl_ms]
         return bool(await self._call(lambda: self._release(keys=keys, args=args)))
+
+    async def update_hold(self, holds_key: str, field: str, value: str) -> bool:
+        return bool(await self._call(lambda: self._update_hold(keys=[holds_key], args=[field, value])))
 
     async def holds(self, holds_key: str) -> dict[str, str]:
         raw = await self._call(lambda: self._client.hgetall(holds_key))

@@ -32,6 +32,7 @@ from gateway.pipeline.metered import (
     dispatch,
     new_request_id,
     settle,
+    settlement_for,
     tollway_meta,
     upstream_body,
 )
@@ -44,6 +45,7 @@ from providers.errors import ProviderError
 __all__ = ["ChatBodyView", "chat_completions", "new_request_id", "stream_response"]
 
 T = TypeVar("T")
+CHECKPOINT_S = 1.0  # how often a stream records what it has cost so far
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 TEXT = frozenset({"text"})
 
@@ -262,11 +264,28 @@ async def _stream_body(
     generated: list[str] = []
     usage: Usage | None = None
     status, error_code, cancelled, settled = 200, "", False, False
+    checkpointed = time.monotonic()
     try:
         try:
             async for chunk in stream:
                 if chunk.text:
                     generated.append(chunk.text)
+                if time.monotonic() - checkpointed >= CHECKPOINT_S:
+                    # If this process dies mid-stream, the reservation's expiry bills this much.
+                    checkpointed = time.monotonic()
+                    so_far = _estimated_usage(input_tokens, generated, served)
+                    await state.meter.checkpoint(
+                        admitted.reservation,
+                        settlement_for(
+                            admitted,
+                            served,
+                            so_far,
+                            status_code=499,
+                            error_code="interrupted",
+                            streamed=True,
+                            cancelled=True,
+                        ),
+                    )
                 if chunk.usage is None:
                     yield _sse(chunk.data)
                     continue

@@ -338,6 +338,37 @@ def tollway_meta(
     return meta
 
 
+def settlement_for(
+    admitted: Admitted,
+    served: CatalogModel,
+    usage: Usage,
+    *,
+    status_code: int,
+    error_code: str = "",
+    streamed: bool = False,
+    cancelled: bool = False,
+) -> Settlement:
+    """The bill for ``usage`` at the serving deployment's price."""
+    assert served.price is not None
+    ctx = admitted.ctx
+    return Settlement(
+        request_id=ctx.request_id,
+        account_id=ctx.identity.account_id,
+        key_id=ctx.identity.key_id,
+        model=served.slug,
+        provider=served.provider,
+        upstream_model=served.upstream_model,
+        usage=usage,
+        cost_micro=served.price.cost_micro(usage),
+        latency_ms=ctx.latency_ms(),
+        status_code=status_code,
+        error_code=error_code,
+        streamed=streamed,
+        cancelled=cancelled,
+        end_user_id=ctx.end_user_id,
+    )
+
+
 async def settle(
     state: GatewayState,
     admitted: Admitted,
@@ -350,29 +381,12 @@ async def settle(
     cancelled: bool = False,
 ) -> int:
     """Bill ``usage`` once at the serving deployment's price and release the hold."""
-    assert served.price is not None
-    ctx = admitted.ctx
-    cost = served.price.cost_micro(usage)
+    settlement = settlement_for(
+        admitted, served, usage, status_code=status_code, error_code=error_code, streamed=streamed, cancelled=cancelled
+    )
     with anyio.CancelScope(shield=True):
-        await state.meter.settle(
-            admitted.reservation,
-            Settlement(
-                request_id=ctx.request_id,
-                account_id=ctx.identity.account_id,
-                key_id=ctx.identity.key_id,
-                model=served.slug,
-                provider=served.provider,
-                upstream_model=served.upstream_model,
-                usage=usage,
-                cost_micro=cost,
-                latency_ms=ctx.latency_ms(),
-                status_code=status_code,
-                error_code=error_code,
-                streamed=streamed,
-                cancelled=cancelled,
-                end_user_id=ctx.end_user_id,
-            ),
-        )
+        await state.meter.settle(admitted.reservation, settlement)
+    cost = settlement.cost_micro
     return cost
 
 

@@ -198,3 +198,14 @@ async def test_counter_store_settlement_queue(store: CounterStore) -> None:
     remaining = await store.claim_settlements("writer-b", 10, 10)
     await store.ack_settlements([entry_id for entry_id, _data in remaining])
     assert await store.queued_settlements() == 0
+
+
+async def test_counter_store_update_hold_never_resurrects(store: CounterStore, key: str, redis_prefix: str) -> None:
+    holds = account_key(redis_prefix, 42, "holds")
+    await store.adjust([Adjust(key, "bal", 100)])
+    assert (await store.apply([Check(key, "held", 10, limit_field="bal")], Hold(holds, "req_1", "v1"))).ok
+    assert await store.update_hold(holds, "req_1", "v2") is True
+    assert await store.holds(holds) == {"req_1": "v2"}
+    await store.release(holds, "req_1", if_held=[Adjust(key, "held", -10)], always=[])
+    assert await store.update_hold(holds, "req_1", "v3") is False  # a late checkpoint after settling
+    assert await store.holds(holds) == {}

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -148,8 +149,8 @@ def test_two_processes_a_price_override_reaches_both_and_bills_at_once(two_gatew
 def test_a_killed_process_does_not_hold_credits_forever(
     tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str
 ) -> None:
-    """SIGKILL mid-stream: the reservation's record outlives the process and is released by the
-    survivor once it expires, so the account's available credits come back."""
+    """SIGKILL mid-stream: the reservation's record outlives the process; once it expires the
+    survivor releases the hold and bills what the stream had checkpointed, exactly once."""
     fake = FakeOpenAI(reply_words=[f"w{i}" for i in range(400)], chunk_delay_s=0.05)
     upstream = ThreadedServer(fake).start()
     config = base_config(postgres_url, redis_url, redis_prefix) + (
@@ -166,28 +167,41 @@ def test_a_killed_process_does_not_hold_credits_forever(
             victim + f"/api/admin/accounts/{account.json()['id']}/keys/", json={"name": "k"}, headers=admin
         ).json()["key"]
         body = {"model": "fake/gpt", "messages": [{"role": "user", "content": "count"}], "stream": True}
+        opened = time.monotonic()
         with httpx.stream(
             "POST", victim + "/v1/chat/completions", json=body, headers=auth(key), timeout=10
         ) as response:
             assert response.status_code == 200
             held = response.headers["x-tollway-credits-reserved"]
             lines = response.iter_lines()
-            for _ in range(5):
+            for _ in range(100):  # ~2.5 s of streaming (two lines an event): past the first checkpoints
                 next(lines)
             processes[0].kill()  # SIGKILL: no finally, no settlement
             processes[0].wait(timeout=10)
         credits = httpx.get(survivor + "/api/credits/", headers=auth(key)).json()
         assert Decimal(credits["available"]) == Decimal("50") - Decimal(held)
         started = time.monotonic()
-        while Decimal(httpx.get(survivor + "/api/credits/", headers=auth(key)).json()["available"]) != 50:
-            assert time.monotonic() - started < 10, "the expired reservation was never released"
+        while not (killed := _killed_request(survivor, key)):
+            assert time.monotonic() - started < 10, "the expired reservation was never settled"
             time.sleep(0.2)
-        assert time.monotonic() - started > 1  # not before it expired
+        assert time.monotonic() - opened >= 3  # not before the reservation expired (ttl 3 s)
+        assert killed["status_code"] == 499 and killed["error_code"] == "interrupted"
+        assert killed["output_tokens"] > 10 and Decimal(killed["credits_used"]) > 0  # what it streamed
+        credits = httpx.get(survivor + "/api/credits/", headers=auth(key)).json()
+        assert Decimal(credits["available"]) == Decimal(credits["balance"]) == 50 - Decimal(killed["credits_used"])
+        debits = [e for e in credits["ledger"] if e["kind"] == "debit"]
+        assert [e["request_id"] for e in debits] == [killed["request_id"]]
         ok = httpx.post(survivor + "/v1/chat/completions", json={**body, "stream": False}, headers=auth(key))
         assert ok.status_code == 200
     finally:
         stop(processes)
         upstream.stop()
+
+
+def _killed_request(url: str, key: str) -> dict[str, Any] | None:
+    httpx.get(url + "/api/credits/", headers=auth(key))  # touching the account sweeps expired holds
+    records = httpx.get(url + "/api/usage/", headers=auth(key)).json()["data"]
+    return next((r for r in records if r["status_code"] == 499), None)
 
 
 def test_concurrent_requests_across_two_processes_never_overspend(
