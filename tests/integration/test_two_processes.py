@@ -58,7 +58,13 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
             process.terminate()
-        process.wait(timeout=30)
+    for process in processes:
+        try:
+            # uvicorn gives open connections up to 30 s (GRACEFUL_SHUTDOWN_S) to finish.
+            process.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def base_config(postgres_url: str, redis_url: str, redis_prefix: str) -> str:
