@@ -8,7 +8,7 @@ timeout that applies per chunk read, i.e. an idle timeout for streams.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 import httpx
@@ -54,3 +54,26 @@ def transport_error(error: httpx.HTTPError, provider: str) -> ProviderError:
     if _timed_out(error):
         return UpstreamTimeout(f"upstream {provider} timed out", provider=provider)
     return UpstreamUnavailable(f"upstream {provider} is unreachable ({type(error).__name__})", provider=provider)
+
+
+async def open_streaming(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    provider: str,
+    refusal: Callable[[int, bytes], ProviderError],
+) -> httpx.Response:
+    """Send ``request`` for a streamed answer; a non-200 is read, closed and raised as
+    ``refusal(status, body)`` before any byte reaches the client."""
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as error:
+        raise transport_error(error, provider) from error
+    if response.status_code != 200:
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError:
+            raw = b""
+        finally:
+            await response.aclose()
+        raise refusal(response.status_code, raw)
+    return response

@@ -13,8 +13,8 @@ from litestar.response import Stream
 from sqlalchemy import select
 
 from billing.models import UsageRecord
-from billing.money import format_credits
 from billing.pricing import ModelPrice
+from gateway.api.billing import usage_view
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, remember_request_id
 from gateway.pipeline import routes, videos
@@ -162,24 +162,8 @@ async def get_generation(request: Request[Any, Any, Any], id: FromQuery[str]) ->
         )
     if record is None:
         raise NotFound(f"no generation {id!r} in this account", param="id")
-    data = {
-        "id": record.request_id,
-        "model": record.model,
-        "provider": record.provider,
-        "upstream_model": record.upstream_model,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cached_tokens": record.cached_tokens,
-        "credits_used": format_credits(record.credits_micro),
-        "latency_ms": record.latency_ms,
-        "status_code": record.status_code,
-        "error_code": record.error_code,
-        "streamed": record.streamed,
-        "cancelled": record.cancelled,
-        "end_user_id": record.end_user_id,
-        "key_id": record.key_id,
-        "created_at": record.created_at.isoformat(),
-    }
+    # The same view as /api/usage/, named by the request id the caller knows.
+    data = {**usage_view(record), "id": record.request_id}
     return Response(_encoder.encode({"data": data}), media_type="application/json")
 
 

@@ -17,7 +17,7 @@ from providers.anthropic.convert import StreamTranslator, http_error, to_chat_co
 from providers.anthropic.types import message_decoder
 from providers.base import ChatCall, ChatResult, StreamChunk
 from providers.errors import UpstreamBadResponse
-from providers.http import transport_error
+from providers.http import open_streaming, transport_error
 from providers.sse import SSEParser
 
 _PATH = "/v1/messages"
@@ -78,18 +78,9 @@ class AnthropicAdapter:
     async def open_stream(self, call: ChatCall) -> AnthropicStream:
         body = {**to_messages_request(call.body, default_max_tokens=self._default_max_tokens), "stream": True}
         request = self._client.build_request("POST", _PATH, content=_json_encoder.encode(body), headers=_JSON_SSE)
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as error:
-            raise transport_error(error, self.name) from error
-        if response.status_code != 200:
-            try:
-                raw = await response.aread()
-            except httpx.HTTPError:
-                raw = b""
-            finally:
-                await response.aclose()
-            raise http_error(self.name, response.status_code, raw)
+        response = await open_streaming(
+            self._client, request, self.name, lambda status, raw: http_error(self.name, status, raw)
+        )
         return AnthropicStream(response, self.name, created=int(time.time()))
 
     async def aclose(self) -> None:

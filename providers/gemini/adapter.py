@@ -30,7 +30,7 @@ from providers.gemini.convert import (
     usage_from_metadata,
 )
 from providers.gemini.types import ErrorView, response_decoder
-from providers.http import transport_error
+from providers.http import open_streaming, transport_error
 from providers.sse import SSEParser
 
 _json_encoder = msgspec.json.Encoder()
@@ -149,18 +149,9 @@ class GeminiAdapter:
         content = _json_encoder.encode(request_to_gemini(call.body))
         path = _path(call.upstream_model, "streamGenerateContent")
         request = self._client.build_request("POST", path, params=_SSE, content=content, headers=_JSON_SSE)
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as error:
-            raise transport_error(error, self.name) from error
-        if response.status_code != 200:
-            try:
-                raw = await response.aread()
-            except httpx.HTTPError:
-                raw = b""
-            finally:
-                await response.aclose()
-            raise http_error(self.name, response.status_code, parse_error(raw))
+        response = await open_streaming(
+            self._client, request, self.name, lambda status, raw: http_error(self.name, status, parse_error(raw))
+        )
         translator = StreamTranslator(model=call.upstream_model, fallback_id=_new_id(), created=int(time.time()))
         return GeminiStream(response, self.name, translator)
 

@@ -15,7 +15,7 @@ import msgspec
 
 from providers.base import ChatCall, ChatResult, StreamChunk, UploadedFile, UpstreamReply
 from providers.errors import ProviderError, UpstreamBadResponse, UpstreamHTTPError
-from providers.http import transport_error
+from providers.http import open_streaming, transport_error
 from providers.openai.convert import chunk_text, error_message, usage_from_body, usage_from_view, with_stream_usage
 from providers.openai.types import chunk_decoder
 from providers.sse import SSEParser
@@ -104,18 +104,7 @@ class OpenAIAdapter:
         request = self._client.build_request(
             "POST", self._path_for(route, upstream_model), content=_json_encoder.encode(body), headers=_JSON_SSE
         )
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as error:
-            raise transport_error(error, self.name) from error
-        if response.status_code != 200:
-            try:
-                raw = await response.aread()
-            except httpx.HTTPError:
-                raw = b""
-            finally:
-                await response.aclose()
-            raise self._http_error(response.status_code, raw)
+        response = await open_streaming(self._client, request, self.name, self._http_error)
         return OpenAIStream(response, self.name)
 
     async def post_json(self, route: str, upstream_model: str, body: dict[str, Any]) -> UpstreamReply:

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes.asgi import read_request, serve_lifespan
+from tests.fakes.asgi import ReceivedRequest, read_request, serve_lifespan
 
 Scope = dict[str, Any]
 
@@ -28,13 +28,6 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
-
-
-@dataclass
-class ReceivedRequest:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
 
 
 @dataclass

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass
+class ReceivedRequest:
+    """What a fake upstream was sent, for the test to inspect."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
 
 
 async def serve_lifespan(receive: Any, send: Any) -> None:

@@ -15,16 +15,9 @@ from email.parser import BytesParser
 from email.policy import default
 from typing import Any
 
-from tests.fakes.asgi import read_request, serve_lifespan
+from tests.fakes.asgi import ReceivedRequest, read_request, serve_lifespan
 
 Scope = dict[str, Any]
-
-
-@dataclass
-class ReceivedRequest:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
 
 
 @dataclass
