@@ -1,12 +1,15 @@
 """Writing a settled request: usage record, debit and balance, once per request id.
 
 The usage record's unique ``request_id`` is the idempotency guard: if it exists already the
-request was settled before (a retry, a replayed buffer) and nothing is written again.
+request was settled before (a retry, a replayed buffer, a batch re-claimed from a writer that
+died before acknowledging it) and nothing is written again.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
 
 import msgspec
 from sqlalchemy import Table, bindparam, insert, update
@@ -46,8 +49,10 @@ _accounts = cast(Table, Account.__table__)
 _INSERT_USAGE = {
     "postgresql": postgresql.insert(_usage)
     .on_conflict_do_nothing(index_elements=["request_id"])
-    .returning(_usage.c.id),
-    "sqlite": sqlite.insert(_usage).on_conflict_do_nothing(index_elements=["request_id"]).returning(_usage.c.id),
+    .returning(_usage.c.request_id),
+    "sqlite": sqlite.insert(_usage)
+    .on_conflict_do_nothing(index_elements=["request_id"])
+    .returning(_usage.c.request_id),
 }
 _DEBIT_BALANCE = (
     update(_accounts)
@@ -59,73 +64,95 @@ _INSERT_LEDGER = insert(_ledger)
 _INSERT_EVENT = insert(cast(Table, WebhookEvent.__table__))
 
 
-async def write_settlement(connection: AsyncConnection, settlement: Settlement) -> bool:
-    """Write the usage record and, if it cost anything, the debit, in the caller's transaction.
+async def write_settlements(connection: AsyncConnection, settlements: Sequence[Settlement]) -> int:
+    """Write a batch of settled requests in the caller's transaction: their usage records and,
+    for those that cost anything, one debit each; returns how many were new.
 
-    Returns ``False`` when this request id was settled before (nothing written).
+    A request id already in the database (a retry, a replayed or re-claimed batch) writes
+    nothing again. Statements are per batch, not per request: one multi-row insert of usage
+    records, one balance update per account, one insert of every ledger entry.
     """
-    usage = settlement.usage
     now = utcnow()
-    inserted = await connection.scalar(
-        _INSERT_USAGE[connection.dialect.name],
-        {
-            "request_id": settlement.request_id,
-            "account_id": settlement.account_id,
-            "key_id": settlement.key_id,
-            "model": settlement.model,
-            "provider": settlement.provider,
-            "upstream_model": settlement.upstream_model,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cached_tokens": usage.cached_input_tokens,
-            "credits_micro": settlement.cost_micro,
-            "latency_ms": settlement.latency_ms,
-            "status_code": settlement.status_code,
-            "error_code": settlement.error_code,
-            "streamed": settlement.streamed,
-            "cancelled": settlement.cancelled,
-            "end_user_id": settlement.end_user_id,
-            "created_at": now,
-        },
-    )
-    if inserted is None:
-        return False
-    if settlement.cost_micro:
-        debited = (
-            await connection.execute(
-                _DEBIT_BALANCE, {"debit_account_id": settlement.account_id, "debit_micro": settlement.cost_micro}
-            )
-        ).first()
-        balance_after = int(debited[0]) if debited is not None else 0
-        if debited is not None and balance_after < debited[1] <= balance_after + settlement.cost_micro:
-            # This debit crossed the account's threshold: the row lock on the account orders
-            # debits, so exactly one debit per crossing sees it (PRODUCT.md: once per crossing).
-            await connection.execute(
-                _INSERT_EVENT,
-                {
-                    "account_id": settlement.account_id,
-                    "key_id": None,
-                    "event": "low_credits",
-                    "payload": {
-                        "event": "low_credits",
-                        "user_email": debited[2],
-                        "credits_balance": format_credits(balance_after),
-                    },
-                    "dedupe_key": None,
-                    "fanned_out": False,
-                    "created_at": now,
-                },
-            )
-        await connection.execute(
-            _INSERT_LEDGER,
-            {
-                "account_id": settlement.account_id,
-                "kind": LedgerKind.DEBIT.value,
-                "amount_micro": -settlement.cost_micro,
-                "balance_after_micro": balance_after,
-                "request_id": settlement.request_id,
-                "reason": settlement.model,
-                "created_at": now,
-            },
+    unique: dict[str, Settlement] = {}
+    for settlement in settlements:
+        unique.setdefault(settlement.request_id, settlement)  # a duplicate in the batch: the first wins
+    if not unique:
+        return 0
+    inserted = {
+        str(row[0])
+        for row in await connection.execute(
+            _INSERT_USAGE[connection.dialect.name],
+            [_usage_row(settlement, now) for settlement in unique.values()],
         )
-    return True
+    }
+    debits: dict[int, list[Settlement]] = {}
+    for request_id, settlement in unique.items():
+        if request_id in inserted and settlement.cost_micro:
+            debits.setdefault(settlement.account_id, []).append(settlement)
+    ledger_rows: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for account_id in sorted(debits):  # a fixed lock order: concurrent writers never deadlock
+        batch = debits[account_id]
+        total = sum(settlement.cost_micro for settlement in batch)
+        row = (await connection.execute(_DEBIT_BALANCE, {"debit_account_id": account_id, "debit_micro": total})).first()
+        if row is None:
+            continue  # the account is gone; its usage records stay as the trace
+        balance, threshold, email = int(row[0]) + total, row[1], row[2]
+        for settlement in batch:
+            balance -= settlement.cost_micro
+            if balance < threshold <= balance + settlement.cost_micro:
+                # This debit crossed the account's threshold. The row lock on the account orders
+                # the batches, and within a batch the walk is in order, so exactly one debit per
+                # crossing sees it (PRODUCT.md: once per crossing).
+                events.append(_low_credits_event(account_id, email, balance, now))
+            ledger_rows.append(
+                {
+                    "account_id": account_id,
+                    "kind": LedgerKind.DEBIT.value,
+                    "amount_micro": -settlement.cost_micro,
+                    "balance_after_micro": balance,
+                    "request_id": settlement.request_id,
+                    "reason": settlement.model,
+                    "created_at": now,
+                }
+            )
+    if ledger_rows:
+        await connection.execute(_INSERT_LEDGER, ledger_rows)
+    if events:
+        await connection.execute(_INSERT_EVENT, events)
+    return len(inserted)
+
+
+def _usage_row(settlement: Settlement, now: datetime) -> dict[str, Any]:
+    usage = settlement.usage
+    return {
+        "request_id": settlement.request_id,
+        "account_id": settlement.account_id,
+        "key_id": settlement.key_id,
+        "model": settlement.model,
+        "provider": settlement.provider,
+        "upstream_model": settlement.upstream_model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_input_tokens,
+        "credits_micro": settlement.cost_micro,
+        "latency_ms": settlement.latency_ms,
+        "status_code": settlement.status_code,
+        "error_code": settlement.error_code,
+        "streamed": settlement.streamed,
+        "cancelled": settlement.cancelled,
+        "end_user_id": settlement.end_user_id,
+        "created_at": now,
+    }
+
+
+def _low_credits_event(account_id: int, email: str, balance_after: int, now: datetime) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "key_id": None,
+        "event": "low_credits",
+        "payload": {"event": "low_credits", "user_email": email, "credits_balance": format_credits(balance_after)},
+        "dedupe_key": None,
+        "fanned_out": False,
+        "created_at": now,
+    }

@@ -2,17 +2,32 @@
 
 The account balance is mirrored into the counter store (``bal``) next to the sum of open
 reservations (``held``); a reservation is one atomic check ``held + amount <= bal`` across
-every gateway process. Settling writes the debit to the database first, then releases the hold
-and lowers the mirror. The mirror is refreshed from the database every few seconds (so grants
-made elsewhere show up) through a generation guard: a refresh that raced a settlement is
-dropped, so the mirror can lag low but never runs high.
+every gateway process.
+
+Settling is one atomic step in the counter store: release the hold, lower the mirror, and
+buffer the settlement in the account's stream, adding its cost to ``pend`` (what the stream
+holds that the database has not taken). The request never waits for the database: a writer
+in each process drains the streams in batches, one transaction per batch, idempotently on the
+request id, and acknowledging an entry takes its cost off ``pend`` exactly once. So at every
+moment ``bal = database balance − pend`` (less while a writer is between commit and ack).
+
+The mirror is refreshed from the database every few seconds (so grants made elsewhere show up)
+as ``database balance − pend``, through a generation guard: a refresh that raced a settlement
+is dropped, and ``pend`` is read before the balance, so the mirror can lag low but never runs
+high. The embedded store dies with the process, so there the request writes its own settlement
+through the same buffer before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
+import re
+import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -22,7 +37,18 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.accounts import account_balance
-from billing.counters import Adjust, ApplyResult, Check, CounterStore, CounterStoreUnavailable, Hold, account_key
+from billing.counters import (
+    Adjust,
+    ApplyResult,
+    Check,
+    CounterStore,
+    CounterStoreUnavailable,
+    Enqueue,
+    Hold,
+    QueuedSettlement,
+    account_key,
+    settlement_stream,
+)
 from billing.errors import (
     DATABASE_ERRORS,
     BillingError,
@@ -31,7 +57,7 @@ from billing.errors import (
     RateLimitExceeded,
     SpendingLimitExceeded,
 )
-from billing.ledger import Settlement, write_settlement
+from billing.ledger import Settlement, write_settlements
 from billing.models import UsageRecord
 from billing.money import format_credits
 from billing.periods import period_end, period_id, period_start
@@ -41,6 +67,7 @@ log = logging.getLogger("tollway.billing")
 BALANCE = "bal"
 HELD = "held"
 GENERATION = "gen"
+PENDING = "pend"
 
 
 class KeyLimits(msgspec.Struct, frozen=True):
@@ -66,6 +93,14 @@ class Reservation(msgspec.Struct, frozen=True):
 
 _WINDOW_MS = 120_000  # a minute window's counter outlives its minute, then Redis drops it
 _PERIOD_GRACE = timedelta(days=2)
+_WRITE_BATCH = 500  # settlements per stream per writer round
+_KEEP_UNWRITTEN_S = 120.0  # how long a process remembers what it buffered (see _replay_unwritten)
+_STREAM_ACCOUNT = re.compile(r"\{a(\d+)\}:settled$")
+
+
+def writer_name() -> str:
+    """A consumer name unique to this process, so writers never take each other's entries."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class Meter:
@@ -80,6 +115,8 @@ class Meter:
         prefix: str,
         refresh_s: float,
         reservation_ttl_s: float = 900.0,
+        claim_idle_s: float = 30.0,
+        consumer: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -93,12 +130,24 @@ class Meter:
         self._reservation_ttl_s = reservation_ttl_s
         self._refreshed_at: dict[int, float] = {}
         self._refreshing: dict[int, asyncio.Future[None]] = {}
+        self._claim_idle_ms = int(claim_idle_s * 1000)
+        self.consumer = consumer or writer_name()
+        # Accounts whose streams this process fed since its writer last drained them.
+        self._dirty: set[int] = set()
+        self._wake = asyncio.Event()
+        self._drain_lock = asyncio.Lock()
+        # What this process buffered and no writer here has written yet: if Redis loses its
+        # data, these are rewritten from memory (request id → (monotonic time, data)).
+        self._unwritten: dict[str, tuple[float, bytes]] = {}
 
     def balance_key(self, account_id: int) -> str:
         return account_key(self._prefix, account_id, "balance")
 
     def holds_key(self, account_id: int) -> str:
         return account_key(self._prefix, account_id, "holds")
+
+    def stream_key(self, account_id: int) -> str:
+        return settlement_stream(self._prefix, account_id)
 
     def spend_key(self, account_id: int, key_id: int, period: str, now: datetime) -> str:
         return account_key(self._prefix, account_id, f"spend:{key_id}:{period_id(now, period)}")
@@ -194,8 +243,7 @@ class Meter:
         )
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
-        """Debit the real cost once and release the hold; never raises for a served request."""
-        await self._write(settlement)
+        """Bill the real cost once and release the hold; never raises for a served request."""
         balance_key = self.balance_key(reservation.account_id)
         always = [Adjust(balance_key, BALANCE, -settlement.cost_micro), Adjust(balance_key, GENERATION, 1)]
         if reservation.spend_key:
@@ -203,61 +251,175 @@ class Meter:
         if reservation.tpm_key:
             used = settlement.usage.input_tokens + settlement.usage.output_tokens
             always.append(Adjust(reservation.tpm_key, "n", used))
-        try:
-            await self._store.release(
-                self.holds_key(reservation.account_id),
-                reservation.request_id,
-                if_held=_release_of(
-                    balance_key,
-                    reservation.amount_micro,
-                    reservation.spend_key,
-                    reservation.tpm_key,
-                    reservation.tokens,
-                ),
-                always=always,
-            )
-        except CounterStoreUnavailable:
-            log.exception("releasing a reservation failed", extra={"request_id": settlement.request_id})
+        release = _release_of(
+            balance_key, reservation.amount_micro, reservation.spend_key, reservation.tpm_key, reservation.tokens
+        )
+        await self._buffer(settlement, self.holds_key(reservation.account_id), if_held=release, always=always)
 
     async def record(self, settlement: Settlement) -> None:
         """Record a request that held no credits (refused before reserving); never raises."""
-        await self._write(settlement)
+        await self._buffer(settlement, self.holds_key(settlement.account_id), if_held=[], always=[])
 
-    async def _write(self, settlement: Settlement) -> None:
-        """Into the database now, or, if it cannot answer, into the settlement queue, which the
-        background writer drains into the database (idempotently) once it is back."""
+    def _enqueue(self, settlement: Settlement, *, only_if_held: bool = False) -> Enqueue:
+        return Enqueue(
+            stream=self.stream_key(settlement.account_id),
+            pending_key=self.balance_key(settlement.account_id),
+            pending_field=PENDING,
+            data=msgspec.json.encode(settlement),
+            cost=settlement.cost_micro,
+            only_if_held=only_if_held,
+        )
+
+    async def _buffer(
+        self, settlement: Settlement, holds_key: str, *, if_held: list[Adjust], always: list[Adjust]
+    ) -> None:
+        """Release the hold and buffer the settlement in one atomic step, then hand it to a writer."""
+        enqueue = self._enqueue(settlement)
+        request_id = settlement.request_id
         try:
-            async with self._engine.begin() as connection:
-                await write_settlement(connection, settlement)
-            return
-        except DATABASE_ERRORS:
-            log.warning("database unavailable: settlement queued", extra={"request_id": settlement.request_id})
-        try:
-            await self._store.queue_settlement(msgspec.json.encode(settlement))
+            await self._store.release(holds_key, request_id, if_held=if_held, always=always, enqueue=enqueue)
         except CounterStoreUnavailable:
-            # Neither store can take it: the one case a served request goes unrecorded; reconcile
-            # shows the account's counters ahead of its ledger.
-            log.critical(
-                "settlement lost: database and counters both unavailable", extra={"request_id": settlement.request_id}
-            )
+            # The counters cannot take it: write it to the database ourselves. The hold (if
+            # any) stays until it expires; the mirror is re-read from the database then.
+            log.exception("counters unavailable: writing a settlement directly", extra={"request_id": request_id})
+            await self._write_directly([settlement])
+            return
+        await self._buffered(settlement.account_id, request_id, enqueue.data)
 
-    async def write_queued(self, consumer: str, *, batch: int = 200, idle_ms: int = 30_000) -> int:
-        """Move queued settlements into the database in one transaction; returns how many."""
-        entries = await self._store.claim_settlements(consumer, batch, idle_ms)
-        if not entries:
-            return 0
-        settlements = [msgspec.json.decode(data, type=Settlement) for _id, data in entries]
+    async def _buffered(self, account_id: int, request_id: str, data: bytes) -> None:
+        self._dirty.add(account_id)
+        if not self._store.durable:
+            # An in-process buffer dies with the process: write before answering. If the
+            # database cannot take it now, the writer retries it in the background.
+            with contextlib.suppress(BillingUnavailable):
+                await self.write_pending(accounts=[account_id])
+            return
+        now = self._clock()
+        self._unwritten[request_id] = (now, data)
+        expired = []
+        for oldest, (buffered_at, _data) in itertools.islice(self._unwritten.items(), 8):
+            if now - buffered_at < _KEEP_UNWRITTEN_S:
+                break
+            expired.append(oldest)  # written by now, if not by our writer then by another's
+        for oldest in expired:
+            del self._unwritten[oldest]
+        self._wake.set()
+
+    async def _write_directly(self, settlements: list[Settlement]) -> None:
         try:
             async with self._engine.begin() as connection:
-                for settlement in settlements:
-                    await write_settlement(connection, settlement)  # idempotent on request_id
+                await write_settlements(connection, settlements)  # idempotent on request_id
         except DATABASE_ERRORS:
-            log.warning("database still unavailable: %d settlements wait", len(entries))
-            return 0
-        await self._store.ack_settlements([entry_id for entry_id, _data in entries])
-        for account_id in {s.account_id for s in settlements}:
-            self._refreshed_at.pop(account_id, None)  # re-read the balances they changed
-        return len(entries)
+            # Neither store can take it: the one case a served request goes unrecorded;
+            # reconcile shows the account's counters ahead of its ledger.
+            for settlement in settlements:
+                log.critical(
+                    "settlement lost: database and counters both unavailable",
+                    extra={"request_id": settlement.request_id},
+                )
+
+    async def write_pending(self, *, accounts: list[int] | None = None, claim_stale: bool = False) -> int:
+        """One writer round: move the buffered settlements of ``accounts`` (default: those this
+        process fed) into the database in one transaction, then acknowledge them; returns how
+        many. ``claim_stale`` also takes entries another writer claimed and never acknowledged.
+
+        Raises :class:`BillingUnavailable` when the database or the counters cannot answer; the
+        entries stay buffered for the next round."""
+        async with self._drain_lock:
+            targets = sorted(self._dirty) if accounts is None else accounts
+            # Forget them before reading: a settlement buffered after our read marks its
+            # account again, so nothing waits for a round that never comes.
+            self._dirty.difference_update(targets)
+            idle_ms = self._claim_idle_ms if claim_stale else None
+            try:
+                claims = await asyncio.gather(
+                    *(
+                        self._store.claim_settlements(self.stream_key(account_id), self.consumer, _WRITE_BATCH, idle_ms)
+                        for account_id in targets
+                    )
+                )
+            except CounterStoreUnavailable as error:
+                self._dirty.update(targets)
+                raise BillingUnavailable("the credit counters are unreachable") from error
+            batches = [(account_id, entries) for account_id, entries in zip(targets, claims, strict=True) if entries]
+            if not batches:
+                return 0
+            settlements = [settlement for _account_id, entries in batches for settlement in _decoded(entries)]
+            try:
+                async with self._engine.begin() as connection:
+                    await write_settlements(connection, settlements)  # idempotent on request_id
+            except DATABASE_ERRORS as error:
+                self._dirty.update(account_id for account_id, _entries in batches)
+                log.warning("database unavailable: %d settlements stay buffered", len(settlements))
+                raise BillingUnavailable("the credits database is unreachable") from error
+            try:
+                await asyncio.gather(*(self._acknowledge(account_id, entries) for account_id, entries in batches))
+            except CounterStoreUnavailable as error:
+                # Written but not acknowledged: the next round writes them again, which writes nothing.
+                self._dirty.update(account_id for account_id, _entries in batches)
+                raise BillingUnavailable("the credit counters are unreachable") from error
+            for settlement in settlements:
+                self._unwritten.pop(settlement.request_id, None)
+            for account_id, entries in batches:
+                if len(entries) >= _WRITE_BATCH:
+                    self._dirty.add(account_id)  # there is more
+            return len(settlements)
+
+    async def _acknowledge(self, account_id: int, entries: list[QueuedSettlement]) -> None:
+        await self._store.ack_settlements(self.stream_key(account_id), self.balance_key(account_id), PENDING, entries)
+
+    async def discover_buffers(self) -> int:
+        """Mark every account whose stream holds entries for this writer, including streams fed
+        by processes that died before their writer drained them; returns how many."""
+        try:
+            streams = await self._store.settlement_streams()
+        except CounterStoreUnavailable as error:
+            raise BillingUnavailable("the credit counters are unreachable") from error
+        found = {int(match.group(1)) for stream in streams if (match := _STREAM_ACCOUNT.search(stream))}
+        self._dirty.update(found)
+        return len(found)
+
+    @property
+    def has_buffered(self) -> bool:
+        """Whether this process fed streams its writer has not drained yet."""
+        return bool(self._dirty)
+
+    async def wait_for_buffered(self, timeout_s: float) -> None:
+        """Sleep until a settlement is buffered, or ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        self._wake.clear()
+
+    async def settled(self, account_id: int, *, timeout_s: float = 2.0) -> bool:
+        """Write what the account's stream holds now, so that a read of its usage or balance that
+        follows sees every request that finished before it; returns whether the stream emptied
+        within ``timeout_s`` (entries another writer holds are waited for, not taken)."""
+        deadline = self._clock() + timeout_s
+        stream = self.stream_key(account_id)
+        while True:
+            try:
+                if not await self._store.queued_settlements(stream):
+                    return True
+                await self.write_pending(accounts=[account_id])
+            except (BillingUnavailable, CounterStoreUnavailable):
+                return False
+            if self._clock() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+
+    async def _replay_unwritten(self) -> None:
+        """Redis lost its data, and with it whatever its streams held: rewrite what this process
+        buffered and has not seen written (idempotent, so what was written stays once)."""
+        if not self._unwritten:
+            return
+        settlements = _decoded_data([data for _at, data in self._unwritten.values()])
+        try:
+            async with self._engine.begin() as connection:
+                written = await write_settlements(connection, settlements)
+        except DATABASE_ERRORS as error:
+            raise BillingUnavailable("the credits database is unreachable; try again shortly") from error
+        self._unwritten.clear()
+        log.warning("the counters lost their data: %d settlements rewritten from memory", written)
 
     async def refresh_balance(self, account_id: int, *, force: bool = False) -> None:
         """Reload the mirrored balance from the database; concurrent callers share one query."""
@@ -328,21 +490,23 @@ class Meter:
                 str(record.get("t", "")),
                 int(record.get("k", 0)),
             )
+            enqueue = served = None
             if record.get("p"):
-                # A stream that checkpointed: bill what it had generated. The database write is
-                # idempotent on the request id, so write first, then let the release decide who
-                # moves the counters (once).
+                # A stream that checkpointed: bill what it had generated, in the same step that
+                # releases the hold, so only the winner of a race with a late settle bills it.
                 served = msgspec.convert(record["p"], Settlement)
-                await self._write(served)
+                enqueue = self._enqueue(served, only_if_held=True)
                 back += [
                     Adjust(self.balance_key(account_id), BALANCE, -served.cost_micro),
                     Adjust(self.balance_key(account_id), GENERATION, 1),
                 ]
                 if record.get("s"):
                     back.append(Adjust(str(record["s"]), "v", served.cost_micro))
-            if await self._store.release(holds_key, request_id, if_held=back, always=[]):
+            if await self._store.release(holds_key, request_id, if_held=back, always=[], enqueue=enqueue):
                 released += 1
                 log.warning("released an expired reservation", extra={"request_id": request_id})
+                if served is not None and enqueue is not None:
+                    await self._buffered(account_id, request_id, enqueue.data)
         return released
 
     async def _refresh(self, account_id: int) -> None:
@@ -351,26 +515,30 @@ class Meter:
         except CounterStoreUnavailable as error:
             raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
         key = self.balance_key(account_id)
-        try:
-            queued = await self._store.queued_settlements()
-        except CounterStoreUnavailable as error:
-            raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
-        if queued and await self._store.get(key, BALANCE) is not None:
-            # Debits wait for the database: its balance is behind the mirror, which stays the truth.
-            self._refreshed_at[account_id] = self._clock()
-            return
         # A settlement between our read of the generation and our write voids the write;
         # under steady traffic a few attempts always find a quiet moment.
         for _attempt in range(5):
             try:
-                generation = await self._store.get(key, GENERATION)
+                # One read of the generation and the pending sum, before the balance query: a
+                # writer that commits and acknowledges in between makes the mirror low, not high.
+                fields = await self._store.get_all(key)
+                if BALANCE not in fields:
+                    await self._replay_unwritten()
                 async with self._sessionmaker() as session:
                     balance = await account_balance(session, account_id)
-                applied = await self._store.set_if(key, {BALANCE: balance}, GENERATION, generation)
+                applied = await self._store.set_if(
+                    key, {BALANCE: balance - fields.get(PENDING, 0)}, GENERATION, fields.get(GENERATION)
+                )
             except CounterStoreUnavailable as error:
                 raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
             except DATABASE_ERRORS as error:
-                raise BillingUnavailable("the credits database is unreachable; try again shortly") from error
+                if BALANCE not in fields:
+                    raise BillingUnavailable("the credits database is unreachable; try again shortly") from error
+                # The mirror only ever falls between refreshes (grants wait for the database to
+                # come back), so spending against it stays within what the account has.
+                log.warning("credits database unavailable: spending against the mirrored balance")
+                self._refreshed_at[account_id] = self._clock()
+                return
             if applied:
                 self._refreshed_at[account_id] = self._clock()
                 return
@@ -414,18 +582,55 @@ def _refusal(kind: str, result: ApplyResult, amount_micro: int, now: datetime) -
     )
 
 
+def _decoded(entries: list[QueuedSettlement]) -> list[Settlement]:
+    return _decoded_data([entry.data for entry in entries])
+
+
+def _decoded_data(blobs: list[bytes]) -> list[Settlement]:
+    settlements = []
+    for data in blobs:
+        try:
+            settlements.append(msgspec.json.decode(data, type=Settlement))
+        except msgspec.DecodeError:
+            # Not ours to guess at: keep the bytes in the log for an operator, and let the
+            # acknowledgement drop the entry rather than block its stream forever.
+            log.critical("unreadable buffered settlement dropped: %r", data[:2000])
+    return settlements
+
+
 @contextlib.asynccontextmanager
-async def settlement_writer(meter: Meter, consumer: str, *, poll_s: float = 1.0) -> AsyncIterator[None]:
-    """Drain the settlement queue into the database in the background for the app's lifetime."""
+async def settlement_writer(
+    meter: Meter, *, poll_s: float = 1.0, batch_window_s: float = 0.02, scan_s: float = 30.0
+) -> AsyncIterator[None]:
+    """Drain the settlement streams into the database in the background for the app's lifetime.
+
+    A round starts when a settlement is buffered (after ``batch_window_s``, so that one
+    transaction carries many), or every ``poll_s``. Every ``scan_s`` the writer also looks for
+    streams this process did not feed and takes entries a dead writer claimed ``claim_idle_s``
+    ago: a process killed after buffering, or mid-batch, loses nothing.
+    """
 
     async def loop() -> None:
+        clock = time.monotonic
+        next_scan = clock()
         while True:
+            claim_stale = clock() >= next_scan
             try:
-                written = await meter.write_queued(consumer)
-            except Exception:  # the counters being down must not end the writer
-                log.warning("settlement writer round failed; retrying", exc_info=True)
-                written = 0
-            await asyncio.sleep(0.05 if written else poll_s)
+                if claim_stale:
+                    next_scan = clock() + scan_s
+                    await meter.discover_buffers()
+                await meter.write_pending(claim_stale=claim_stale)
+            except BillingUnavailable as error:
+                log.warning("settlement writer waits: %s", error)
+                await asyncio.sleep(poll_s)
+                continue
+            except Exception:  # nothing may end the writer
+                log.exception("settlement writer round failed; retrying")
+                await asyncio.sleep(poll_s)
+                continue
+            if not meter.has_buffered:
+                await meter.wait_for_buffered(poll_s)
+                await asyncio.sleep(batch_window_s)
 
     task = asyncio.create_task(loop())
     try:
@@ -434,3 +639,7 @@ async def settlement_writer(meter: Meter, consumer: str, *, poll_s: float = 1.0)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # A graceful stop writes what it buffered; what it cannot write stays in the streams
+        # (with Redis) for the next writer.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(meter.write_pending(), 5.0)

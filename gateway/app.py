@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -91,6 +90,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 prefix=settings.redis_prefix,
                 refresh_s=settings.balance_refresh_s,
                 reservation_ttl_s=settings.reservation_ttl_s,
+                claim_idle_s=settings.settlement_claim_idle_s,
             ),
             keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s),
             catalog=build_catalog(settings),
@@ -115,7 +115,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             async with (
                 follow_price_changes(state, counters),
                 deliver_webhooks(webhooks, settings.webhook_poll_s),
-                settlement_writer(state.meter, f"{socket.gethostname()}-{os.getpid()}"),
+                settlement_writer(state.meter, scan_s=settings.settlement_scan_s),
             ):
                 yield
         finally:

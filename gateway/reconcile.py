@@ -6,7 +6,8 @@ Checks, per account:
    ``balance_after``;
 2. every debit has exactly one usage record with the same request id and cost, and every
    billed usage record has exactly one debit (no lost and no double debit);
-3. with Redis: the mirrored balance equals the database balance, no hold is negative, and each
+3. with Redis: the mirrored balance plus what its stream still buffers for the database
+   equals the database balance, no hold is negative, and each
    key's spend counter for its current period covers exactly what its usage records cost in
    that period (plus what the account holds in flight).
 
@@ -16,6 +17,7 @@ a quiet system (or twice) to tell a transient from a real drift.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,7 +30,7 @@ from billing.money import format_credits
 from billing.periods import period_id, period_start
 from keys.models import ApiKey
 
-BALANCE, HELD = "bal", "held"
+BALANCE, HELD, PENDING = "bal", "held", "pend"
 
 
 @dataclass
@@ -111,12 +113,14 @@ async def _counter_checks(
     report: ReconcileReport,
 ) -> None:
     mirror = await counters.get_all(account_key(prefix, account.id, "balance"))
-    held = mirror.get(HELD, 0)
-    if BALANCE in mirror and mirror[BALANCE] != account.balance_micro:
+    held, pending = mirror.get(HELD, 0), mirror.get(PENDING, 0)
+    if BALANCE in mirror and mirror[BALANCE] + pending != account.balance_micro:
         report.drift.append(
-            f"account {account.id}: counter balance {format_credits(mirror[BALANCE])}, "
-            f"database balance {format_credits(account.balance_micro)}"
+            f"account {account.id}: counter balance {format_credits(mirror[BALANCE])} "
+            f"(+{format_credits(pending)} not yet written), database balance {format_credits(account.balance_micro)}"
         )
+    if pending < 0:
+        report.drift.append(f"account {account.id}: negative pending sum {format_credits(pending)}")
     if held < 0:
         report.drift.append(f"account {account.id}: negative hold {format_credits(held)}")
     elif held:
@@ -147,10 +151,17 @@ async def reconcile(
     counters: CounterStore | None,
     prefix: str,
     now: datetime,
+    drain_wait_s: float = 5.0,
 ) -> ReconcileReport:
     report = ReconcileReport()
     if counters is not None:
+        # The writers drain the buffers within a moment on a live system: give them that.
         queued = await counters.queued_settlements()
+        for _ in range(int(drain_wait_s / 0.1)):
+            if not queued:
+                break
+            await asyncio.sleep(0.1)
+            queued = await counters.queued_settlements()
         if queued:
             # Their debits are in the counters but not yet in the database: comparing the two
             # now would show drift that the settlement writer is about to remove.

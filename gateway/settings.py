@@ -143,6 +143,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     key_cache_ttl_s: float = 1.0
     balance_refresh_s: float = 5.0
     reservation_ttl_s: int = 900
+    # How often each process's settlement writer looks for streams it did not feed, and how long
+    # an entry another writer claimed may stay unacknowledged before it counts as abandoned.
+    settlement_scan_s: float = 30.0
+    settlement_claim_idle_s: float = 30.0
     log_level: str = "info"
     trusted_proxies: list[str] = []
     country_header: str = ""
@@ -185,6 +189,8 @@ _ENV_OVERRIDES: dict[str, type] = {
     "key_cache_ttl_s": float,
     "balance_refresh_s": float,
     "reservation_ttl_s": int,
+    "settlement_scan_s": float,
+    "settlement_claim_idle_s": float,
     "log_level": str,
     "country_header": str,
     "country_fail_closed": bool,

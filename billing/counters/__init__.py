@@ -8,8 +8,11 @@ from billing.counters._base import (
     Check,
     CounterStore,
     CounterStoreUnavailable,
+    Enqueue,
     Hold,
+    QueuedSettlement,
     account_key,
+    settlement_stream,
 )
 from billing.counters.embedded import EmbeddedCounterStore
 from billing.counters.redis import RedisCounterStore
@@ -21,10 +24,13 @@ __all__ = [
     "CounterStore",
     "CounterStoreUnavailable",
     "EmbeddedCounterStore",
+    "Enqueue",
     "Hold",
+    "QueuedSettlement",
     "RedisCounterStore",
     "account_key",
     "build_counter_store",
+    "settlement_stream",
 ]
 
 

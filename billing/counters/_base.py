@@ -56,6 +56,31 @@ class Hold(msgspec.Struct, frozen=True):
     value: str
 
 
+class Enqueue(msgspec.Struct, frozen=True):
+    """A settlement to buffer in the account's stream, in the same atomic step as a release.
+
+    ``pending_key/pending_field`` counts what the stream holds that the database has not
+    taken yet (``cost`` in, acknowledged out), so a reader can tell the database balance from
+    the true one. ``only_if_held``: enqueue only if the release removed the hold (the expiry
+    sweeper bills a checkpointed stream this way, and only the winner of the race bills it).
+    """
+
+    stream: str
+    pending_key: str
+    pending_field: str
+    data: bytes
+    cost: int
+    only_if_held: bool = False
+
+
+class QueuedSettlement(msgspec.Struct, frozen=True):
+    """One buffered settlement as a writer claimed it."""
+
+    entry_id: str
+    data: bytes
+    cost: int
+
+
 class ApplyResult(msgspec.Struct, frozen=True):
     """Outcome of :meth:`CounterStore.apply`.
 
@@ -75,14 +100,27 @@ class ApplyResult(msgspec.Struct, frozen=True):
 class CounterStore(Protocol):
     """Atomic counters shared by every gateway process (Redis) or by one process (embedded)."""
 
+    #: Whether what the store holds survives this process (Redis: yes; embedded: no). A store
+    #: that does not is no place to buffer a settlement for later.
+    durable: bool
+
     async def apply(self, checks: Sequence[Check], hold: Hold | None = None) -> ApplyResult:
         """Check every bound, then apply every delta (and record ``hold``), atomically; all or nothing."""
         ...
 
-    async def release(self, holds_key: str, field: str, *, if_held: Sequence[Adjust], always: Sequence[Adjust]) -> bool:
+    async def release(
+        self,
+        holds_key: str,
+        field: str,
+        *,
+        if_held: Sequence[Adjust],
+        always: Sequence[Adjust],
+        enqueue: Enqueue | None = None,
+    ) -> bool:
         """Remove a hold record and apply ``always``, plus ``if_held`` only if the record was still
-        there, atomically; returns whether it was. Settling and expiring race safely this way:
-        whichever removes the record releases the hold, once."""
+        there, and buffer ``enqueue``, atomically; returns whether the record was there. Settling
+        and expiring race safely this way: whichever removes the record releases the hold, once,
+        and the settlement is never buffered without its counters moving (or the reverse)."""
         ...
 
     async def update_hold(self, holds_key: str, field: str, value: str) -> bool:
@@ -123,21 +161,28 @@ class CounterStore(Protocol):
         """Remove a key and all its fields."""
         ...
 
-    async def queue_settlement(self, data: bytes) -> None:
-        """Keep a settlement the database could not take (Redis: a stream that outlives us)."""
+    async def claim_settlements(
+        self, stream: str, consumer: str, count: int, idle_ms: int | None = None
+    ) -> list[QueuedSettlement]:
+        """Buffered settlements of one stream for ``consumer`` to write: its own not yet
+        acknowledged ones (a write that failed) and new ones; with ``idle_ms``, also ones another
+        consumer took more than ``idle_ms`` ago without acknowledging (its process died)."""
         ...
 
-    async def claim_settlements(self, consumer: str, count: int, idle_ms: int) -> list[tuple[str, bytes]]:
-        """Queued settlements for ``consumer`` to write: new ones, and ones another consumer
-        took more than ``idle_ms`` ago without acknowledging (it died)."""
+    async def ack_settlements(
+        self, stream: str, pending_key: str, pending_field: str, entries: Sequence[QueuedSettlement]
+    ) -> int:
+        """Forget settlements that are now in the database and take their cost off the pending
+        counter, each once however many writers acknowledge it; returns the cost taken off."""
         ...
 
-    async def ack_settlements(self, ids: Sequence[str]) -> None:
-        """Forget settlements that are now in the database."""
+    async def settlement_streams(self) -> list[str]:
+        """Every settlement stream that holds entries (a writer's way to find the buffers of a
+        process that died)."""
         ...
 
-    async def queued_settlements(self) -> int:
-        """How many settlements wait for the database (0: the database is up to date)."""
+    async def queued_settlements(self, stream: str | None = None) -> int:
+        """How many settlements wait in ``stream`` (every stream when ``None``) for the database."""
         ...
 
     async def ping(self) -> None:
@@ -153,6 +198,12 @@ class CounterStoreUnavailable(Exception):
     """The store could not answer; money checks must fail closed on this."""
 
 
-def account_key(prefix: str, account_id: int, name: str) -> str:
+def account_key(prefix: str, account_id: int | str, name: str) -> str:
     """A key inside the account's hash slot: ``{prefix}{a<id>}:<name>``."""
     return f"{prefix}{{a{account_id}}}:{name}"
+
+
+def settlement_stream(prefix: str, account_id: int | str) -> str:
+    """The stream that buffers an account's settlements for the database writer; in the
+    account's slot, so one script can release a hold and buffer its settlement."""
+    return account_key(prefix, account_id, "settled")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from billing.counters._base import Adjust, ApplyResult, Check, Hold
+from billing.counters._base import Adjust, ApplyResult, Check, Enqueue, Hold, QueuedSettlement
 
 
 class _Entry:
@@ -21,12 +21,24 @@ class _Entry:
         self.expires_at: float | None = None
 
 
+class _Queued:
+    __slots__ = ("claimed_at", "consumer", "cost", "data")
+
+    def __init__(self, data: bytes, cost: int) -> None:
+        self.data = data
+        self.cost = cost
+        self.consumer: str | None = None
+        self.claimed_at = 0.0
+
+
 class EmbeddedCounterStore:
+    durable = False
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._data: dict[str, _Entry] = {}
         self._holds: dict[str, dict[str, str]] = {}
-        self._queue: dict[str, bytes] = {}
+        self._streams: dict[str, dict[str, _Queued]] = {}
         self._queued = 0
 
     def _live(self, key: str) -> _Entry | None:
@@ -67,9 +79,21 @@ class EmbeddedCounterStore:
             self._holds.setdefault(hold.key, {})[hold.field] = hold.value
         return ApplyResult(ok=True)
 
-    async def release(self, holds_key: str, field: str, *, if_held: Sequence[Adjust], always: Sequence[Adjust]) -> bool:
+    async def release(
+        self,
+        holds_key: str,
+        field: str,
+        *,
+        if_held: Sequence[Adjust],
+        always: Sequence[Adjust],
+        enqueue: Enqueue | None = None,
+    ) -> bool:
         held = self._holds.get(holds_key, {}).pop(field, None) is not None
         await self.adjust([*(if_held if held else ()), *always])
+        if enqueue is not None and (held or not enqueue.only_if_held):
+            self._queued += 1
+            self._streams.setdefault(enqueue.stream, {})[f"{self._queued}-0"] = _Queued(enqueue.data, enqueue.cost)
+            await self.adjust([Adjust(enqueue.pending_key, enqueue.pending_field, enqueue.cost)])
         return held
 
     async def update_hold(self, holds_key: str, field: str, value: str) -> bool:
@@ -102,19 +126,38 @@ class EmbeddedCounterStore:
         entry.fields.update(values)
         return True
 
-    async def queue_settlement(self, data: bytes) -> None:
-        self._queued += 1
-        self._queue[str(self._queued)] = data
+    async def claim_settlements(
+        self, stream: str, consumer: str, count: int, idle_ms: int | None = None
+    ) -> list[QueuedSettlement]:
+        now = self._clock()
+        taken: list[QueuedSettlement] = []
+        for entry_id, entry in self._streams.get(stream, {}).items():
+            if len(taken) >= count:
+                break
+            stale = idle_ms is not None and entry.consumer is not None and now - entry.claimed_at >= idle_ms / 1000
+            if entry.consumer in (None, consumer) or stale:
+                entry.consumer, entry.claimed_at = consumer, now
+                taken.append(QueuedSettlement(entry_id, entry.data, entry.cost))
+        return taken
 
-    async def claim_settlements(self, consumer: str, count: int, idle_ms: int) -> list[tuple[str, bytes]]:
-        return list(self._queue.items())[:count]
+    async def ack_settlements(
+        self, stream: str, pending_key: str, pending_field: str, entries: Sequence[QueuedSettlement]
+    ) -> int:
+        queued = self._streams.get(stream, {})
+        cost = sum(entry.cost for entry in entries if queued.pop(entry.entry_id, None) is not None)
+        if not queued:
+            self._streams.pop(stream, None)
+        if cost:
+            await self.adjust([Adjust(pending_key, pending_field, -cost)])
+        return cost
 
-    async def ack_settlements(self, ids: Sequence[str]) -> None:
-        for entry_id in ids:
-            self._queue.pop(entry_id, None)
+    async def settlement_streams(self) -> list[str]:
+        return [stream for stream, entries in self._streams.items() if entries]
 
-    async def queued_settlements(self) -> int:
-        return len(self._queue)
+    async def queued_settlements(self, stream: str | None = None) -> int:
+        if stream is not None:
+            return len(self._streams.get(stream, {}))
+        return sum(len(entries) for entries in self._streams.values())
 
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)

@@ -15,7 +15,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from billing.counters._base import Adjust, ApplyResult, Check, CounterStoreUnavailable, Hold
+from billing.counters._base import (
+    Adjust,
+    ApplyResult,
+    Check,
+    CounterStoreUnavailable,
+    Enqueue,
+    Hold,
+    QueuedSettlement,
+    settlement_stream,
+)
 
 T = TypeVar("T")
 
@@ -62,15 +71,20 @@ end
 return {-1, 0, false, false}
 """
 
-# KEYS[1] = the holds hash, then the adjusted keys; ARGV[1] = the hold's field, ARGV[2] = how
-# many adjustments apply only if the hold was still there (they come first), then per
-# adjustment: field, delta, ttl_ms (set only on a key without one). Returns 1 when this call
-# removed the hold.
+# KEYS[1] = the holds hash, then the adjusted keys, then (when enqueueing) the account's
+# settlement stream and the key of its pending counter. ARGV[1] = the hold's field, ARGV[2] =
+# how many adjustments apply only if the hold was still there (they come first), ARGV[3] =
+# enqueue mode (0: none, 1: always, 2: only if the hold was there), ARGV[4..6] = the
+# settlement's data, its cost and the pending counter's field, then per adjustment: field,
+# delta, ttl_ms (set only on a key without one). Returns 1 when this call removed the hold.
 _RELEASE = """
 local held = redis.call('HDEL', KEYS[1], ARGV[1])
 local conditional = tonumber(ARGV[2])
-for i = 2, #KEYS do
-  local base = (i - 2) * 3 + 2
+local mode = tonumber(ARGV[3])
+local last = #KEYS
+if mode > 0 then last = last - 2 end
+for i = 2, last do
+  local base = (i - 2) * 3 + 6
   if i - 1 > conditional or held == 1 then
     redis.call('HINCRBY', KEYS[i], ARGV[base + 1], ARGV[base + 2])
     local ttl = tonumber(ARGV[base + 3])
@@ -79,7 +93,28 @@ for i = 2, #KEYS do
     end
   end
 end
+if mode == 1 or (mode == 2 and held == 1) then
+  redis.call('XADD', KEYS[#KEYS - 1], '*', 'd', ARGV[4], 'c', ARGV[5])
+  redis.call('HINCRBY', KEYS[#KEYS], ARGV[6], ARGV[5])
+end
 return held
+"""
+
+# KEYS[1] = a settlement stream, KEYS[2] = its pending counter's key; ARGV[1] = the group,
+# ARGV[2] = the pending field, then entry id / cost pairs. An entry's cost comes off the
+# counter only if this call acknowledged it, so two writers that both wrote it count it once.
+_ACK = """
+local total = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    total = total + tonumber(ARGV[i + 1])
+  end
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+if total ~= 0 then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], -total)
+end
+return total
 """
 
 # ARGV per item: field, delta, ttl_ms (the TTL is set only on a key that had none).
@@ -120,10 +155,13 @@ _GROUP = "writers"
 
 
 class RedisCounterStore:
-    def __init__(self, client: aioredis.Redis, *, queue_key: str = "tw:settlements") -> None:
+    durable = True
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "tw:") -> None:
         self._client = client
-        self._queue_key = queue_key
-        self._group_ready = False
+        self._prefix = prefix
+        self._groups_ready: set[str] = set()
+        self._ack = client.register_script(_ACK)
         self._apply = client.register_script(_APPLY)
         self._adjust = client.register_script(_ADJUST)
         self._set_if = client.register_script(_SET_IF)
@@ -140,7 +178,7 @@ class RedisCounterStore:
             max_connections=max_connections,
             health_check_interval=30,
         )
-        return cls(client, queue_key=f"{prefix}settlements")
+        return cls(client, prefix=prefix)
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -185,9 +223,22 @@ class RedisCounterStore:
             args += [item.field, item.delta, item.ttl_ms]
         await self._call(lambda: self._adjust(keys=keys, args=args))
 
-    async def release(self, holds_key: str, field: str, *, if_held: Sequence[Adjust], always: Sequence[Adjust]) -> bool:
+    async def release(
+        self,
+        holds_key: str,
+        field: str,
+        *,
+        if_held: Sequence[Adjust],
+        always: Sequence[Adjust],
+        enqueue: Enqueue | None = None,
+    ) -> bool:
         keys = [holds_key, *(a.key for a in if_held), *(a.key for a in always)]
         args: list[Any] = [field, len(if_held)]
+        if enqueue is None:
+            args += [0, "", 0, ""]
+        else:
+            keys += [enqueue.stream, enqueue.pending_key]
+            args += [2 if enqueue.only_if_held else 1, enqueue.data, enqueue.cost, enqueue.pending_field]
         for item in (*if_held, *always):
             args += [item.field, item.delta, item.ttl_ms]
         return bool(await self._call(lambda: self._release(keys=keys, args=args)))
@@ -218,55 +269,74 @@ class RedisCounterStore:
         applied = await self._call(lambda: self._set_if(keys=[key], args=args))
         return bool(applied)
 
-    async def queue_settlement(self, data: bytes) -> None:
-        await self._call(lambda: self._client.xadd(self._queue_key, {"d": data}))
-
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups_ready:
             return
         try:
-            await self._client.xgroup_create(self._queue_key, _GROUP, id="0", mkstream=True)
+            await self._client.xgroup_create(stream, _GROUP, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
-        self._group_ready = True
+        self._groups_ready.add(stream)
 
-    async def claim_settlements(self, consumer: str, count: int, idle_ms: int) -> list[tuple[str, bytes]]:
-        async def claim() -> list[tuple[str, bytes]]:
-            await self._ensure_group()
-            # Our own unacknowledged entries first (a write that failed), then others' stale ones
-            # (their process died), then new ones.
-            own: Any = await self._client.xreadgroup(_GROUP, consumer, {self._queue_key: "0"}, count=count)
-            mine = [entry for _stream, items in own or () for entry in items if entry[1]]
-            if mine:
-                return [(_text(entry_id), fields[b"d"]) for entry_id, fields in mine]
-            claimed: Any = await self._client.xautoclaim(
-                self._queue_key, _GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count
-            )
-            fresh: Any = await self._client.xreadgroup(_GROUP, consumer, {self._queue_key: ">"}, count=count)
-            entries = list(claimed[1]) + [entry for _stream, items in fresh or () for entry in items]
-            return [
-                (_text(entry_id), fields[b"d"])
-                for entry_id, fields in entries
-                if fields  # a deleted entry still pending comes back without fields
-            ]
+    async def claim_settlements(
+        self, stream: str, consumer: str, count: int, idle_ms: int | None = None
+    ) -> list[QueuedSettlement]:
+        async def claim() -> list[QueuedSettlement]:
+            await self._ensure_group(stream)
+            pipe = self._client.pipeline(transaction=False)
+            # Ours not yet acknowledged (a write that failed), then new ones; with idle_ms, also
+            # others' stale ones (their process died before acknowledging).
+            pipe.xreadgroup(_GROUP, consumer, {stream: "0"}, count=count)
+            pipe.xreadgroup(_GROUP, consumer, {stream: ">"}, count=count)
+            if idle_ms is not None:
+                pipe.xautoclaim(stream, _GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count)
+            try:
+                replies: list[Any] = await pipe.execute()
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                # The stream and its group vanished (Redis lost its data): start them again.
+                self._groups_ready.discard(stream)
+                return []
+            entries = [entry for reply in replies[:2] for _stream, items in reply or () for entry in items]
+            if idle_ms is not None:
+                entries += list(replies[2][1])
+            taken: dict[str, QueuedSettlement] = {}
+            for entry_id, fields in entries:
+                if fields:  # a deleted entry still pending comes back without fields
+                    key = _text(entry_id)
+                    taken[key] = QueuedSettlement(key, fields[b"d"], int(fields[b"c"]))
+            return list(taken.values())
 
         return await self._call(claim)
 
-    async def ack_settlements(self, ids: Sequence[str]) -> None:
-        if not ids:
-            return
+    async def ack_settlements(
+        self, stream: str, pending_key: str, pending_field: str, entries: Sequence[QueuedSettlement]
+    ) -> int:
+        if not entries:
+            return 0
+        args: list[Any] = [_GROUP, pending_field]
+        for entry in entries:
+            args += [entry.entry_id, entry.cost]
+        return int(await self._call(lambda: self._ack(keys=[stream, pending_key], args=args)))
 
-        async def ack() -> None:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.xack(self._queue_key, _GROUP, *ids)
-            pipe.xdel(self._queue_key, *ids)
-            await pipe.execute()
+    async def _stream_lengths(self) -> dict[str, int]:
+        lengths: dict[str, int] = {}
+        pattern = settlement_stream(self._prefix, "*")  # every account's
+        async for key in self._client.scan_iter(match=pattern, count=1000, _type="STREAM"):
+            length = int(await self._client.xlen(key))
+            if length:
+                lengths[_text(key)] = length
+        return lengths
 
-        await self._call(ack)
+    async def settlement_streams(self) -> list[str]:
+        return list(await self._call(self._stream_lengths))
 
-    async def queued_settlements(self) -> int:
-        return int(await self._call(lambda: self._client.xlen(self._queue_key)))
+    async def queued_settlements(self, stream: str | None = None) -> int:
+        if stream is not None:
+            return int(await self._call(lambda: self._client.xlen(stream)))
+        return sum((await self._call(self._stream_lengths)).values())
 
     async def delete(self, key: str) -> None:
         await self._call(lambda: self._client.delete(key))

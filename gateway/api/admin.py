@@ -180,6 +180,7 @@ class AdminController(Controller):
         amount = _credits(grant.amount, "amount")
         if amount == 0:
             raise InvalidRequest("amount must not be zero", param="amount")
+        await state.meter.settled(account_id)  # the balance it answers includes finished requests
         async with state.sessionmaker() as session:
             entry = await grant_credits(
                 session, account_id, amount, reason=grant.reason, idempotency_key=grant.idempotency_key
@@ -203,6 +204,7 @@ class AdminController(Controller):
         amount = _credits(ask.amount, "amount")
         if amount <= 0:
             raise InvalidRequest("a refund must be positive", param="amount")
+        await state.meter.settled(account_id)
         async with state.sessionmaker() as session:
             entry = await grant_credits(
                 session,

@@ -86,6 +86,7 @@ class CreditsController(Controller):
         self, request: Request[Any, Any, Any], limit: FromQuery[int] = 50, before_id: FromQuery[int | None] = None
     ) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW)
+        await state.meter.settled(caller.account_id)  # read your writes: requests that finished are in
         async with state.sessionmaker() as session:
             account = await session.get(Account, caller.account_id)
             assert account is not None
@@ -117,6 +118,7 @@ class UsageController(Controller):
         before_id: FromQuery[int | None] = None,
     ) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW)
+        await state.meter.settled(caller.account_id)
         usage_filter = UsageFilter(key_id, model, end_user_id, _when(since, "since"), _when(until, "until"))
         async with state.sessionmaker() as session:
             records = await usage_page(
@@ -141,6 +143,7 @@ class UsageController(Controller):
         until: FromQuery[str | None] = None,
     ) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW)
+        await state.meter.settled(caller.account_id)
         if group_by not in get_args(GroupBy):
             raise InvalidRequest(f"group_by must be one of {', '.join(get_args(GroupBy))}", param="group_by")
         usage_filter = UsageFilter(key_id, model, end_user_id, _when(since, "since"), _when(until, "until"))

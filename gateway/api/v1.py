@@ -156,6 +156,7 @@ async def retrieve_model(request: Request[Any, Any, Any], slug: FromPath[str]) -
 async def get_generation(request: Request[Any, Any, Any], id: FromQuery[str]) -> Response[bytes]:
     """What one request cost and how it went, by its request id (within the caller's account)."""
     state, identity = await _identity(request)
+    await state.meter.settled(identity.account_id)  # a request that just finished is readable
     async with state.sessionmaker() as session:
         record = await session.scalar(
             select(UsageRecord).where(UsageRecord.request_id == id, UsageRecord.account_id == identity.account_id)

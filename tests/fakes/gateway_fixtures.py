@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from billing.accounts import account_balance, create_account
+from billing.counters import RedisCounterStore
 from billing.models import LedgerEntry, UsageRecord
 from billing.money import ceil_micro
 from gateway.app import create_app
@@ -127,26 +129,51 @@ class Gateway:
     def run(self, coro: Any) -> Any:
         return asyncio.run(coro)
 
+    def settled(self, timeout_s: float = 10.0) -> None:
+        """Wait until the settlement writers have put every finished request in the database
+        (with Redis they write behind the response; the embedded store writes before it)."""
+        if self.settings.redis_url:
+            self.run(wait_for_writers(self.settings.redis_url, self.settings.redis_prefix, timeout_s))
+
     def balance_micro(self) -> int:
+        self.settled()
         return int(self.run(_with_session(self.settings, lambda s: account_balance(s, self.account_id))))
 
     def usage_records(self) -> list[UsageRecord]:
+        self.settled()
+
         async def load(session: Any) -> list[UsageRecord]:
             return list(await session.scalars(select(UsageRecord).order_by(UsageRecord.id)))
 
         return list(self.run(_with_session(self.settings, load)))
 
-    def debit_count(self, request_id: str) -> int:
-        async def load(session: Any) -> int:
-            return int(
-                await session.scalar(
-                    select(func.count())
-                    .select_from(LedgerEntry)
-                    .where(LedgerEntry.request_id == request_id, LedgerEntry.kind == "debit")
-                )
-            )
+    def debit_counts(self) -> dict[str, int]:
+        """How many debits each request id has, for every debited request."""
+        self.settled()
 
-        return int(self.run(_with_session(self.settings, load)))
+        async def load(session: Any) -> dict[str, int]:
+            rows = await session.execute(
+                select(LedgerEntry.request_id, func.count())
+                .where(LedgerEntry.kind == "debit")
+                .group_by(LedgerEntry.request_id)
+            )
+            return {str(request_id): int(count) for request_id, count in rows}
+
+        return dict(self.run(_with_session(self.settings, load)))
+
+    def debit_count(self, request_id: str) -> int:
+        return self.debit_counts().get(request_id, 0)
+
+
+async def wait_for_writers(redis_url: str, prefix: str, timeout_s: float) -> None:
+    store = RedisCounterStore.from_url(redis_url, prefix=prefix)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while queued := await store.queued_settlements():
+            assert time.monotonic() < deadline, f"{queued} settlements never reached the database"
+            await asyncio.sleep(0.02)
+    finally:
+        await store.close()
 
 
 async def _with_session(settings: Settings, work: Any) -> Any:

@@ -14,9 +14,11 @@ from billing.counters import (
     CounterStore,
     CounterStoreUnavailable,
     EmbeddedCounterStore,
+    Enqueue,
     Hold,
     RedisCounterStore,
     account_key,
+    settlement_stream,
 )
 
 
@@ -178,26 +180,54 @@ async def test_counter_store_holds_are_recorded_with_the_apply_and_released_once
     assert await store.holds(holds) == {}
 
 
-async def test_counter_store_settlement_queue(store: CounterStore) -> None:
-    assert await store.queued_settlements() == 0
-    await store.queue_settlement(b"one")
-    await store.queue_settlement(b"two")
-    assert await store.queued_settlements() == 2
-    first = await store.claim_settlements("writer-a", 10, 30_000)
-    assert [data for _id, data in first] == [b"one", b"two"]
-    again = await store.claim_settlements("writer-a", 10, 30_000)  # not acknowledged: still ours
-    assert [data for _id, data in again] == [b"one", b"two"]
-    await store.ack_settlements([first[0][0]])
+async def test_counter_store_release_buffers_a_settlement_with_its_counters(
+    store: CounterStore, key: str, redis_prefix: str
+) -> None:
+    holds = account_key(redis_prefix, 42, "holds")
+    stream = settlement_stream(redis_prefix, 42)
+    await store.adjust([Adjust(key, "bal", 100)])
+    assert (await store.apply([Check(key, "held", 30, limit_field="bal")], Hold(holds, "req_1", "{}"))).ok
+    settle = Enqueue(stream, key, "pend", b"settled req_1", 7)
+    assert await store.release(holds, "req_1", if_held=[Adjust(key, "held", -30)], always=[], enqueue=settle)
+    assert await store.get_all(key) == {"bal": 100, "held": 0, "pend": 7}
+    # The sweeper's bill goes in only if it is the one that removed the hold: here it is too late.
+    late = Enqueue(stream, key, "pend", b"checkpoint req_1", 5, only_if_held=True)
+    assert not await store.release(holds, "req_1", if_held=[], always=[], enqueue=late)
+    assert await store.queued_settlements(stream) == 1
     assert await store.queued_settlements() == 1
-    if isinstance(store, RedisCounterStore):
-        # Another writer takes over what a dead one left, once it has been idle long enough.
-        assert await store.claim_settlements("writer-b", 10, 60_000) == []
-        await asyncio.sleep(0.05)
-        taken = await store.claim_settlements("writer-b", 10, 10)
-        assert [data for _id, data in taken] == [b"two"]
-    remaining = await store.claim_settlements("writer-b", 10, 10)
-    await store.ack_settlements([entry_id for entry_id, _data in remaining])
-    assert await store.queued_settlements() == 0
+    assert await store.settlement_streams() == [stream]
+    assert [entry.data for entry in await store.claim_settlements(stream, "writer-a", 10)] == [b"settled req_1"]
+
+
+async def test_counter_store_settlement_streams_are_claimed_acknowledged_and_taken_over(
+    store: CounterStore, key: str, redis_prefix: str
+) -> None:
+    stream = settlement_stream(redis_prefix, 42)
+    holds = account_key(redis_prefix, 42, "holds")
+    assert await store.queued_settlements() == 0 and await store.settlement_streams() == []
+    for name, cost in (("one", 3), ("two", 4)):
+        enqueue = Enqueue(stream, key, "pend", name.encode(), cost)
+        await store.release(holds, name, if_held=[], always=[], enqueue=enqueue)
+    assert await store.get(key, "pend") == 7
+    first = await store.claim_settlements(stream, "writer-a", 10)
+    assert [(entry.data, entry.cost) for entry in first] == [(b"one", 3), (b"two", 4)]
+    again = await store.claim_settlements(stream, "writer-a", 10)  # not acknowledged: still ours
+    assert [entry.data for entry in again] == [b"one", b"two"]
+    assert await store.claim_settlements(stream, "writer-b", 10) == []  # not another writer's
+    assert await store.ack_settlements(stream, key, "pend", first[:1]) == 3
+    assert await store.ack_settlements(stream, key, "pend", first[:1]) == 0  # a second ack counts nothing
+    assert await store.get(key, "pend") == 4
+    assert await store.queued_settlements(stream) == 1
+    # Another writer takes over what a dead one left, once it has been idle long enough.
+    assert await store.claim_settlements(stream, "writer-b", 10, idle_ms=60_000) == []
+    await asyncio.sleep(0.05)
+    taken = await store.claim_settlements(stream, "writer-b", 10, idle_ms=10)
+    assert [entry.data for entry in taken] == [b"two"]
+    assert await store.claim_settlements(stream, "writer-a", 10) == []  # no longer writer-a's
+    assert await store.ack_settlements(stream, key, "pend", taken) == 4
+    assert await store.ack_settlements(stream, key, "pend", again[1:]) == 0  # the dead writer wakes up: nothing
+    assert await store.get(key, "pend") == 0
+    assert await store.queued_settlements() == 0 and await store.settlement_streams() == []
 
 
 async def test_counter_store_update_hold_never_resurrects(store: CounterStore, key: str, redis_prefix: str) -> None:
