@@ -270,3 +270,82 @@ def _all_ledger(url: str, key: str) -> list[dict[str, str]]:
         before = page["next_before_id"]
         if before is None:
             return entries
+
+
+def test_a_process_killed_mid_batch_loses_no_debit(
+    tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """SIGKILL a process while its settlement writer is inside a database transaction: the batch
+    dies with the connection, its entries stay claimed by the dead writer in Redis, and the
+    survivor takes them over once they are abandoned and writes each exactly once."""
+    import asyncio
+
+    import asyncpg
+
+    config = base_config(postgres_url, redis_url, redis_prefix) + (
+        "settlement_scan_s = 0.5\nsettlement_claim_idle_s = 2\nbalance_refresh_s = 60\nkey_cache_ttl_s = 60\n"
+    )
+    urls, processes = start_gateways(config, tmp_path)
+    victim, survivor = urls
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def scenario() -> tuple[list[httpx.Response], str]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            account = (
+                await client.post(
+                    survivor + "/api/admin/accounts/", json={"name": "acme", "credits": "50"}, headers=admin
+                )
+            ).json()
+            key = (
+                await client.post(
+                    survivor + f"/api/admin/accounts/{account['id']}/keys/", json={"name": "k"}, headers=admin
+                )
+            ).json()["key"]
+            warm = await client.post(victim + "/v1/chat/completions", json=CHAT, headers=auth(key))
+            assert warm.status_code == 200
+            await client.get(victim + "/api/credits/", headers=auth(key))  # written: the batch below is new
+            database = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                # Hold the account's row (not its key, so usage records may still point at it):
+                # the victim's writer inserts its batch's usage records, then waits for this lock
+                # to debit the balance, inside its transaction.
+                locking = database.transaction()
+                await locking.start()
+                await database.execute("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account["id"])
+                served = [
+                    await client.post(victim + "/v1/chat/completions", json=CHAT, headers=auth(key)) for _ in range(20)
+                ]
+                assert [r.status_code for r in served] == [200] * 20  # answering never waits for the database
+                for _ in range(100):
+                    waiting = await database.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND query ILIKE 'UPDATE accounts%'"
+                    )
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.05)
+                assert waiting, "the victim's writer never reached the debit"
+                processes[0].kill()  # SIGKILL mid-batch: its transaction is never committed
+                processes[0].wait(timeout=10)
+                await locking.rollback()
+            finally:
+                await database.close()
+            return [warm, *served], key
+
+    try:
+        served, key = asyncio.run(scenario())
+        expected = sorted(r.headers["x-request-id"] for r in served)
+        started = time.monotonic()
+        while sorted(e["request_id"] for e in _all_ledger(survivor, key) if e["kind"] == "debit") != expected:
+            assert time.monotonic() - started < 20, "the abandoned batch was never written"
+            time.sleep(0.2)
+        spent = sum(Decimal(r.json()["_tollway"]["credits_used"]) for r in served)
+        credits = httpx.get(survivor + "/api/credits/", headers=auth(key)).json()
+        assert Decimal(credits["balance"]) == Decimal(credits["available"]) == Decimal("50") - spent
+        reconcile_config = tmp_path / "reconcile.toml"
+        reconcile_config.write_text(base_config(postgres_url, redis_url, redis_prefix))
+        from gateway.cli import main
+
+        assert main(["--config", str(reconcile_config), "billing", "reconcile"]) == 0
+    finally:
+        stop(processes)
