@@ -390,10 +390,11 @@ class Meter:
             await asyncio.wait_for(self._wake.wait(), timeout_s)
         self._wake.clear()
 
-    async def settled(self, account_id: int, *, timeout_s: float = 2.0) -> bool:
+    async def settled(self, account_id: int, *, timeout_s: float = 1.0) -> bool:
         """Write what the account's stream holds now, so that a read of its usage or balance that
         follows sees every request that finished before it; returns whether the stream emptied
-        within ``timeout_s`` (entries another writer holds are waited for, not taken)."""
+        within ``timeout_s``. Entries another writer holds are waited for, not taken: a live
+        writer acknowledges within milliseconds, and a dead one's wait for ``claim_idle_s``."""
         deadline = self._clock() + timeout_s
         stream = self.stream_key(account_id)
         while True:

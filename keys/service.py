@@ -9,6 +9,8 @@ database at request rate.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -135,10 +137,12 @@ class KeyResolver:
         self._max_entries = max_entries
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, KeyIdentity | None]] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[KeyIdentity | None]] = {}
 
     async def resolve(self, token: str) -> KeyIdentity | None:
         """The identity behind a ``prx-`` key, or ``None`` if no such key exists."""
-        return await self._cached(hash_key(token), ApiKey.key_hash == hash_key(token))
+        digest = hash_key(token)
+        return await self._cached(digest, lambda: ApiKey.key_hash == digest)
 
     def forget_all(self) -> None:
         """Make every entry stale (still usable if the database cannot answer)."""
@@ -147,23 +151,34 @@ class KeyResolver:
 
     async def resolve_id(self, key_id: int) -> KeyIdentity | None:
         """The identity of key ``key_id`` (the parent of a ``bt-`` token), cached the same way."""
-        return await self._cached(f"id:{key_id}", ApiKey.id == key_id)
+        return await self._cached(f"id:{key_id}", lambda: ApiKey.id == key_id)
 
-    async def _cached(self, cache_key: str, condition: ColumnElement[bool]) -> KeyIdentity | None:
+    async def _cached(self, cache_key: str, condition: Callable[[], ColumnElement[bool]]) -> KeyIdentity | None:
         now = self._clock()
         cached = self._cache.get(cache_key)
         if cached is not None and now - cached[0] < self._ttl_s:
             return cached[1]
+        # Every request in flight when an entry goes stale would otherwise query at once (and
+        # open overflow connections to do it): they share one load.
+        loading = self._loading.get(cache_key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(condition()))
+            self._loading[cache_key] = loading
+            loading.add_done_callback(functools.partial(self._loaded, cache_key, now))
         try:
-            identity = await self._load(condition)
+            return await asyncio.shield(loading)
         except DATABASE_ERRORS as error:
             # The database is unreachable. Nothing can change a key while it is down, so the
             # last answer we had is still the truth: serve it (stale-if-error), else fail closed.
             if cached is not None:
                 return cached[1]
             raise KeysUnavailable("the key database is unreachable; try again shortly") from error
-        self._remember(cache_key, now, identity)
-        return identity
+
+    def _loaded(self, cache_key: str, started: float, loading: asyncio.Future[KeyIdentity | None]) -> None:
+        del self._loading[cache_key]
+        if loading.cancelled() or loading.exception() is not None:  # exception(): retrieved even if nobody waits
+            return
+        self._remember(cache_key, started, loading.result())
 
     def _remember(self, cache_key: str, now: float, identity: KeyIdentity | None) -> None:
         self._cache[cache_key] = (now, identity)

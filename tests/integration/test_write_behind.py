@@ -150,6 +150,21 @@ async def test_a_batch_written_but_never_acknowledged_is_not_debited_twice(books
     assert await books.reconciles()
 
 
+async def test_a_process_that_died_before_its_writer_ran_is_written_by_another(books: Books) -> None:
+    """The crash point right after answering: buffered, never claimed. Another process's writer
+    finds the stream on its periodic scan and takes the entries as new ones."""
+    dead = books.meter("writer-dead")
+    for i in range(4):
+        await serve(dead, books.account_id, f"req_{i}", 250)
+    survivor = books.meter("writer-b")
+    assert await survivor.write_pending() == 0  # it fed no stream itself
+    assert await survivor.discover_buffers() == 1
+    assert await survivor.write_pending() == 4
+    assert await books.debits() == {f"req_{i}": 1 for i in range(4)}
+    assert await books.balance() == OPENING - 1_000
+    assert await books.reconciles()
+
+
 async def test_redis_losing_its_data_loses_no_buffered_settlement(books: Books) -> None:
     meter = books.meter("writer-a")
     for i in range(3):
