@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.counters._base import (
@@ -180,6 +181,15 @@ class RedisCounterStore:
         )
         return cls(client, prefix=prefix)
 
+    async def _eval(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """EVALSHA, loading the script if the server lost it. What ``Script.__call__`` does,
+        minus its per-call checks (a Protocol isinstance among them) on the hot path."""
+        try:
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._client.script_load(script.script)
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await operation()
@@ -203,7 +213,7 @@ class RedisCounterStore:
         if hold is not None:
             keys.append(hold.key)
             args += [hold.field, hold.value]
-        failed, missing, value, cap = await self._call(lambda: self._apply(keys=keys, args=args))
+        failed, missing, value, cap = await self._call(lambda: self._eval(self._apply, keys, args))
         if failed == -1:
             return ApplyResult(ok=True)
         return ApplyResult(
@@ -221,7 +231,7 @@ class RedisCounterStore:
         args: list[Any] = []
         for item in adjustments:
             args += [item.field, item.delta, item.ttl_ms]
-        await self._call(lambda: self._adjust(keys=keys, args=args))
+        await self._call(lambda: self._eval(self._adjust, keys, args))
 
     async def release(
         self,
@@ -241,10 +251,10 @@ class RedisCounterStore:
             args += [2 if enqueue.only_if_held else 1, enqueue.data, enqueue.cost, enqueue.pending_field]
         for item in (*if_held, *always):
             args += [item.field, item.delta, item.ttl_ms]
-        return bool(await self._call(lambda: self._release(keys=keys, args=args)))
+        return bool(await self._call(lambda: self._eval(self._release, keys, args)))
 
     async def update_hold(self, holds_key: str, field: str, value: str) -> bool:
-        return bool(await self._call(lambda: self._update_hold(keys=[holds_key], args=[field, value])))
+        return bool(await self._call(lambda: self._eval(self._update_hold, [holds_key], [field, value])))
 
     async def holds(self, holds_key: str) -> dict[str, str]:
         raw = await self._call(lambda: self._client.hgetall(holds_key))
@@ -266,7 +276,7 @@ class RedisCounterStore:
         args: list[Any] = [guard_field, "" if guard_value is None else guard_value]
         for name, value in values.items():
             args += [name, value]
-        applied = await self._call(lambda: self._set_if(keys=[key], args=args))
+        applied = await self._call(lambda: self._eval(self._set_if, [key], args))
         return bool(applied)
 
     async def _ensure_group(self, stream: str) -> None:
@@ -319,7 +329,7 @@ class RedisCounterStore:
         args: list[Any] = [_GROUP, pending_field]
         for entry in entries:
             args += [entry.entry_id, entry.cost]
-        return int(await self._call(lambda: self._ack(keys=[stream, pending_key], args=args)))
+        return int(await self._call(lambda: self._eval(self._ack, [stream, pending_key], args)))
 
     async def _stream_lengths(self) -> dict[str, int]:
         lengths: dict[str, int] = {}

@@ -239,3 +239,21 @@ async def test_counter_store_update_hold_never_resurrects(store: CounterStore, k
     await store.release(holds, "req_1", if_held=[Adjust(key, "held", -10)], always=[])
     assert await store.update_hold(holds, "req_1", "v3") is False  # a late checkpoint after settling
     assert await store.holds(holds) == {}
+
+
+async def test_redis_store_reloads_scripts_the_server_forgot(redis_url: str, redis_prefix: str) -> None:
+    """After a Redis restart (or SCRIPT FLUSH) the scripts are loaded again on first use."""
+    import redis.asyncio as aioredis
+
+    store = RedisCounterStore.from_url(redis_url, prefix=redis_prefix)
+    key = account_key(redis_prefix, 42, "balance")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert (await store.apply([Check(key, "n", 1, limit=5)])).ok
+        await client.script_flush()
+        assert (await store.apply([Check(key, "n", 1, limit=5)])).ok
+        assert await store.get(key, "n") == 2
+    finally:
+        await client.delete(key)
+        await client.aclose()
+        await store.close()
