@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -256,4 +257,29 @@ async def test_redis_store_reloads_scripts_the_server_forgot(redis_url: str, red
     finally:
         await client.delete(key)
         await client.aclose()
+        await store.close()
+
+
+async def test_redis_store_shares_round_trips_between_concurrent_scripts(redis_url: str, redis_prefix: str) -> None:
+    """Scripts called in the same event-loop turn go out as one pipeline, and each keeps its own
+    answer: refusals, results and errors reach the caller that made the call."""
+    store = RedisCounterStore.from_url(redis_url, prefix=redis_prefix)
+    key = account_key(redis_prefix, 7, "balance")
+    sent: list[int] = []
+    original = store._scripts._send
+
+    async def counting(batch: Any) -> None:
+        sent.append(len(batch))
+        await original(batch)
+
+    store._scripts._send = counting  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(*(store.apply([Check(key, "n", 1, limit=10)]) for _ in range(25)))
+        assert [r.ok for r in results].count(True) == 10
+        assert all(r.value == 10 and r.cap == 10 for r in results if not r.ok)
+        assert sum(sent) == 25 and len(sent) < 25  # fewer round trips than scripts
+        release = store.release(account_key(redis_prefix, 7, "holds"), "nobody", if_held=[], always=[])
+        assert await asyncio.gather(store.get(key, "n"), release) == [10, False]
+    finally:
+        await store.delete(key)
         await store.close()
