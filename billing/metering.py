@@ -305,10 +305,14 @@ class Meter:
             del self._unwritten[oldest]
         self._wake.set()
 
+    async def _commit(self, settlements: list[Settlement]) -> int:
+        """One transaction for the lot, idempotent on request ids; returns how many were new."""
+        async with self._engine.begin() as connection:
+            return await write_settlements(connection, settlements)
+
     async def _write_directly(self, settlements: list[Settlement]) -> None:
         try:
-            async with self._engine.begin() as connection:
-                await write_settlements(connection, settlements)  # idempotent on request_id
+            await self._commit(settlements)
         except DATABASE_ERRORS:
             # Neither store can take it: the one case a served request goes unrecorded;
             # reconcile shows the account's counters ahead of its ledger.
@@ -346,8 +350,7 @@ class Meter:
                 return 0
             settlements = [settlement for _account_id, entries in batches for settlement in _decoded(entries)]
             try:
-                async with self._engine.begin() as connection:
-                    await write_settlements(connection, settlements)  # idempotent on request_id
+                await self._commit(settlements)
             except DATABASE_ERRORS as error:
                 self._dirty.update(account_id for account_id, _entries in batches)
                 log.warning("database unavailable: %d settlements stay buffered", len(settlements))
@@ -415,8 +418,7 @@ class Meter:
             return
         settlements = _decoded_data([data for _at, data in self._unwritten.values()])
         try:
-            async with self._engine.begin() as connection:
-                written = await write_settlements(connection, settlements)
+            written = await self._commit(settlements)
         except DATABASE_ERRORS as error:
             raise BillingUnavailable("the credits database is unreachable; try again shortly") from error
         self._unwritten.clear()

@@ -165,15 +165,20 @@ class Gateway:
         return self.debit_counts().get(request_id, 0)
 
 
-async def wait_for_writers(redis_url: str, prefix: str, timeout_s: float) -> None:
+async def buffered_settlements(redis_url: str, prefix: str) -> int:
+    """How many settlements wait in Redis for the database writers."""
     store = RedisCounterStore.from_url(redis_url, prefix=prefix)
     try:
-        deadline = time.monotonic() + timeout_s
-        while queued := await store.queued_settlements():
-            assert time.monotonic() < deadline, f"{queued} settlements never reached the database"
-            await asyncio.sleep(0.02)
+        return await store.queued_settlements()
     finally:
         await store.close()
+
+
+async def wait_for_writers(redis_url: str, prefix: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while queued := await buffered_settlements(redis_url, prefix):
+        assert time.monotonic() < deadline, f"{queued} settlements never reached the database"
+        await asyncio.sleep(0.02)
 
 
 async def _with_session(settings: Settings, work: Any) -> Any:

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from billing.counters import RedisCounterStore
 from gateway.cli import main
 from tests.fakes.gateway_fixtures import (
     FAKE_MODEL,
     Backend,
     Gateway,
+    buffered_settlements,
     expected_cost_micro,
     gateway_settings,
     start_gateway,
@@ -59,14 +59,7 @@ OUTAGE_S = 30.0
 
 
 def queued(gateway: Gateway) -> int:
-    async def count() -> int:
-        store = RedisCounterStore.from_url(gateway.settings.redis_url, prefix=gateway.settings.redis_prefix)
-        try:
-            return await store.queued_settlements()
-        finally:
-            await store.close()
-
-    return asyncio.run(count())
+    return int(asyncio.run(buffered_settlements(gateway.settings.redis_url, gateway.settings.redis_prefix)))
 
 
 def load(gateway: Gateway, seconds: float, clients: int = 3) -> list[httpx.Response]:
