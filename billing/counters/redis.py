@@ -236,9 +236,6 @@ class RedisCounterStore:
         )
         return cls(client, prefix=prefix)
 
-    async def _eval(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        return await self._scripts.run(script, keys, args)
-
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await operation()
@@ -262,7 +259,7 @@ class RedisCounterStore:
         if hold is not None:
             keys.append(hold.key)
             args += [hold.field, hold.value]
-        failed, missing, value, cap = await self._call(lambda: self._eval(self._apply, keys, args))
+        failed, missing, value, cap = await self._call(lambda: self._scripts.run(self._apply, keys, args))
         if failed == -1:
             return ApplyResult(ok=True)
         return ApplyResult(
@@ -280,7 +277,7 @@ class RedisCounterStore:
         args: list[Any] = []
         for item in adjustments:
             args += [item.field, item.delta, item.ttl_ms]
-        await self._call(lambda: self._eval(self._adjust, keys, args))
+        await self._call(lambda: self._scripts.run(self._adjust, keys, args))
 
     async def release(
         self,
@@ -300,10 +297,10 @@ class RedisCounterStore:
             args += [2 if enqueue.only_if_held else 1, enqueue.data, enqueue.cost, enqueue.pending_field]
         for item in (*if_held, *always):
             args += [item.field, item.delta, item.ttl_ms]
-        return bool(await self._call(lambda: self._eval(self._release, keys, args)))
+        return bool(await self._call(lambda: self._scripts.run(self._release, keys, args)))
 
     async def update_hold(self, holds_key: str, field: str, value: str) -> bool:
-        return bool(await self._call(lambda: self._eval(self._update_hold, [holds_key], [field, value])))
+        return bool(await self._call(lambda: self._scripts.run(self._update_hold, [holds_key], [field, value])))
 
     async def holds(self, holds_key: str) -> dict[str, str]:
         raw = await self._call(lambda: self._client.hgetall(holds_key))
@@ -325,7 +322,7 @@ class RedisCounterStore:
         args: list[Any] = [guard_field, "" if guard_value is None else guard_value]
         for name, value in values.items():
             args += [name, value]
-        applied = await self._call(lambda: self._eval(self._set_if, [key], args))
+        applied = await self._call(lambda: self._scripts.run(self._set_if, [key], args))
         return bool(applied)
 
     async def _ensure_group(self, stream: str) -> None:
@@ -378,7 +375,7 @@ class RedisCounterStore:
         args: list[Any] = [_GROUP, pending_field]
         for entry in entries:
             args += [entry.entry_id, entry.cost]
-        return int(await self._call(lambda: self._eval(self._ack, [stream, pending_key], args)))
+        return int(await self._call(lambda: self._scripts.run(self._ack, [stream, pending_key], args)))
 
     async def _stream_lengths(self) -> dict[str, int]:
         lengths: dict[str, int] = {}

@@ -150,19 +150,18 @@ class Gateway:
     def debit_counts(self) -> dict[str, int]:
         """How many debits each request id has, for every debited request."""
         self.settled()
-
-        async def load(session: Any) -> dict[str, int]:
-            rows = await session.execute(
-                select(LedgerEntry.request_id, func.count())
-                .where(LedgerEntry.kind == "debit")
-                .group_by(LedgerEntry.request_id)
-            )
-            return {str(request_id): int(count) for request_id, count in rows}
-
-        return dict(self.run(_with_session(self.settings, load)))
+        return dict(self.run(_with_session(self.settings, debits_per_request)))
 
     def debit_count(self, request_id: str) -> int:
         return self.debit_counts().get(request_id, 0)
+
+
+async def debits_per_request(session: Any) -> dict[str, int]:
+    """How many debits the ledger holds for each request id (every one should have one)."""
+    rows = await session.execute(
+        select(LedgerEntry.request_id, func.count()).where(LedgerEntry.kind == "debit").group_by(LedgerEntry.request_id)
+    )
+    return {str(request_id): int(count) for request_id, count in rows}
 
 
 async def buffered_settlements(redis_url: str, prefix: str) -> int:

@@ -11,17 +11,16 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.accounts import account_balance, create_account
 from billing.counters import RedisCounterStore
 from billing.ledger import Settlement, write_settlements
 from billing.metering import BALANCE, PENDING, Meter
-from billing.models import LedgerEntry
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.reconcile import reconcile
 from providers.base import Usage
+from tests.fakes.gateway_fixtures import debits_per_request
 
 OPENING = 10_000_000
 
@@ -51,12 +50,7 @@ class Books:
 
     async def debits(self) -> dict[str, int]:
         async with create_sessionmaker(self.engine)() as session:
-            rows = await session.execute(
-                select(LedgerEntry.request_id, func.count())
-                .where(LedgerEntry.kind == "debit")
-                .group_by(LedgerEntry.request_id)
-            )
-            return {str(request_id): int(count) for request_id, count in rows}
+            return await debits_per_request(session)
 
     async def mirror(self) -> dict[str, int]:
         return await self.store.get_all(f"{self.prefix}{{a{self.account_id}}}:balance")
