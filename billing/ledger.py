@@ -38,6 +38,9 @@ class Settlement(msgspec.Struct, frozen=True):
     streamed: bool = False
     cancelled: bool = False
     end_user_id: str = ""
+    # Why this bill is not simply the upstream's word: "usage_over_hold" (billed at the hold),
+    # "malformed_usage" (billed by the gateway's own count); empty when nothing was odd.
+    anomaly: str = ""
 
 
 _usage = cast(Table, UsageRecord.__table__)

@@ -194,8 +194,38 @@ def _content_tokens(content: Any, encoding: tiktoken.Encoding) -> int:
     return total
 
 
-def count_chat_tokens(messages: list[dict[str, Any]], model: str, tools: list[dict[str, Any]] | None = None) -> int:
-    """Prompt tokens of a chat request, by OpenAI's counting recipe."""
+# Chat body fields that steer sampling or the gateway and never reach the model as text; every
+# other field but ``messages`` (tools, functions, response_format's schema, tool_choice,
+# prediction, fields not invented yet) is counted as prompt, by its JSON: a slight over-count,
+# the safe side for a reservation.
+NOT_PROMPT_FIELDS = frozenset(
+    {
+        "messages", "model", "models", "provider", "user", "stream", "stream_options", "max_tokens",
+        "max_completion_tokens", "n", "temperature", "top_p", "frequency_penalty", "presence_penalty",
+        "logit_bias", "logprobs", "top_logprobs", "seed", "stop", "metadata", "store", "parallel_tool_calls",
+        "service_tier", "modalities", "reasoning_effort",
+    }
+)  # fmt: skip
+
+
+def prompt_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a chat body besides its messages that the model reads as prompt."""
+    return {key: value for key, value in body.items() if key not in NOT_PROMPT_FIELDS}
+
+
+def _tool_count(extra: dict[str, Any]) -> int:
+    return sum(len(extra[name]) for name in ("tools", "functions") if isinstance(extra.get(name), list))
+
+
+def count_chat_tokens(
+    messages: list[dict[str, Any]],
+    model: str,
+    tools: list[dict[str, Any]] | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Prompt tokens of a chat request, by OpenAI's counting recipe; ``extra`` is every other
+    prompt part of the body (see :func:`prompt_fields`), counted by its JSON."""
     encoding = encoding_for_model(model)
     total = REPLY_PRIMING
     for message in messages:
@@ -217,4 +247,29 @@ def count_chat_tokens(messages: list[dict[str, Any]], model: str, tools: list[di
             total += len(encoding.encode_ordinary(tool_call_id))
     for tool in tools or ():
         total += TOKENS_PER_TOOL + len(encoding.encode_ordinary(msgspec.json.encode(tool).decode()))
+    if extra:
+        total += TOKENS_PER_TOOL * _tool_count(extra) + len(
+            encoding.encode_ordinary(msgspec.json.encode(extra).decode())
+        )
     return total
+
+
+def chat_tokens_upper_bound(body_bytes: int, messages: list[dict[str, Any]], extra: dict[str, Any]) -> int:
+    """A bound on :func:`count_chat_tokens` without tokenising: a token is at least one byte,
+    and the JSON body holds every string of the prompt at no fewer bytes than its UTF-8; what
+    the recipe adds beyond the text (message framing, tools, images counted at their most)
+    is added here. Cheap enough for every request; exact counting is for when it does not fit."""
+    images = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            images += sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
+    return (
+        body_bytes
+        # Re-encoded, a number can be longer than the client wrote it (1e5 is 100000.0).
+        + (len(msgspec.json.encode(extra)) if extra else 0)
+        + REPLY_PRIMING
+        + (TOKENS_PER_MESSAGE + TOKENS_PER_NAME) * len(messages)
+        + TOKENS_PER_TOOL * _tool_count(extra)
+        + IMAGE_UNKNOWN_SIZE * images
+    )

@@ -72,6 +72,9 @@ class CatalogModel(msgspec.Struct, frozen=True):
     max_output_tokens: int
     context_length: int
     deployments: tuple[Deployment, ...] = ()
+    # An embedding model: its category is "text" (PRODUCT.md: embeddings count as text), but it
+    # is priced by input alone, so it serves /v1/embeddings and never generates (unpriced output).
+    embeds_only: bool = False
 
     def served_by(self, deployment: Deployment) -> CatalogModel:
         return msgspec.structs.replace(
@@ -187,7 +190,8 @@ def build_catalog(settings: Settings, overrides: Mapping[str, PriceFields] | Non
             slug=slug,
             provider=first.provider,
             upstream_model=first.upstream_model,
-            category=category,
+            category="text" if category == "embedding" else category,
+            embeds_only=category == "embedding",
             price=first.price,
             max_output_tokens=model.max_output_tokens or (listed.max_output if listed else DEFAULT_MAX_OUTPUT),
             context_length=model.context_length or (listed.context if listed else DEFAULT_CONTEXT),

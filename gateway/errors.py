@@ -48,6 +48,11 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    code = "request_too_large"
+
+
 class ProviderUnavailable(GatewayError):
     status_code = 503
     type = "api_error"

@@ -153,6 +153,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     country_fail_closed: bool = True
     geoip_database: str = ""
     cors_max_age_s: int = 600
+    # Chat bodies beyond this are refused (413) before any token is counted.
+    max_chat_body_bytes: PositiveInt = 8 * 1024 * 1024
     admin_token: str = ""
     webhook_allow_private: bool = False
     webhook_poll_s: float = 1.0
@@ -196,6 +198,7 @@ _ENV_OVERRIDES: dict[str, type] = {
     "country_fail_closed": bool,
     "geoip_database": str,
     "webhook_allow_private": bool,
+    "max_chat_body_bytes": int,
     "admin_token": str,
     "session_secret": str,
     "session_ttl_s": int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +48,19 @@ class GatewayState:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     countries: CountryDatabase | None = None
     now: Callable[[], datetime] = field(default=utc_now)
+    # Usage anomalies seen by this process (usage over the hold, usage that could not be
+    # believed), by kind: each is also flagged on its usage record and logged.
+    anomalies: Counter[str] = field(default_factory=Counter)
+
+    def output_cap_field(self, provider: str) -> str:
+        """The chat body field that caps output tokens for ``provider``: OpenAI's own API (and
+        Azure) want max_completion_tokens, other servers and our adapters read max_tokens."""
+        configured = self.settings.providers.get(provider)
+        return (
+            "max_completion_tokens"
+            if configured is not None and configured.kind in ("openai", "azure")
+            else "max_tokens"
+        )
 
     def deadline_s(self, provider: str) -> float:
         configured = self.settings.providers.get(provider)

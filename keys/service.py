@@ -31,6 +31,7 @@ from keys.restrictions import (
     OriginPattern,
     RestrictionError,
     parse_active_hours,
+    parse_categories,
     parse_networks,
     parse_origins,
 )
@@ -91,7 +92,7 @@ def identity_from_row(key: ApiKey, account_status: str) -> KeyIdentity:
         expires_at=key.expires_at,
         name=key.name,
         allowed_models=frozenset(key.allowed_models or ()),
-        allowed_categories=frozenset(key.allowed_categories or ()),
+        allowed_categories=parse_categories(key.allowed_categories or ()),
         allowed_ips=parse_networks(key.allowed_ips or ()),
         allowed_origins=parse_origins(key.allowed_origins or ()),
         blocked_countries=frozenset(c.upper() for c in key.blocked_countries or ()),

@@ -13,10 +13,27 @@ from typing import Any, Protocol
 
 import msgspec
 
+# Far above any real call, far below what breaks a 64-bit sum in Redis or Postgres.
+MAX_REPORTED_COUNT = 2**40
+
+
+def reported_count(value: object) -> int | None:
+    """One usage counter as an upstream sent it: a whole number from 0 to 2**40 (absent is 0).
+    Anything else — negative, fractional, a string, 2**70 — is ``None``: the usage is not to be
+    trusted, and the gateway counts the text itself instead (never a 500, never a credit)."""
+    if value is None:
+        return 0
+    if type(value) is int and 0 <= value <= MAX_REPORTED_COUNT:
+        return value
+    return None
+
 
 class Usage(msgspec.Struct, frozen=True):
     """Token usage in OpenAI's convention: ``input_tokens`` is the whole prompt, including the
-    cached reads (``cached_input_tokens``) and cache writes (``cache_write_tokens``) in it."""
+    cached reads (``cached_input_tokens``) and cache writes (``cache_write_tokens``) in it.
+
+    ``malformed`` marks a usage block the upstream sent but that could not be believed (see
+    :func:`reported_count`); its counters are zero and the gateway bills by counting instead."""
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -26,6 +43,24 @@ class Usage(msgspec.Struct, frozen=True):
     # names the priced variant (an image size such as "1024x1024", or "1024x1024/hd").
     units: int = 0
     unit_variant: str = ""
+    malformed: bool = False
+
+    @classmethod
+    def reported(
+        cls,
+        input_tokens: object,
+        output_tokens: object,
+        cached_input_tokens: object = 0,
+        cache_write_tokens: object = 0,
+    ) -> Usage:
+        """Usage from an upstream's raw counters, checked one by one."""
+        counts = [reported_count(v) for v in (input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)]
+        if any(count is None for count in counts):
+            return cls(malformed=True)
+        prompt, output, cached, written = (count or 0 for count in counts)
+        if cached + written > prompt:
+            return cls(malformed=True)
+        return cls(input_tokens=prompt, output_tokens=output, cached_input_tokens=cached, cache_write_tokens=written)
 
 
 class ChatCall(msgspec.Struct, frozen=True):

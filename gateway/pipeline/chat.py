@@ -9,7 +9,7 @@ way out (upstream error, deadline, client disconnect).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -17,22 +17,21 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from billing.errors import OutOfBudget
+from billing.errors import BillingError, OutOfBudget
+from billing.ledger import Settlement
 from billing.money import format_credits
 from billing.pricing import ModelPrice
-from billing.tokens import count_chat_tokens, count_text_tokens
+from billing.tokens import chat_tokens_upper_bound, count_chat_tokens, count_text_tokens, prompt_fields
 from gateway.catalog import CatalogModel
-from gateway.errors import InvalidJSON, InvalidRequest, validation_param
+from gateway.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, validation_param
 from gateway.pipeline.metered import (
-    Admitted,
     CallContext,
     DeadlineStream,
     Estimate,
+    MeteredCall,
     admit,
-    dispatch,
+    billable_usage,
     new_request_id,
-    settle,
-    settlement_for,
     tollway_meta,
     upstream_body,
 )
@@ -46,8 +45,15 @@ __all__ = ["ChatBodyView", "chat_completions", "new_request_id", "stream_respons
 
 T = TypeVar("T")
 CHECKPOINT_S = 1.0  # how often a stream records what it has cost so far
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 TEXT = frozenset({"text"})
+
+
+# Output caps beyond any model's, so an absurd value is a clear 400 and never a number that
+# overflows a counter downstream.
+MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Choices = Annotated[int, msgspec.Meta(ge=1, le=128)]
+# Above this many bytes of prompt, exact counting runs in a worker thread, off the event loop.
+TOKENISE_INLINE_BYTES = 64 * 1024
 
 
 class ChatBodyView(msgspec.Struct):
@@ -57,9 +63,9 @@ class ChatBodyView(msgspec.Struct):
     messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1)]
     stream: bool = False
     models: list[str] | None = None
-    max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
-    tools: list[dict[str, Any]] | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    n: Choices = 1
     user: str | None = None
     provider: ProviderPreferences | None = None
 
@@ -72,6 +78,8 @@ def decode_object(raw: bytes) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as error:
         raise InvalidJSON(f"request body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise InvalidJSON("request body is nested too deeply") from error
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body
@@ -89,15 +97,21 @@ def parse_chat_body(raw: bytes) -> tuple[dict[str, Any], ChatBodyView]:
     return body, view_of(body, ChatBodyView)
 
 
-def output_estimate(plan: list[CatalogModel], asked: int | None, input_tokens: int) -> Estimate:
-    """Any deployment of the plan may end up serving, so the hold covers the dearest of them."""
+def output_estimate(plan: list[CatalogModel], asked: int | None, input_tokens: int, choices: int = 1) -> Estimate:
+    """Any deployment of the plan may end up serving, so the hold covers the dearest of them;
+    each of ``choices`` completions may use the whole output cap."""
     most_output, amount = 0, 0
     for served in plan:
-        assert served.price is not None
-        max_output = min(asked or served.max_output_tokens, served.max_output_tokens)
+        max_output = output_cap(served, asked)
         most_output = max(most_output, max_output)
-        amount = max(amount, served.price.worst_case_micro(input_tokens, max_output))
-    return Estimate(tokens=input_tokens + most_output, amount_micro=amount)
+        amount = max(amount, _price(served).worst_case_micro(input_tokens, max_output * choices))
+    return Estimate(tokens=input_tokens + most_output * choices, amount_micro=amount)
+
+
+def output_cap(served: CatalogModel, asked: int | None) -> int:
+    """The output tokens one completion may use on ``served``: what was asked, never more than
+    the model's maximum (which the reservation covers when nothing was asked)."""
+    return min(asked or served.max_output_tokens, served.max_output_tokens)
 
 
 def _completion_text(body: dict[str, Any]) -> str:
@@ -117,37 +131,77 @@ def _serves_chat(adapter: object) -> bool:
     return hasattr(adapter, "complete") and hasattr(adapter, "open_stream")
 
 
+async def count_tokens(text_bytes: int, count: Callable[[], int]) -> int:
+    """Run a tiktoken count inline when it is small, in a worker thread when it is not: one
+    9 MB prompt must not stall every other request of the process."""
+    if text_bytes <= TOKENISE_INLINE_BYTES:
+        return count()
+    return await anyio.to_thread.run_sync(count)
+
+
+class ChatPrompt:
+    """A chat request's prompt size: a cheap upper bound first, the exact count only when the
+    bound does not fit (or when the upstream reported no usage and the prompt must be billed)."""
+
+    def __init__(self, raw_size: int, body: dict[str, Any], view: ChatBodyView, model: str) -> None:
+        self._raw_size = raw_size
+        self._messages = view.messages
+        self._extra = prompt_fields(body)
+        self._model = model
+        self.bound = chat_tokens_upper_bound(raw_size, view.messages, self._extra)
+        self._exact: int | None = None
+
+    async def exact(self) -> int:
+        if self._exact is None:
+            self._exact = await count_tokens(
+                self._raw_size, lambda: count_chat_tokens(self._messages, self._model, extra=self._extra)
+            )
+        return self._exact
+
+
+def _asked_output(view: ChatBodyView) -> int | None:
+    return view.max_completion_tokens or view.max_tokens
+
+
 async def chat_completions(
     state: GatewayState, headers: Mapping[str, str], facts: RequestFacts, raw_body: bytes, request_id: str
 ) -> Response[bytes] | Stream:
-    holder: dict[str, Any] = {}
-    input_tokens = 0
+    if len(raw_body) > state.settings.max_chat_body_bytes:
+        raise PayloadTooLarge(
+            f"a chat request may be at most {state.settings.max_chat_body_bytes} bytes (max_chat_body_bytes)"
+        )
+    parsed: list[tuple[dict[str, Any], ChatPrompt]] = []
+    fitted: list[int] = []  # max_tokens lowered to what the balance affords, when the client gave none
 
     def parse() -> ChatBodyView:
         body, view = parse_chat_body(raw_body)
-        holder["body"] = body
+        parsed.append((body, ChatPrompt(len(raw_body), body, view, view.model)))
         return view
 
-    def estimate(view: ChatBodyView, plan: list[CatalogModel]) -> Estimate:
-        nonlocal input_tokens
-        input_tokens = count_chat_tokens(view.messages, plan[0].upstream_model, view.tools)
-        return output_estimate(plan, view.max_completion_tokens or view.max_tokens, input_tokens)
+    async def estimate(view: ChatBodyView, plan: list[CatalogModel]) -> Estimate:
+        return output_estimate(plan, _asked_output(view), parsed[0][1].bound, view.n)
 
-    def shrink(view: ChatBodyView, plan: list[CatalogModel], refusal: OutOfBudget) -> Estimate | None:
-        """PRODUCT.md: without max_tokens, lower it to what is affordable; with it, say what would fit."""
+    async def refine(view: ChatBodyView, plan: list[CatalogModel], refusal: BillingError) -> Estimate | None:
+        """The bound did not fit: count exactly; if that does not fit either, PRODUCT.md's rule:
+        without max_tokens lower it to what is affordable, with it say what would fit."""
+        input_tokens = await parsed[0][1].exact()
+        exact = output_estimate(plan, _asked_output(view), input_tokens, view.n)
+        if not isinstance(refusal, OutOfBudget) or exact.amount_micro <= refusal.available_micro:
+            return exact
         affordable = min(
             min(
-                served.max_output_tokens, _price(served).affordable_output_tokens(input_tokens, refusal.available_micro)
+                served.max_output_tokens,
+                _price(served).affordable_output_tokens(input_tokens, refusal.available_micro) // view.n,
             )
             for served in plan
         )
-        if view.max_completion_tokens or view.max_tokens:
+        if _asked_output(view):
             hint = f"; the largest max_tokens that fits is {affordable}" if affordable >= 1 else ""
             raise type(refusal)(refusal.message + hint, available_micro=refusal.available_micro) from refusal
         if affordable < 1:
             return None
-        holder["max_tokens"] = affordable
-        return output_estimate(plan, affordable, input_tokens)
+        fitted.append(affordable)
+        return output_estimate(plan, affordable, input_tokens, view.n)
 
     admitted, view = await admit(
         state,
@@ -159,45 +213,62 @@ async def chat_completions(
         route="/v1/chat/completions",
         estimate=estimate,
         serves=_serves_chat,
-        shrink=shrink,
+        refine=refine,
     )
-    body: dict[str, Any] = holder["body"]
-    clamp: int | None = holder.get("max_tokens")
-    extra_headers = {"X-Tollway-Max-Tokens": str(clamp)} if clamp else {}
+    body, prompt = parsed[0]
+    asked = fitted[-1] if fitted else _asked_output(view)
+    extra_headers = {"X-Tollway-Max-Tokens": str(fitted[-1])} if fitted else {}
 
     def call_for(served: CatalogModel) -> ChatCall:
+        # The upstream is never allowed more output than was reserved: the cap always goes up,
+        # in the field the provider kind reads.
         forwarded = upstream_body(body, served)
-        if clamp:
-            # OpenAI's own API (and Azure) want max_completion_tokens; other servers know max_tokens.
-            kind = state.settings.providers[served.provider].kind if served.provider in state.settings.providers else ""
-            forwarded["max_completion_tokens" if kind in ("openai", "azure") else "max_tokens"] = clamp
+        forwarded.pop("max_tokens", None)
+        forwarded.pop("max_completion_tokens", None)
+        forwarded[state.output_cap_field(served.provider)] = output_cap(served, asked)
         return ChatCall(body=forwarded, upstream_model=served.upstream_model)
 
     if view.stream:
+        call = MeteredCall(state, admitted, streamed=True)
+        async with call:
 
-        async def open_stream(adapter: Any, served: CatalogModel, deadline_at: float) -> DeadlineStream:
-            return DeadlineStream(await adapter.open_stream(call_for(served)), deadline_at, served.provider)
+            async def open_stream(adapter: Any, served: CatalogModel, deadline_at: float) -> DeadlineStream:
+                return DeadlineStream(await adapter.open_stream(call_for(served)), deadline_at, served.provider)
 
-        served, stream = await dispatch(state, admitted, open_stream, streamed=True)
-        streaming = stream_response(state, admitted, served, stream, input_tokens, "chat.completion.chunk")
-        streaming.headers.update(extra_headers)
-        return streaming
+            stream = await call.dispatch(open_stream)
+            streaming = stream_response(call, stream, prompt.exact, "chat.completion.chunk")
+            streaming.headers.update(extra_headers)
+            call.hand_over()
+            return streaming
 
-    async def complete(adapter: Any, served: CatalogModel, deadline_at: float) -> ChatResult:
-        result: ChatResult = await adapter.complete(call_for(served))
-        return result
+    async with MeteredCall(state, admitted) as call:
 
-    served, result = await dispatch(state, admitted, complete)
-    usage = result.usage or Usage(
-        input_tokens=input_tokens,
-        output_tokens=count_text_tokens(_completion_text(result.body), served.upstream_model),
-    )
-    cost = await settle(state, admitted, served, usage, status_code=200)
-    result.body["_tollway"] = tollway_meta(state, admitted.ctx, served, usage, cost)
+        async def complete(adapter: Any, served: CatalogModel, deadline_at: float) -> ChatResult:
+            result: ChatResult = await adapter.complete(call_for(served))
+            return result
+
+        result = await call.dispatch(complete)
+
+        async def counted() -> Usage:
+            text = _completion_text(result.body)
+            return Usage(
+                input_tokens=await prompt.exact(),
+                output_tokens=await count_tokens(
+                    len(text), lambda: count_text_tokens(text, call.served.upstream_model)
+                ),
+            )
+
+        usage, anomaly = await billable_usage(result.usage, counted)
+        bill = await call.settle(usage, anomaly=anomaly)
+    result.body["_tollway"] = tollway_meta(state, admitted.ctx, call.served, usage, bill.cost_micro)
     return Response(
         content=_encoder.encode(result.body),
         media_type="application/json",
-        headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(cost), **extra_headers},
+        headers={
+            "X-Request-Id": request_id,
+            "X-Tollway-Credits-Used": format_credits(bill.cost_micro),
+            **extra_headers,
+        },
     )
 
 
@@ -207,15 +278,12 @@ def _price(served: CatalogModel) -> ModelPrice:
 
 
 def stream_response(
-    state: GatewayState,
-    admitted: Admitted,
-    served: CatalogModel,
-    stream: ChatStream,
-    input_tokens: int,
-    object_name: str,
+    call: MeteredCall, stream: ChatStream, prompt_tokens: Callable[[], Awaitable[int]], object_name: str
 ) -> Stream:
+    """The client's stream; its body owns the hold from here (the caller hands it over)."""
+    admitted = call.admitted
     return Stream(
-        content=_stream_body(state, admitted, served, stream, input_tokens, object_name),
+        content=_stream_body(call, stream, prompt_tokens, object_name),
         media_type="text/event-stream",
         headers={
             "X-Request-Id": admitted.ctx.request_id,
@@ -252,54 +320,64 @@ def _error_chunk(error: ProviderError, request_id: str, served: CatalogModel, ob
     )
 
 
+class _StreamMeter:
+    """What a stream has produced so far, for the bill and for the checkpoints."""
+
+    def __init__(self, call: MeteredCall, prompt_tokens: Callable[[], Awaitable[int]]) -> None:
+        self.call = call
+        self.generated: list[str] = []
+        self.generated_bytes = 0
+        self.reported: Usage | None = None
+        self._prompt_tokens = prompt_tokens
+
+    def add(self, text: str) -> None:
+        self.generated.append(text)
+        self.generated_bytes += len(text)
+
+    async def counted(self) -> Usage:
+        """When usage never came (or could not be believed): the prompt and what was streamed."""
+        text = "".join(self.generated)
+        model = self.call.served.upstream_model
+        return Usage(
+            input_tokens=await self._prompt_tokens(),
+            output_tokens=await count_tokens(self.generated_bytes, lambda: count_text_tokens(text, model)),
+        )
+
+    async def billable(self) -> tuple[Usage, str]:
+        return await billable_usage(self.reported, self.counted)
+
+
 async def _stream_body(
-    state: GatewayState,
-    admitted: Admitted,
-    served: CatalogModel,
-    stream: ChatStream,
-    input_tokens: int,
-    object_name: str,
+    call: MeteredCall, stream: ChatStream, prompt_tokens: Callable[[], Awaitable[int]], object_name: str
 ) -> AsyncIterator[bytes]:
-    ctx = admitted.ctx
-    generated: list[str] = []
-    usage: Usage | None = None
+    state, ctx, served = call.state, call.ctx, call.served
+    meter = _StreamMeter(call, prompt_tokens)
     status, error_code, cancelled, settled = 200, "", False, False
     checkpointed = time.monotonic()
     try:
         try:
             async for chunk in stream:
                 if chunk.text:
-                    generated.append(chunk.text)
+                    meter.add(chunk.text)
                 if time.monotonic() - checkpointed >= CHECKPOINT_S:
                     # If this process dies mid-stream, the reservation's expiry bills this much.
                     checkpointed = time.monotonic()
-                    so_far = _estimated_usage(input_tokens, generated, served)
-                    await state.meter.checkpoint(
-                        admitted.reservation,
-                        settlement_for(
-                            admitted,
-                            served,
-                            so_far,
-                            status_code=499,
-                            error_code="interrupted",
-                            streamed=True,
-                            cancelled=True,
-                        ),
-                    )
+                    await call.checkpoint((await meter.billable())[0])
                 if chunk.usage is None:
                     yield _sse(chunk.data)
                     continue
-                usage = chunk.usage
-                yield _sse(_with_meta(chunk.data, state, ctx, served, usage))
+                meter.reported = chunk.usage
+                usage, _anomaly = await meter.billable()
+                yield _sse(_with_meta(chunk.data, state, ctx, served, usage, call.settlement(usage, status_code=200)))
         except ProviderError as error:
             status, error_code = error.status_code, error.code
             yield _sse(_error_chunk(error, ctx.request_id, served, object_name))
         await stream.aclose()
-        if usage is None:
-            usage = _estimated_usage(input_tokens, generated, served)
-            yield _sse(_usage_chunk(state, ctx, served, usage, object_name))
+        usage, anomaly = await meter.billable()
+        if meter.reported is None:
+            yield _sse(_usage_chunk(state, ctx, served, usage, call.settlement(usage, status_code=200), object_name))
         settled = True
-        await settle(state, admitted, served, usage, status_code=status, error_code=error_code, streamed=True)
+        await call.settle(usage, status_code=status, error_code=error_code, anomaly=anomaly)
         yield b"data: [DONE]\n\n"
     except GeneratorExit:
         cancelled = True
@@ -314,32 +392,28 @@ async def _stream_body(
         if not settled:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
-                await settle(
-                    state,
-                    admitted,
-                    served,
-                    usage or _estimated_usage(input_tokens, generated, served),
+                usage, anomaly = await meter.billable()
+                await call.settle(
+                    usage,
                     status_code=499 if cancelled else status,
                     error_code="client_disconnected" if cancelled else error_code,
-                    streamed=True,
                     cancelled=cancelled,
+                    anomaly=anomaly,
                 )
 
 
-def _estimated_usage(input_tokens: int, generated: list[str], served: CatalogModel) -> Usage:
-    """When usage never came: our prompt estimate and tiktoken over what was streamed."""
-    return Usage(input_tokens=input_tokens, output_tokens=count_text_tokens("".join(generated), served.upstream_model))
-
-
-def _with_meta(data: bytes, state: GatewayState, ctx: CallContext, served: CatalogModel, usage: Usage) -> bytes:
+def _with_meta(
+    data: bytes, state: GatewayState, ctx: CallContext, served: CatalogModel, usage: Usage, bill: Settlement
+) -> bytes:
     chunk = msgspec.json.decode(data)
-    assert served.price is not None
-    chunk["_tollway"] = tollway_meta(state, ctx, served, usage, served.price.cost_micro(usage))
+    if isinstance(chunk, dict):
+        chunk["_tollway"] = tollway_meta(state, ctx, served, usage, bill.cost_micro)
     return _encoder.encode(chunk)
 
 
-def _usage_chunk(state: GatewayState, ctx: CallContext, served: CatalogModel, usage: Usage, object_name: str) -> bytes:
-    assert served.price is not None
+def _usage_chunk(
+    state: GatewayState, ctx: CallContext, served: CatalogModel, usage: Usage, bill: Settlement, object_name: str
+) -> bytes:
     return _encoder.encode(
         {
             "id": ctx.request_id,
@@ -352,6 +426,6 @@ def _usage_chunk(state: GatewayState, ctx: CallContext, served: CatalogModel, us
                 "completion_tokens": usage.output_tokens,
                 "total_tokens": usage.input_tokens + usage.output_tokens,
             },
-            "_tollway": tollway_meta(state, ctx, served, usage, served.price.cost_micro(usage)),
+            "_tollway": tollway_meta(state, ctx, served, usage, bill.cost_micro),
         }
     )

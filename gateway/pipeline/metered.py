@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -37,6 +38,9 @@ from providers.errors import ProviderError, UpstreamTimeout
 
 log = logging.getLogger("tollway.gateway")
 END_USER_HEADER = "x-tollway-user-id"
+# Anomalies flagged on usage records (and counted per process) for the operator.
+USAGE_OVER_HOLD = "usage_over_hold"
+MALFORMED_USAGE = "malformed_usage"
 MAX_END_USER = 256
 # Fields that steer the gateway and must not reach the upstream (``user`` is the caller's
 # end-user id: PRODUCT.md says it is recorded, never forwarded).
@@ -157,8 +161,23 @@ def key_limits(identity: KeyIdentity) -> KeyLimits:
 
 
 def end_user_of(headers: Mapping[str, str], body: RoutedBody | None) -> str:
-    user = body.user if body is not None else None
-    return (headers.get(END_USER_HEADER) or user or "")[:MAX_END_USER]
+    """The end user named by the header or the body's ``user``: stored with the usage record, so
+    it is refused when it holds a control character (Postgres refuses NUL bytes) or is too long."""
+    user = headers.get(END_USER_HEADER) or (body.user if body is not None else None) or ""
+    if len(user) > MAX_END_USER or not storable(user):
+        raise InvalidRequest(
+            f"the end user id (X-Tollway-User-Id or user) must be at most {MAX_END_USER} printable characters",
+            param="user",
+        )
+    return user
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def storable(text: str) -> bool:
+    """Whether ``text`` can be stored and shown as it is: no NUL or other control character."""
+    return _CONTROL.search(text) is None
 
 
 class WrongModelCategory(GatewayError):
@@ -174,17 +193,23 @@ async def admit(
     parse: Callable[[], B],
     categories: frozenset[str],
     route: str,
-    estimate: Callable[[B, list[CatalogModel]], Estimate],
+    estimate: Callable[[B, list[CatalogModel]], Awaitable[Estimate]],
     serves: Callable[[object], bool],
-    shrink: Callable[[B, list[CatalogModel], OutOfBudget], Estimate | None] | None = None,
+    refine: Callable[[B, list[CatalogModel], BillingError], Awaitable[Estimate | None]] | None = None,
+    embeddings: bool = False,
 ) -> tuple[Admitted, B]:
-    """Chain steps 1–12 for any route; an authenticated refusal is still recorded (at no cost)."""
+    """Chain steps 1–12 for any route; an authenticated refusal is still recorded (at no cost).
+
+    ``estimate`` may be a cheap upper bound; when it does not fit, ``refine`` gets the refusal
+    and may return a tighter or smaller estimate (chat counts exactly, then lowers max_tokens)
+    to try once more, or ``None`` to let the refusal stand."""
     started = time.perf_counter()
     now = state.now()
     identity = await authenticate(headers.get("authorization"), state.keys, now, facts, state.tokens)
-    ctx = CallContext(request_id, started, identity, end_user_of(headers, None))
+    ctx = CallContext(request_id, started, identity, "")
     slug = ""
     try:
+        ctx.end_user_id = end_user_of(headers, None)
         body = parse()
         slug = body.model
         ctx.end_user_id = end_user_of(headers, body)
@@ -193,36 +218,32 @@ async def admit(
             raise WrongModelCategory(
                 f"model {body.model!r} is a {primary.category} model and cannot serve {route}", param="model"
             )
+        if primary.embeds_only and not embeddings:
+            raise WrongModelCategory(
+                f"model {body.model!r} is an embedding model and cannot serve {route}", param="model"
+            )
         authorize_models(identity, [body.model, *(body.models or ())], primary.category)
-        models = [m for m in requested_models(state, body) if m.category in categories]
+        models = [
+            m for m in requested_models(state, body) if m.category in categories and (embeddings or not m.embeds_only)
+        ]
         plan = [
             served for served in state.router.plan(models, body.provider) if serves(state.adapters[served.provider])
         ]
         if not plan:
             raise InvalidRequest(f"the provider of model {body.model!r} does not offer {route}", param="model")
-        worst = estimate(body, plan)
+        worst = await estimate(body, plan)
+        limits = key_limits(identity)
         try:
             reservation = await state.meter.reserve(
-                identity.account_id,
-                worst.amount_micro,
-                request_id,
-                limits=key_limits(identity),
-                tokens=worst.tokens,
-                now=now,
+                identity.account_id, worst.amount_micro, request_id, limits=limits, tokens=worst.tokens, now=now
             )
-        except OutOfBudget as refusal:
-            # The route may fit the request to what is left (chat lowers max_tokens) and try once more.
-            smaller = shrink(body, plan, refusal) if shrink is not None else None
+        except (OutOfBudget, RateLimitExceeded) as refusal:
+            smaller = await refine(body, plan, refusal) if refine is not None else None
             if smaller is None:
                 raise
             worst = smaller
             reservation = await state.meter.reserve(
-                identity.account_id,
-                worst.amount_micro,
-                request_id,
-                limits=key_limits(identity),
-                tokens=worst.tokens,
-                now=now,
+                identity.account_id, worst.amount_micro, request_id, limits=limits, tokens=worst.tokens, now=now
             )
     except (GatewayError, BillingError, KeyError_) as error:
         await state.meter.record(refused_settlement(ctx, slug, error))
@@ -255,45 +276,168 @@ async def _tell_webhook(state: GatewayState, identity: KeyIdentity, error: Billi
         log.warning("could not queue a webhook event", exc_info=True)
 
 
-async def dispatch(
-    state: GatewayState,
-    admitted: Admitted,
-    call: Callable[[Any, CatalogModel, float], Awaitable[R]],
-    *,
-    streamed: bool = False,
-) -> tuple[CatalogModel, R]:
-    """Try the plan's deployments, retrying retryable failures with backoff, each attempt under
-    its provider's deadline. ``call(adapter, served, deadline_at)``. A stream is only retried
-    while opening, never once a byte of it could have reached the client."""
-    tries = attempts(admitted.plan, state.settings.retry_attempts)
-    for number, served in enumerate(tries, 1):
-        adapter = state.adapters[served.provider]
-        started = time.monotonic()
-        deadline_at = started + state.deadline_s(served.provider)
-        try:
+class MeteredCall:
+    """The one owner of an admitted request's hold, from dispatch to settle.
+
+    ``async with MeteredCall(state, admitted) as call:`` — whatever happens inside (an upstream
+    error, a malformed answer, a bug, the client hanging up), leaving the block settles the
+    hold exactly once: with :meth:`settle`'s bill if the route got that far, else at no cost
+    with the error recorded. A stream hands the hold over to its body (:meth:`hand_over`),
+    which then settles in its own ``finally``.
+
+    The bill never exceeds the hold: usage beyond what was reserved (a lying upstream, a model
+    that ignored ``max_tokens``) is billed at the hold and flagged as an anomaly for the
+    operator; usage that cannot be believed is replaced by the gateway's own count.
+    """
+
+    def __init__(self, state: GatewayState, admitted: Admitted, *, streamed: bool = False) -> None:
+        self.state = state
+        self.admitted = admitted
+        self.served = admitted.plan[0]
+        self.streamed = streamed
+        self._settled = False
+        self._handed_over = False
+
+    async def __aenter__(self) -> MeteredCall:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
+        if self._settled or self._handed_over:
+            return
+        if error is None:
+            error = RuntimeError("the route left its metered call without settling")
+            log.error("request %s: %s", self.admitted.ctx.request_id, error)
+        await self.settle_failure(error)
+
+    @property
+    def ctx(self) -> CallContext:
+        return self.admitted.ctx
+
+    def hand_over(self) -> None:
+        """A stream's body now owns the hold (it settles in its ``finally``)."""
+        self._handed_over = True
+
+    async def dispatch(self, call: Callable[[Any, CatalogModel, float], Awaitable[R]]) -> R:
+        """Try the plan's deployments, retrying retryable failures with backoff, each attempt under
+        its provider's deadline. ``call(adapter, served, deadline_at)``. A stream is only retried
+        while opening, never once a byte of it could have reached the client."""
+        state = self.state
+        tries = attempts(self.admitted.plan, state.settings.retry_attempts)
+        for number, served in enumerate(tries, 1):
+            self.served = served
+            adapter = state.adapters[served.provider]
+            started = time.monotonic()
+            deadline_at = started + state.deadline_s(served.provider)
             try:
-                # asyncio's timeout, not anyio's scope: a third of the cost, and it composes
-                # with the anyio scopes around it (both count cancellations on the task).
-                async with asyncio.timeout(deadline_at - started):
-                    outcome = await call(adapter, served, deadline_at)
-            except TimeoutError as error:
-                raise UpstreamTimeout(
-                    f"upstream {served.provider} did not answer within its deadline", provider=served.provider
-                ) from error
-        except ProviderError as error:
-            if error.retryable:
+                try:
+                    # asyncio's timeout, not anyio's scope: a third of the cost, and it composes
+                    # with the anyio scopes around it (both count cancellations on the task).
+                    async with asyncio.timeout(deadline_at - started):
+                        outcome = await call(adapter, served, deadline_at)
+                except TimeoutError as error:
+                    raise UpstreamTimeout(
+                        f"upstream {served.provider} did not answer within its deadline", provider=served.provider
+                    ) from error
+            except ProviderError as error:
+                if not error.retryable or number == len(tries):
+                    raise
                 state.router.failed(served)
-                if number < len(tries):
-                    await anyio.sleep(backoff_s(number, state.settings.retry_backoff_s))
-                    continue
-            await settle_failure(state, admitted, served, error, streamed=streamed)
-            raise
-        except BaseException as error:
-            await settle_failure(state, admitted, served, error, streamed=streamed)
-            raise
-        state.router.succeeded(served, time.monotonic() - started)
-        return served, outcome
-    raise AssertionError("attempts() always yields at least one deployment")
+                await anyio.sleep(backoff_s(number, state.settings.retry_backoff_s))
+                continue
+            state.router.succeeded(served, time.monotonic() - started)
+            return outcome
+        raise AssertionError("attempts() always yields at least one deployment")
+
+    def settlement(
+        self,
+        usage: Usage,
+        *,
+        status_code: int,
+        error_code: str = "",
+        cancelled: bool = False,
+        anomaly: str = "",
+    ) -> Settlement:
+        """The bill for ``usage`` at the serving deployment's price, never above the hold."""
+        served = self.served
+        assert served.price is not None
+        ctx = self.admitted.ctx
+        cost = served.price.cost_micro(usage)
+        if cost > self.admitted.amount_micro:
+            log.warning(
+                "request %s: usage %s costs %d micro-credits, more than the %d held; billed at the hold",
+                ctx.request_id,
+                usage,
+                cost,
+                self.admitted.amount_micro,
+            )
+            cost, anomaly = self.admitted.amount_micro, anomaly or USAGE_OVER_HOLD
+        return Settlement(
+            request_id=ctx.request_id,
+            account_id=ctx.identity.account_id,
+            key_id=ctx.identity.key_id,
+            model=served.slug,
+            provider=served.provider,
+            upstream_model=served.upstream_model,
+            usage=usage,
+            cost_micro=cost,
+            latency_ms=ctx.latency_ms(),
+            status_code=status_code,
+            error_code=error_code,
+            streamed=self.streamed,
+            cancelled=cancelled,
+            end_user_id=ctx.end_user_id,
+            anomaly=anomaly,
+        )
+
+    async def settle(
+        self,
+        usage: Usage,
+        *,
+        status_code: int = 200,
+        error_code: str = "",
+        cancelled: bool = False,
+        anomaly: str = "",
+    ) -> Settlement:
+        """Bill ``usage`` once and release the hold (shielded: a cancelled request still pays
+        for what it was served). Returns what was billed."""
+        settlement = self.settlement(
+            usage, status_code=status_code, error_code=error_code, cancelled=cancelled, anomaly=anomaly
+        )
+        if self._settled:
+            raise AssertionError(f"request {settlement.request_id} settled twice")
+        self._settled = True
+        if settlement.anomaly:
+            self.state.anomalies[settlement.anomaly] += 1
+        with anyio.CancelScope(shield=True):
+            await self.state.meter.settle(self.admitted.reservation, settlement)
+        return settlement
+
+    async def checkpoint(self, so_far: Usage) -> None:
+        """What a stream has cost so far, billed by the reservation's expiry if this process dies."""
+        settlement = self.settlement(so_far, status_code=499, error_code="interrupted", cancelled=True)
+        await self.state.meter.checkpoint(self.admitted.reservation, settlement)
+
+    async def settle_failure(self, error: BaseException) -> None:
+        """An upstream call that produced nothing billable costs nothing, but is still recorded."""
+        cancelled = not isinstance(error, Exception)
+        if isinstance(error, GatewayError | ProviderError):
+            status, code = error.status_code, error.code
+        elif cancelled:
+            status, code = 499, "cancelled"
+        else:
+            log.error("request %s failed inside the pipeline", self.ctx.request_id, exc_info=error)
+            status, code = 500, "internal_error"
+        await self.settle(Usage(), status_code=status, error_code=code, cancelled=cancelled)
+
+
+async def billable_usage(reported: Usage | None, count: Callable[[], Awaitable[Usage]]) -> tuple[Usage, str]:
+    """The usage to bill: the upstream's when it sent a believable one, else the gateway's own
+    count (flagged when the upstream sent one that could not be believed)."""
+    if reported is None:
+        return await count(), ""
+    if reported.malformed:
+        return await count(), MALFORMED_USAGE
+    return reported, ""
 
 
 class DeadlineStream:
@@ -340,83 +484,14 @@ def tollway_meta(
     return meta
 
 
-def settlement_for(
-    admitted: Admitted,
-    served: CatalogModel,
-    usage: Usage,
-    *,
-    status_code: int,
-    error_code: str = "",
-    streamed: bool = False,
-    cancelled: bool = False,
-) -> Settlement:
-    """The bill for ``usage`` at the serving deployment's price."""
-    assert served.price is not None
-    ctx = admitted.ctx
-    return Settlement(
-        request_id=ctx.request_id,
-        account_id=ctx.identity.account_id,
-        key_id=ctx.identity.key_id,
-        model=served.slug,
-        provider=served.provider,
-        upstream_model=served.upstream_model,
-        usage=usage,
-        cost_micro=served.price.cost_micro(usage),
-        latency_ms=ctx.latency_ms(),
-        status_code=status_code,
-        error_code=error_code,
-        streamed=streamed,
-        cancelled=cancelled,
-        end_user_id=ctx.end_user_id,
-    )
-
-
-async def settle(
-    state: GatewayState,
-    admitted: Admitted,
-    served: CatalogModel,
-    usage: Usage,
-    *,
-    status_code: int,
-    error_code: str = "",
-    streamed: bool = False,
-    cancelled: bool = False,
-) -> int:
-    """Bill ``usage`` once at the serving deployment's price and release the hold."""
-    settlement = settlement_for(
-        admitted, served, usage, status_code=status_code, error_code=error_code, streamed=streamed, cancelled=cancelled
-    )
-    with anyio.CancelScope(shield=True):
-        await state.meter.settle(admitted.reservation, settlement)
-    cost = settlement.cost_micro
-    return cost
-
-
-async def settle_failure(
-    state: GatewayState, admitted: Admitted, served: CatalogModel, error: BaseException, *, streamed: bool
-) -> None:
-    """An upstream call that produced nothing costs nothing, but is still recorded."""
-    status = int(getattr(error, "status_code", 499 if not isinstance(error, Exception) else 500))
-    code = str(getattr(error, "code", "cancelled" if not isinstance(error, Exception) else "internal_error"))
-    await settle(
-        state,
-        admitted,
-        served,
-        Usage(),
-        status_code=status,
-        error_code=code,
-        streamed=streamed,
-        cancelled=not isinstance(error, Exception),
-    )
-
-
 def refused_settlement(ctx: CallContext, slug: str, error: GatewayError | BillingError | KeyError_) -> Settlement:
     """The usage record of an authenticated request refused before it reached a provider."""
     return Settlement(
         request_id=ctx.request_id,
         account_id=ctx.identity.account_id,
         key_id=ctx.identity.key_id,
-        model=slug[:200],
+        # The model as the client named it, made storable: it may be anything a client sent.
+        model=_CONTROL.sub("\ufffd", slug[:200]),
         provider="",
         upstream_model="",
         usage=Usage(),

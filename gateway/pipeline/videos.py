@@ -22,7 +22,7 @@ from billing.models import LedgerKind, VideoJob
 from billing.money import format_credits
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.pipeline.metered import Admitted, Estimate, admit, dispatch, settle, tollway_meta
+from gateway.pipeline.metered import Admitted, Estimate, MeteredCall, admit, tollway_meta
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate
@@ -94,13 +94,24 @@ async def create_video(
             model=model, seconds=_seconds(form.get("seconds")), size=size if isinstance(size, str) else None
         )
 
-    def estimate(view: VideoCreateView, plan: list[CatalogModel]) -> Estimate:
+    async def estimate(view: VideoCreateView, plan: list[CatalogModel]) -> Estimate:
         amount = 0
         for served in plan:
             assert served.price is not None
             amount = max(amount, served.price.worst_case_units_micro(view.seconds, _variant(served, view.size)))
         return Estimate(tokens=0, amount_micro=amount)
 
+    # Read before anything is held: a failing or cancelled read must not strand a reservation.
+    files = [
+        UploadedFile(
+            field=name,
+            filename=value.filename or name,
+            content=await value.read(),
+            content_type=value.content_type or "application/octet-stream",
+        )
+        for name, value in form.items()
+        if isinstance(value, UploadFile)
+    ]
     admitted, view = await admit(
         state,
         headers,
@@ -112,16 +123,6 @@ async def create_video(
         estimate=estimate,
         serves=lambda adapter: hasattr(adapter, "post_multipart"),
     )
-    files = [
-        UploadedFile(
-            field=name,
-            filename=value.filename or name,
-            content=await value.read(),
-            content_type=value.content_type or "application/octet-stream",
-        )
-        for name, value in form.items()
-        if isinstance(value, UploadFile)
-    ]
     forwarded = [(k, v) for k, v in fields if k not in {"model", "user"}]
 
     async def call(adapter: Any, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
@@ -130,15 +131,18 @@ async def create_video(
         )
         return _decode(reply, served.provider)
 
-    served, job = await dispatch(state, admitted, call)
-    usage = Usage(units=view.seconds, unit_variant=_variant(served, view.size))
-    cost = await settle(state, admitted, served, usage, status_code=200)
-    await _remember(state, admitted, served, job, view.seconds, cost)
-    job["_tollway"] = tollway_meta(state, admitted.ctx, served, usage, cost)
+    async with MeteredCall(state, admitted) as metered:
+        job = await metered.dispatch(call)
+        served = metered.served
+        usage = Usage(units=view.seconds, unit_variant=_variant(served, view.size))
+        # Charged once the upstream accepted the job: it bills the seconds from then on.
+        bill = await metered.settle(usage)
+    await _remember(state, admitted, served, job, view.seconds, bill.cost_micro)
+    job["_tollway"] = tollway_meta(state, admitted.ctx, served, usage, bill.cost_micro)
     return Response(
         content=_encoder.encode(job),
         media_type="application/json",
-        headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(cost)},
+        headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(bill.cost_micro)},
     )
 
 

@@ -29,7 +29,7 @@ from providers.anthropic.types import (
     error_decoder,
     event_decoder,
 )
-from providers.base import StreamChunk, Usage
+from providers.base import StreamChunk, Usage, reported_count
 from providers.errors import ProviderError, UpstreamBadResponse, UpstreamHTTPError
 from providers.sse import SSEEvent
 
@@ -297,14 +297,15 @@ def usage_from_view(view: UsageView | None) -> Usage:
     """OpenAI's convention: cached reads and cache writes are part of the prompt total."""
     if view is None:
         return Usage()
-    read = view.cache_read_input_tokens or 0
-    written = view.cache_creation_input_tokens or 0
-    return Usage(
-        input_tokens=(view.input_tokens or 0) + read + written,
-        output_tokens=view.output_tokens or 0,
-        cached_input_tokens=read,
-        cache_write_tokens=written,
-    )
+    counts = [
+        reported_count(view.input_tokens),
+        reported_count(view.cache_read_input_tokens),
+        reported_count(view.cache_creation_input_tokens),
+    ]
+    if any(count is None for count in counts):
+        return Usage(malformed=True)
+    fresh, read, written = (count or 0 for count in counts)
+    return Usage.reported(fresh + read + written, view.output_tokens, read, written)
 
 
 def openai_usage(usage: Usage) -> dict[str, Any]:

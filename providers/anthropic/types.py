@@ -13,11 +13,13 @@ import msgspec
 
 
 class UsageView(msgspec.Struct):
-    # Anthropic sends ``null`` for cache counters on models or requests without caching.
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
+    # Anthropic sends ``null`` for cache counters on models or requests without caching. Untyped
+    # so that a lying upstream's garbage is caught by providers.base.Usage.reported, not by a
+    # decode error that would lose the whole message.
+    input_tokens: Any = None
+    output_tokens: Any = None
+    cache_creation_input_tokens: Any = None
+    cache_read_input_tokens: Any = None
 
 
 class BlockView(msgspec.Struct):

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from providers.base import Usage
+from providers.base import Usage, reported_count
 from providers.errors import ProviderError
 from providers.gemini.types import CandidateView, ErrorView, ResponseView, UsageMetadataView, error_decoder
 
@@ -275,21 +275,21 @@ def finish_reason(reason: str | None, has_tool_calls: bool) -> str | None:
 
 def usage_from_metadata(metadata: UsageMetadataView) -> Usage:
     # Thinking tokens are billed as output, as OpenAI bills reasoning tokens.
-    return Usage(
-        input_tokens=metadata.prompt_token_count,
-        output_tokens=metadata.candidates_token_count + metadata.thoughts_token_count,
-        cached_input_tokens=metadata.cached_content_token_count,
-    )
+    candidates = reported_count(metadata.candidates_token_count)
+    thoughts = reported_count(metadata.thoughts_token_count)
+    if candidates is None or thoughts is None:
+        return Usage(malformed=True)
+    return Usage.reported(metadata.prompt_token_count, candidates + thoughts, metadata.cached_content_token_count)
 
 
 def openai_usage(metadata: UsageMetadataView) -> dict[str, Any]:
-    completion = metadata.candidates_token_count + metadata.thoughts_token_count
+    usage = usage_from_metadata(metadata)
     return {
-        "prompt_tokens": metadata.prompt_token_count,
-        "completion_tokens": completion,
-        "total_tokens": metadata.prompt_token_count + completion,
-        "prompt_tokens_details": {"cached_tokens": metadata.cached_content_token_count},
-        "completion_tokens_details": {"reasoning_tokens": metadata.thoughts_token_count},
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": reported_count(metadata.thoughts_token_count) or 0},
     }
 
 

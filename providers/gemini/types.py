@@ -36,10 +36,11 @@ class CandidateView(msgspec.Struct, rename="camel"):
 
 
 class UsageMetadataView(msgspec.Struct, rename="camel"):
-    prompt_token_count: int = 0
-    candidates_token_count: int = 0
-    thoughts_token_count: int = 0
-    cached_content_token_count: int = 0
+    # Untyped: checked by providers.base.Usage.reported (a lying upstream must not break a chunk).
+    prompt_token_count: Any = None
+    candidates_token_count: Any = None
+    thoughts_token_count: Any = None
+    cached_content_token_count: Any = None
 
 
 class PromptFeedbackView(msgspec.Struct, rename="camel"):

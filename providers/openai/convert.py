@@ -11,18 +11,21 @@ from providers.openai.types import ChunkView, ErrorView, UsageView, error_decode
 
 
 def usage_from_view(view: UsageView) -> Usage:
-    cached = view.prompt_tokens_details.cached_tokens if view.prompt_tokens_details else 0
-    return Usage(input_tokens=view.prompt_tokens, output_tokens=view.completion_tokens, cached_input_tokens=cached)
+    details = view.prompt_tokens_details
+    if details is not None and not isinstance(details, dict):
+        return Usage(malformed=True)
+    cached = details.get("cached_tokens") if details else 0
+    return Usage.reported(view.prompt_tokens, view.completion_tokens, cached)
 
 
 def usage_from_body(body: dict[str, Any]) -> Usage | None:
+    """The body's usage block; ``None`` when there is none, a malformed Usage when it is garbage."""
     raw = body.get("usage")
+    if raw is None:
+        return None
     if not isinstance(raw, dict):
-        return None
-    try:
-        return usage_from_view(msgspec.convert(raw, UsageView))
-    except msgspec.ValidationError:
-        return None
+        return Usage(malformed=True)
+    return usage_from_view(msgspec.convert(raw, UsageView))
 
 
 def chunk_text(chunk: ChunkView) -> str:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
-class PromptTokensDetails(msgspec.Struct):
-    cached_tokens: int = 0
-
-
 class UsageView(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails | None = None
+    # Untyped on purpose: a lying upstream's "12" or 1e308 must not break the chunk that carries
+    # it; providers.base.Usage.reported checks each counter.
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+    prompt_tokens_details: Any = None
 
 
 class FunctionDelta(msgspec.Struct):
@@ -51,5 +51,4 @@ class ErrorView(msgspec.Struct):
 
 
 chunk_decoder = msgspec.json.Decoder(ChunkView)
-usage_decoder = msgspec.json.Decoder(UsageView)
 error_decoder = msgspec.json.Decoder(ErrorView)

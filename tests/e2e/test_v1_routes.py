@@ -92,8 +92,12 @@ def test_models_lists_what_the_key_may_use_with_prices(routes: Gateway) -> None:
     assert chat["category"] == "text" and chat["context_length"] == 128000
     assert chat["pricing"]["input_per_mtok"] == "150" and chat["pricing"]["output_per_mtok"] == "600"
     assert models[DALLE].model_extra["pricing"]["per_unit_variants"]["1024x1024/hd"] == "80"
-    narrow = new_key(routes, allowed_categories=["embedding"])
-    assert [m.id for m in sdk(routes, narrow).models.list()] == [EMBED, "anthropic/claude-embed"]
+    # Embeddings are text (PRODUCT.md): a text-only key sees and calls embedding models.
+    narrow = new_key(routes, allowed_categories=["text"])
+    visible = {m.id for m in sdk(routes, narrow).models.list()}
+    assert {EMBED, "anthropic/claude-embed", FAKE_MODEL} <= visible and not visible & {DALLE, TTS, WHISPER}
+    assert models[EMBED].model_extra["category"] == "text"
+    assert len(sdk(routes, narrow).embeddings.create(model=EMBED, input="hi").data) == 1
     one = new_key(routes, allowed_models=[TTS])
     assert sdk(routes, one).models.retrieve(TTS).id == TTS
     with pytest.raises(openai.NotFoundError):
@@ -197,15 +201,20 @@ def test_generation_lookup_by_request_id(routes: Gateway) -> None:
 
 
 def test_every_route_goes_through_the_chain_and_checks_the_category(routes: Gateway) -> None:
-    text_only = new_key(routes, allowed_categories=["text"])
+    image_only = new_key(routes, allowed_categories=["image"])
     with pytest.raises(openai.PermissionDeniedError) as denied:
-        sdk(routes, text_only).embeddings.create(model=EMBED, input="hi")
+        sdk(routes, image_only).embeddings.create(model=EMBED, input="hi")
     assert denied.value.body["code"] == "category_not_allowed"  # type: ignore[index]
+    text_only = new_key(routes, allowed_categories=["text"])
     with pytest.raises(openai.PermissionDeniedError):
         sdk(routes, text_only).audio.speech.create(model=TTS, voice="alloy", input="hi")
     with pytest.raises(openai.BadRequestError) as wrong:
-        sdk(routes).embeddings.create(model=FAKE_MODEL, input="hi")
+        sdk(routes).embeddings.create(model=DALLE, input="hi")
     assert wrong.value.body["code"] == "model_not_supported"  # type: ignore[index]
+    # An embedding model generates nothing: chat refuses it before any upstream call.
+    with pytest.raises(openai.BadRequestError) as embeds_only:
+        sdk(routes).chat.completions.create(model=EMBED, messages=[{"role": "user", "content": "hi"}])
+    assert embeds_only.value.body["code"] == "model_not_supported"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as unsupported:
         sdk(routes).embeddings.create(model="anthropic/claude-embed", input="hi")
     assert "does not offer /v1/embeddings" in unsupported.value.message

@@ -38,18 +38,18 @@ def test_daily_limit_rolls_over_at_utc_midnight(clocked: tuple[Gateway, Clock]) 
     headers = {"Authorization": f"Bearer {gateway.key}"}
     key = httpx.post(
         gateway.url + "/api/keys/",
-        json={"name": "daily", "spending_limit": "0.01", "spending_period": "daily"},
+        json={"name": "daily", "spending_limit": "0.035", "spending_period": "daily"},
         headers=headers,
     ).json()
 
     def call() -> httpx.Response:
         return httpx.post(
             gateway.v1 + "/chat/completions",
-            json={"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+            json={"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40},
             headers={"Authorization": f"Bearer {key['key']}"},
         )
 
-    assert [call().status_code for _ in range(3)] == [200, 200, 402]  # 2 × 0.00615 spent of 0.01
+    assert [call().status_code for _ in range(3)] == [200, 200, 402]  # 2 × 0.00615 spent of 0.035; a third may cost 0.0252 (40 output tokens)
     view = httpx.get(gateway.url + f"/api/keys/{key['id']}/", headers=headers).json()
     assert view["spending_current"] == "0.0123"
     clock.moment = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)  # a new UTC day
