@@ -237,7 +237,8 @@ def count_chat_tokens(
         name = message.get("name")
         if isinstance(name, str):
             total += TOKENS_PER_NAME + len(encoding.encode_ordinary(name))
-        for call in message.get("tool_calls") or ():
+        tool_calls = message.get("tool_calls")
+        for call in tool_calls if isinstance(tool_calls, list) else ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
                 total += len(encoding.encode_ordinary(str(function.get("name", ""))))

@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException
 from billing.errors import BillingError
 from keys.errors import KeyError_
 from keys.restrictions import RestrictionError
-from providers.errors import ProviderError
+from providers.errors import ProviderError, UpstreamHTTPError
 
 log = logging.getLogger("tollway.gateway")
 T = TypeVar("T")
@@ -94,6 +94,9 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
 
 def error_response(error: Exception, request_id: str | None = None) -> Response[bytes]:
     """Render one of our domain errors (anything with status_code/type/code/message)."""
+    if isinstance(error, UpstreamHTTPError):
+        # The provider's own words, for the operator only (the caller gets ours).
+        log.info("request %s: %s", request_id or "-", error.detail[:500])
     status = int(getattr(error, "status_code", 500))
     headers: dict[str, str] = dict(getattr(error, "headers", None) or {})
     if request_id:

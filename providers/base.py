@@ -13,12 +13,12 @@ from typing import Any, Protocol
 
 import msgspec
 
-# Far above any real call, far below what breaks a 64-bit sum in Redis or Postgres.
-MAX_REPORTED_COUNT = 2**40
+# Far above any real call, and what the usage records' INTEGER columns hold.
+MAX_REPORTED_COUNT = 2**31 - 1
 
 
 def reported_count(value: object) -> int | None:
-    """One usage counter as an upstream sent it: a whole number from 0 to 2**40 (absent is 0).
+    """One usage counter as an upstream sent it: a whole number from 0 to 2**31 - 1 (absent is 0).
     Anything else — negative, fractional, a string, 2**70 — is ``None``: the usage is not to be
     trusted, and the gateway counts the text itself instead (never a 500, never a credit)."""
     if value is None:

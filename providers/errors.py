@@ -4,7 +4,8 @@ ProviderError
 ├── UpstreamTimeout        (504, retryable)   connect/read/idle timeout or deadline
 ├── UpstreamUnavailable    (502, retryable)   connection refused/reset, bad gateway
 ├── UpstreamBadResponse    (502)              an answer we cannot parse
-└── UpstreamHTTPError      (upstream status)  the provider said no (4xx/5xx)
+└── UpstreamHTTPError      (upstream status)  the provider said no (4xx/5xx); its words are
+                                              kept in ``detail`` for the operator, never sent on
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ class UpstreamHTTPError(ProviderError):
         upstream_type: str = "",
         upstream_code: str = "",
     ) -> None:
-        super().__init__(message, provider=provider)
+        # What the provider said stays with the operator (``detail``, logged by the gateway):
+        # its text may quote the gateway's own request, account or credentials. The caller
+        # gets the status and the code, and a message of ours.
+        super().__init__(_public_message(provider, upstream_status), provider=provider)
+        self.detail = message
         self.upstream_status = upstream_status
         # Authentication failures are *our* upstream credentials, not the caller's: never 401.
         if upstream_status in (401, 403):
@@ -70,3 +75,14 @@ class UpstreamHTTPError(ProviderError):
             self.status_code = 502
             self.code = upstream_code or "upstream_error"
             self.retryable = upstream_status in (500, 502, 503, 504)
+
+
+def _public_message(provider: str, status: int) -> str:
+    upstream = f"upstream {provider}" if provider else "the upstream"
+    if status in (401, 403):
+        return f"{upstream} rejected the gateway's credentials"
+    if status == 429:
+        return f"{upstream} is rate limiting requests ({status}); retry later"
+    if 400 <= status < 500:
+        return f"{upstream} rejected the request ({status}); see the error code"
+    return f"{upstream} failed ({status})"

@@ -157,7 +157,8 @@ def test_upstream_errors_keep_the_openai_envelope(kinds: tuple[Gateway, FakeAnth
     anthropic.fail_status = 400
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(gateway).chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "hi"}])
-    assert "told to fail" in caught.value.message
+    # The provider's words stay with the operator; the caller keeps the status and the envelope.
+    assert "told to fail" not in caught.value.message and "rejected the request (400)" in caught.value.message
     gemini.api_key = "AIza-rotated"
     with pytest.raises(openai.APIStatusError) as denied:
         sdk(gateway).chat.completions.create(model=GEMINI, messages=[{"role": "user", "content": "hi"}])

@@ -44,8 +44,11 @@ class FakeOpenAI:
     canned_completion: dict[str, Any] | None = None  # a recorded answer to send back verbatim
     video_jobs: int = 0
     disconnected: int = 0
+    usage_override: Any = None  # a lying upstream: sent verbatim as ``usage`` when set
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self) -> Any:
+        if self.usage_override is not None:
+            return self.usage_override
         completion = len(self.reply_words)
         return {
             "prompt_tokens": self.prompt_tokens,

@@ -171,7 +171,7 @@ async def test_anthropic_400_keeps_status_and_message(
             await attempt(call())
         assert caught.value.status_code == 400
         assert caught.value.type == "invalid_request_error"
-        assert "messages: roles must alternate" in caught.value.message
+        assert "messages: roles must alternate" in caught.value.detail
 
 
 async def test_anthropic_401_is_502_without_upstream_text(fake: tuple[FakeAnthropic, str]) -> None:
@@ -215,7 +215,7 @@ async def test_anthropic_mid_stream_error_raises_after_chunks(
     assert len(received) == 3  # role chunk + two text deltas
     assert isinstance(caught.value, UpstreamHTTPError)
     assert caught.value.upstream_status == 529
-    assert "Overloaded" in caught.value.message
+    assert "Overloaded" in caught.value.detail
 
 
 async def test_anthropic_unreachable_upstream_is_unavailable() -> None:

@@ -153,7 +153,7 @@ async def test_invalid_argument_maps_to_400_with_message(adapter: GeminiAdapter,
         with pytest.raises(UpstreamHTTPError) as raised:
             await attempt
         assert (raised.value.status_code, raised.value.code) == (400, "invalid_argument")
-        assert "Invalid JSON payload received." in raised.value.message
+        assert "Invalid JSON payload received." in raised.value.detail
 
 
 @pytest.mark.parametrize("key", ["AIza-wrong-key", ""])

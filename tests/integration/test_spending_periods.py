@@ -49,7 +49,11 @@ def test_daily_limit_rolls_over_at_utc_midnight(clocked: tuple[Gateway, Clock]) 
             headers={"Authorization": f"Bearer {key['key']}"},
         )
 
-    assert [call().status_code for _ in range(3)] == [200, 200, 402]  # 2 × 0.00615 spent of 0.035; a third may cost 0.0252 (40 output tokens)
+    assert [call().status_code for _ in range(3)] == [
+        200,
+        200,
+        402,
+    ]  # 2 × 0.00615 spent of 0.035; a third may cost 0.0252 (40 output tokens)
     view = httpx.get(gateway.url + f"/api/keys/{key['id']}/", headers=headers).json()
     assert view["spending_current"] == "0.0123"
     clock.moment = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)  # a new UTC day
