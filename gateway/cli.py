@@ -246,6 +246,7 @@ def cmd_billing_reconcile(args: argparse.Namespace) -> None:
         text = "\n".join(
             [
                 *(f"DRIFT {line}" for line in report.drift),
+                *(f"PARKED {line}" for line in report.parked),
                 *(f"note  {line}" for line in report.notes),
                 ("OK " if report.ok else "FAILED ") + summary,
             ]
@@ -257,6 +258,7 @@ def cmd_billing_reconcile(args: argparse.Namespace) -> None:
                 "accounts": report.accounts,
                 "debits": report.debits,
                 "drift": report.drift,
+                "parked": report.parked,
                 "notes": report.notes,
             },
             text,
@@ -264,7 +266,7 @@ def cmd_billing_reconcile(args: argparse.Namespace) -> None:
         return report.ok
 
     if not asyncio.run(run()):
-        raise ReconcileFailed("ledger, balances, usage records and counters disagree")
+        raise ReconcileFailed("ledger, balances, usage records and counters disagree, or settlements are parked")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

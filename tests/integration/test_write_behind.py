@@ -11,12 +11,14 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.accounts import account_balance, create_account
-from billing.counters import RedisCounterStore
+from billing.counters import Enqueue, RedisCounterStore
 from billing.ledger import Settlement, write_settlements
 from billing.metering import BALANCE, PENDING, Meter
+from billing.models import ParkedSettlement, UsageRecord
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.reconcile import reconcile
 from providers.base import Usage
@@ -189,3 +191,64 @@ async def test_concurrent_writers_share_one_stream_without_double_debits(books: 
 
 def _decode(data: bytes) -> Settlement:
     return msgspec.json.decode(data, type=Settlement)
+
+
+async def _reserve_and_settle(meter: Meter, served: Settlement) -> None:
+    """What the request path does, with a settlement the door's validation never saw."""
+    reservation = await meter.reserve(served.account_id, served.cost_micro * 2, served.request_id)
+    await meter.settle(reservation, served)
+
+
+async def test_writer_parks_a_refused_entry_and_writes_every_other_account(books: Books) -> None:
+    """One entry the database refuses used to fail the whole multi-account batch forever."""
+    others = []
+    async with create_sessionmaker(books.engine)() as session:
+        for name in ("beta", "gamma"):
+            others.append((await create_account(session, name, credits_micro=OPENING)).id)
+    meter = books.meter("writer-a")
+    for i, account_id in enumerate([books.account_id, *others]):
+        await serve(meter, account_id, f"req_ok_{i}", 1_000)
+    too_long = msgspec.structs.replace(settlement(others[0], "req_poison", 700), end_user_id="u" * 300)
+    with_nul = msgspec.structs.replace(settlement(others[1], "req_nul", 300), end_user_id="a\x00b")
+    await _reserve_and_settle(meter, too_long)
+    await _reserve_and_settle(meter, with_nul)
+    await serve(meter, books.account_id, "req_ok_late", 1_000)
+
+    assert await meter.write_pending() == 6  # nothing raised: the round went through
+    debits = await books.debits()
+    assert debits == {"req_ok_0": 1, "req_ok_1": 1, "req_ok_2": 1, "req_ok_late": 1, "req_nul": 1}
+    async with create_sessionmaker(books.engine)() as session:
+        nul = await session.scalar(select(UsageRecord).where(UsageRecord.request_id == "req_nul"))
+        parked = list(await session.scalars(select(ParkedSettlement)))
+    assert nul is not None and nul.end_user_id == "a\ufffdb" and nul.anomaly == "nul_in_text"
+    assert [(p.account_id, p.request_id, p.cost_micro) for p in parked] == [(others[0], "req_poison", 700)]
+    assert "StringDataRightTruncation" in parked[0].error
+    assert msgspec.json.decode(parked[0].data.encode(), type=Settlement) == too_long  # kept whole, replayable
+    assert await books.store.queued_settlements() == 0  # acknowledged: nothing blocks the streams
+
+    # The writer keeps going, and reconcile names the parked entry and fails until it is replayed.
+    await serve(meter, others[0], "req_after", 500)
+    assert await meter.write_pending() == 1
+    assert (await books.debits())["req_after"] == 1
+    report = await reconcile(
+        create_sessionmaker(books.engine), counters=books.store, prefix=books.prefix, now=datetime.now(UTC)
+    )
+    assert not report.ok and report.drift == [] and len(report.parked) == 1 and "req_poison" in report.parked[0]
+
+
+async def test_an_unreadable_buffered_entry_is_parked_not_dropped(books: Books) -> None:
+    meter = books.meter("writer-a")
+    await serve(meter, books.account_id, "req_ok", 1_000)
+    await books.store.release(
+        meter.holds_key(books.account_id),
+        "req_garbled",
+        if_held=[],
+        always=[],
+        enqueue=Enqueue(meter.stream_key(books.account_id), meter.balance_key(books.account_id), PENDING, b"{", 40),
+    )
+    meter._dirty.add(books.account_id)
+    assert await meter.write_pending() == 2
+    assert await books.debits() == {"req_ok": 1}
+    async with create_sessionmaker(books.engine)() as session:
+        parked = list(await session.scalars(select(ParkedSettlement)))
+    assert [(p.account_id, p.cost_micro, p.data) for p in parked] == [(books.account_id, 40, "{")]
