@@ -4,9 +4,10 @@ drain in batches, and no crash point loses or doubles a debit."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
@@ -252,3 +253,67 @@ async def test_an_unreadable_buffered_entry_is_parked_not_dropped(books: Books) 
     async with create_sessionmaker(books.engine)() as session:
         parked = list(await session.scalars(select(ParkedSettlement)))
     assert [(p.account_id, p.cost_micro, p.data) for p in parked] == [(books.account_id, 40, "{")]
+
+
+class PausingStore(RedisCounterStore):
+    """The Redis store with a seam at the two moments the mirror race lives in: ``after_read``
+    runs once right after a read of a balance mirror (a refresh has read the generation and the
+    pending sum, not yet the database), ``before_ack`` once right before a writer's ack (its
+    batch is committed, its pending sum not yet lowered)."""
+
+    after_read: Callable[[], Awaitable[object]] | None = None
+    before_ack: Callable[[], Awaitable[object]] | None = None
+
+    async def get_all(self, key: str) -> dict[str, int]:
+        fields = await super().get_all(key)
+        hook, self.after_read = self.after_read, None
+        if hook is not None:
+            await hook()
+        return fields
+
+    async def ack_settlements(self, *args: Any, **kwargs: Any) -> int:
+        hook, self.before_ack = self.before_ack, None
+        if hook is not None:
+            await hook()
+        return await super().ack_settlements(*args, **kwargs)
+
+
+def pausing_meter(books: Books, consumer: str) -> tuple[Meter, PausingStore]:
+    store = PausingStore(aioredis.Redis.from_url(books.redis_url), prefix=books.prefix)
+    meter = Meter(store, books.engine, create_sessionmaker(books.engine), prefix=books.prefix, refresh_s=60.0)
+    meter.consumer = consumer
+    return meter, store
+
+
+async def test_a_refresh_straddling_a_writers_commit_and_ack_leaves_the_mirror_right(books: Books) -> None:
+    """The race CI found: a refresh reads the pending sum, a writer commits and acknowledges,
+    the refresh reads the balance: (db − X) − pending_old, low by X with nothing pending."""
+    writer = books.meter("writer-a")
+    refresher, store = pausing_meter(books, "writer-b")
+    try:
+        for i in range(8):
+            await serve(writer, books.account_id, f"req_{i}", 1_000)
+        store.after_read = writer.write_pending
+        await refresher.refresh_balance(books.account_id, force=True)
+        assert await books.balance() == OPENING - 8_000
+        assert await books.mirror() == {BALANCE: OPENING - 8_000, "held": 0, "gen": 9, PENDING: 0}
+        assert await books.reconciles()
+    finally:
+        await store.close()
+
+
+async def test_a_refresh_between_a_writers_commit_and_its_ack_is_corrected_by_the_writer(books: Books) -> None:
+    """The window no guard sees: the database already debited, the pending sum not yet lowered.
+    The writer re-syncs after its ack, so the mirror is right without another request."""
+    refresher = books.meter("writer-b")
+    writer, store = pausing_meter(books, "writer-a")
+    try:
+        for i in range(8):
+            await serve(writer, books.account_id, f"req_{i}", 1_000)
+        store.before_ack = lambda: refresher.refresh_balance(books.account_id, force=True)
+        assert await writer.write_pending() == 8
+        mirror = await books.mirror()
+        assert (mirror[BALANCE], mirror[PENDING]) == (OPENING - 8_000, 0)
+        assert await books.reconciles()
+    finally:
+        await store.close()
