@@ -19,11 +19,10 @@ from billing.accounts import (
     AccountExists,
     create_account,
     get_account,
-    grant_credits,
     list_accounts,
     set_account_status,
 )
-from billing.errors import AccountNotFound
+from billing.errors import AccountNotFound, IdempotencyConflict
 from billing.models import AccountStatus
 from billing.money import MoneyError, credits_to_micro, format_credits
 from gateway.db import create_engine, create_sessionmaker, migrate
@@ -165,18 +164,36 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 
 def cmd_credits_grant(args: argparse.Namespace) -> None:
+    """Grant through the same service as the admin API, so the Redis mirror every gateway
+    process reserves against follows the database at once (not at the account's next request)."""
+    from billing.counters import build_counter_store
+    from billing.grants import grant
+
     settings = _settings(args)
     amount = _parse_credits(args.amount)
     if amount == 0:
         raise CommandError("the amount must not be zero")
 
-    async def work(session: AsyncSession) -> None:
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        # The embedded store lives inside a running gateway: it picks the grant up on its refresh.
+        counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
         try:
-            entry = await grant_credits(
-                session, args.account, amount, reason=args.reason, idempotency_key=args.idempotency_key
+            entry = await grant(
+                create_sessionmaker(engine),
+                counters,
+                settings.redis_prefix,
+                args.account,
+                amount,
+                reason=args.reason,
+                idempotency_key=args.idempotency_key,
             )
-        except AccountNotFound as error:
-            raise CommandError(str(error)) from error
+        except (AccountNotFound, IdempotencyConflict) as error:
+            raise CommandError(error.message) from error
+        finally:
+            await engine.dispose()
+            if counters is not None:
+                await counters.close()
         _emit(
             args,
             {
@@ -189,7 +206,7 @@ def cmd_credits_grant(args: argparse.Namespace) -> None:
             f"balance {format_credits(entry.balance_after_micro)}",
         )
 
-    asyncio.run(_with_session(settings, work))
+    asyncio.run(run())
 
 
 def cmd_members_add(args: argparse.Namespace) -> None:
