@@ -531,6 +531,11 @@ class Meter:
         self, account_id: int, limits: KeyLimits, spend_key: str, now: datetime, ttl_ms: int
     ) -> None:
         """A key's spend counter for this period, from its usage records (0 in a new period)."""
+        if BALANCE not in await self._store.get_all(self.balance_key(account_id)):
+            # The counters lost their data, and with them what the streams held: rewrite what
+            # this process buffered first (the refresh does), or the usage records miss it and
+            # the rebuilt counter stays low.
+            await self.refresh_balance(account_id, force=True)
         since = period_start(now, limits.spending_period)
         try:
             async with self._sessionmaker() as session:

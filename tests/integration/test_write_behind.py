@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing.accounts import account_balance, create_account
 from billing.counters import Enqueue, RedisCounterStore
 from billing.ledger import Settlement, write_settlements
-from billing.metering import BALANCE, PENDING, Meter
+from billing.metering import BALANCE, PENDING, KeyLimits, Meter
 from billing.models import ParkedSettlement, UsageRecord
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.reconcile import reconcile
@@ -317,3 +317,24 @@ async def test_a_refresh_between_a_writers_commit_and_its_ack_is_corrected_by_th
         assert await books.reconciles()
     finally:
         await store.close()
+
+
+async def test_redis_losing_its_data_rebuilds_spend_counters_after_the_replay(books: Books) -> None:
+    """The spend counter is rebuilt from usage records: before the lost buffers were rewritten,
+    it missed them and stayed low (a key could spend past its limit, and reconcile drifted)."""
+    meter = books.meter("writer-a")
+    limits = KeyLimits(key_id=77, spending_limit_micro=1_000_000)
+    now = datetime.now(UTC)
+
+    async def serve_key(request_id: str, cost: int) -> None:
+        reservation = await meter.reserve(books.account_id, cost * 2, request_id, limits=limits, now=now)
+        served = msgspec.structs.replace(settlement(books.account_id, request_id, cost), key_id=77)
+        await meter.settle(reservation, served)
+
+    for i in range(3):
+        await serve_key(f"req_{i}", 1_500)
+    await _forget_redis(books.redis_url, books.prefix)
+    await serve_key("req_after", 500)
+    assert await meter.key_spend_micro(books.account_id, 77, "monthly", now) == 5_000
+    await meter.write_pending()
+    assert await books.debits() == {"req_0": 1, "req_1": 1, "req_2": 1, "req_after": 1}
