@@ -22,11 +22,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import msgspec
-from sqlalchemy import Table
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing.ledger import Settlement, write_settlements
 from billing.models import ParkedSettlement, utcnow
 
 log = logging.getLogger("tollway.billing")
@@ -123,3 +124,22 @@ async def park(connection: AsyncConnection, refused: Sequence[Refused]) -> None:
             entry.cost_micro,
             extra={"request_id": _text(entry.request_id)[:200]},
         )
+
+
+class ParkedNotFound(LookupError):
+    """No parked settlement with that id."""
+
+
+async def replay_parked(connection: AsyncConnection, parked_id: int, data: bytes | None = None) -> Settlement:
+    """Write a parked settlement (as parked, or as corrected in ``data``) and forget it, in the
+    caller's transaction; returns what was written. Idempotent on its request id, like every
+    settlement: one already written is not debited again. Raises :class:`ParkedNotFound`,
+    ``msgspec.ValidationError``/``DecodeError`` for data that is not a settlement, and the
+    database's refusal if the cause is not fixed yet (nothing is changed then)."""
+    row = (await connection.execute(select(_parked.c.data).where(_parked.c.id == parked_id))).first()
+    if row is None:
+        raise ParkedNotFound(f"no parked settlement with id {parked_id}")
+    settlement = msgspec.json.decode(data if data is not None else str(row[0]).encode(), type=Settlement)
+    await write_settlements(connection, [settlement])
+    await connection.execute(delete(_parked).where(_parked.c.id == parked_id))
+    return settlement

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ from billing.counters import Enqueue, RedisCounterStore
 from billing.ledger import Settlement, write_settlements
 from billing.metering import BALANCE, PENDING, KeyLimits, Meter
 from billing.models import ParkedSettlement, UsageRecord
+from gateway.cli import main
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.reconcile import reconcile
 from providers.base import Usage
@@ -35,6 +37,7 @@ class Books:
     account_id: int
     prefix: str
     redis_url: str
+    database_url: str
 
     def meter(self, consumer: str, claim_idle_s: float = 30.0) -> Meter:
         return Meter(
@@ -77,7 +80,7 @@ async def books(postgres_url: str, redis_url: str, redis_prefix: str) -> AsyncIt
     async with create_sessionmaker(engine)() as session:
         account = await create_account(session, "acme", email="ops@acme.test", credits_micro=OPENING)
     store = RedisCounterStore.from_url(redis_url, prefix=redis_prefix)
-    yield Books(engine, store, account.id, redis_prefix, redis_url)
+    yield Books(engine, store, account.id, redis_prefix, redis_url, postgres_url)
     await store.close()
     await engine.dispose()
     await _forget_redis(redis_url, redis_prefix)
@@ -200,7 +203,7 @@ async def _reserve_and_settle(meter: Meter, served: Settlement) -> None:
     await meter.settle(reservation, served)
 
 
-async def test_writer_parks_a_refused_entry_and_writes_every_other_account(books: Books) -> None:
+async def test_writer_parks_a_refused_entry_and_writes_every_other_account(books: Books, tmp_path: Path) -> None:
     """One entry the database refuses used to fail the whole multi-account batch forever."""
     others = []
     async with create_sessionmaker(books.engine)() as session:
@@ -235,6 +238,19 @@ async def test_writer_parks_a_refused_entry_and_writes_every_other_account(books
         create_sessionmaker(books.engine), counters=books.store, prefix=books.prefix, now=datetime.now(UTC)
     )
     assert not report.ok and report.drift == [] and len(report.parked) == 1 and "req_poison" in report.parked[0]
+
+    # The operator replays it: refused again as parked, written once corrected; the books close.
+    config = tmp_path / "tollway.toml"
+    config.write_text(
+        f'database_url = "{books.database_url}"\nredis_url = "{books.redis_url}"\nredis_prefix = "{books.prefix}"\n'
+    )
+    replay = ["--config", str(config), "billing", "replay-parked", str(parked[0].id)]
+    assert await asyncio.to_thread(main, replay) == 2
+    corrected = tmp_path / "corrected.json"
+    corrected.write_bytes(msgspec.json.encode(msgspec.structs.replace(too_long, end_user_id="u" * 10)))
+    assert await asyncio.to_thread(main, [*replay, "--data-file", str(corrected)]) == 0
+    assert (await books.debits())["req_poison"] == 1
+    assert await books.reconciles()
 
 
 async def test_an_unreadable_buffered_entry_is_parked_not_dropped(books: Books) -> None:
