@@ -10,8 +10,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.errors import AccountNotFound
+from billing.errors import AccountNotFound, IdempotencyConflict
 from billing.models import Account, AccountStatus, LedgerEntry, LedgerKind
+from billing.money import format_credits
 
 
 class AccountExists(ValueError):
@@ -34,6 +35,9 @@ async def create_account(session: AsyncSession, name: str, *, email: str = "", c
     return account
 
 
+_OPERATOR_KINDS = (LedgerKind.GRANT.value, LedgerKind.REFUND.value)
+
+
 async def grant_credits(
     session: AsyncSession,
     account_id: int,
@@ -43,30 +47,53 @@ async def grant_credits(
     idempotency_key: str | None = None,
     kind: LedgerKind = LedgerKind.GRANT,
 ) -> LedgerEntry:
-    """Add (or, for a negative correction, remove) credits; commits.
+    """Add (or, for a negative correction, remove) credits; commits. Only the database: use
+    :func:`billing.grants.grant` so the counters' mirror follows.
 
     With an ``idempotency_key`` a repeated call returns the first entry instead of granting
-    twice, so an operator's retried request is safe.
+    twice, so an operator's retried request is safe. Keys are the account's own: another
+    account may use the same key for its own grant. A key reused with a different amount,
+    reason or kind raises :class:`IdempotencyConflict`.
     """
     if idempotency_key is not None:
-        existing = await session.scalar(
-            select(LedgerEntry).where(LedgerEntry.kind == kind.value, LedgerEntry.request_id == idempotency_key)
-        )
+        existing = await _entry_for_key(session, account_id, idempotency_key)
         if existing is not None:
-            return existing
+            return _same_or_conflict(existing, amount_micro, reason, kind)
     entry = await _move_credits(session, account_id, kind, amount_micro, reason, idempotency_key)
     try:
         await session.commit()
     except IntegrityError:
-        # A concurrent call with the same idempotency key won the race; return its entry.
+        # A concurrent call with the same idempotency key won the race; answer as it did.
         await session.rollback()
-        existing = await session.scalar(
-            select(LedgerEntry).where(LedgerEntry.kind == kind.value, LedgerEntry.request_id == idempotency_key)
-        )
+        existing = None if idempotency_key is None else await _entry_for_key(session, account_id, idempotency_key)
         if existing is None:
             raise
-        return existing
+        return _same_or_conflict(existing, amount_micro, reason, kind)
     return entry
+
+
+async def _entry_for_key(session: AsyncSession, account_id: int, idempotency_key: str) -> LedgerEntry | None:
+    # Grants and refunds share the operator's keys: a key first used for one is not reused
+    # silently for the other. Debits (request ids) are a different namespace.
+    return await session.scalar(
+        select(LedgerEntry)
+        .where(
+            LedgerEntry.account_id == account_id,
+            LedgerEntry.kind.in_(_OPERATOR_KINDS),
+            LedgerEntry.request_id == idempotency_key,
+        )
+        .order_by(LedgerEntry.id)
+        .limit(1)
+    )
+
+
+def _same_or_conflict(existing: LedgerEntry, amount_micro: int, reason: str, kind: LedgerKind) -> LedgerEntry:
+    if (existing.amount_micro, existing.reason, existing.kind) != (amount_micro, reason, kind.value):
+        raise IdempotencyConflict(
+            f"idempotency key already used for this account's {existing.kind} of "
+            f"{format_credits(existing.amount_micro)} credits with other parameters; use a new key"
+        )
+    return existing
 
 
 async def _move_credits(

@@ -58,6 +58,15 @@ class AccountNotFound(BillingError):
     code = "account_not_found"
 
 
+class IdempotencyConflict(BillingError):
+    """An idempotency key the account used before, now with different parameters: replaying
+    the first answer would hide the difference, granting again would defeat the key."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
 class RateLimitExceeded(BillingError):
     status_code = 429
     type = "rate_limit_error"

@@ -38,8 +38,8 @@ class Settlement(msgspec.Struct, frozen=True):
     streamed: bool = False
     cancelled: bool = False
     end_user_id: str = ""
-    # Why this bill is not simply the upstream's word: "usage_over_hold" (billed at the hold),
-    # "malformed_usage" (billed by the gateway's own count); empty when nothing was odd.
+    # Why this bill is not simply the upstream's word ("" when nothing was odd): "usage_over_hold"
+    # (billed at the hold), "malformed_usage" (billed by the gateway's own count), "nul_in_text".
     anomaly: str = ""
 
 
@@ -77,7 +77,7 @@ async def write_settlements(connection: AsyncConnection, settlements: Sequence[S
     """
     now = utcnow()
     unique: dict[str, Settlement] = {}
-    for settlement in settlements:
+    for settlement in map(storable, settlements):
         unique.setdefault(settlement.request_id, settlement)  # a duplicate in the batch: the first wins
     if not unique:
         return 0
@@ -126,6 +126,24 @@ async def write_settlements(connection: AsyncConnection, settlements: Sequence[S
     return len(inserted)
 
 
+_TEXT_FIELDS = ("request_id", "model", "provider", "upstream_model", "error_code", "end_user_id", "anomaly")
+
+
+def storable(settlement: Settlement) -> Settlement:
+    """The settlement as the database can store it.
+
+    The last line of defence: Postgres refuses NUL in text, and one refused row used to stop a
+    whole batch. The door validates what it takes; a NUL that slips past is stored replaced and
+    the record flagged, rather than parked (any other data error is parked: billing.metering).
+    """
+    texts = {name: getattr(settlement, name) for name in _TEXT_FIELDS}
+    if not any("\x00" in value for value in texts.values()):
+        return settlement
+    cleaned = {name: value.replace("\x00", "\ufffd") for name, value in texts.items()}
+    cleaned["anomaly"] = ";".join(filter(None, [cleaned["anomaly"], "nul_in_text"]))
+    return msgspec.structs.replace(settlement, **cleaned)
+
+
 def _usage_row(settlement: Settlement, now: datetime) -> dict[str, Any]:
     usage = settlement.usage
     return {
@@ -145,6 +163,7 @@ def _usage_row(settlement: Settlement, now: datetime) -> dict[str, Any]:
         "streamed": settlement.streamed,
         "cancelled": settlement.cancelled,
         "end_user_id": settlement.end_user_id,
+        "anomaly": settlement.anomaly,
         "created_at": now,
     }
 

@@ -11,11 +11,16 @@ in each process drains the streams in batches, one transaction per batch, idempo
 request id, and acknowledging an entry takes its cost off ``pend`` exactly once. So at every
 moment ``bal = database balance − pend`` (less while a writer is between commit and ack).
 
-The mirror is refreshed from the database every few seconds (so grants made elsewhere show up)
-as ``database balance − pend``, through a generation guard: a refresh that raced a settlement
-is dropped, and ``pend`` is read before the balance, so the mirror can lag low but never runs
-high. The embedded store dies with the process, so there the request writes its own settlement
-through the same buffer before it returns.
+The mirror is refreshed from the database every few seconds as ``database balance − pend``,
+through a generation guard (see :mod:`billing.mirror`): a refresh that raced a settlement or a
+writer's acknowledgement is dropped, ``pend`` is read before the balance so the mirror can lag
+low but never runs high, and each writer re-syncs the mirrors it wrote after its ack, so a low
+mirror does not wait for the account's next request. The embedded store dies with the process,
+so there the request writes its own settlement through the same buffer before it returns.
+
+A batch the database refuses for one entry's data (not an outage) is split until the entry is
+alone; the rest is written and the entry is parked (:mod:`billing.parking`), so one bad string
+never stops the writes of every other account.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -58,16 +63,15 @@ from billing.errors import (
     SpendingLimitExceeded,
 )
 from billing.ledger import Settlement, write_settlements
+from billing.mirror import BALANCE, GENERATION, HELD, PENDING, resync_mirrors
 from billing.models import UsageRecord
 from billing.money import format_credits
+from billing.parking import Refused, describe, is_refusal, park
 from billing.periods import period_end, period_id, period_start
 
 log = logging.getLogger("tollway.billing")
 
-BALANCE = "bal"
-HELD = "held"
-GENERATION = "gen"
-PENDING = "pend"
+__all__ = ["BALANCE", "GENERATION", "HELD", "PENDING", "KeyLimits", "Meter", "Reservation", "settlement_writer"]
 
 
 class KeyLimits(msgspec.Struct, frozen=True):
@@ -305,10 +309,72 @@ class Meter:
             del self._unwritten[oldest]
         self._wake.set()
 
-    async def _commit(self, settlements: list[Settlement]) -> int:
-        """One transaction for the lot, idempotent on request ids; returns how many were new."""
+    async def _commit(self, settlements: list[Settlement], unreadable: Sequence[Refused] = ()) -> int:
+        """Write the lot, idempotent on request ids; returns how many were new. One transaction
+        unless the database refuses an entry's data: then the rest is written and the entries
+        it refuses are parked. Raises ``DATABASE_ERRORS`` for an outage (nothing is parked)."""
+        refused = list(unreadable)
+        try:
+            written = await self._write_batch(settlements)
+        except DATABASE_ERRORS as error:
+            if not is_refusal(error):
+                raise
+            written, more = await self._isolate(settlements)
+            refused += more
+        if refused:
+            await self._park(refused)
+        return written
+
+    async def _write_batch(self, settlements: Sequence[Settlement]) -> int:
         async with self._engine.begin() as connection:
             return await write_settlements(connection, settlements)
+
+    async def _isolate(self, settlements: Sequence[Settlement]) -> tuple[int, list[Refused]]:
+        """Bisect a refused batch: halves that the database takes are written, and an entry
+        refused on its own is returned to be parked (log2(n) extra transactions per bad entry)."""
+        middle = len(settlements) // 2
+        written, refused = 0, []
+        for half in (settlements[:middle], settlements[middle:]):
+            if not half:
+                continue
+            try:
+                written += await self._write_batch(half)
+                continue
+            except DATABASE_ERRORS as error:
+                if not is_refusal(error):
+                    raise
+                if len(half) == 1:
+                    entry = half[0]
+                    refused.append(
+                        Refused(
+                            entry.account_id,
+                            entry.request_id,
+                            entry.cost_micro,
+                            msgspec.json.encode(entry),
+                            describe(error),
+                        )
+                    )
+                    continue
+            more_written, more_refused = await self._isolate(half)
+            written += more_written
+            refused += more_refused
+        return written, refused
+
+    async def _park(self, refused: list[Refused]) -> None:
+        try:
+            async with self._engine.begin() as connection:
+                await park(connection, refused)
+        except DATABASE_ERRORS as error:
+            if not is_refusal(error):
+                raise
+            # Not even its escaped text was taken: keep the bare facts, and the bytes in the log.
+            log.critical("parking refused (%s); parking the bare facts: %r", describe(error), refused)
+            bare = [
+                Refused(entry.account_id, f"unstorable:{secrets.token_hex(8)}", entry.cost_micro, b"", "unstorable")
+                for entry in refused
+            ]
+            async with self._engine.begin() as connection:
+                await park(connection, bare)
 
     async def _write_directly(self, settlements: list[Settlement]) -> None:
         try:
@@ -348,9 +414,12 @@ class Meter:
             batches = [(account_id, entries) for account_id, entries in zip(targets, claims, strict=True) if entries]
             if not batches:
                 return 0
-            settlements = [settlement for _account_id, entries in batches for settlement in _decoded(entries)]
+            settlements: list[Settlement] = []
+            unreadable: list[Refused] = []
+            for account_id, entries in batches:
+                _decode_into(settlements, unreadable, account_id, entries)
             try:
-                await self._commit(settlements)
+                await self._commit(settlements, unreadable)
             except DATABASE_ERRORS as error:
                 self._dirty.update(account_id for account_id, _entries in batches)
                 log.warning("database unavailable: %d settlements stay buffered", len(settlements))
@@ -366,10 +435,24 @@ class Meter:
             for account_id, entries in batches:
                 if len(entries) >= _WRITE_BATCH:
                     self._dirty.add(account_id)  # there is more
-            return len(settlements)
+            await self._resync([account_id for account_id, _entries in batches])
+            return len(settlements) + len(unreadable)
 
     async def _acknowledge(self, account_id: int, entries: list[QueuedSettlement]) -> None:
-        await self._store.ack_settlements(self.stream_key(account_id), self.balance_key(account_id), PENDING, entries)
+        await self._store.ack_settlements(
+            self.stream_key(account_id), self.balance_key(account_id), PENDING, entries, GENERATION
+        )
+
+    async def _resync(self, account_ids: list[int]) -> None:
+        """After a commit and its ack: a refresh that read the pending sum before the commit and
+        the balance after it set the mirror low by this batch; set it right now (see
+        :mod:`billing.mirror`). Best effort: the periodic refresh is the fallback."""
+        try:
+            await resync_mirrors(self._store, self._sessionmaker, self._prefix, account_ids)
+        except CounterStoreUnavailable:
+            log.warning("could not re-sync the balance mirrors after a write; the next refresh will")
+        except DATABASE_ERRORS:
+            log.warning("could not re-sync the balance mirrors after a write; the next refresh will")
 
     async def discover_buffers(self) -> int:
         """Mark every account whose stream holds entries for this writer, including streams fed
@@ -416,7 +499,8 @@ class Meter:
         buffered and has not seen written (idempotent, so what was written stays once)."""
         if not self._unwritten:
             return
-        settlements = _decoded_data([data for _at, data in self._unwritten.values()])
+        # Encoded by this process from a Settlement: always readable.
+        settlements = [msgspec.json.decode(data, type=Settlement) for _at, data in self._unwritten.values()]
         try:
             written = await self._commit(settlements)
         except DATABASE_ERRORS as error:
@@ -447,6 +531,11 @@ class Meter:
         self, account_id: int, limits: KeyLimits, spend_key: str, now: datetime, ttl_ms: int
     ) -> None:
         """A key's spend counter for this period, from its usage records (0 in a new period)."""
+        if BALANCE not in await self._store.get_all(self.balance_key(account_id)):
+            # The counters lost their data, and with them what the streams held: rewrite what
+            # this process buffered first (the refresh does), or the usage records miss it and
+            # the rebuilt counter stays low.
+            await self.refresh_balance(account_id, force=True)
         since = period_start(now, limits.spending_period)
         try:
             async with self._sessionmaker() as session:
@@ -585,20 +674,18 @@ def _refusal(kind: str, result: ApplyResult, amount_micro: int, now: datetime) -
     )
 
 
-def _decoded(entries: list[QueuedSettlement]) -> list[Settlement]:
-    return _decoded_data([entry.data for entry in entries])
-
-
-def _decoded_data(blobs: list[bytes]) -> list[Settlement]:
-    settlements = []
-    for data in blobs:
+def _decode_into(
+    settlements: list[Settlement], unreadable: list[Refused], account_id: int, entries: list[QueuedSettlement]
+) -> None:
+    for entry in entries:
         try:
-            settlements.append(msgspec.json.decode(data, type=Settlement))
-        except msgspec.DecodeError:
-            # Not ours to guess at: keep the bytes in the log for an operator, and let the
-            # acknowledgement drop the entry rather than block its stream forever.
-            log.critical("unreadable buffered settlement dropped: %r", data[:2000])
-    return settlements
+            settlements.append(msgspec.json.decode(entry.data, type=Settlement))
+        except msgspec.DecodeError as error:
+            # Not ours to guess at, and not to be dropped either: parked with its bytes, so
+            # an operator sees it in reconcile, and acknowledged so it cannot block its stream.
+            unreadable.append(
+                Refused(account_id, f"unreadable:{account_id}:{entry.entry_id}", entry.cost, entry.data, str(error))
+            )
 
 
 @contextlib.asynccontextmanager

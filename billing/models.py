@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -71,11 +72,13 @@ class Account(Base):
 
 
 class LedgerEntry(Base):
-    """One movement of credits. ``request_id`` is unique per kind: a request is debited once."""
+    """One movement of credits. ``request_id`` is unique per account and kind: a request is
+    debited once, and an operator's idempotency key (a grant's or refund's ``request_id``) belongs
+    to the account it was used for, so another account can use the same key for its own grant."""
 
     __tablename__ = "credit_ledger"
     __table_args__ = (
-        UniqueConstraint("kind", "request_id"),
+        UniqueConstraint("account_id", "kind", "request_id"),
         Index("ix_credit_ledger_account_created", "account_id", "created_at"),
     )
 
@@ -115,6 +118,29 @@ class UsageRecord(Base):
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
     end_user_id: Mapped[str] = mapped_column(String(256), default="")
+    # Why this record needs a second look (usage past its hold, malformed input); "" when none.
+    anomaly: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ParkedSettlement(Base):
+    """A buffered settlement the database refused (a data error, not an outage), set aside so
+    it cannot block every other account's writes. Its hold was released and its cost taken off
+    the mirror when it was served, but the database never debited it: reconcile fails while a
+    row is here, and ``tollway billing replay-parked`` writes it once the cause is fixed.
+
+    ``data`` is the entry exactly as buffered (JSON text, with anything the database cannot
+    store escaped), so nothing about the request is lost."""
+
+    __tablename__ = "parked_settlements"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    # No foreign key: a settlement for an account that is gone is one of the things parked.
+    account_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    request_id: Mapped[str] = mapped_column(String(200), unique=True)
+    cost_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    data: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

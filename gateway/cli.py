@@ -19,11 +19,10 @@ from billing.accounts import (
     AccountExists,
     create_account,
     get_account,
-    grant_credits,
     list_accounts,
     set_account_status,
 )
-from billing.errors import AccountNotFound
+from billing.errors import AccountNotFound, IdempotencyConflict
 from billing.models import AccountStatus
 from billing.money import MoneyError, credits_to_micro, format_credits
 from gateway.db import create_engine, create_sessionmaker, migrate
@@ -165,18 +164,36 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 
 def cmd_credits_grant(args: argparse.Namespace) -> None:
+    """Grant through the same service as the admin API, so the Redis mirror every gateway
+    process reserves against follows the database at once (not at the account's next request)."""
+    from billing.counters import build_counter_store
+    from billing.grants import grant
+
     settings = _settings(args)
     amount = _parse_credits(args.amount)
     if amount == 0:
         raise CommandError("the amount must not be zero")
 
-    async def work(session: AsyncSession) -> None:
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        # The embedded store lives inside a running gateway: it picks the grant up on its refresh.
+        counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
         try:
-            entry = await grant_credits(
-                session, args.account, amount, reason=args.reason, idempotency_key=args.idempotency_key
+            entry = await grant(
+                create_sessionmaker(engine),
+                counters,
+                settings.redis_prefix,
+                args.account,
+                amount,
+                reason=args.reason,
+                idempotency_key=args.idempotency_key,
             )
-        except AccountNotFound as error:
-            raise CommandError(str(error)) from error
+        except (AccountNotFound, IdempotencyConflict) as error:
+            raise CommandError(error.message) from error
+        finally:
+            await engine.dispose()
+            if counters is not None:
+                await counters.close()
         _emit(
             args,
             {
@@ -189,7 +206,7 @@ def cmd_credits_grant(args: argparse.Namespace) -> None:
             f"balance {format_credits(entry.balance_after_micro)}",
         )
 
-    asyncio.run(_with_session(settings, work))
+    asyncio.run(run())
 
 
 def cmd_members_add(args: argparse.Namespace) -> None:
@@ -246,6 +263,7 @@ def cmd_billing_reconcile(args: argparse.Namespace) -> None:
         text = "\n".join(
             [
                 *(f"DRIFT {line}" for line in report.drift),
+                *(f"PARKED {line}" for line in report.parked),
                 *(f"note  {line}" for line in report.notes),
                 ("OK " if report.ok else "FAILED ") + summary,
             ]
@@ -257,6 +275,7 @@ def cmd_billing_reconcile(args: argparse.Namespace) -> None:
                 "accounts": report.accounts,
                 "debits": report.debits,
                 "drift": report.drift,
+                "parked": report.parked,
                 "notes": report.notes,
             },
             text,
@@ -264,7 +283,55 @@ def cmd_billing_reconcile(args: argparse.Namespace) -> None:
         return report.ok
 
     if not asyncio.run(run()):
-        raise ReconcileFailed("ledger, balances, usage records and counters disagree")
+        raise ReconcileFailed("ledger, balances, usage records and counters disagree, or settlements are parked")
+
+
+def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
+    """Write a settlement the database once refused (see ``billing reconcile``), as parked or as
+    corrected in ``--data-file``; the Redis mirror follows the debit at once."""
+    import msgspec
+
+    from billing.counters import build_counter_store
+    from billing.grants import sync_after_change
+    from billing.parking import ParkedNotFound, describe, is_refusal, replay_parked
+
+    settings = _settings(args)
+    data = None
+    if args.data_file:
+        with open(args.data_file, "rb") as file:
+            data = file.read()
+
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
+        try:
+            try:
+                async with engine.begin() as connection:
+                    settlement = await replay_parked(connection, args.parked_id, data)
+            except ParkedNotFound as error:
+                raise CommandError(str(error)) from error
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                raise CommandError(f"not a settlement: {error}") from error
+            except Exception as error:
+                if not is_refusal(error):
+                    raise
+                raise CommandError(f"the database still refuses it: {describe(error)}") from error
+            if counters is not None:
+                await sync_after_change(
+                    create_sessionmaker(engine), counters, settings.redis_prefix, settlement.account_id
+                )
+        finally:
+            await engine.dispose()
+            if counters is not None:
+                await counters.close()
+        _emit(
+            args,
+            {"replayed": args.parked_id, "request_id": settlement.request_id, "account_id": settlement.account_id},
+            f"parked settlement {args.parked_id} written: request {settlement.request_id}, "
+            f"account {settlement.account_id}, {format_credits(settlement.cost_micro)} credits",
+        )
+
+    asyncio.run(run())
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -335,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     billing_commands.add_parser(
         "reconcile", parents=[common], help="check ledger, balances, usage and counters agree (exit 1 on drift)"
     ).set_defaults(handler=cmd_billing_reconcile)
+    replay = billing_commands.add_parser(
+        "replay-parked", parents=[common], help="write a settlement the database refused, once its cause is fixed"
+    )
+    replay.add_argument("parked_id", type=int, help="the id reconcile names")
+    replay.add_argument("--data-file", default=None, help="the settlement as corrected JSON (default: as parked)")
+    replay.set_defaults(handler=cmd_billing_replay_parked)
 
     credits = commands.add_parser("credits", parents=[common], help="manage credits")
     credit_commands = credits.add_subparsers(dest="credits_command", required=True)

@@ -11,6 +11,10 @@ Checks, per account:
    key's spend counter for its current period covers exactly what its usage records cost in
    that period (plus what the account holds in flight).
 
+And: no settlement is parked (:mod:`billing.parking`). A parked settlement was served but
+the database refused to record it; until an operator replays it the account is not debited,
+so reconcile fails while one exists.
+
 Holds in flight are reported, not counted as drift: a busy gateway always has some. Run it on
 a quiet system (or twice) to tell a transient from a real drift.
 """
@@ -25,12 +29,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.counters import CounterStore, account_key
-from billing.models import Account, LedgerEntry, LedgerKind, UsageRecord
+from billing.mirror import BALANCE, HELD, PENDING
+from billing.models import Account, LedgerEntry, LedgerKind, ParkedSettlement, UsageRecord
 from billing.money import format_credits
 from billing.periods import period_id, period_start
 from keys.models import ApiKey
-
-BALANCE, HELD, PENDING = "bal", "held", "pend"
 
 
 @dataclass
@@ -39,10 +42,21 @@ class ReconcileReport:
     debits: int = 0
     drift: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.drift
+        return not self.drift and not self.parked
+
+
+async def _parked_checks(session: AsyncSession, report: ReconcileReport) -> None:
+    for parked in await session.scalars(select(ParkedSettlement).order_by(ParkedSettlement.id)):
+        reason = (parked.error.splitlines() or [""])[0][:300]
+        report.parked.append(
+            f"parked settlement {parked.id}: account {parked.account_id}, request {parked.request_id}, "
+            f"{format_credits(parked.cost_micro)} credits not debited: {reason} "
+            f"(fix the cause, then: tollway billing replay-parked {parked.id})"
+        )
 
 
 async def _ledger_checks(session: AsyncSession, account: Account, report: ReconcileReport) -> None:
@@ -168,6 +182,7 @@ async def reconcile(
             report.notes.append(f"{queued} settlements wait for the database; run again once they are written")
             counters = None
     async with sessionmaker() as session:
+        await _parked_checks(session, report)
         for account in (await session.scalars(select(Account).order_by(Account.id))).all():
             report.accounts += 1
             await _ledger_checks(session, account, report)

@@ -170,10 +170,17 @@ class CounterStore(Protocol):
         ...
 
     async def ack_settlements(
-        self, stream: str, pending_key: str, pending_field: str, entries: Sequence[QueuedSettlement]
+        self,
+        stream: str,
+        pending_key: str,
+        pending_field: str,
+        entries: Sequence[QueuedSettlement],
+        generation_field: str = "",
     ) -> int:
         """Forget settlements that are now in the database and take their cost off the pending
-        counter, each once however many writers acknowledge it; returns the cost taken off."""
+        counter, each once however many writers acknowledge it; returns the cost taken off.
+        With ``generation_field``, an ack that forgot anything also bumps that field, so a
+        guarded refresh that read the pending sum before it is refused."""
         ...
 
     async def settlement_streams(self) -> list[str]:

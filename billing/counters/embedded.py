@@ -141,14 +141,22 @@ class EmbeddedCounterStore:
         return taken
 
     async def ack_settlements(
-        self, stream: str, pending_key: str, pending_field: str, entries: Sequence[QueuedSettlement]
+        self,
+        stream: str,
+        pending_key: str,
+        pending_field: str,
+        entries: Sequence[QueuedSettlement],
+        generation_field: str = "",
     ) -> int:
         queued = self._streams.get(stream, {})
-        cost = sum(entry.cost for entry in entries if queued.pop(entry.entry_id, None) is not None)
+        acked = [entry for entry in entries if queued.pop(entry.entry_id, None) is not None]
+        cost = sum(entry.cost for entry in acked)
         if not queued:
             self._streams.pop(stream, None)
         if cost:
             await self.adjust([Adjust(pending_key, pending_field, -cost)])
+        if acked and generation_field:
+            await self.adjust([Adjust(pending_key, generation_field, 1)])
         return cost
 
     async def settlement_streams(self) -> list[str]:

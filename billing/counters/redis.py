@@ -103,18 +103,25 @@ return held
 """
 
 # KEYS[1] = a settlement stream, KEYS[2] = its pending counter's key; ARGV[1] = the group,
-# ARGV[2] = the pending field, then entry id / cost pairs. An entry's cost comes off the
-# counter only if this call acknowledged it, so two writers that both wrote it count it once.
+# ARGV[2] = the pending field, ARGV[3] = a generation field to bump ("" = none), then entry id /
+# cost pairs. An entry's cost comes off the counter only if this call acknowledged it, so two
+# writers that both wrote it count it once; and taking it off bumps the generation, so a
+# refresh that read the pending sum before this ack is refused (see billing.mirror).
 _ACK = """
 local total = 0
-for i = 3, #ARGV, 2 do
+local acked = 0
+for i = 4, #ARGV, 2 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     total = total + tonumber(ARGV[i + 1])
+    acked = acked + 1
   end
   redis.call('XDEL', KEYS[1], ARGV[i])
 end
 if total ~= 0 then
   redis.call('HINCRBY', KEYS[2], ARGV[2], -total)
+end
+if acked > 0 and ARGV[3] ~= '' then
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 end
 return total
 """
@@ -368,11 +375,16 @@ class RedisCounterStore:
         return await self._call(claim)
 
     async def ack_settlements(
-        self, stream: str, pending_key: str, pending_field: str, entries: Sequence[QueuedSettlement]
+        self,
+        stream: str,
+        pending_key: str,
+        pending_field: str,
+        entries: Sequence[QueuedSettlement],
+        generation_field: str = "",
     ) -> int:
         if not entries:
             return 0
-        args: list[Any] = [_GROUP, pending_field]
+        args: list[Any] = [_GROUP, pending_field, generation_field]
         for entry in entries:
             args += [entry.entry_id, entry.cost]
         return int(await self._call(lambda: self._scripts.run(self._ack, [stream, pending_key], args)))

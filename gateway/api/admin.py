@@ -19,10 +19,10 @@ from billing.accounts import (
     AccountExists,
     create_account,
     get_account,
-    grant_credits,
     list_accounts,
     set_account_status,
 )
+from billing.grants import grant as grant_and_sync
 from billing.models import Account, AccountStatus, LedgerKind
 from billing.money import MoneyError, credits_to_micro, format_credits
 from gateway.api.v1 import model_view
@@ -181,12 +181,17 @@ class AdminController(Controller):
         if amount == 0:
             raise InvalidRequest("amount must not be zero", param="amount")
         await state.meter.settled(account_id)  # the balance it answers includes finished requests
+        entry = await grant_and_sync(
+            state.sessionmaker,
+            state.counters,
+            state.settings.redis_prefix,
+            account_id,
+            amount,
+            reason=grant.reason,
+            idempotency_key=grant.idempotency_key,
+        )
         async with state.sessionmaker() as session:
-            entry = await grant_credits(
-                session, account_id, amount, reason=grant.reason, idempotency_key=grant.idempotency_key
-            )
             account = await get_account(session, account_id)
-        await state.meter.refresh_balance(account_id, force=True)
         return _json(
             {
                 "ledger_id": entry.id,
@@ -205,17 +210,18 @@ class AdminController(Controller):
         if amount <= 0:
             raise InvalidRequest("a refund must be positive", param="amount")
         await state.meter.settled(account_id)
+        entry = await grant_and_sync(
+            state.sessionmaker,
+            state.counters,
+            state.settings.redis_prefix,
+            account_id,
+            amount,
+            reason=ask.reason,
+            idempotency_key=ask.idempotency_key,
+            kind=LedgerKind.REFUND,
+        )
         async with state.sessionmaker() as session:
-            entry = await grant_credits(
-                session,
-                account_id,
-                amount,
-                reason=ask.reason,
-                idempotency_key=ask.idempotency_key,
-                kind=LedgerKind.REFUND,
-            )
             account = await get_account(session, account_id)
-        await state.meter.refresh_balance(account_id, force=True)
         return _json(
             {
                 "ledger_id": entry.id,

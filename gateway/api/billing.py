@@ -74,6 +74,7 @@ def usage_view(record: UsageRecord) -> dict[str, Any]:
         "streamed": record.streamed,
         "cancelled": record.cancelled,
         "end_user_id": record.end_user_id,
+        "anomaly": record.anomaly,
         "created_at": record.created_at.isoformat(),
     }
 

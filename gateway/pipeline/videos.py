@@ -18,6 +18,7 @@ from litestar.datastructures import UploadFile
 from sqlalchemy import select
 
 from billing.accounts import grant_credits
+from billing.grants import sync_after_change
 from billing.models import LedgerKind, VideoJob
 from billing.money import format_credits
 from gateway.catalog import CatalogModel
@@ -207,8 +208,8 @@ async def _record_status(state: GatewayState, job: VideoJob, status: str) -> boo
         row.status = status
         if status == "failed" and not row.refunded and row.cost_micro:
             row.refunded = True
-            # One transaction for the flag and the refund; the ledger's unique (kind, request_id)
-            # makes a concurrent second refund of the same job impossible.
+            # One transaction for the flag and the refund; the ledger's unique (account, kind,
+            # request_id) makes a concurrent second refund of the same job impossible.
             await grant_credits(
                 session,
                 row.account_id,
@@ -220,7 +221,8 @@ async def _record_status(state: GatewayState, job: VideoJob, status: str) -> boo
         await session.commit()
         refunded = row.refunded
     if refunded:
-        await state.meter.refresh_balance(job.account_id, force=True)
+        # The mirror follows at once, voiding any refresh that read the balance before the refund.
+        await sync_after_change(state.sessionmaker, state.counters, state.settings.redis_prefix, job.account_id)
     return refunded
 
 

@@ -94,3 +94,26 @@ def test_cli_set_status_is_seen_by_a_running_gateway(gateway: Gateway, tmp_path:
     assert main(["--config", str(config), "accounts", "set-status", str(gateway.account_id), "suspended"]) == 0
     time.sleep(gateway.settings.key_cache_ttl_s + 0.1)
     assert chat(gateway).json()["error"]["code"] == "account_suspended"
+
+
+def test_admin_grant_idempotency_keys_are_per_account_and_conflicts_are_409(gateway: Gateway) -> None:
+    other = admin(gateway, "POST", "/accounts/", json={"name": "beta", "credits": "1"}).json()["id"]
+    grant = {"amount": "5", "idempotency_key": "k1"}
+    first = admin(gateway, "POST", f"/accounts/{gateway.account_id}/credits/", json=grant)
+    assert first.status_code == 201
+    # The same key on another account is that account's own grant, not the first account's entry.
+    theirs = admin(gateway, "POST", f"/accounts/{other}/credits/", json={"amount": "7", "idempotency_key": "k1"})
+    assert theirs.status_code == 201 and theirs.json()["balance"] == "8"
+    assert theirs.json()["ledger_id"] != first.json()["ledger_id"]
+    again = admin(gateway, "POST", f"/accounts/{gateway.account_id}/credits/", json=grant)
+    assert again.status_code == 201 and again.json()["ledger_id"] == first.json()["ledger_id"]  # a safe retry
+    for path, body in (
+        ("credits", {"amount": "6", "idempotency_key": "k1"}),  # another amount
+        ("credits", {"amount": "5", "reason": "other", "idempotency_key": "k1"}),  # another reason
+        ("refunds", {"amount": "5", "idempotency_key": "k1"}),  # a grant's key used for a refund
+    ):
+        conflict = admin(gateway, "POST", f"/accounts/{gateway.account_id}/{path}/", json=body)
+        assert conflict.status_code == 409, conflict.text
+        assert conflict.json()["error"]["code"] == "idempotency_key_reused"
+    balances = {a["id"]: a["balance"] for a in admin(gateway, "GET", "/accounts/").json()["accounts"]}
+    assert balances[other] == "8" and balances[gateway.account_id] == "505"

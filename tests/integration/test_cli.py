@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.cli import main
-from tests.fakes.gateway_fixtures import Backend
+from tests.fakes.gateway_fixtures import Backend, gateway_settings, start_gateway
+from tests.fakes.openai_upstream import FakeOpenAI
 
 
 @pytest.fixture
@@ -110,3 +113,39 @@ def test_cli_members_add_reads_the_password_from_stdin(
     assert main(["--config", config, "members", "add", "--account", account_id, "--email", "new@acme.test"]) == 2
     assert "initial password" in capsys.readouterr().err
     assert main(["--config", config, "members", "add", "--account", "999", "--email", "x@acme.test"]) == 2
+
+
+def test_cli_grant_reaches_the_mirror_at_once(
+    backend: Backend, fake_openai: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A grant from the CLI used to reach the database only: the credits page showed the old
+    ``available`` and reconcile failed until the account's next request (refresh_s is long here)."""
+    if backend.name == "sqlite":
+        pytest.skip("the embedded mirror lives inside the gateway process: it follows on its refresh")
+    gateway, server = start_gateway(gateway_settings(backend, fake_openai, balance_refresh_s=3600.0), fake_openai)
+    try:
+        headers = {"Authorization": f"Bearer {gateway.key}"}
+        before = httpx.get(gateway.url + "/api/credits/", headers=headers, timeout=10).json()  # loads the mirror
+        path = tmp_path / "cli.toml"
+        path.write_text(
+            f'database_url = "{backend.database_url}"\nredis_url = "{backend.redis_url}"\n'
+            f'redis_prefix = "{backend.redis_prefix}"\n'
+        )
+        granted = run_json(capsys, "--config", str(path), "--json", "credits", "grant", str(gateway.account_id), "10")
+        after = httpx.get(gateway.url + "/api/credits/", headers=headers, timeout=10).json()
+        assert Decimal(after["available"]) == Decimal(before["available"]) + 10 == Decimal(str(granted["balance"]))
+        capsys.readouterr()
+        assert main(["--config", str(path), "billing", "reconcile"]) == 0, capsys.readouterr().out
+    finally:
+        server.stop()
+
+
+def test_cli_grant_idempotency_keys_are_per_account(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    first_id = str(run_json(capsys, "--config", config, "--json", "accounts", "create", "acme")["id"])
+    second_id = str(run_json(capsys, "--config", config, "--json", "accounts", "create", "beta")["id"])
+    key = ["--idempotency-key", "order-1"]
+    run_json(capsys, "--config", config, "--json", "credits", "grant", first_id, "5", *key)
+    theirs = run_json(capsys, "--config", config, "--json", "credits", "grant", second_id, "7", *key)
+    assert (theirs["account_id"], theirs["balance"]) == (int(second_id), "7")
+    assert main(["--config", config, "credits", "grant", first_id, "6", *key]) == 2
+    assert "idempotency key" in capsys.readouterr().err

@@ -4,19 +4,24 @@ drain in batches, and no crash point loses or doubles a debit."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.accounts import account_balance, create_account
-from billing.counters import RedisCounterStore
+from billing.counters import Enqueue, RedisCounterStore
 from billing.ledger import Settlement, write_settlements
-from billing.metering import BALANCE, PENDING, Meter
+from billing.metering import BALANCE, PENDING, KeyLimits, Meter
+from billing.models import ParkedSettlement, UsageRecord
+from gateway.cli import main
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.reconcile import reconcile
 from providers.base import Usage
@@ -32,6 +37,7 @@ class Books:
     account_id: int
     prefix: str
     redis_url: str
+    database_url: str
 
     def meter(self, consumer: str, claim_idle_s: float = 30.0) -> Meter:
         return Meter(
@@ -74,7 +80,7 @@ async def books(postgres_url: str, redis_url: str, redis_prefix: str) -> AsyncIt
     async with create_sessionmaker(engine)() as session:
         account = await create_account(session, "acme", email="ops@acme.test", credits_micro=OPENING)
     store = RedisCounterStore.from_url(redis_url, prefix=redis_prefix)
-    yield Books(engine, store, account.id, redis_prefix, redis_url)
+    yield Books(engine, store, account.id, redis_prefix, redis_url, postgres_url)
     await store.close()
     await engine.dispose()
     await _forget_redis(redis_url, redis_prefix)
@@ -189,3 +195,162 @@ async def test_concurrent_writers_share_one_stream_without_double_debits(books: 
 
 def _decode(data: bytes) -> Settlement:
     return msgspec.json.decode(data, type=Settlement)
+
+
+async def _reserve_and_settle(meter: Meter, served: Settlement) -> None:
+    """What the request path does, with a settlement the door's validation never saw."""
+    reservation = await meter.reserve(served.account_id, served.cost_micro * 2, served.request_id)
+    await meter.settle(reservation, served)
+
+
+async def test_writer_parks_a_refused_entry_and_writes_every_other_account(books: Books, tmp_path: Path) -> None:
+    """One entry the database refuses used to fail the whole multi-account batch forever."""
+    others = []
+    async with create_sessionmaker(books.engine)() as session:
+        for name in ("beta", "gamma"):
+            others.append((await create_account(session, name, credits_micro=OPENING)).id)
+    meter = books.meter("writer-a")
+    for i, account_id in enumerate([books.account_id, *others]):
+        await serve(meter, account_id, f"req_ok_{i}", 1_000)
+    too_long = msgspec.structs.replace(settlement(others[0], "req_poison", 700), end_user_id="u" * 300)
+    with_nul = msgspec.structs.replace(settlement(others[1], "req_nul", 300), end_user_id="a\x00b")
+    await _reserve_and_settle(meter, too_long)
+    await _reserve_and_settle(meter, with_nul)
+    await serve(meter, books.account_id, "req_ok_late", 1_000)
+
+    assert await meter.write_pending() == 6  # nothing raised: the round went through
+    debits = await books.debits()
+    assert debits == {"req_ok_0": 1, "req_ok_1": 1, "req_ok_2": 1, "req_ok_late": 1, "req_nul": 1}
+    async with create_sessionmaker(books.engine)() as session:
+        nul = await session.scalar(select(UsageRecord).where(UsageRecord.request_id == "req_nul"))
+        parked = list(await session.scalars(select(ParkedSettlement)))
+    assert nul is not None and nul.end_user_id == "a\ufffdb" and nul.anomaly == "nul_in_text"
+    assert [(p.account_id, p.request_id, p.cost_micro) for p in parked] == [(others[0], "req_poison", 700)]
+    assert "StringDataRightTruncation" in parked[0].error
+    assert msgspec.json.decode(parked[0].data.encode(), type=Settlement) == too_long  # kept whole, replayable
+    assert await books.store.queued_settlements() == 0  # acknowledged: nothing blocks the streams
+
+    # The writer keeps going, and reconcile names the parked entry and fails until it is replayed.
+    await serve(meter, others[0], "req_after", 500)
+    assert await meter.write_pending() == 1
+    assert (await books.debits())["req_after"] == 1
+    report = await reconcile(
+        create_sessionmaker(books.engine), counters=books.store, prefix=books.prefix, now=datetime.now(UTC)
+    )
+    assert not report.ok and report.drift == [] and len(report.parked) == 1 and "req_poison" in report.parked[0]
+
+    # The operator replays it: refused again as parked, written once corrected; the books close.
+    config = tmp_path / "tollway.toml"
+    config.write_text(
+        f'database_url = "{books.database_url}"\nredis_url = "{books.redis_url}"\nredis_prefix = "{books.prefix}"\n'
+    )
+    replay = ["--config", str(config), "billing", "replay-parked", str(parked[0].id)]
+    assert await asyncio.to_thread(main, replay) == 2
+    corrected = tmp_path / "corrected.json"
+    corrected.write_bytes(msgspec.json.encode(msgspec.structs.replace(too_long, end_user_id="u" * 10)))
+    assert await asyncio.to_thread(main, [*replay, "--data-file", str(corrected)]) == 0
+    assert (await books.debits())["req_poison"] == 1
+    assert await books.reconciles()
+
+
+async def test_an_unreadable_buffered_entry_is_parked_not_dropped(books: Books) -> None:
+    meter = books.meter("writer-a")
+    await serve(meter, books.account_id, "req_ok", 1_000)
+    await books.store.release(
+        meter.holds_key(books.account_id),
+        "req_garbled",
+        if_held=[],
+        always=[],
+        enqueue=Enqueue(meter.stream_key(books.account_id), meter.balance_key(books.account_id), PENDING, b"{", 40),
+    )
+    meter._dirty.add(books.account_id)
+    assert await meter.write_pending() == 2
+    assert await books.debits() == {"req_ok": 1}
+    async with create_sessionmaker(books.engine)() as session:
+        parked = list(await session.scalars(select(ParkedSettlement)))
+    assert [(p.account_id, p.cost_micro, p.data) for p in parked] == [(books.account_id, 40, "{")]
+
+
+class PausingStore(RedisCounterStore):
+    """The Redis store with a seam at the two moments the mirror race lives in: ``after_read``
+    runs once right after a read of a balance mirror (a refresh has read the generation and the
+    pending sum, not yet the database), ``before_ack`` once right before a writer's ack (its
+    batch is committed, its pending sum not yet lowered)."""
+
+    after_read: Callable[[], Awaitable[object]] | None = None
+    before_ack: Callable[[], Awaitable[object]] | None = None
+
+    async def get_all(self, key: str) -> dict[str, int]:
+        fields = await super().get_all(key)
+        hook, self.after_read = self.after_read, None
+        if hook is not None:
+            await hook()
+        return fields
+
+    async def ack_settlements(self, *args: Any, **kwargs: Any) -> int:
+        hook, self.before_ack = self.before_ack, None
+        if hook is not None:
+            await hook()
+        return await super().ack_settlements(*args, **kwargs)
+
+
+def pausing_meter(books: Books, consumer: str) -> tuple[Meter, PausingStore]:
+    store = PausingStore(aioredis.Redis.from_url(books.redis_url), prefix=books.prefix)
+    meter = Meter(store, books.engine, create_sessionmaker(books.engine), prefix=books.prefix, refresh_s=60.0)
+    meter.consumer = consumer
+    return meter, store
+
+
+async def test_a_refresh_straddling_a_writers_commit_and_ack_leaves_the_mirror_right(books: Books) -> None:
+    """The race CI found: a refresh reads the pending sum, a writer commits and acknowledges,
+    the refresh reads the balance: (db − X) − pending_old, low by X with nothing pending."""
+    writer = books.meter("writer-a")
+    refresher, store = pausing_meter(books, "writer-b")
+    try:
+        for i in range(8):
+            await serve(writer, books.account_id, f"req_{i}", 1_000)
+        store.after_read = writer.write_pending
+        await refresher.refresh_balance(books.account_id, force=True)
+        assert await books.balance() == OPENING - 8_000
+        assert await books.mirror() == {BALANCE: OPENING - 8_000, "held": 0, "gen": 9, PENDING: 0}
+        assert await books.reconciles()
+    finally:
+        await store.close()
+
+
+async def test_a_refresh_between_a_writers_commit_and_its_ack_is_corrected_by_the_writer(books: Books) -> None:
+    """The window no guard sees: the database already debited, the pending sum not yet lowered.
+    The writer re-syncs after its ack, so the mirror is right without another request."""
+    refresher = books.meter("writer-b")
+    writer, store = pausing_meter(books, "writer-a")
+    try:
+        for i in range(8):
+            await serve(writer, books.account_id, f"req_{i}", 1_000)
+        store.before_ack = lambda: refresher.refresh_balance(books.account_id, force=True)
+        assert await writer.write_pending() == 8
+        mirror = await books.mirror()
+        assert (mirror[BALANCE], mirror[PENDING]) == (OPENING - 8_000, 0)
+        assert await books.reconciles()
+    finally:
+        await store.close()
+
+
+async def test_redis_losing_its_data_rebuilds_spend_counters_after_the_replay(books: Books) -> None:
+    """The spend counter is rebuilt from usage records: before the lost buffers were rewritten,
+    it missed them and stayed low (a key could spend past its limit, and reconcile drifted)."""
+    meter = books.meter("writer-a")
+    limits = KeyLimits(key_id=77, spending_limit_micro=1_000_000)
+    now = datetime.now(UTC)
+
+    async def serve_key(request_id: str, cost: int) -> None:
+        reservation = await meter.reserve(books.account_id, cost * 2, request_id, limits=limits, now=now)
+        served = msgspec.structs.replace(settlement(books.account_id, request_id, cost), key_id=77)
+        await meter.settle(reservation, served)
+
+    for i in range(3):
+        await serve_key(f"req_{i}", 1_500)
+    await _forget_redis(books.redis_url, books.prefix)
+    await serve_key("req_after", 500)
+    assert await meter.key_spend_micro(books.account_id, 77, "monthly", now) == 5_000
+    await meter.write_pending()
+    assert await books.debits() == {"req_0": 1, "req_1": 1, "req_2": 1, "req_after": 1}
