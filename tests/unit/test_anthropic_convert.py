@@ -213,7 +213,7 @@ def test_anthropic_http_error_keeps_message_and_status() -> None:
     error = http_error("claude", 400, raw)
     assert error.status_code == 400
     assert error.type == "invalid_request_error"
-    assert "max_tokens: Field required" in error.message
+    assert "max_tokens: Field required" in error.detail and "max_tokens" not in error.message
     limited = http_error("claude", 429, b'{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}')
     assert (limited.status_code, limited.code, limited.retryable) == (429, "upstream_rate_limited", True)
     overloaded = http_error(
