@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -13,6 +14,7 @@ import httpx
 import jwt
 import pytest
 
+from keys.sessions import REFRESH_GRACE_S
 from tests.fakes.gateway_fixtures import ADMIN_TOKEN, Backend, Gateway, gateway_settings, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -154,7 +156,34 @@ def test_tampered_or_foreign_tokens_are_refused(gateway: Gateway) -> None:
         assert response.status_code == 401 and error_code(response) == "session_expired"
 
 
-def test_refresh_rotates_and_a_replayed_refresh_token_ends_the_session(gateway: Gateway) -> None:
+class Clock:
+    """The gateway's clock, moved by hand. It starts a minute behind the real time and is only
+    moved forward by less than that: PyJWT checks ``iat`` and ``exp`` against the real time."""
+
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC) - timedelta(seconds=60)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clocked(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, Clock]]:
+    gateway, server = start_gateway(gateway_settings(backend, fake_openai), fake_openai)
+    clock = Clock()
+    state: Any = server.server.config.app.state.gateway  # the app the server runs
+    state.now = clock
+    try:
+        yield gateway, clock
+    finally:
+        server.stop()
+
+
+def test_refresh_rotates_and_a_replayed_refresh_token_ends_the_session(clocked: tuple[Gateway, Clock]) -> None:
+    gateway, clock = clocked
     browser = signed_in_owner(gateway)
     first_refresh = browser.cookies["tw_refresh"]
     rotated = browser.request("POST", "/api/auth/refresh/")
@@ -162,7 +191,9 @@ def test_refresh_rotates_and_a_replayed_refresh_token_ends_the_session(gateway: 
     assert browser.cookies["tw_refresh"] != first_refresh
     assert browser.request("GET", "/api/keys/").status_code == 200
 
-    # A thief replays the refresh token the browser already used: the whole session ends.
+    # A thief replays the refresh token the browser already used, after the two-tab grace:
+    # the whole session ends.
+    clock.advance(REFRESH_GRACE_S + 1)
     thief = Browser(gateway)
     thief.cookies = {"tw_refresh": first_refresh, "tw_csrf": browser.csrf}
     replay = thief.request("POST", "/api/auth/refresh/")
@@ -170,6 +201,23 @@ def test_refresh_rotates_and_a_replayed_refresh_token_ends_the_session(gateway: 
     ended = browser.request("GET", "/api/keys/")
     assert ended.status_code == 401 and error_code(ended) == "session_expired"
     assert browser.request("POST", "/api/auth/refresh/").status_code == 401
+
+
+def test_refresh_two_tabs_at_once_keep_the_session_within_the_grace(clocked: tuple[Gateway, Clock]) -> None:
+    gateway, clock = clocked
+    first_tab = signed_in_owner(gateway)
+    second_tab = Browser(gateway)  # the same browser: it sent the same cookies at the same moment
+    second_tab.cookies = dict(first_tab.cookies)
+    assert first_tab.request("POST", "/api/auth/refresh/").status_code == 200
+    clock.advance(REFRESH_GRACE_S - 1)
+    late = second_tab.request("POST", "/api/auth/refresh/")
+    assert late.status_code == 200, late.text
+    # Both tabs now hold the same refresh token, so whichever response the cookie jar kept works.
+    assert second_tab.cookies["tw_refresh"] == first_tab.cookies["tw_refresh"]
+    assert first_tab.request("GET", "/api/keys/").status_code == 200
+    assert second_tab.request("GET", "/api/keys/").status_code == 200
+    assert second_tab.request("POST", "/api/auth/refresh/").status_code == 200
+    assert first_tab.request("GET", "/api/keys/").status_code == 200
 
 
 def test_logout_revokes_on_the_server_not_just_in_the_browser(gateway: Gateway) -> None:
