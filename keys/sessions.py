@@ -205,6 +205,20 @@ class SessionService:
         await self._counters.delete(throttle_key)
         return self._issue(principal, refresh_token, row.expires_at)
 
+    async def verify_user(self, email: str, password: str) -> int:
+        """The id of the user whose own password this is, throttled like sign-in (used to accept
+        an invitation as an existing user who has no session to show)."""
+        email = email.strip().lower()
+        throttle_key = await self._throttle(email)
+        async with self._sessionmaker() as session:
+            user = await session.scalar(select(User).where(User.email == email))
+            ok = await verify_password_async(password, user.password_hash if user is not None else None)
+            if user is None or not ok or not user.is_active:
+                raise InvalidCredentials("wrong email or password", param="password")
+            user_id = user.id
+        await self._counters.delete(throttle_key)
+        return user_id
+
     async def refresh(self, refresh_token: str | None) -> IssuedSession:
         session_id, _, secret = (refresh_token or "").partition(".")
         if not session_id or not secret:

@@ -73,6 +73,19 @@ def add_owner(gateway: Gateway) -> None:
     assert response.json()["role"] == "owner"
 
 
+def join(inviter: Browser, email: str, role: str, password: str = PASSWORD) -> tuple[Browser, int]:
+    """Invite ``email`` as ``role``; the invited person accepts with their own password and signs in."""
+    invited = inviter.request("POST", "/api/invitations/", json={"email": email, "role": role})
+    assert invited.status_code == 201, invited.text
+    person = Browser(inviter.gateway)
+    accepted = person.request(
+        "POST", "/api/invitations/accept/", json={"token": invited.json()["token"], "password": password}
+    )
+    assert accepted.status_code == 201, accepted.text
+    assert person.login(email, password).status_code == 200
+    return person, int(accepted.json()["member"]["id"])
+
+
 def signed_in_owner(gateway: Gateway) -> Browser:
     add_owner(gateway)
     browser = Browser(gateway)
@@ -251,11 +264,7 @@ def test_roles_gate_every_action_on_the_server(gateway: Gateway) -> None:
     owner = signed_in_owner(gateway)
     people = {}
     for role in ("admin", "member", "viewer"):
-        email = f"{role}@acme.test"
-        added = owner.request("POST", "/api/members/", json={"email": email, "role": role, "password": PASSWORD})
-        assert added.status_code == 201, added.text
-        people[role] = Browser(gateway)
-        assert people[role].login(email, PASSWORD).status_code == 200
+        people[role], _member_id = join(owner, f"{role}@acme.test", role)
     key_id = gateway_key_id(owner)
 
     def status(browser: Browser, method: str, path: str, **kwargs: Any) -> int:
@@ -275,7 +284,9 @@ def test_roles_gate_every_action_on_the_server(gateway: Gateway) -> None:
     assert status(people["member"], "GET", "/api/audit/") == 403
     assert status(people["viewer"], "GET", "/api/audit/") == 403
     assert status(people["admin"], "GET", "/api/audit/") == 200
-    assert status(people["member"], "POST", "/api/members/", json={"email": "x@acme.test", "password": PASSWORD}) == 403
+    assert status(people["member"], "POST", "/api/members/", json={"email": "x@acme.test"}) == 403
+    assert status(people["member"], "POST", "/api/invitations/", json={"email": "x@acme.test"}) == 403
+    assert status(people["member"], "GET", "/api/invitations/") == 403
 
 
 def gateway_key_id(browser: Browser) -> int:
@@ -290,15 +301,10 @@ def test_owner_rules_last_owner_and_removal_ends_sessions(gateway: Gateway) -> N
     assert demote.status_code == 409
     assert owner.request("DELETE", f"/api/members/{owner_member}/").status_code == 409
 
-    admin_added = owner.request(
-        "POST", "/api/members/", json={"email": "admin@acme.test", "role": "admin", "password": PASSWORD}
-    ).json()
-    admin_browser = Browser(gateway)
-    admin_browser.login("admin@acme.test", PASSWORD)
+    admin_browser, admin_member_id = join(owner, "admin@acme.test", "admin")
+    admin_added = {"id": admin_member_id}
     # An admin can neither create owners nor touch the owner.
-    grant_owner = admin_browser.request(
-        "POST", "/api/members/", json={"email": "x@acme.test", "role": "owner", "password": PASSWORD}
-    )
+    grant_owner = admin_browser.request("POST", "/api/members/", json={"email": "x@acme.test", "role": "owner"})
     assert grant_owner.status_code == 403
     assert admin_browser.request("DELETE", f"/api/members/{owner_member}/").status_code == 403
     assert (
@@ -306,11 +312,9 @@ def test_owner_rules_last_owner_and_removal_ends_sessions(gateway: Gateway) -> N
     )
     duplicate = owner.request("POST", "/api/members/", json={"email": "admin@acme.test", "role": "viewer"})
     assert duplicate.status_code == 409
-    bad_role = owner.request(
-        "POST", "/api/members/", json={"email": "y@acme.test", "role": "god", "password": PASSWORD}
-    )
+    bad_role = owner.request("POST", "/api/members/", json={"email": "y@acme.test", "role": "god"})
     assert bad_role.status_code == 400 and bad_role.json()["error"]["param"] == "role"
-    bad_email = owner.request("POST", "/api/members/", json={"email": "not-an-email", "password": PASSWORD})
+    bad_email = owner.request("POST", "/api/members/", json={"email": "not-an-email"})
     assert bad_email.status_code == 400 and bad_email.json()["error"]["param"] == "email"
 
     # Promote the admin to owner; now the first owner may step down.
