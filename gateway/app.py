@@ -25,7 +25,7 @@ from gateway.api.billing import CreditsController, UsageController, WebhooksCont
 from gateway.api.chat import create_chat_completion
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
-from gateway.api.members import MembersController
+from gateway.api.members import InvitationsController, MembersController
 from gateway.api.v1 import (
     create_completion,
     create_embeddings,
@@ -149,6 +149,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             KeysController,
             AuditController,
             MembersController,
+            InvitationsController,
             CreditsController,
             UsageController,
             WebhooksController,

@@ -3,33 +3,129 @@
 uvicorn with uvloop and httptools measured fastest on this machine (PERFORMANCE.md). One
 worker gets the app object; several workers each build their app from the environment, so
 the CLI's options are handed to them as ``TOLLWAY_*`` variables.
+
+Two of uvicorn's defaults are wrong for a gateway that enforces per-key IP rules:
+
+- ``proxy_headers`` is on and trusts ``X-Forwarded-For`` from 127.0.0.1, rewriting the client
+  address before Tollway sees it: a local caller could then claim any address. The client
+  address must come only from Tollway's own ``trusted_proxies`` logic, so it is off.
+- the httptools protocol has no deadline for reading a request's headers: a client that sends
+  one byte a second holds a connection (and its memory) for ever. :class:`DeadlineProtocol`
+  adds one (``header_timeout_s``) and caps the bytes a request may send before its headers
+  are complete. It does not bound how slowly a *body* arrives; a reverse proxy in front
+  (nginx ``client_body_timeout``) covers that, as the README says.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
 from gateway.app import create_app
 from gateway.settings import Settings
 
 GRACEFUL_SHUTDOWN_S = 30  # open streams get this long to finish on SIGTERM
+KEEP_ALIVE_S = 5  # an idle connection between requests is closed after this long
+MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is refused (431), as nginx and Node do
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+STARTUP_FAILURE = 3
+_HEADER_TIMEOUT_ATTRIBUTE = "tollway_header_timeout_s"
+
+
+class DeadlineProtocol(HttpToolsProtocol):
+    """httptools' protocol with a deadline and a size cap for each request's headers.
+
+    The deadline starts when a connection opens or when the first byte of a new request
+    arrives on an idle keep-alive connection, and ends when the headers are complete. Missing
+    it closes the connection: the client gets no answer because it never asked a question.
+    """
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._header_timeout_s: float = getattr(config, _HEADER_TIMEOUT_ATTRIBUTE, DEFAULT_HEADER_TIMEOUT_S)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm_header_deadline()  # a new request begins on an idle connection
+        if self._header_deadline is not None:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._disarm_header_deadline()
+                self._refuse(b"431 Request Header Fields Too Large")
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+    def _arm_header_deadline(self) -> None:
+        self._header_bytes = 0
+        self._header_deadline = self.loop.call_later(self._header_timeout_s, self._header_deadline_passed)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _refuse(self, status: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.close()
+
+
+def server_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
+    """The one place uvicorn is configured (tests that run the real server use it too)."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=DeadlineProtocol,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        lifespan="on",
+        # Never let uvicorn rewrite the client address from X-Forwarded-For: only Tollway's
+        # trusted_proxies decide whom to believe (gateway/pipeline/facts.py).
+        proxy_headers=False,
+        forwarded_allow_ips=[],
+        server_header=False,
+        **extra,
+    )
+    # Read by DeadlineProtocol in every worker (the config is pickled into spawned workers).
+    setattr(config, _HEADER_TIMEOUT_ATTRIBUTE, settings.header_timeout_s)
+    return config
 
 
 def run_server(settings: Settings, *, config_path: str | None = None) -> None:
-    common = {
-        "host": settings.host,
-        "port": settings.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "log_level": settings.log_level,
-        "access_log": False,
-        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
-        "lifespan": "on",
-    }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        server = uvicorn.Server(server_config(settings, create_app(settings)))
+        server.run()
+        if not server.started:
+            sys.exit(STARTUP_FAILURE)  # as uvicorn.run does: the port was taken, or startup failed
         return
     if config_path:
         os.environ["TOLLWAY_CONFIG"] = config_path
@@ -39,9 +135,6 @@ def run_server(settings: Settings, *, config_path: str | None = None) -> None:
     # The parent migrated and bootstrapped already; workers must not repeat it.
     os.environ["TOLLWAY_AUTO_MIGRATE"] = "false"
     os.environ["TOLLWAY_BOOTSTRAP"] = "false"
-    uvicorn.run(
-        "gateway.app:app_from_environment",
-        factory=True,
-        workers=settings.workers,
-        **common,  # type: ignore[arg-type]
-    )
+    config = server_config(settings, "gateway.app:app_from_environment", factory=True, workers=settings.workers)
+    # What uvicorn.run does for several workers, with our own Config object.
+    Multiprocess(config, sockets=[config.bind_socket()]).run()

@@ -148,6 +148,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     settlement_scan_s: float = 30.0
     settlement_claim_idle_s: float = 30.0
     log_level: str = "info"
+    # How long a client may take to send a request's headers (slow-header attacks; see server.py).
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     trusted_proxies: list[str] = []
     country_header: str = ""
     country_fail_closed: bool = True
@@ -194,6 +196,7 @@ _ENV_OVERRIDES: dict[str, type] = {
     "settlement_scan_s": float,
     "settlement_claim_idle_s": float,
     "log_level": str,
+    "header_timeout_s": float,
     "country_header": str,
     "country_fail_closed": bool,
     "geoip_database": str,

@@ -8,7 +8,10 @@ a 10 s timeout, is signed with the account's secret, and is retried with growing
 
 URLs that resolve to private, loopback or link-local addresses are refused unless the operator
 allows them (``webhook_allow_private``): a key holder must not be able to make the gateway
-call into its own network.
+call into its own network. The name is resolved once, every address it gives is checked, and
+the POST goes to the checked address (``Host`` and TLS SNI/certificate name still the original
+name): letting httpx resolve the name again would let a DNS server that answers a public
+address first and 127.0.0.1 second (DNS rebinding) slip past the check.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -62,17 +66,49 @@ def check_webhook_url(url: str, *, allow_private: bool) -> None:
         raise RestrictionError("webhook_url", "points at a private address (the operator can allow it)")
 
 
-async def _resolves_private(url: str) -> bool:
-    """At delivery time: every address the name resolves to must be public (DNS can change)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        return _private(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""(host, port) -> the addresses to connect to; the seam tests use to play a rebinding DNS."""
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return any(_private(ipaddress.ip_address(info[4][0])) for info in infos)
+    return [str(info[4][0]) for info in infos]
+
+
+class PrivateAddress(Exception):
+    """The webhook URL is, or resolves to, an address inside the operator's network."""
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedTarget:
+    """Where to connect (the checked address) and which name to present (Host, SNI)."""
+
+    url: httpx.URL
+    host_header: str
+    sni_hostname: str | None
+
+
+async def pin_public_address(url: str, resolver: Resolver) -> PinnedTarget:
+    """Resolve ``url``'s host once; refuse if any address is private; else pin the first one."""
+    parsed = httpx.URL(url)
+    host = parsed.host
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        addresses = [ipaddress.ip_address(host)]
+        literal = True
+    except ValueError:
+        literal = False
+        try:
+            addresses = [ipaddress.ip_address(a) for a in await resolver(host, port)]
+        except ValueError as error:  # e.g. a scoped fe80::1%eth0: link-local anyway
+            raise PrivateAddress(host) from error
+    if not addresses or any(_private(address) for address in addresses):
+        raise PrivateAddress(host)
+    return PinnedTarget(
+        url=parsed.copy_with(host=str(addresses[0])),
+        host_header=parsed.netloc.decode("ascii"),
+        sni_hostname=None if literal or parsed.scheme != "https" else host,
+    )
 
 
 class WebhookWorker:
@@ -84,9 +120,11 @@ class WebhookWorker:
         retry_base_s: float,
         now: Callable[[], datetime],
         client: httpx.AsyncClient | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._allow_private = allow_private
+        self._resolver = resolver
         self._retry_base_s = retry_base_s
         self._now = now
         # No redirects (a redirect could lead to a private address) and no proxies from env.
@@ -163,22 +201,27 @@ class WebhookWorker:
             body = msgspec.json.encode(event.payload)
             status, error = 0, ""
             try:
-                if not self._allow_private and await _resolves_private(delivery.url):
-                    error = "refused: the URL resolves to a private address"
+                timestamp = int(time.time())
+                headers = {
+                    "Content-Type": "application/json",
+                    "User-Agent": "Tollway-Webhooks/1",
+                    "X-Tollway-Event": event.event,
+                    "X-Tollway-Delivery": str(delivery.id),
+                    "X-Tollway-Signature": signature_header(secret, timestamp, body),
+                }
+                if self._allow_private:
+                    response = await self._client.post(delivery.url, content=body, headers=headers)
                 else:
-                    timestamp = int(time.time())
+                    target = await pin_public_address(delivery.url, self._resolver)
                     response = await self._client.post(
-                        delivery.url,
+                        target.url,
                         content=body,
-                        headers={
-                            "Content-Type": "application/json",
-                            "User-Agent": "Tollway-Webhooks/1",
-                            "X-Tollway-Event": event.event,
-                            "X-Tollway-Delivery": str(delivery.id),
-                            "X-Tollway-Signature": signature_header(secret, timestamp, body),
-                        },
+                        headers={**headers, "Host": target.host_header},
+                        extensions={"sni_hostname": target.sni_hostname} if target.sni_hostname else {},
                     )
-                    status = response.status_code
+                status = response.status_code
+            except PrivateAddress:
+                error = "refused: the URL resolves to a private address"
             except (httpx.HTTPError, OSError) as failure:
                 error = type(failure).__name__
             delivery.attempts += 1

@@ -3,13 +3,21 @@
 Resolution is on every request's path, so resolved keys are cached per process for
 ``ttl_s`` (1 s by default): a revoked or changed key stops working everywhere within that
 time, while a busy key costs one database query per second per process instead of one per
-request. Unknown keys are cached too (bounded), so a flood of bad keys cannot reach the
-database at request rate.
+request.
+
+Unknown keys never reach the database one by one: each process keeps the set of every key's
+hash (the *directory*), grown incrementally by ``id`` (``WHERE id > last seen``). A hash that
+is not in it is refused without a query. A miss waits for a directory sync that starts after
+it arrived, so a key just created by any process is found at once; syncs are shared by every
+miss waiting at the time and start at most every ``directory_interval_s``, so a flood of
+random keys costs a few cheap queries a second per process, not one per key. Deleted keys
+stay in the set; that only sends their (rare) callers to the per-key lookup, which says no.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -132,6 +140,7 @@ class KeyResolver:
         ttl_s: float,
         max_entries: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
+        directory_interval_s: float = 0.05,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._ttl_s = ttl_s
@@ -139,11 +148,49 @@ class KeyResolver:
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, KeyIdentity | None]] = OrderedDict()
         self._loading: dict[str, asyncio.Future[KeyIdentity | None]] = {}
+        self._directory_interval_s = directory_interval_s
+        self._known: set[str] = set()  # every key hash seen in the database
+        self._known_up_to_id = 0
+        self._last_sync_at = float("-inf")
+        self._next_sync: asyncio.Future[None] | None = None  # not started yet: joinable
+        self._running_sync: asyncio.Future[None] | None = None
 
     async def resolve(self, token: str) -> KeyIdentity | None:
         """The identity behind a ``prx-`` key, or ``None`` if no such key exists."""
         digest = hash_key(token)
+        if digest not in self._known and digest not in self._cache:
+            try:
+                await asyncio.shield(self._directory_sync())
+            except DATABASE_ERRORS as error:
+                raise KeysUnavailable("the key database is unreachable; try again shortly") from error
+            if digest not in self._known:
+                return None
         return await self._cached(digest, lambda: ApiKey.key_hash == digest)
+
+    def _directory_sync(self) -> asyncio.Future[None]:
+        """A sync that has not started yet (so it will see anything created before this call)."""
+        if self._next_sync is None:
+            self._next_sync = asyncio.ensure_future(self._sync_directory(self._running_sync))
+        return self._next_sync
+
+    async def _sync_directory(self, previous: asyncio.Future[None] | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        delay = self._last_sync_at + self._directory_interval_s - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # From here on the query may miss what is created next: later misses need the next sync.
+        self._running_sync, self._next_sync = self._next_sync, None
+        self._last_sync_at = self._clock()
+        for key_id, key_hash in await self._load_directory(self._known_up_to_id):
+            self._known.add(key_hash)
+            self._known_up_to_id = max(self._known_up_to_id, key_id)
+
+    async def _load_directory(self, after_id: int) -> list[tuple[int, str]]:
+        async with self._sessionmaker() as session:
+            rows = await session.execute(select(ApiKey.id, ApiKey.key_hash).where(ApiKey.id > after_id))
+            return [(int(key_id), str(key_hash)) for key_id, key_hash in rows]
 
     def forget_all(self) -> None:
         """Make every entry stale (still usable if the database cannot answer)."""

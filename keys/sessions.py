@@ -7,13 +7,18 @@ Three cookies (set by the HTTP layer, see ``gateway/api/auth.py``):
   member, a suspended account or a password change take effect on the next request;
 - the refresh token ``<sid>.<secret>``: only its SHA-256 is stored. Each refresh replaces it
   (rotation); presenting the one it replaced means it was copied, and the whole session is
-  revoked;
+  revoked -- except within ``REFRESH_GRACE_S`` of the rotation: two tabs of one browser share
+  the cookie and refresh at the same moment, and the loser must not log the user out. The
+  next secret is an HMAC of the previous one's hash, so a late tab is answered with exactly
+  the pair the first tab got (no third token appears, whichever response the cookie jar keeps
+  is the current one), and two racing refreshes on SQLite compute the same token;
 - the CSRF token: an HMAC of the session id, readable by the page's script and required in
   ``X-CSRF-Token`` for every cookie-authenticated write (double submit, bound to the session).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -51,6 +56,7 @@ _ISSUER = "tollway"
 _SECRET_NAME = "session_signing_key"
 LOGIN_ATTEMPTS = 10
 LOGIN_WINDOW_S = 900
+REFRESH_GRACE_S = 20  # how long the refresh token just rotated away still answers (see above)
 
 
 async def load_signing_secret(sessionmaker: async_sessionmaker[AsyncSession], configured: str) -> bytes:
@@ -147,6 +153,12 @@ class SessionService:
         secret = secrets.token_urlsafe(32)
         return f"{session_id}.{secret}", hash_key(secret)
 
+    def _next_refresh(self, session_id: str, previous_hash: str) -> tuple[str, str]:
+        """The token that replaces the one hashed ``previous_hash``: derived, so it can be re-derived."""
+        mac = hmac.new(self._secret, f"refresh:{session_id}:{previous_hash}".encode(), hashlib.sha256).digest()
+        secret = base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+        return f"{session_id}.{secret}", hash_key(secret)
+
     # -- login, refresh, logout -----------------------------------------------------------
 
     async def _throttle(self, email: str) -> str:
@@ -193,6 +205,20 @@ class SessionService:
         await self._counters.delete(throttle_key)
         return self._issue(principal, refresh_token, row.expires_at)
 
+    async def verify_user(self, email: str, password: str) -> int:
+        """The id of the user whose own password this is, throttled like sign-in (used to accept
+        an invitation as an existing user who has no session to show)."""
+        email = email.strip().lower()
+        throttle_key = await self._throttle(email)
+        async with self._sessionmaker() as session:
+            user = await session.scalar(select(User).where(User.email == email))
+            ok = await verify_password_async(password, user.password_hash if user is not None else None)
+            if user is None or not ok or not user.is_active:
+                raise InvalidCredentials("wrong email or password", param="password")
+            user_id = user.id
+        await self._counters.delete(throttle_key)
+        return user_id
+
     async def refresh(self, refresh_token: str | None) -> IssuedSession:
         session_id, _, secret = (refresh_token or "").partition(".")
         if not session_id or not secret:
@@ -202,18 +228,26 @@ class SessionService:
             row = await session.get(DashboardSession, session_id, with_for_update=True)
             if row is None or row.revoked_at is not None or _aware(row.expires_at) <= self._now():
                 raise SessionExpired("session ended: sign in again")
+            expires_at = _aware(row.expires_at)
             if not constant_time_equal(presented, row.refresh_hash):
-                if row.previous_refresh_hash and constant_time_equal(presented, row.previous_refresh_hash):
-                    # A refresh token that was already rotated away came back: someone copied it.
+                if not row.previous_refresh_hash or not constant_time_equal(presented, row.previous_refresh_hash):
+                    raise SessionExpired("session ended: sign in again")
+                if self._now() - _aware(row.rotated_at) > timedelta(seconds=REFRESH_GRACE_S):
+                    # A refresh token that was rotated away long ago came back: someone copied it.
                     row.revoked_at = self._now()
                     await session.commit()
-                raise SessionExpired("session ended: sign in again")
+                    raise SessionExpired("session ended: sign in again")
+                # Another tab's refresh won the race a moment ago: answer with the pair it got.
+                principal = await self._principal(session, row)
+                current_token, current_hash = self._next_refresh(session_id, row.previous_refresh_hash)
+                if not constant_time_equal(current_hash, row.refresh_hash):  # rotated by an older version
+                    raise SessionExpired("session ended: sign in again")
+                return self._issue(principal, current_token, expires_at)
             principal = await self._principal(session, row)
-            new_token, new_hash = self._new_refresh(session_id)
+            new_token, new_hash = self._next_refresh(session_id, row.refresh_hash)
             row.previous_refresh_hash = row.refresh_hash
             row.refresh_hash = new_hash
             row.rotated_at = self._now()
-            expires_at = _aware(row.expires_at)
             await session.commit()
         return self._issue(principal, new_token, expires_at)
 

@@ -24,7 +24,7 @@ from gateway.errors import InvalidRequest, decode_body, remember_request_id
 from gateway.pipeline.chat import new_request_id
 from gateway.state import GatewayState
 from keys.chain import authorize_request, identify
-from keys.errors import BrowserTokenForbidden, MissingApiKey, RoleForbidden, SessionExpired
+from keys.errors import BrowserTokenForbidden, InvalidApiKey, MissingApiKey, RoleForbidden, SessionExpired
 from keys.models import Role
 from keys.roles import KEY_ROLE, RESTRICTED_KEY_ROLE, Permission, require
 from keys.service import KeyIdentity
@@ -51,6 +51,15 @@ class Caller:
         """A restricted key mints browser tokens only for itself, never for a wider sibling."""
         if self.key is not None and self.key.is_restricted and key_id != self.key.key_id:
             raise RoleForbidden("a key with restrictions can only mint browser tokens for itself")
+
+    def require_token_owner(self, owner: tuple[int, int] | None) -> None:
+        """Revoking a ``bt-`` token (``owner`` = its account and parent key, None if unknown): it must
+        be this account's, and a restricted key may only revoke tokens it minted itself, so it
+        cannot cut off a sibling key's browser users."""
+        if owner is None or owner[0] != self.account_id:
+            raise InvalidApiKey("no such browser token")
+        if self.key is not None and self.key.is_restricted and owner[1] != self.key.key_id:
+            raise RoleForbidden("a key with restrictions can only revoke browser tokens it minted itself")
 
 
 async def management_caller(request: Request[Any, Any, Any], permission: Permission) -> tuple[GatewayState, Caller]:

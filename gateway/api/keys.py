@@ -21,7 +21,6 @@ from gateway.state import GatewayState
 from gateway.webhooks import check_webhook_url
 from keys.audit import list_events, record_event
 from keys.browser_tokens import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
-from keys.errors import InvalidApiKey
 from keys.management import (
     KeyCreate,
     KeyNotFound,
@@ -139,9 +138,7 @@ class KeysController(Controller):
     async def revoke_token(self, request: Request[Any, Any, Any]) -> None:
         state, caller = await management_caller(request, Permission.MINT_TOKENS)
         ask = decode_body(await request.body(), EphemeralRevoke)
-        owner = await state.tokens.owner_of(ask.token)
-        if owner is None or owner[0] != caller.account_id:
-            raise InvalidApiKey("no such browser token")
+        caller.require_token_owner(await state.tokens.owner_of(ask.token))
         await state.tokens.revoke(ask.token)
 
     @post("/{key_id:int}/revoke-tokens/", status_code=204)

@@ -30,6 +30,7 @@ class ThreadedServer:
             lifespan="on",
             loop="asyncio",
             timeout_graceful_shutdown=5,
+            proxy_headers=False,  # as gateway/server.py: only Tollway's trusted_proxies may rewrite the client
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)

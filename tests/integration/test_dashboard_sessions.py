@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -13,6 +14,7 @@ import httpx
 import jwt
 import pytest
 
+from keys.sessions import REFRESH_GRACE_S
 from tests.fakes.gateway_fixtures import ADMIN_TOKEN, Backend, Gateway, gateway_settings, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -69,6 +71,19 @@ def add_owner(gateway: Gateway) -> None:
     )
     assert response.status_code == 201, response.text
     assert response.json()["role"] == "owner"
+
+
+def join(inviter: Browser, email: str, role: str, password: str = PASSWORD) -> tuple[Browser, int]:
+    """Invite ``email`` as ``role``; the invited person accepts with their own password and signs in."""
+    invited = inviter.request("POST", "/api/invitations/", json={"email": email, "role": role})
+    assert invited.status_code == 201, invited.text
+    person = Browser(inviter.gateway)
+    accepted = person.request(
+        "POST", "/api/invitations/accept/", json={"token": invited.json()["token"], "password": password}
+    )
+    assert accepted.status_code == 201, accepted.text
+    assert person.login(email, password).status_code == 200
+    return person, int(accepted.json()["member"]["id"])
 
 
 def signed_in_owner(gateway: Gateway) -> Browser:
@@ -154,7 +169,34 @@ def test_tampered_or_foreign_tokens_are_refused(gateway: Gateway) -> None:
         assert response.status_code == 401 and error_code(response) == "session_expired"
 
 
-def test_refresh_rotates_and_a_replayed_refresh_token_ends_the_session(gateway: Gateway) -> None:
+class Clock:
+    """The gateway's clock, moved by hand. It starts a minute behind the real time and is only
+    moved forward by less than that: PyJWT checks ``iat`` and ``exp`` against the real time."""
+
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC) - timedelta(seconds=60)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clocked(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, Clock]]:
+    gateway, server = start_gateway(gateway_settings(backend, fake_openai), fake_openai)
+    clock = Clock()
+    state: Any = server.server.config.app.state.gateway  # the app the server runs
+    state.now = clock
+    try:
+        yield gateway, clock
+    finally:
+        server.stop()
+
+
+def test_refresh_rotates_and_a_replayed_refresh_token_ends_the_session(clocked: tuple[Gateway, Clock]) -> None:
+    gateway, clock = clocked
     browser = signed_in_owner(gateway)
     first_refresh = browser.cookies["tw_refresh"]
     rotated = browser.request("POST", "/api/auth/refresh/")
@@ -162,7 +204,9 @@ def test_refresh_rotates_and_a_replayed_refresh_token_ends_the_session(gateway: 
     assert browser.cookies["tw_refresh"] != first_refresh
     assert browser.request("GET", "/api/keys/").status_code == 200
 
-    # A thief replays the refresh token the browser already used: the whole session ends.
+    # A thief replays the refresh token the browser already used, after the two-tab grace:
+    # the whole session ends.
+    clock.advance(REFRESH_GRACE_S + 1)
     thief = Browser(gateway)
     thief.cookies = {"tw_refresh": first_refresh, "tw_csrf": browser.csrf}
     replay = thief.request("POST", "/api/auth/refresh/")
@@ -170,6 +214,23 @@ def test_refresh_rotates_and_a_replayed_refresh_token_ends_the_session(gateway: 
     ended = browser.request("GET", "/api/keys/")
     assert ended.status_code == 401 and error_code(ended) == "session_expired"
     assert browser.request("POST", "/api/auth/refresh/").status_code == 401
+
+
+def test_refresh_two_tabs_at_once_keep_the_session_within_the_grace(clocked: tuple[Gateway, Clock]) -> None:
+    gateway, clock = clocked
+    first_tab = signed_in_owner(gateway)
+    second_tab = Browser(gateway)  # the same browser: it sent the same cookies at the same moment
+    second_tab.cookies = dict(first_tab.cookies)
+    assert first_tab.request("POST", "/api/auth/refresh/").status_code == 200
+    clock.advance(REFRESH_GRACE_S - 1)
+    late = second_tab.request("POST", "/api/auth/refresh/")
+    assert late.status_code == 200, late.text
+    # Both tabs now hold the same refresh token, so whichever response the cookie jar kept works.
+    assert second_tab.cookies["tw_refresh"] == first_tab.cookies["tw_refresh"]
+    assert first_tab.request("GET", "/api/keys/").status_code == 200
+    assert second_tab.request("GET", "/api/keys/").status_code == 200
+    assert second_tab.request("POST", "/api/auth/refresh/").status_code == 200
+    assert first_tab.request("GET", "/api/keys/").status_code == 200
 
 
 def test_logout_revokes_on_the_server_not_just_in_the_browser(gateway: Gateway) -> None:
@@ -203,11 +264,7 @@ def test_roles_gate_every_action_on_the_server(gateway: Gateway) -> None:
     owner = signed_in_owner(gateway)
     people = {}
     for role in ("admin", "member", "viewer"):
-        email = f"{role}@acme.test"
-        added = owner.request("POST", "/api/members/", json={"email": email, "role": role, "password": PASSWORD})
-        assert added.status_code == 201, added.text
-        people[role] = Browser(gateway)
-        assert people[role].login(email, PASSWORD).status_code == 200
+        people[role], _member_id = join(owner, f"{role}@acme.test", role)
     key_id = gateway_key_id(owner)
 
     def status(browser: Browser, method: str, path: str, **kwargs: Any) -> int:
@@ -227,7 +284,9 @@ def test_roles_gate_every_action_on_the_server(gateway: Gateway) -> None:
     assert status(people["member"], "GET", "/api/audit/") == 403
     assert status(people["viewer"], "GET", "/api/audit/") == 403
     assert status(people["admin"], "GET", "/api/audit/") == 200
-    assert status(people["member"], "POST", "/api/members/", json={"email": "x@acme.test", "password": PASSWORD}) == 403
+    assert status(people["member"], "POST", "/api/members/", json={"email": "x@acme.test"}) == 403
+    assert status(people["member"], "POST", "/api/invitations/", json={"email": "x@acme.test"}) == 403
+    assert status(people["member"], "GET", "/api/invitations/") == 403
 
 
 def gateway_key_id(browser: Browser) -> int:
@@ -242,15 +301,10 @@ def test_owner_rules_last_owner_and_removal_ends_sessions(gateway: Gateway) -> N
     assert demote.status_code == 409
     assert owner.request("DELETE", f"/api/members/{owner_member}/").status_code == 409
 
-    admin_added = owner.request(
-        "POST", "/api/members/", json={"email": "admin@acme.test", "role": "admin", "password": PASSWORD}
-    ).json()
-    admin_browser = Browser(gateway)
-    admin_browser.login("admin@acme.test", PASSWORD)
+    admin_browser, admin_member_id = join(owner, "admin@acme.test", "admin")
+    admin_added = {"id": admin_member_id}
     # An admin can neither create owners nor touch the owner.
-    grant_owner = admin_browser.request(
-        "POST", "/api/members/", json={"email": "x@acme.test", "role": "owner", "password": PASSWORD}
-    )
+    grant_owner = admin_browser.request("POST", "/api/members/", json={"email": "x@acme.test", "role": "owner"})
     assert grant_owner.status_code == 403
     assert admin_browser.request("DELETE", f"/api/members/{owner_member}/").status_code == 403
     assert (
@@ -258,11 +312,9 @@ def test_owner_rules_last_owner_and_removal_ends_sessions(gateway: Gateway) -> N
     )
     duplicate = owner.request("POST", "/api/members/", json={"email": "admin@acme.test", "role": "viewer"})
     assert duplicate.status_code == 409
-    bad_role = owner.request(
-        "POST", "/api/members/", json={"email": "y@acme.test", "role": "god", "password": PASSWORD}
-    )
+    bad_role = owner.request("POST", "/api/members/", json={"email": "y@acme.test", "role": "god"})
     assert bad_role.status_code == 400 and bad_role.json()["error"]["param"] == "role"
-    bad_email = owner.request("POST", "/api/members/", json={"email": "not-an-email", "password": PASSWORD})
+    bad_email = owner.request("POST", "/api/members/", json={"email": "not-an-email"})
     assert bad_email.status_code == 400 and bad_email.json()["error"]["param"] == "email"
 
     # Promote the admin to owner; now the first owner may step down.

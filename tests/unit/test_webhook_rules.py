@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from billing.webhooks import retry_delay, signature_header, verify_signature
-from gateway.webhooks import _resolves_private, check_webhook_url
+from gateway.webhooks import PrivateAddress, check_webhook_url, pin_public_address, system_resolver
 from keys.restrictions import RestrictionError
 
 
@@ -47,6 +47,35 @@ def test_public_urls_and_names_pass_the_configuration_check() -> None:
 
 
 async def test_names_are_checked_by_what_they_resolve_to() -> None:
-    assert await _resolves_private("http://localhost:9/x")  # resolves to loopback, no network needed
-    assert await _resolves_private("http://[::ffff:10.0.0.1]/x")
-    assert not await _resolves_private("https://1.1.1.1/x")
+    for url in ("http://localhost:9/x", "http://[::ffff:10.0.0.1]/x"):  # localhost: no network needed
+        with pytest.raises(PrivateAddress):
+            await pin_public_address(url, system_resolver)
+    pinned = await pin_public_address("https://1.1.1.1/x", system_resolver)
+    assert str(pinned.url) == "https://1.1.1.1/x" and pinned.sni_hostname is None
+
+
+class RebindingDns:
+    """Answers a public address on the first lookup and loopback on every later one."""
+
+    def __init__(self) -> None:
+        self.lookups: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.lookups.append(host)
+        return ["93.184.216.34"] if len(self.lookups) == 1 else ["127.0.0.1"]
+
+
+async def test_webhook_pin_connects_to_the_address_it_checked() -> None:
+    dns = RebindingDns()
+    pinned = await pin_public_address("https://hooks.example.com:8443/in?x=1", dns)
+    assert str(pinned.url) == "https://93.184.216.34:8443/in?x=1"
+    assert pinned.host_header == "hooks.example.com:8443" and pinned.sni_hostname == "hooks.example.com"
+    assert dns.lookups == ["hooks.example.com"]  # one lookup: nothing left for a second answer to change
+
+
+async def test_webhook_pin_refuses_a_name_with_any_private_address() -> None:
+    async def mixed(host: str, port: int) -> list[str]:
+        return ["93.184.216.34", "10.0.0.7"]
+
+    with pytest.raises(PrivateAddress):
+        await pin_public_address("https://hooks.example.com/", mixed)
