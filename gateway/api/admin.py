@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.params import FromPath
+from sqlalchemy import func, select
 
 from billing.accounts import (
     AccountExists,
@@ -23,8 +24,9 @@ from billing.accounts import (
     set_account_status,
 )
 from billing.grants import grant as grant_and_sync
-from billing.models import Account, AccountStatus, LedgerKind
+from billing.models import Account, AccountStatus, LedgerKind, UsageRecord
 from billing.money import MoneyError, credits_to_micro, format_credits
+from gateway.api.billing import usage_view
 from gateway.api.v1 import model_view
 from gateway.catalog import PriceFields, is_priced
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, decode_body, remember_request_id
@@ -288,7 +290,7 @@ class AdminController(Controller):
         for variant, value in ask.per_unit_usd_variants.items():
             _usd(value, f"per_unit_usd_variants.{variant}")
         fields = PriceFields(**msgspec.structs.asdict(ask))
-        if not is_priced(model.category, fields):
+        if not is_priced("embedding" if model.embeds_only else model.category, fields):
             raise InvalidRequest(
                 f"these prices do not cover a {model.category} model (see the README's pricing fields)",
                 param="input_per_mtok",
@@ -300,6 +302,27 @@ class AdminController(Controller):
     async def clear_price(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> None:
         state = _operator(request)
         await store_override(state, slug.lstrip("/"), None)
+
+    @get("/anomalies/")
+    async def list_anomalies(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Usage the gateway did not take at the upstream's word (over the hold, unbelievable,
+        text it had to clean): counts over every account, the newest records, and this
+        process's counters since it started."""
+        state = _operator(request)
+        async with state.sessionmaker() as session:
+            counts = await session.execute(
+                select(UsageRecord.anomaly, func.count()).where(UsageRecord.anomaly != "").group_by(UsageRecord.anomaly)
+            )
+            newest = await session.scalars(
+                select(UsageRecord).where(UsageRecord.anomaly != "").order_by(UsageRecord.id.desc()).limit(50)
+            )
+            return _json(
+                {
+                    "counts": {str(kind): int(count) for kind, count in counts},
+                    "this_process": dict(state.anomalies),
+                    "newest": [{**usage_view(record), "account_id": record.account_id} for record in newest],
+                }
+            )
 
 
 def _usd(value: str, field: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from billing.money import credits_to_micro
 from gateway.settings import ModelSettings
-from tests.fakes.gateway_fixtures import FAKE_MODEL, Backend, Gateway, gateway_settings, start_gateway
+from tests.fakes.gateway_fixtures import ADMIN_TOKEN, FAKE_MODEL, Backend, Gateway, gateway_settings, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 
 WHISPER = "fake/whisper-1"
@@ -98,6 +98,10 @@ def test_usage_beyond_the_hold_is_billed_at_the_hold_and_flagged(small: Gateway)
     assert 0 < middle - small.balance_micro() <= held
     records = small.usage_records()
     assert [r.anomaly for r in records[-2:]] == ["usage_over_hold", "usage_over_hold"]
+    # The operator sees them in one place.
+    seen = httpx.get(small.url + "/api/admin/anomalies/", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    assert seen["counts"]["usage_over_hold"] == 2 and seen["this_process"]["usage_over_hold"] == 2
+    assert {r["request_id"] for r in seen["newest"]} == {r.request_id for r in records[-2:]}
 
 
 def test_stream_with_lying_usage_counts_and_never_errors(small: Gateway) -> None:
