@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import FromPath
 
+from billing.bounds import Email, Password
 from gateway.api.auth import management_caller
 from gateway.errors import decode_body
+from gateway.validation import PathId
 from keys.members import add_member, change_role, list_members, remove_member
 from keys.models import Role
 from keys.roles import Permission
@@ -18,9 +20,9 @@ _encoder = msgspec.json.Encoder()
 
 
 class MemberAdd(msgspec.Struct, forbid_unknown_fields=True):
-    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    email: Email
     role: Role = Role.MEMBER
-    password: str | None = None
+    password: Password | None = None
 
 
 class MemberUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,7 +60,7 @@ class MembersController(Controller):
         return _json(member.as_json(), 201)
 
     @patch("/{member_id:int}/")
-    async def update_member(self, request: Request[Any, Any, Any], member_id: FromPath[int]) -> Response[bytes]:
+    async def update_member(self, request: Request[Any, Any, Any], member_id: FromPath[PathId]) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
         ask = decode_body(await request.body(), MemberUpdate)
         async with state.sessionmaker() as session:
@@ -68,7 +70,7 @@ class MembersController(Controller):
         return _json(member.as_json())
 
     @delete("/{member_id:int}/", status_code=204)
-    async def remove_member(self, request: Request[Any, Any, Any], member_id: FromPath[int]) -> None:
+    async def remove_member(self, request: Request[Any, Any, Any], member_id: FromPath[PathId]) -> None:
         state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
         async with state.sessionmaker() as session:
             await remove_member(session, caller.account_id, member_id, actor_role=caller.role, actor=caller.actor)
