@@ -10,6 +10,10 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 MICRO_PER_CREDIT = 1_000_000
 _MICRO = Decimal(MICRO_PER_CREDIT)
+# The largest amount any one API call may name: 10**18 micro-credits still fits a BIGINT
+# (2**63-1 ≈ 9.2 * 10**18) with room for a balance to grow, and refusing it before the
+# multiplication below keeps "1e999999999" from costing a gigantic int (or a decimal Overflow).
+MAX_CREDITS = 10**12
 
 
 class MoneyError(ValueError):
@@ -24,6 +28,10 @@ def credits_to_micro(amount: str | int | Decimal) -> int:
         raise MoneyError(f"not a number of credits: {amount!r}") from error
     if not value.is_finite():
         raise MoneyError(f"not a number of credits: {amount!r}")
+    if value.copy_abs() > MAX_CREDITS:  # copy_abs, unlike abs(), never rounds (nor overflows)
+        raise MoneyError(f"at most {MAX_CREDITS} credits at a time: {amount!r}")
+    if value and value.adjusted() < -6:  # "1e-999999999" would underflow to 0 below, not fail
+        raise MoneyError(f"credits have at most 6 decimal places: {amount!r}")
     micro = value * _MICRO
     if micro != micro.to_integral_value():
         raise MoneyError(f"credits have at most 6 decimal places: {amount!r}")

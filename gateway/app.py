@@ -12,7 +12,9 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+import msgspec
+from litestar import Controller, Litestar
+from litestar import Router as Layer
 from litestar.exceptions import HTTPException
 from litestar.logging.config import LoggingConfig
 
@@ -46,8 +48,10 @@ from gateway.errors import (
     DOMAIN_ERRORS,
     handle_domain_error,
     handle_http_exception,
+    handle_recursion_error,
     handle_restriction_error,
     handle_unexpected,
+    handle_validation_error,
 )
 from gateway.pipeline.geoip import CountryDatabase
 from gateway.prices import follow_price_changes, reload_catalogue
@@ -59,6 +63,18 @@ from keys.browser_tokens import BrowserTokens
 from keys.restrictions import RestrictionError, parse_networks
 from keys.service import KeyResolver
 from keys.sessions import SessionService, load_signing_secret
+
+API_CONTROLLERS: list[type[Controller]] = [
+    KeysController,
+    AuditController,
+    MembersController,
+    InvitationsController,
+    CreditsController,
+    UsageController,
+    WebhooksController,
+    AuthController,
+    AdminController,
+]
 
 
 def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> Litestar:
@@ -131,6 +147,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     }
     exception_handlers[RestrictionError] = handle_restriction_error
     exception_handlers[HTTPException] = handle_http_exception
+    exception_handlers[msgspec.ValidationError] = handle_validation_error
+    exception_handlers[RecursionError] = handle_recursion_error
     exception_handlers[Exception] = handle_unexpected
     return Litestar(
         route_handlers=[
@@ -146,15 +164,13 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             list_models,
             retrieve_model,
             get_generation,
-            KeysController,
-            AuditController,
-            MembersController,
-            InvitationsController,
-            CreditsController,
-            UsageController,
-            WebhooksController,
-            AuthController,
-            AdminController,
+            # Our own API takes small JSON bodies: one cap for all of it (413 past it), far
+            # below the app-wide default that /v1 keeps for prompts and uploads.
+            Layer(
+                path="/",
+                route_handlers=API_CONTROLLERS,
+                request_max_body_size=settings.api_max_body_bytes,
+            ),
             healthz,
             readyz,
         ],

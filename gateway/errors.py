@@ -12,8 +12,9 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 
+from billing.bounds import NO_CONTROL, NO_NUL
 from billing.errors import BillingError
 from keys.errors import KeyError_
 from keys.restrictions import RestrictionError
@@ -62,6 +63,19 @@ class ProviderUnavailable(GatewayError):
 _PARAM_PATTERNS = (re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)"), re.compile(r"field `([^`]+)`"))
 
 
+_READABLE = {
+    f"matching regex {NO_CONTROL!r}": "without control characters",
+    f"matching regex {NO_NUL!r}": "without NUL",
+}
+
+
+def readable(message: str) -> str:
+    """A msgspec message with our bounds' regexes said in words (``str`` without NUL…)."""
+    for regex, words in _READABLE.items():
+        message = message.replace(regex, words)
+    return message
+
+
 def validation_param(message: str) -> str | None:
     """The top-level field a msgspec validation message is about, for the error's ``param``."""
     for pattern in _PARAM_PATTERNS:
@@ -76,9 +90,15 @@ def decode_body(raw: bytes, type_: type[T]) -> T:
     try:
         return msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as error:
-        raise InvalidRequest(f"invalid request: {error}", param=validation_param(str(error))) from error
+        message = str(error)
+        raise InvalidRequest(f"invalid request: {readable(message)}", param=validation_param(message)) from error
     except msgspec.DecodeError as error:
         raise InvalidJSON(f"request body is not valid JSON: {error}") from error
+    except RecursionError as error:  # msgspec's answer to 100,000 "[" inside an untyped field
+        raise InvalidJSON(TOO_DEEP) from error
+
+
+TOO_DEEP = "request body is not valid JSON: it nests too deeply"
 
 
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (GatewayError, KeyError_, BillingError, ProviderError)
@@ -126,6 +146,8 @@ _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_f
 
 
 def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
+    if isinstance(error, ValidationException):
+        return _parameter_error(error)
     status = error.status_code
     code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status, "http_error")
     type_ = _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
@@ -135,6 +157,37 @@ def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException)
         media_type="application/json",
         headers=dict(error.headers or {}),
     )
+
+
+def _parameter_error(error: ValidationException) -> Response[bytes]:
+    """A path or query parameter Litestar refused (out of its bounds, not an int…): a 400 that
+    names the parameter, in our shape. Litestar's own detail repeats the whole URL; not echoed."""
+    problems = error.extra if isinstance(error.extra, list) else []
+    first = problems[0] if problems and isinstance(problems[0], dict) else {}
+    param = first.get("key")
+    if not param:
+        return error_response(InvalidRequest("invalid request"))
+    source = getattr(first.get("source"), "value", first.get("source")) or "request"
+    message = f"invalid {source} parameter {param}: {readable(str(first.get('message')))}"
+    return error_response(InvalidRequest(message, param=str(param)))
+
+
+def handle_validation_error(request: Request[Any, Any, Any], error: msgspec.ValidationError) -> Response[bytes]:
+    """A body checked against a Struct outside :func:`decode_body` (``msgspec.convert``)."""
+    message = str(error)
+    return error_response(
+        InvalidRequest(f"invalid request: {readable(message)}", param=validation_param(message)),
+        cast(dict[str, Any], request.scope).get(_REQUEST_ID),
+    )
+
+
+def handle_recursion_error(request: Request[Any, Any, Any], error: RecursionError) -> Response[bytes]:
+    """Decoding or walking a body nested thousands deep is the caller's doing: a 400, not a 500.
+
+    :func:`decode_body` turns it into :class:`InvalidJSON` itself; this catches the same thing
+    from a body decoded elsewhere (the ``/v1`` pipeline decodes its own)."""
+    log.warning("request refused: its body nests too deeply", exc_info=error)
+    return error_response(InvalidJSON(TOO_DEEP), cast(dict[str, Any], request.scope).get(_REQUEST_ID))
 
 
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:

@@ -157,6 +157,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cors_max_age_s: int = 600
     # Chat bodies beyond this are refused (413) before any token is counted.
     max_chat_body_bytes: PositiveInt = 8 * 1024 * 1024
+    # The largest request body /api accepts (its bodies are small JSON); larger is a 413.
+    api_max_body_bytes: PositiveInt = 1024 * 1024
     admin_token: str = ""
     webhook_allow_private: bool = False
     webhook_poll_s: float = 1.0
@@ -207,6 +209,7 @@ _ENV_OVERRIDES: dict[str, type] = {
     "session_ttl_s": int,
     "session_refresh_ttl_s": int,
     "session_cookie_secure": bool,
+    "api_max_body_bytes": int,
 }
 
 

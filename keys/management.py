@@ -14,6 +14,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing.bounds import Credits, Description, Items, Name, PositiveInt32, Url
 from billing.money import MoneyError, credits_to_micro
 from keys.audit import record_event
 from keys.errors import KeyError_
@@ -29,9 +30,11 @@ from keys.restrictions import (
 )
 from keys.secrets import display_prefix, hash_key, new_prx_key
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Limit = Annotated[int, msgspec.Meta(ge=1)]
-Credits = str | int | float
+# Every field is bounded by the column it lands in (billing.bounds): a NUL byte, a string past
+# its VARCHAR or a limit past its INTEGER is a 400 here, never a failed write later.
+Limit = PositiveInt32
+Hours = Annotated[str, msgspec.Meta(max_length=11)]  # "HH:MM-HH:MM", checked by parse_active_hours
+Period = Annotated[str, msgspec.Meta(max_length=16)]
 
 
 class KeyNotFound(KeyError_):
@@ -42,40 +45,40 @@ class KeyNotFound(KeyError_):
 
 class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
-    description: str = ""
+    description: Description = ""
     is_active: bool = True
     expires_at: datetime | None = None
-    allowed_models: list[str] = []
-    allowed_categories: list[str] = []
-    allowed_ips: list[str] = []
-    allowed_origins: list[str] = []
-    blocked_countries: list[str] = []
-    active_hours: str = ""
+    allowed_models: Items = []
+    allowed_categories: Items = []
+    allowed_ips: Items = []
+    allowed_origins: Items = []
+    blocked_countries: Items = []
+    active_hours: Hours = ""
     spending_limit: Credits | None = None
-    spending_period: str = "monthly"
+    spending_period: Period = "monthly"
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
-    webhook_url: str = ""
+    webhook_url: Url = ""
 
 
 class KeyUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """Every field optional; ``msgspec.UNSET`` = not sent (unchanged), ``None`` = clear."""
 
     name: Name | msgspec.UnsetType = msgspec.UNSET
-    description: str | msgspec.UnsetType | None = msgspec.UNSET
+    description: Description | msgspec.UnsetType | None = msgspec.UNSET
     is_active: bool | msgspec.UnsetType = msgspec.UNSET
     expires_at: datetime | msgspec.UnsetType | None = msgspec.UNSET
-    allowed_models: list[str] | msgspec.UnsetType | None = msgspec.UNSET
-    allowed_categories: list[str] | msgspec.UnsetType | None = msgspec.UNSET
-    allowed_ips: list[str] | msgspec.UnsetType | None = msgspec.UNSET
-    allowed_origins: list[str] | msgspec.UnsetType | None = msgspec.UNSET
-    blocked_countries: list[str] | msgspec.UnsetType | None = msgspec.UNSET
-    active_hours: str | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_models: Items | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_categories: Items | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_ips: Items | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_origins: Items | msgspec.UnsetType | None = msgspec.UNSET
+    blocked_countries: Items | msgspec.UnsetType | None = msgspec.UNSET
+    active_hours: Hours | msgspec.UnsetType | None = msgspec.UNSET
     spending_limit: Credits | msgspec.UnsetType | None = msgspec.UNSET
-    spending_period: str | msgspec.UnsetType = msgspec.UNSET
+    spending_period: Period | msgspec.UnsetType = msgspec.UNSET
     rpm_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
     tpm_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
-    webhook_url: str | msgspec.UnsetType | None = msgspec.UNSET
+    webhook_url: Url | msgspec.UnsetType | None = msgspec.UNSET
 
 
 # What "cleared" means for each column: no restriction.
@@ -115,6 +118,12 @@ def _normalise(field: str, value: Any, now: datetime) -> tuple[str, Any]:
     """Validate one restriction and return the (column, value) to store."""
     if field == "expires_at" and value is not None:
         expires = value if value.tzinfo else value.replace(tzinfo=UTC)
+        try:  # 9999-12-31T23:59-05:00 is in year 10000 in UTC: no datetime (nor driver) holds it
+            expires = expires.astimezone(UTC)
+        except OverflowError as error:
+            raise RestrictionError("expires_at", "is out of range") from error
+        if expires.year >= 9999:
+            raise RestrictionError("expires_at", "is out of range (before year 9999, please)")
         if expires <= now:
             raise RestrictionError("expires_at", "is in the past")
         return field, expires

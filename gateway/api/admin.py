@@ -23,6 +23,7 @@ from billing.accounts import (
     list_accounts,
     set_account_status,
 )
+from billing.bounds import MAX_LIST_ITEMS, NO_CONTROL, CreditsText, Email, Item, Name, Password, Reason, ShortText
 from billing.grants import grant as grant_and_sync
 from billing.models import Account, AccountStatus, LedgerKind, UsageRecord
 from billing.money import MoneyError, credits_to_micro, format_credits
@@ -34,6 +35,7 @@ from gateway.pipeline.chat import new_request_id
 from gateway.prices import load_overrides, store_override
 from gateway.settings import PRICE_FIELDS
 from gateway.state import GatewayState
+from gateway.validation import PathId, Slug
 from keys.audit import record_event
 from keys.management import KeyCreate, create_key_with
 from keys.members import add_member
@@ -55,9 +57,9 @@ class AccountConflict(GatewayError):
 
 
 class AccountCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    email: str = ""
-    credits: str = "0"
+    name: Name
+    email: Annotated[str, msgspec.Meta(max_length=320, pattern=NO_CONTROL)] = ""
+    credits: CreditsText = "0"
 
 
 class AccountUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,34 +67,38 @@ class AccountUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AdminKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    name: Name
 
 
 class AdminMemberAdd(msgspec.Struct, forbid_unknown_fields=True):
-    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
-    password: str | None = None
+    email: Email
+    password: Password | None = None
     role: Role = Role.OWNER
 
 
 class RefundCreate(msgspec.Struct, forbid_unknown_fields=True):
-    amount: str
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    reason: str = ""
+    amount: CreditsText
+    idempotency_key: ShortText
+    reason: Reason = ""
+
+
+UsdText = Annotated[str, msgspec.Meta(max_length=32, pattern=NO_CONTROL)]
+MAX_USD_PRICE = 1_000_000  # per million tokens or per unit: far above any real price
 
 
 class PriceOverride(msgspec.Struct, forbid_unknown_fields=True):
-    input_per_mtok: str = ""
-    output_per_mtok: str = ""
-    cached_input_per_mtok: str = ""
-    cache_write_per_mtok: str = ""
-    per_unit_usd: str = ""
-    per_unit_usd_variants: dict[str, str] = {}
+    input_per_mtok: UsdText = ""
+    output_per_mtok: UsdText = ""
+    cached_input_per_mtok: UsdText = ""
+    cache_write_per_mtok: UsdText = ""
+    per_unit_usd: UsdText = ""
+    per_unit_usd_variants: Annotated[dict[Item, UsdText], msgspec.Meta(max_length=MAX_LIST_ITEMS)] = {}
 
 
 class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
-    amount: str
-    reason: str = ""
-    idempotency_key: str | None = None
+    amount: CreditsText
+    reason: Reason = ""
+    idempotency_key: ShortText | None = None
 
 
 def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
@@ -156,7 +162,7 @@ class AdminController(Controller):
         return _json(account_view(account), 201)
 
     @patch("/accounts/{account_id:int}/")
-    async def update_account(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+    async def update_account(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
         state = _operator(request)
         update = decode_body(await request.body(), AccountUpdate)
         async with state.sessionmaker() as session:
@@ -176,7 +182,7 @@ class AdminController(Controller):
         return _json(account_view(account))
 
     @post("/accounts/{account_id:int}/credits/")
-    async def grant(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+    async def grant(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
         state = _operator(request)
         grant = decode_body(await request.body(), CreditGrant)
         amount = _credits(grant.amount, "amount")
@@ -204,7 +210,7 @@ class AdminController(Controller):
         )
 
     @post("/accounts/{account_id:int}/refunds/")
-    async def refund(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+    async def refund(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
         """Give credits back for something that went wrong; the idempotency key makes a retry safe."""
         state = _operator(request)
         ask = decode_body(await request.body(), RefundCreate)
@@ -235,7 +241,7 @@ class AdminController(Controller):
         )
 
     @post("/accounts/{account_id:int}/keys/")
-    async def create_key(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+    async def create_key(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
         """An account's first key comes from the operator; the account manages the rest itself."""
         state = _operator(request)
         create = decode_body(await request.body(), AdminKeyCreate)
@@ -249,7 +255,7 @@ class AdminController(Controller):
         )
 
     @post("/accounts/{account_id:int}/members/")
-    async def add_member(self, request: Request[Any, Any, Any], account_id: FromPath[int]) -> Response[bytes]:
+    async def add_member(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
         """An account's first owner comes from the operator; owners and admins invite the rest."""
         state = _operator(request)
         ask = decode_body(await request.body(), AdminMemberAdd)
@@ -275,7 +281,7 @@ class AdminController(Controller):
         )
 
     @put("/models/{slug:path}")
-    async def set_price(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> Response[bytes]:
+    async def set_price(self, request: Request[Any, Any, Any], slug: FromPath[Slug]) -> Response[bytes]:
         """Set a model's price (USD, like the config); it reaches every process within seconds."""
         state = _operator(request)
         slug = slug.lstrip("/")
@@ -299,7 +305,7 @@ class AdminController(Controller):
         return _json(model_view(state.catalog[slug]))
 
     @delete("/models/{slug:path}", status_code=204)
-    async def clear_price(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> None:
+    async def clear_price(self, request: Request[Any, Any, Any], slug: FromPath[Slug]) -> None:
         state = _operator(request)
         await store_override(state, slug.lstrip("/"), None)
 
@@ -332,3 +338,5 @@ def _usd(value: str, field: str) -> None:
         raise InvalidRequest(f"{field} must be a decimal string", param=field) from error
     if not parsed.is_finite() or parsed < 0:
         raise InvalidRequest(f"{field} must be a non-negative decimal", param=field)
+    if parsed > MAX_USD_PRICE:  # "1e999999" would be stored, then overflow every price computed from it
+        raise InvalidRequest(f"{field} must be at most {MAX_USD_PRICE} USD", param=field)

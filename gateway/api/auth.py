@@ -20,6 +20,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 
+from billing.bounds import Email, Id
 from gateway.errors import InvalidRequest, decode_body, remember_request_id
 from gateway.pipeline.chat import new_request_id
 from gateway.state import GatewayState
@@ -155,9 +156,9 @@ def _issued_response(state: GatewayState, issued: IssuedSession) -> Response[byt
 
 
 class Login(msgspec.Struct, forbid_unknown_fields=True):
-    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    email: Email
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-    account_id: int | None = None
+    account_id: Id | None = None
 
 
 class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):

@@ -17,6 +17,7 @@ from billing.reports import GroupBy, UsageFilter, ledger_page, usage_page, usage
 from gateway.api.auth import management_caller
 from gateway.errors import InvalidRequest
 from gateway.state import GatewayState
+from gateway.validation import Limit, QueryId, QueryText, Slug
 from keys.roles import Permission
 
 _encoder = msgspec.json.Encoder()
@@ -84,7 +85,7 @@ class CreditsController(Controller):
 
     @get("/")
     async def credits(
-        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 50, before_id: FromQuery[int | None] = None
+        self, request: Request[Any, Any, Any], limit: FromQuery[Limit] = 50, before_id: FromQuery[QueryId] = None
     ) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW)
         await state.meter.settled(caller.account_id)  # read your writes: requests that finished are in
@@ -110,13 +111,13 @@ class UsageController(Controller):
     async def usage(
         self,
         request: Request[Any, Any, Any],
-        key_id: FromQuery[int | None] = None,
-        model: FromQuery[str | None] = None,
-        end_user_id: FromQuery[str | None] = None,
-        since: FromQuery[str | None] = None,
-        until: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 100,
-        before_id: FromQuery[int | None] = None,
+        key_id: FromQuery[QueryId] = None,
+        model: FromQuery[QueryText] = None,
+        end_user_id: FromQuery[QueryText] = None,
+        since: FromQuery[QueryText] = None,
+        until: FromQuery[QueryText] = None,
+        limit: FromQuery[Limit] = 100,
+        before_id: FromQuery[QueryId] = None,
     ) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW)
         await state.meter.settled(caller.account_id)
@@ -136,12 +137,12 @@ class UsageController(Controller):
     async def summary(
         self,
         request: Request[Any, Any, Any],
-        group_by: FromQuery[str] = "day",
-        key_id: FromQuery[int | None] = None,
-        model: FromQuery[str | None] = None,
-        end_user_id: FromQuery[str | None] = None,
-        since: FromQuery[str | None] = None,
-        until: FromQuery[str | None] = None,
+        group_by: FromQuery[Slug] = "day",
+        key_id: FromQuery[QueryId] = None,
+        model: FromQuery[QueryText] = None,
+        end_user_id: FromQuery[QueryText] = None,
+        since: FromQuery[QueryText] = None,
+        until: FromQuery[QueryText] = None,
     ) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW)
         await state.meter.settled(caller.account_id)
@@ -171,7 +172,7 @@ class WebhooksController(Controller):
         return _json({"secret": await _account_secret(state, caller.account_id, rotate=True)}, 201)
 
     @get("/deliveries/")
-    async def deliveries(self, request: Request[Any, Any, Any], limit: FromQuery[int] = 50) -> Response[bytes]:
+    async def deliveries(self, request: Request[Any, Any, Any], limit: FromQuery[Limit] = 50) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW_AUDIT)
         async with state.sessionmaker() as session:
             rows = (

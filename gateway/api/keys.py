@@ -14,10 +14,12 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import FromPath, FromQuery
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing.bounds import NO_CONTROL, Id
 from billing.money import format_credits
 from gateway.api.auth import management_caller
 from gateway.errors import decode_body
 from gateway.state import GatewayState
+from gateway.validation import Limit, PathId, QueryId
 from gateway.webhooks import check_webhook_url
 from keys.audit import list_events, record_event
 from keys.browser_tokens import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
@@ -38,12 +40,12 @@ _encoder = msgspec.json.Encoder()
 
 
 class EphemeralCreate(msgspec.Struct, forbid_unknown_fields=True):
-    key_id: int
+    key_id: Id
     ttl: Annotated[int, msgspec.Meta(ge=MIN_TTL_S, le=MAX_TTL_S)] = DEFAULT_TTL_S
 
 
 class EphemeralRevoke(msgspec.Struct, forbid_unknown_fields=True):
-    token: str
+    token: Annotated[str, msgspec.Meta(max_length=256, pattern=NO_CONTROL)]
 
 
 def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
@@ -98,14 +100,14 @@ class KeysController(Controller):
         return _json(body, 201)
 
     @get("/{key_id:int}/")
-    async def get_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[bytes]:
+    async def get_key(self, request: Request[Any, Any, Any], key_id: FromPath[PathId]) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW)
         async with state.sessionmaker() as session:
             key = await get_key(session, caller.account_id, key_id)
         return _json(await key_view(state, key))
 
     @patch("/{key_id:int}/")
-    async def update_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[bytes]:
+    async def update_key(self, request: Request[Any, Any, Any], key_id: FromPath[PathId]) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         update = decode_body(await request.body(), KeyUpdate)
         if isinstance(update.webhook_url, str):
@@ -116,7 +118,7 @@ class KeysController(Controller):
         return _json(await key_view(state, key))
 
     @delete("/{key_id:int}/", status_code=204)
-    async def delete_key(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> None:
+    async def delete_key(self, request: Request[Any, Any, Any], key_id: FromPath[PathId]) -> None:
         state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         async with state.sessionmaker() as session:
             await delete_key(session, caller.account_id, key_id, actor=caller.actor)
@@ -142,7 +144,7 @@ class KeysController(Controller):
         await state.tokens.revoke(ask.token)
 
     @post("/{key_id:int}/revoke-tokens/", status_code=204)
-    async def revoke_all_tokens(self, request: Request[Any, Any, Any], key_id: FromPath[int]) -> None:
+    async def revoke_all_tokens(self, request: Request[Any, Any, Any], key_id: FromPath[PathId]) -> None:
         state, caller = await management_caller(request, Permission.MANAGE_KEYS)
         async with state.sessionmaker() as session:
             await get_key(session, caller.account_id, key_id)
@@ -158,7 +160,7 @@ class KeysController(Controller):
             await session.commit()
 
 
-async def _own_active_key(session: AsyncSession, account_id: int, key_id: FromPath[int]) -> ApiKey:
+async def _own_active_key(session: AsyncSession, account_id: int, key_id: int) -> ApiKey:
     key = await get_key(session, account_id, key_id)
     if not key.is_active:
         raise KeyNotFound(f"key {key_id} is disabled and cannot mint tokens")
@@ -170,7 +172,7 @@ class AuditController(Controller):
 
     @get("/")
     async def list_audit(
-        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100, before_id: FromQuery[int | None] = None
+        self, request: Request[Any, Any, Any], limit: FromQuery[Limit] = 100, before_id: FromQuery[QueryId] = None
     ) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.VIEW_AUDIT)
         async with state.sessionmaker() as session:

@@ -15,10 +15,12 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import FromPath
 
+from billing.bounds import Email, Password
 from gateway.api.auth import ACCESS_COOKIE, CSRF_HEADER, management_caller
 from gateway.errors import InvalidRequest, decode_body, remember_request_id
 from gateway.pipeline.chat import new_request_id
 from gateway.state import GatewayState
+from gateway.validation import PathId
 from keys.invitations import (
     TOKEN_PREFIX,
     accept_invitation,
@@ -36,14 +38,14 @@ ACCEPT_PATH = "/api/invitations/accept/"
 
 
 class InvitationCreate(msgspec.Struct, forbid_unknown_fields=True):
-    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    email: Email
     role: Role = Role.MEMBER
 
 
 class InvitationAccept(msgspec.Struct, forbid_unknown_fields=True):
     token: Annotated[str, msgspec.Meta(min_length=len(TOKEN_PREFIX) + 1, max_length=200)]
     # A new user's chosen password, or an existing user's current one when not signed in.
-    password: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    password: Password | None = None
 
 
 class MemberUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,7 +88,7 @@ class MembersController(Controller):
         return await _invite(request)
 
     @patch("/{member_id:int}/")
-    async def update_member(self, request: Request[Any, Any, Any], member_id: FromPath[int]) -> Response[bytes]:
+    async def update_member(self, request: Request[Any, Any, Any], member_id: FromPath[PathId]) -> Response[bytes]:
         state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
         ask = decode_body(await request.body(), MemberUpdate)
         async with state.sessionmaker() as session:
@@ -96,7 +98,7 @@ class MembersController(Controller):
         return _json(member.as_json())
 
     @delete("/{member_id:int}/", status_code=204)
-    async def remove_member(self, request: Request[Any, Any, Any], member_id: FromPath[int]) -> None:
+    async def remove_member(self, request: Request[Any, Any, Any], member_id: FromPath[PathId]) -> None:
         state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
         async with state.sessionmaker() as session:
             await remove_member(session, caller.account_id, member_id, actor_role=caller.role, actor=caller.actor)
@@ -117,7 +119,7 @@ class InvitationsController(Controller):
         return await _invite(request)
 
     @delete("/{invitation_id:int}/", status_code=204)
-    async def revoke_invitation(self, request: Request[Any, Any, Any], invitation_id: FromPath[int]) -> None:
+    async def revoke_invitation(self, request: Request[Any, Any, Any], invitation_id: FromPath[PathId]) -> None:
         state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
         async with state.sessionmaker() as session:
             await revoke_invitation(

@@ -20,6 +20,7 @@ from gateway.errors import GatewayError, remember_request_id
 from gateway.pipeline import routes, videos
 from gateway.pipeline.metered import cancel_on_disconnect, new_request_id
 from gateway.state import GatewayState
+from gateway.validation import Slug
 from keys.chain import authenticate
 from keys.service import KeyIdentity
 
@@ -144,7 +145,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/v1/models/{slug:path}")
-async def retrieve_model(request: Request[Any, Any, Any], slug: FromPath[str]) -> Response[bytes]:
+async def retrieve_model(request: Request[Any, Any, Any], slug: FromPath[Slug]) -> Response[bytes]:
     state, identity = await _identity(request)
     model = state.catalog.get(slug.lstrip("/"))
     if model is None or not _visible(identity, model):
@@ -153,7 +154,7 @@ async def retrieve_model(request: Request[Any, Any, Any], slug: FromPath[str]) -
 
 
 @get("/v1/generation")
-async def get_generation(request: Request[Any, Any, Any], id: FromQuery[str]) -> Response[bytes]:
+async def get_generation(request: Request[Any, Any, Any], id: FromQuery[Slug]) -> Response[bytes]:
     """What one request cost and how it went, by its request id (within the caller's account)."""
     state, identity = await _identity(request)
     await state.meter.settled(identity.account_id)  # a request that just finished is readable
@@ -180,14 +181,14 @@ async def create_video(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/v1/videos/{video_id:str}")
-async def retrieve_video(request: Request[Any, Any, Any], video_id: FromPath[str]) -> Response[bytes]:
+async def retrieve_video(request: Request[Any, Any, Any], video_id: FromPath[Slug]) -> Response[bytes]:
     state, _request_id = _begin(request)
     return await videos.retrieve_video(state, request.headers, state.request_facts(request), video_id)
 
 
 @get("/v1/videos/{video_id:str}/content")
 async def video_content(
-    request: Request[Any, Any, Any], video_id: FromPath[str], variant: FromQuery[str] = "video"
+    request: Request[Any, Any, Any], video_id: FromPath[Slug], variant: FromQuery[Slug] = "video"
 ) -> Response[bytes]:
     state, _request_id = _begin(request)
     return await videos.video_content(state, request.headers, state.request_facts(request), video_id, variant)

@@ -56,11 +56,22 @@ Choices = Annotated[int, msgspec.Meta(ge=1, le=128)]
 TOKENISE_INLINE_BYTES = 64 * 1024
 
 
+class ChatMessageView(msgspec.Struct):
+    """A message's fields the gateway counts, typed so a malformed one is a 400 here rather than
+    a surprise later; the message itself goes upstream as the client sent it."""
+
+    role: str
+    content: Any = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
 class ChatBodyView(msgspec.Struct):
     """The fields of a chat request the gateway reads; everything else passes through."""
 
     model: str
-    messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1)]
+    messages: Annotated[list[ChatMessageView], msgspec.Meta(min_length=1)]
     stream: bool = False
     models: list[str] | None = None
     max_tokens: MaxTokens | None = None
@@ -145,10 +156,10 @@ class ChatPrompt:
 
     def __init__(self, raw_size: int, body: dict[str, Any], view: ChatBodyView, model: str) -> None:
         self._raw_size = raw_size
-        self._messages = view.messages
+        self._messages: list[dict[str, Any]] = body["messages"]  # as sent; the view checked them
         self._extra = prompt_fields(body)
         self._model = model
-        self.bound = chat_tokens_upper_bound(raw_size, view.messages, self._extra)
+        self.bound = chat_tokens_upper_bound(raw_size, self._messages, self._extra)
         self._exact: int | None = None
 
     async def exact(self) -> int:
