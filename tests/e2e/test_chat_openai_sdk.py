@@ -196,11 +196,12 @@ def test_chat_transient_5xx_is_retried_and_billed_once(gateway: Gateway) -> None
     assert gateway.balance_micro() == OPENING - expected_cost_micro(21, 5)
 
 
-def test_chat_upstream_4xx_keeps_status_and_message(gateway: Gateway) -> None:
+def test_chat_upstream_4xx_keeps_status_and_masks_the_text(gateway: Gateway) -> None:
     gateway.fake.fail_status, gateway.fake.fail_times = 400, 1
     with pytest.raises(openai.BadRequestError) as caught:
         client(gateway).chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
-    assert "told to fail" in caught.value.message
+    # The provider's words are the operator's (logged); the caller keeps the status and a code.
+    assert "told to fail" not in caught.value.message and "rejected the request (400)" in caught.value.message
     assert gateway.balance_micro() == OPENING
 
 
