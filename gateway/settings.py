@@ -177,51 +177,71 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return bool(self.redis_url)
 
 
-_ENV_OVERRIDES: dict[str, type] = {
-    "database_url": str,
-    "redis_url": str,
-    "redis_prefix": str,
-    "host": str,
-    "port": int,
-    "workers": int,
-    "credits_per_usd": int,
-    "markup_percent": str,
-    "auto_migrate": bool,
-    "bootstrap": bool,
-    "bootstrap_credits": str,
-    "demo_provider": bool,
-    "key_cache_ttl_s": float,
-    "balance_refresh_s": float,
-    "reservation_ttl_s": int,
-    "settlement_scan_s": float,
-    "settlement_claim_idle_s": float,
-    "log_level": str,
-    "header_timeout_s": float,
-    "country_header": str,
-    "country_fail_closed": bool,
-    "geoip_database": str,
-    "webhook_allow_private": bool,
-    "max_chat_body_bytes": int,
-    "admin_token": str,
-    "session_secret": str,
-    "session_ttl_s": int,
-    "session_refresh_ttl_s": int,
-    "session_cookie_secure": bool,
-}
+# --- environment overrides ------------------------------------------------------------------
+# Every field of Settings can be set as TOLLWAY_<FIELD NAME IN CAPITALS>. The list is derived from
+# the Struct itself, so a new setting is overridable the day it is added. A value is first read
+# by the shape of its field (a bool accepts true/false/yes/no/on/off/1/0, a list of strings is
+# comma-separated or a JSON array, a table such as providers or models is a JSON object that
+# replaces the file's table), then converted through msgspec with the field's own annotation, so
+# the constraints declared on the Struct (retry_attempts > 0, …) hold for env values too.
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def _parse_env_value(name: str, raw: str, kind: type) -> Any:
-    if kind is bool:
-        lowered = raw.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
+def env_variable(field_name: str) -> str:
+    """The environment variable that overrides ``field_name`` (``retry_attempts`` → ``TOLLWAY_RETRY_ATTEMPTS``)."""
+    return f"TOLLWAY_{field_name.upper()}"
+
+
+def _parse_env_value(variable: str, raw: str, shape: msgspec.inspect.Type) -> Any:
+    """Read ``raw`` into the builtin value msgspec expects for a field of this ``shape``."""
+    text = raw.strip()
+    if isinstance(shape, msgspec.inspect.BoolType):
+        if text.lower() in _TRUE:
             return True
-        if lowered in {"0", "false", "no", "off"}:
+        if text.lower() in _FALSE:
             return False
-        raise SettingsError(f"TOLLWAY_{name.upper()} must be true or false, got {raw!r}")
+        raise SettingsError(f"{variable} must be true or false, got {raw!r}")
+    if isinstance(shape, msgspec.inspect.IntType):
+        try:
+            return int(text)
+        except ValueError as error:
+            raise SettingsError(f"{variable} must be an int, got {raw!r}") from error
+    if isinstance(shape, msgspec.inspect.FloatType):
+        try:
+            return float(text)
+        except ValueError as error:
+            raise SettingsError(f"{variable} must be a float, got {raw!r}") from error
+    if isinstance(shape, msgspec.inspect.StrType):
+        return raw
+    if isinstance(shape, msgspec.inspect.ListType) and not text.startswith("["):
+        return [item.strip() for item in text.split(",") if item.strip()]
     try:
-        return kind(raw)
-    except ValueError as error:
-        raise SettingsError(f"TOLLWAY_{name.upper()} must be a {kind.__name__}, got {raw!r}") from error
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as error:
+        raise SettingsError(f"{variable} must be JSON for this setting, got {raw!r}: {error}") from error
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``env`` sets, each checked against its field's type and constraints."""
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    shapes = {field.name: field.type for field in info.fields}
+    annotations = {field.name: field.type for field in msgspec.structs.fields(Settings)}
+    found: dict[str, Any] = {}
+    for name, shape in shapes.items():
+        variable = env_variable(name)
+        raw = env.get(variable)
+        if raw is None:
+            continue
+        value = _parse_env_value(variable, raw, shape)
+        try:
+            msgspec.convert(value, annotations[name])
+        except msgspec.ValidationError as error:
+            raise SettingsError(f"{variable}: {error} (got {raw!r})") from error
+        found[name] = value
+    return found
 
 
 def load_settings(
@@ -240,10 +260,7 @@ def load_settings(
             raise SettingsError(f"config file not found: {path}") from error
         except tomllib.TOMLDecodeError as error:
             raise SettingsError(f"config file {path} is not valid TOML: {error}") from error
-    for name, kind in _ENV_OVERRIDES.items():
-        value = env.get(f"TOLLWAY_{name.upper()}")
-        if value is not None:
-            raw[name] = _parse_env_value(name, value, kind)
+    raw.update(env_overrides(env))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         settings = msgspec.convert(raw, Settings)
