@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -351,3 +352,47 @@ def sqlite_path(database_url: str) -> Path | None:
     if not rest or rest == ":memory:":
         return None
     return Path(rest)
+
+
+# --- secrets ----------------------------------------------------------------------------------
+# The one list of fields whose values are never printed (``tollway config check``, logs): a field
+# of any settings Struct with one of these names is masked wherever it appears, a mapping (such
+# as a provider's extra headers, which may carry credentials) has each value masked, and every
+# ``*_url`` keeps its shape but loses its password. tests/unit/test_settings_env.py fails when a
+# field whose name looks secret is added without being listed here or declared harmless there.
+SECRET_FIELDS = frozenset({"admin_token", "session_secret", "api_key", "headers"})
+MASK = "********"
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and "password=" not in parts.query:
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+    query = "&".join(
+        f"{key}={MASK}" if key == "password" else f"{key}={value}"
+        for key, value in (item.partition("=")[::2] for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact(name: str, value: Any) -> Any:
+    if name in SECRET_FIELDS and value:
+        return {key: MASK for key in value} if isinstance(value, dict) else MASK
+    if name.endswith("_url") and isinstance(value, str):
+        return _mask_url(value)
+    if isinstance(value, dict):
+        return {key: _redact(key, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact(name, item) for item in value]
+    return value
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """``settings`` as builtins, safe to print: see SECRET_FIELDS. An unset secret stays ``""``
+    so the reader can tell it is unset."""
+    builtins: dict[str, Any] = msgspec.to_builtins(settings)
+    return {name: _redact(name, value) for name, value in builtins.items()}

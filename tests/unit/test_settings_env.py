@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from gateway.settings import Settings, SettingsError, env_variable, load_settings
+from gateway.settings import MASK, SECRET_FIELDS, Settings, SettingsError, env_variable, load_settings, redacted
 
 # Values the cross-field checks accept for strings they validate; any other field gets a value
 # derived from its type, so a setting added tomorrow is covered without touching this test.
@@ -96,3 +97,46 @@ def test_settings_env_bad_value_names_the_variable(variable: str, value: str, ne
     with pytest.raises(SettingsError) as caught:
         load_settings(env={variable: value})
     assert variable in str(caught.value) and needle in str(caught.value)
+
+
+# Fields whose names look secret but hold none; anything else matching SECRET_LOOKING must be in
+# SECRET_FIELDS, so `tollway config check` cannot print a new secret by accident.
+SECRET_LOOKING = re.compile(r"secret|token|password|passwd|api_key|credential|private_key|signing|_key$")
+HARMLESS = {"max_output_tokens", "api_key_env"}
+
+
+def _struct_fields(cls: type[msgspec.Struct]) -> set[str]:
+    names: set[str] = set()
+    pending: list[msgspec.inspect.Type] = [msgspec.inspect.type_info(cls)]
+    while pending:
+        shape = pending.pop()
+        if isinstance(shape, msgspec.inspect.StructType):
+            names.update(field.name for field in shape.fields)
+            pending.extend(field.type for field in shape.fields)
+        elif isinstance(shape, msgspec.inspect.DictType):
+            pending.append(shape.value_type)
+        elif isinstance(shape, msgspec.inspect.ListType):
+            pending.append(shape.item_type)
+        elif isinstance(shape, msgspec.inspect.UnionType):
+            pending.extend(shape.types)
+    return names
+
+
+def test_settings_secret_fields_cover_every_secret_looking_field() -> None:
+    looking = {name for name in _struct_fields(Settings) if SECRET_LOOKING.search(name)}
+    assert looking - HARMLESS <= SECRET_FIELDS
+    assert {"admin_token", "session_secret", "api_key"} <= SECRET_FIELDS
+
+
+def test_settings_redacted_masks_secrets_and_url_passwords() -> None:
+    settings = load_settings(
+        env={},
+        database_url="postgresql+asyncpg://u:pw@db/x?password=pw2&ssl=require",
+        session_secret="s" * 32,
+        providers={"o": {"kind": "openai", "api_key": "sk-1", "headers": {"X-Key": "h"}}},
+    )
+    shown = redacted(settings)
+    assert shown["database_url"] == f"postgresql+asyncpg://u:{MASK}@db/x?password={MASK}&ssl=require"
+    assert (shown["session_secret"], shown["admin_token"]) == (MASK, "")  # unset stays visibly unset
+    assert shown["providers"]["o"]["api_key"] == MASK and shown["providers"]["o"]["headers"] == {"X-Key": MASK}
+    assert "sk-1" not in msgspec.json.encode(shown).decode()
