@@ -1,7 +1,7 @@
 """Hot-path benchmark: the gateway in front of a canned upstream, measured with wrk.
 
 Run by hand (not a test): ``python bench/run.py [--backend sqlite|postgres] [--duration 15]``.
-Like PERFORMANCE.md: the gateway is pinned to core 0, the canned upstream and wrk share core 1;
+Like docs/performance.md: the gateway is pinned to core 0, the canned upstream and wrk share core 1;
 c=32 for throughput, then 2,000 sequential requests on one keep-alive connection for latency.
 Prints a markdown table to paste into bench/RESULTS.md. Compare only figures from one run.
 """

@@ -106,7 +106,7 @@ async def write_settlements(connection: AsyncConnection, settlements: Sequence[S
             if balance < threshold <= balance + settlement.cost_micro:
                 # This debit crossed the account's threshold. The row lock on the account orders
                 # the batches, and within a batch the walk is in order, so exactly one debit per
-                # crossing sees it (PRODUCT.md: once per crossing).
+                # crossing sees it (docs/product-rules.md: once per crossing).
                 events.append(_low_credits_event(account_id, email, balance, now))
             ledger_rows.append(
                 {

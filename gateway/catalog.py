@@ -72,7 +72,7 @@ class CatalogModel(msgspec.Struct, frozen=True):
     max_output_tokens: int
     context_length: int
     deployments: tuple[Deployment, ...] = ()
-    # An embedding model: its category is "text" (PRODUCT.md: embeddings count as text), but it
+    # An embedding model: its category is "text" (docs/product-rules.md: embeddings count as text), but it
     # is priced by input alone, so it serves /v1/embeddings and never generates (unpriced output).
     embeds_only: bool = False
 

@@ -334,6 +334,26 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def cmd_config_check(args: argparse.Namespace) -> None:
+    """Print the configuration ``serve`` would run with, secrets masked; exit 2 on any problem."""
+    import os
+
+    from gateway.config_check import check_settings, to_toml
+    from gateway.settings import redacted
+
+    settings = _settings(args)
+    report = check_settings(settings, os.environ)
+    config = redacted(settings)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "errors": report.errors, "warnings": report.warnings, "config": config}))
+    else:
+        print(to_toml(config), end="")
+    for warning in report.warnings:
+        print(f"tollway: warning: {warning}", file=sys.stderr)
+    if not report.ok:
+        raise CommandError("configuration check failed:\n  " + "\n  ".join(report.errors))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.bootstrap import prepare_and_announce
     from gateway.server import run_server
@@ -365,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     commands.add_parser("migrate", parents=[common], help="upgrade the database").set_defaults(handler=cmd_migrate)
+
+    config = commands.add_parser("config", parents=[common], help="inspect the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_commands.add_parser(
+        "check", parents=[common], help="print the effective configuration (secrets masked), exit 2 on any problem"
+    ).set_defaults(handler=cmd_config_check)
 
     accounts = commands.add_parser("accounts", parents=[common], help="manage accounts")
     account_commands = accounts.add_subparsers(dest="accounts_command", required=True)

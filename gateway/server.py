@@ -1,6 +1,6 @@
 """Running the ASGI server.
 
-uvicorn with uvloop and httptools measured fastest on this machine (PERFORMANCE.md). One
+uvicorn with uvloop and httptools measured fastest on this machine (docs/performance.md). One
 worker gets the app object; several workers each build their app from the environment, so
 the CLI's options are handed to them as ``TOLLWAY_*`` variables.
 

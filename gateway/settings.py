@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -179,52 +180,71 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return bool(self.redis_url)
 
 
-_ENV_OVERRIDES: dict[str, type] = {
-    "database_url": str,
-    "redis_url": str,
-    "redis_prefix": str,
-    "host": str,
-    "port": int,
-    "workers": int,
-    "credits_per_usd": int,
-    "markup_percent": str,
-    "auto_migrate": bool,
-    "bootstrap": bool,
-    "bootstrap_credits": str,
-    "demo_provider": bool,
-    "key_cache_ttl_s": float,
-    "balance_refresh_s": float,
-    "reservation_ttl_s": int,
-    "settlement_scan_s": float,
-    "settlement_claim_idle_s": float,
-    "log_level": str,
-    "header_timeout_s": float,
-    "country_header": str,
-    "country_fail_closed": bool,
-    "geoip_database": str,
-    "webhook_allow_private": bool,
-    "max_chat_body_bytes": int,
-    "admin_token": str,
-    "session_secret": str,
-    "session_ttl_s": int,
-    "session_refresh_ttl_s": int,
-    "session_cookie_secure": bool,
-    "api_max_body_bytes": int,
-}
+# --- environment overrides ------------------------------------------------------------------
+# Every field of Settings can be set as TOLLWAY_<FIELD NAME IN CAPITALS>. The list is derived from
+# the Struct itself, so a new setting is overridable the day it is added. A value is first read
+# by the shape of its field (a bool accepts true/false/yes/no/on/off/1/0, a list of strings is
+# comma-separated or a JSON array, a table such as providers or models is a JSON object that
+# replaces the file's table), then converted through msgspec with the field's own annotation, so
+# the constraints declared on the Struct (retry_attempts > 0, …) hold for env values too.
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def _parse_env_value(name: str, raw: str, kind: type) -> Any:
-    if kind is bool:
-        lowered = raw.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
+def env_variable(field_name: str) -> str:
+    """The environment variable that overrides ``field_name`` (``retry_attempts`` → ``TOLLWAY_RETRY_ATTEMPTS``)."""
+    return f"TOLLWAY_{field_name.upper()}"
+
+
+def _parse_env_value(variable: str, raw: str, shape: msgspec.inspect.Type) -> Any:
+    """Read ``raw`` into the builtin value msgspec expects for a field of this ``shape``."""
+    text = raw.strip()
+    if isinstance(shape, msgspec.inspect.BoolType):
+        if text.lower() in _TRUE:
             return True
-        if lowered in {"0", "false", "no", "off"}:
+        if text.lower() in _FALSE:
             return False
-        raise SettingsError(f"TOLLWAY_{name.upper()} must be true or false, got {raw!r}")
+        raise SettingsError(f"{variable} must be true or false, got {raw!r}")
+    if isinstance(shape, msgspec.inspect.IntType):
+        try:
+            return int(text)
+        except ValueError as error:
+            raise SettingsError(f"{variable} must be an int, got {raw!r}") from error
+    if isinstance(shape, msgspec.inspect.FloatType):
+        try:
+            return float(text)
+        except ValueError as error:
+            raise SettingsError(f"{variable} must be a float, got {raw!r}") from error
+    if isinstance(shape, msgspec.inspect.StrType):
+        return raw
+    if isinstance(shape, msgspec.inspect.ListType) and not text.startswith("["):
+        return [item.strip() for item in text.split(",") if item.strip()]
     try:
-        return kind(raw)
-    except ValueError as error:
-        raise SettingsError(f"TOLLWAY_{name.upper()} must be a {kind.__name__}, got {raw!r}") from error
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as error:
+        raise SettingsError(f"{variable} must be JSON for this setting, got {raw!r}: {error}") from error
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``env`` sets, each checked against its field's type and constraints."""
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    shapes = {field.name: field.type for field in info.fields}
+    annotations = {field.name: field.type for field in msgspec.structs.fields(Settings)}
+    found: dict[str, Any] = {}
+    for name, shape in shapes.items():
+        variable = env_variable(name)
+        raw = env.get(variable)
+        if raw is None:
+            continue
+        value = _parse_env_value(variable, raw, shape)
+        try:
+            msgspec.convert(value, annotations[name])
+        except msgspec.ValidationError as error:
+            raise SettingsError(f"{variable}: {error} (got {raw!r})") from error
+        found[name] = value
+    return found
 
 
 def load_settings(
@@ -243,10 +263,7 @@ def load_settings(
             raise SettingsError(f"config file not found: {path}") from error
         except tomllib.TOMLDecodeError as error:
             raise SettingsError(f"config file {path} is not valid TOML: {error}") from error
-    for name, kind in _ENV_OVERRIDES.items():
-        value = env.get(f"TOLLWAY_{name.upper()}")
-        if value is not None:
-            raw[name] = _parse_env_value(name, value, kind)
+    raw.update(env_overrides(env))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         settings = msgspec.convert(raw, Settings)
@@ -337,3 +354,47 @@ def sqlite_path(database_url: str) -> Path | None:
     if not rest or rest == ":memory:":
         return None
     return Path(rest)
+
+
+# --- secrets ----------------------------------------------------------------------------------
+# The one list of fields whose values are never printed (``tollway config check``, logs): a field
+# of any settings Struct with one of these names is masked wherever it appears, a mapping (such
+# as a provider's extra headers, which may carry credentials) has each value masked, and every
+# ``*_url`` keeps its shape but loses its password. tests/unit/test_settings_env.py fails when a
+# field whose name looks secret is added without being listed here or declared harmless there.
+SECRET_FIELDS = frozenset({"admin_token", "session_secret", "api_key", "headers"})
+MASK = "********"
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and "password=" not in parts.query:
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+    query = "&".join(
+        f"{key}={MASK}" if key == "password" else f"{key}={value}"
+        for key, value in (item.partition("=")[::2] for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact(name: str, value: Any) -> Any:
+    if name in SECRET_FIELDS and value:
+        return {key: MASK for key in value} if isinstance(value, dict) else MASK
+    if name.endswith("_url") and isinstance(value, str):
+        return _mask_url(value)
+    if isinstance(value, dict):
+        return {key: _redact(key, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact(name, item) for item in value]
+    return value
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """``settings`` as builtins, safe to print: see SECRET_FIELDS. An unset secret stays ``""``
+    so the reader can tell it is unset."""
+    builtins: dict[str, Any] = msgspec.to_builtins(settings)
+    return {name: _redact(name, value) for name, value in builtins.items()}

@@ -1,6 +1,6 @@
 """The security chain: ordered checks, one function per step, the first failure answers.
 
-Steps and codes follow PRODUCT.md's table:
+Steps and codes follow the table in docs/product-rules.md:
 
     1 bearer present and well formed   401 missing_api_key
     2 account active                   403 account_suspended

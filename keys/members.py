@@ -1,6 +1,6 @@
 """Users and memberships: who belongs to an account, with which role.
 
-Rules from envmanager.md §2/§5: an account always keeps at least one owner (the last one can
+Rules from docs/roles.md: an account always keeps at least one owner (the last one can
 be neither removed nor demoted), only owners grant, change or remove the owner role, and every
 change lands in the audit trail in the same transaction. Removing a member ends their
 dashboard sessions for that account at once, because a session is only honoured while its

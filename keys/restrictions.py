@@ -19,7 +19,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CATEGORIES = frozenset({"text", "image", "video", "stt", "tts"})
-# Embeddings are text (PRODUCT.md); keys made when they were a category of their own keep working.
+# Embeddings are text (docs/product-rules.md); keys made when they were a category of their own keep working.
 _LEGACY_CATEGORIES = {"embedding": "text"}
 PERIODS = frozenset({"daily", "weekly", "monthly"})
 

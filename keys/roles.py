@@ -1,6 +1,6 @@
 """Who may do what: the role table, enforced by the server on every management call.
 
-It follows envmanager.md §5 (owners and admins manage; members use; viewers look), mapped onto
+It follows docs/roles.md (owners and admins manage; members use; viewers look), mapped onto
 Tollway's resources:
 
     capability                          owner  admin  member  viewer

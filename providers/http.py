@@ -1,6 +1,6 @@
 """The one shared httpx client per upstream.
 
-httpx's own connection pool is the first bottleneck of a Python gateway (PERFORMANCE.md:
+httpx's own connection pool is the first bottleneck of a Python gateway (docs/performance.md:
 three times the throughput with aiohttp's transport underneath), so clients get
 ``AiohttpTransport`` and keep httpx as the API. Timeouts are explicit: connect, and a read
 timeout that applies per chunk read, i.e. an idle timeout for streams.

@@ -27,8 +27,7 @@ from billing.bounds import MAX_LIST_ITEMS, NO_CONTROL, CreditsText, Email, Item,
 from billing.grants import grant as grant_and_sync
 from billing.models import Account, AccountStatus, LedgerKind, UsageRecord
 from billing.money import MoneyError, credits_to_micro, format_credits
-from gateway.api.billing import usage_view
-from gateway.api.v1 import model_view
+from gateway.api.views import model_view, usage_view
 from gateway.catalog import PriceFields, is_priced
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, decode_body, remember_request_id
 from gateway.pipeline.chat import new_request_id

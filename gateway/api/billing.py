@@ -11,10 +11,11 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromQuery
 from sqlalchemy import select
 
-from billing.models import Account, LedgerEntry, UsageRecord, WebhookDelivery, WebhookEvent
+from billing.models import Account, LedgerEntry, WebhookDelivery, WebhookEvent
 from billing.money import format_credits
 from billing.reports import GroupBy, UsageFilter, ledger_page, usage_page, usage_summary
 from gateway.api.auth import management_caller
+from gateway.api.views import usage_view
 from gateway.errors import InvalidRequest
 from gateway.state import GatewayState
 from gateway.validation import Limit, QueryId, QueryText, Slug
@@ -54,29 +55,6 @@ def ledger_view(entry: LedgerEntry) -> dict[str, Any]:
         "request_id": entry.request_id,
         "reason": entry.reason,
         "created_at": entry.created_at.isoformat(),
-    }
-
-
-def usage_view(record: UsageRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "request_id": record.request_id,
-        "key_id": record.key_id,
-        "model": record.model,
-        "provider": record.provider,
-        "upstream_model": record.upstream_model,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cached_tokens": record.cached_tokens,
-        "credits_used": format_credits(record.credits_micro),
-        "latency_ms": record.latency_ms,
-        "status_code": record.status_code,
-        "error_code": record.error_code,
-        "streamed": record.streamed,
-        "cancelled": record.cancelled,
-        "end_user_id": record.end_user_id,
-        "anomaly": record.anomaly,
-        "created_at": record.created_at.isoformat(),
     }
 
 

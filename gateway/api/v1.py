@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -13,8 +12,7 @@ from litestar.response import Stream
 from sqlalchemy import select
 
 from billing.models import UsageRecord
-from billing.pricing import ModelPrice
-from gateway.api.billing import usage_view
+from gateway.api.views import model_view, usage_view
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, remember_request_id
 from gateway.pipeline import routes, videos
@@ -85,39 +83,6 @@ async def create_transcription(request: Request[Any, Any, Any]) -> Response[byte
         request.receive,
         routes.transcriptions(state, request.headers, state.request_facts(request), form, fields, request_id),
     )
-
-
-def _rate(value: Decimal) -> str:
-    """Micro-credits per token are, numerically, credits per million tokens."""
-    return format(value.normalize(), "f")
-
-
-def _pricing(price: ModelPrice) -> dict[str, Any]:
-    pricing: dict[str, Any] = {
-        "unit": "credits",
-        "input_per_mtok": _rate(price.input),
-        "output_per_mtok": _rate(price.output),
-        "cached_input_per_mtok": _rate(price.cached_input),
-        "cache_write_per_mtok": _rate(price.cache_write),
-    }
-    if price.per_unit or price.per_unit_variants:
-        pricing["per_unit"] = _rate(price.per_unit / 1_000_000)
-        pricing["per_unit_variants"] = {k: _rate(v / 1_000_000) for k, v in price.per_unit_variants.items()}
-    return pricing
-
-
-def model_view(model: CatalogModel) -> dict[str, Any]:
-    return {
-        "id": model.slug,
-        "object": "model",
-        "created": 0,
-        "owned_by": model.slug.split("/", 1)[0],
-        "category": model.category,
-        "context_length": model.context_length,
-        "max_output_tokens": model.max_output_tokens,
-        "pricing": _pricing(model.price) if model.price is not None else None,
-        "providers": sorted({d.provider for d in model.deployments}),
-    }
 
 
 def _visible(identity: KeyIdentity, model: CatalogModel) -> bool:

@@ -193,7 +193,7 @@ async def chat_completions(
         return output_estimate(plan, _asked_output(view), parsed[0][1].bound, view.n)
 
     async def refine(view: ChatBodyView, plan: list[CatalogModel], refusal: BillingError) -> Estimate | None:
-        """The bound did not fit: count exactly; if that does not fit either, PRODUCT.md's rule:
+        """The bound did not fit: count exactly; if that does not fit either, the clamp of docs/product-rules.md:
         without max_tokens lower it to what is affordable, with it say what would fit."""
         input_tokens = await parsed[0][1].exact()
         exact = output_estimate(plan, _asked_output(view), input_tokens, view.n)
@@ -322,7 +322,7 @@ def _error_chunk(error: ProviderError, request_id: str, served: CatalogModel, ob
             "model": served.slug,
             "choices": [choice],
             # Not a top-level "error" key: the OpenAI SDKs raise on that and the caller would
-            # never see the finish_reason PRODUCT.md promises; the details ride in _tollway.
+            # never see the finish_reason docs/product-rules.md promises; the details ride in _tollway.
             "_tollway": {
                 "request_id": request_id,
                 "error": {"message": error.message, "type": error.type, "code": error.code},

@@ -43,7 +43,7 @@ USAGE_OVER_HOLD = "usage_over_hold"
 MALFORMED_USAGE = "malformed_usage"
 MAX_END_USER = 256
 # Fields that steer the gateway and must not reach the upstream (``user`` is the caller's
-# end-user id: PRODUCT.md says it is recorded, never forwarded).
+# end-user id: docs/product-rules.md: recorded, never forwarded).
 GATEWAY_FIELDS = frozenset({"models", "provider", "user"})
 
 B = TypeVar("B", bound="RoutedBody")

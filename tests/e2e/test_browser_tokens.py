@@ -1,7 +1,7 @@
 """A real browser: Debian's Chromium, driven by Playwright, runs the official ``openai`` JS package.
 
 The page is served from one 127.0.0.1 port and calls the gateway on another with a ``bt-``
-token minted by a "backend" (this test), exactly as PRODUCT.md's browser flow describes. The
+token minted by a "backend" (this test), exactly as docs/product-rules.md's browser flow describes. The
 call succeeds from an allowed origin, fails from a disallowed one, and after the token expires
 the page sees a 401 it can read (CORS on errors) and act on.
 """

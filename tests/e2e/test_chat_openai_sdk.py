@@ -97,7 +97,7 @@ def test_chat_mid_stream_upstream_failure_ends_with_error_chunk(gateway: Gateway
             model=FAKE_MODEL, messages=[{"role": "user", "content": "Say hello"}], stream=True
         )
     )
-    error_chunk = next(c for c in chunks if c.choices and c.choices[0].finish_reason == "error")
+    error_chunk = next(c for c in chunks if c.choices and str(c.choices[0].finish_reason) == "error")
     assert error_chunk.model_extra["_tollway"]["error"]["code"] == "upstream_unavailable"  # type: ignore[index]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from"

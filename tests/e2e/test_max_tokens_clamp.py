@@ -1,4 +1,4 @@
-"""PRODUCT.md's clamp: without max_tokens the gateway lowers it to what the balance affords
+"""The clamp of docs/product-rules.md: without max_tokens the gateway lowers it to what the balance affords
 (and says so in X-Tollway-Max-Tokens); with max_tokens it answers 402 naming what would fit."""
 
 from __future__ import annotations

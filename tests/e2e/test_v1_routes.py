@@ -92,7 +92,7 @@ def test_models_lists_what_the_key_may_use_with_prices(routes: Gateway) -> None:
     assert chat["category"] == "text" and chat["context_length"] == 128000
     assert chat["pricing"]["input_per_mtok"] == "150" and chat["pricing"]["output_per_mtok"] == "600"
     assert models[DALLE].model_extra["pricing"]["per_unit_variants"]["1024x1024/hd"] == "80"
-    # Embeddings are text (PRODUCT.md): a text-only key sees and calls embedding models.
+    # Embeddings are text (docs/product-rules.md): a text-only key sees and calls embedding models.
     narrow = new_key(routes, allowed_categories=["text"])
     visible = {m.id for m in sdk(routes, narrow).models.list()}
     assert {EMBED, "anthropic/claude-embed", FAKE_MODEL} <= visible and not visible & {DALLE, TTS, WHISPER}

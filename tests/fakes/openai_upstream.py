@@ -348,7 +348,8 @@ def _multipart(content_type: str, body: bytes) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
+        decoded = part.get_payload(decode=True)  # bytes for a leaf part, which every form field is
+        payload = decoded if isinstance(decoded, bytes) else b""
         fields[str(name)] = payload if part.get_filename() else payload.decode()
     return fields
 

@@ -22,6 +22,7 @@ class ThreadedServer:
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
+        self.app = app  # what the server runs, for tests that swap its clocks (app.state.gateway.now)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

@@ -6,6 +6,7 @@ import io
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ def config(backend: Backend, tmp_path: Path) -> str:
     return str(path)
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
     capsys.readouterr()
     assert main(list(argv)) == 0
     return dict(json.loads(capsys.readouterr().out))
@@ -43,7 +44,7 @@ def test_cli_accounts_keys_and_credits(config: str, capsys: pytest.CaptureFixtur
     assert (granted["amount"], granted["balance"]) == ("100", "112.5")
 
     listed = run_json(capsys, "--config", config, "--json", "accounts", "list")
-    assert [(a["name"], a["balance"]) for a in listed["accounts"]] == [("acme", "112.5")]  # type: ignore[union-attr]
+    assert [(a["name"], a["balance"]) for a in listed["accounts"]] == [("acme", "112.5")]
 
 
 def test_cli_grant_idempotency_key_grants_once(config: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -301,7 +301,7 @@ async def test_redis_store_shares_round_trips_between_concurrent_scripts(redis_u
         assert all(r.value == 10 and r.cap == 10 for r in results if not r.ok)
         assert sum(sent) == 25 and len(sent) < 25  # fewer round trips than scripts
         release = store.release(account_key(redis_prefix, 7, "holds"), "nobody", if_held=[], always=[])
-        assert await asyncio.gather(store.get(key, "n"), release) == [10, False]
+        assert list(await asyncio.gather(store.get(key, "n"), release)) == [10, False]
     finally:
         await store.delete(key)
         await store.close()

@@ -162,7 +162,7 @@ def test_tampered_or_foreign_tokens_are_refused(gateway: Gateway) -> None:
     claims = jwt.decode(browser.cookies["tw_session"], options={"verify_signature": False})
     for forged in (
         jwt.encode(claims, "a guessed secret that is long enough to pass", algorithm="HS256"),
-        jwt.encode(claims, None, algorithm="none"),
+        jwt.encode(claims, None, algorithm="none"),  # type: ignore[arg-type]  # the unsigned forgery, on purpose
         browser.cookies["tw_session"][:-2] + "xx",
     ):
         response = httpx.get(gateway.url + "/api/keys/", headers={"Cookie": f"tw_session={forged}"}, timeout=10)
@@ -187,7 +187,7 @@ class Clock:
 def clocked(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, Clock]]:
     gateway, server = start_gateway(gateway_settings(backend, fake_openai), fake_openai)
     clock = Clock()
-    state: Any = server.server.config.app.state.gateway  # the app the server runs
+    state: Any = server.app.state.gateway  # the app the server runs
     state.now = clock
     try:
         yield gateway, clock

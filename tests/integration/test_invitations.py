@@ -173,7 +173,7 @@ class Clock:
 def clocked(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, Clock]]:
     gateway, server = start_gateway(gateway_settings(backend, fake_openai), fake_openai)
     clock = Clock()
-    state: Any = server.server.config.app.state.gateway
+    state: Any = server.app.state.gateway
     state.now = clock
     try:
         yield gateway, clock

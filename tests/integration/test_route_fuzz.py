@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -406,7 +406,7 @@ class Target:
     spares: dict[str, int]
 
 
-def _backend(name: str, tmp: Any) -> Iterator[Backend]:
+def _backend(name: str, tmp: Any) -> Generator[Backend, None, None]:
     prefix = f"twfuzz:{secrets.token_hex(4)}:"
     if name == "sqlite":
         yield Backend("sqlite", f"sqlite+aiosqlite:///{tmp}/fuzz.db", "", prefix)
@@ -520,7 +520,7 @@ def test_route_fuzz_never_answers_500(target: Target, route: tuple[str, str]) ->
 
 def _api_routes() -> list[tuple[str, str, Any]]:
     app = create_app(Settings())
-    found = []
+    found: list[tuple[str, str, Any]] = []
     for route in app.routes:
         if isinstance(route, HTTPRoute) and route.path.startswith(("/api", "/v1")):
             for handler in route.route_handlers:

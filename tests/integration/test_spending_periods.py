@@ -25,7 +25,7 @@ class Clock:
 def clocked(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, Clock]]:
     gateway, server = start_gateway(gateway_settings(backend, fake_openai), fake_openai)
     clock = Clock(datetime(2026, 11, 30, 23, 59, 0, tzinfo=UTC))
-    state: Any = server.server.config.app.state.gateway  # the app the server runs
+    state: Any = server.app.state.gateway  # the app the server runs
     state.now = clock
     try:
         yield gateway, clock

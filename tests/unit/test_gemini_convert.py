@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from providers.base import Usage
+from providers.errors import UpstreamHTTPError
 from providers.gemini.adapter import http_error
 from providers.gemini.convert import (
     GeminiRequestError,
@@ -249,5 +250,6 @@ def test_http_error_status_mapping(status: int, google_status: str, http_status:
     raw = json.dumps({"error": {"code": status, "message": "upstream says no", "status": google_status}}).encode()
     error = http_error("gemini", status, parse_error(raw))
     assert (error.status_code, error.code) == (http_status, code)
+    assert isinstance(error, UpstreamHTTPError)
     assert ("upstream says no" in error.detail) == (status != 403)
     assert "upstream says no" not in error.message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_request_facts_use_the_database_for_the_real_client(countries: CountryDa
 
 def test_a_trusted_country_header_wins_and_an_untrusted_one_is_ignored(countries: CountryDatabase) -> None:
     proxies = parse_networks(["10.0.0.0/8"], strict=False)
-    common = {
+    common: dict[str, Any] = {
         "trusted_proxies": proxies,
         "country_header": "cf-ipcountry",
         "fail_closed_on_unknown_country": True,

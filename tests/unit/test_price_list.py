@@ -66,7 +66,7 @@ def test_configured_models_take_list_prices_limits_and_category_when_unset() -> 
     mini = catalog["openai/gpt-4o-mini"]
     assert mini.price is not None and mini.price.input == Decimal("165")  # 0.15 USD/Mtok + 10 % markup
     assert (mini.max_output_tokens, mini.context_length, mini.category) == (16384, 128000, "text")
-    embed = catalog["openai/embed"]  # embeddings are text (PRODUCT.md), priced by input alone
+    embed = catalog["openai/embed"]  # embeddings are text (docs/product-rules.md), priced by input alone
     assert (embed.category, embed.embeds_only) == ("text", True) and embed.price is not None
     custom = catalog["openai/custom"]
     assert custom.price is not None and custom.price.input == Decimal("1100") and custom.max_output_tokens == 100

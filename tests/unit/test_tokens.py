@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,7 +113,7 @@ def test_tokens_chat_parts_tools_and_images() -> None:
     assert with_image == plain + IMAGE_UNKNOWN_SIZE
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     assert count_chat_tokens([{"role": "user", "content": "look"}], "gpt-4o", [tool]) > plain + 10
-    call = [
+    call: list[dict[str, Any]] = [
         {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": '{"a": 1}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "42"},
     ]

@@ -1,0 +1,116 @@
+"""``tollway config check``: what can be known about a configuration without serving it.
+
+It loads the settings as ``tollway serve`` does (file, then ``TOLLWAY_*``), then builds what the
+app's lifespan builds from them without opening a socket or a database: the model catalogue
+(every deployment must resolve to a price, or the model could never be called) and one adapter
+per provider (an unknown kind fails here, as it would at startup). The effective configuration
+is rendered with every secret masked (``gateway.settings.SECRET_FIELDS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from gateway.catalog import build_adapters, build_catalog
+from gateway.settings import Settings, SettingsError
+
+
+class CheckReport(msgspec.Struct):
+    errors: list[str] = []
+    warnings: list[str] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_settings(settings: Settings, env: Mapping[str, str]) -> CheckReport:
+    """The problems ``settings`` would meet at startup or on its first request."""
+    report = CheckReport()
+    try:
+        catalog = build_catalog(settings)
+    except (SettingsError, ValueError) as error:
+        report.errors.append(f"the model catalogue does not build: {error}")
+    else:
+        for slug, model in catalog.items():
+            for deployment in model.deployments:
+                if deployment.price is None:
+                    report.errors.append(
+                        f"models.{slug!r}: no price for {deployment.provider}/{deployment.upstream_model} "
+                        "(set input_per_mtok/output_per_mtok or per_unit_usd; an unpriced model cannot be called)"
+                    )
+    try:
+        adapters = build_adapters(settings, env)
+    except SettingsError as error:
+        report.errors.append(str(error))
+    else:
+        asyncio.run(_close(adapters.values()))
+    for name, provider in settings.providers.items():
+        if provider.api_key_env and not env.get(provider.api_key_env):
+            report.warnings.append(f"providers.{name}: ${provider.api_key_env} is not set; its calls will be refused")
+    return report
+
+
+async def _close(adapters: Any) -> None:
+    for adapter in adapters:
+        await adapter.aclose()
+
+
+# --- TOML rendering ---------------------------------------------------------------------------
+# A small writer for the shapes settings have (scalars, lists of scalars, tables, arrays of
+# tables), so the printed configuration can be pasted back into a file; None has no TOML
+# spelling and means "unset", so it is left out.
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.match(name) else json.dumps(name)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None) + "}"
+    raise TypeError(f"cannot render {type(value).__name__} as TOML")
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
+
+
+def _table(table: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
+    nested = {k: v for k, v in table.items() if (isinstance(v, dict) and v) or _is_table_array(v)}
+    for name, value in table.items():
+        if name not in nested and value is not None:
+            lines.append(f"{_key(name)} = {_value(value)}")
+    for name, value in nested.items():
+        inner = [*path, _key(name)]
+        if isinstance(value, dict):
+            scalars = any(not isinstance(v, dict) or not v for v in value.values())
+            if scalars:
+                lines.extend(["", f"[{'.'.join(inner)}]"])
+            _table(value, inner, lines)
+        else:
+            for item in value:
+                lines.extend(["", f"[[{'.'.join(inner)}]]"])
+                _table(item, inner, lines)
+
+
+def to_toml(table: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    _table(table, [], lines)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,142 @@
+"""``TOLLWAY_*`` environment overrides: every setting, parsed by its field's type."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.settings import MASK, SECRET_FIELDS, Settings, SettingsError, env_variable, load_settings, redacted
+
+# Values the cross-field checks accept for strings they validate; any other field gets a value
+# derived from its type, so a setting added tomorrow is covered without touching this test.
+STRING_SAMPLES = {
+    "database_url": "sqlite+aiosqlite:///./elsewhere.db",
+    "markup_percent": "12.5",
+    "bootstrap_credits": "7",
+    "admin_token": "a" * 32,
+    "session_secret": "s" * 32,
+}
+TABLE_SAMPLES: dict[str, tuple[str, Any]] = {
+    "providers": ('{"up": {"kind": "openai", "api_key": "sk-x"}}', "openai"),
+    "models": ('{"demo/echo": {"provider": "demo", "upstream_model": "echo"}}', "echo"),
+}
+
+
+def _sample(field: msgspec.inspect.Field, tmp_path: Path) -> tuple[str, Any]:
+    """An env text for ``field`` that differs from its default, and the value it must load as."""
+    shape = field.type
+    if field.name == "geoip_database":
+        path = tmp_path / "country.mmdb"
+        path.write_bytes(b"")
+        return str(path), str(path)
+    if field.name in STRING_SAMPLES:
+        return STRING_SAMPLES[field.name], STRING_SAMPLES[field.name]
+    if isinstance(shape, msgspec.inspect.BoolType):
+        return ("no", False) if field.default else ("yes", True)
+    if isinstance(shape, msgspec.inspect.IntType):
+        return str(field.default + 1), field.default + 1
+    if isinstance(shape, msgspec.inspect.FloatType):
+        return str(field.default + 0.5), field.default + 0.5
+    if isinstance(shape, msgspec.inspect.StrType):
+        return "from-env", "from-env"
+    if isinstance(shape, msgspec.inspect.ListType):
+        return "10.0.0.0/8, 127.0.0.1", ["10.0.0.0/8", "127.0.0.1"]
+    raise AssertionError(f"no sample for {field.name}: {shape}")
+
+
+def _fields() -> tuple[msgspec.inspect.Field, ...]:
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return info.fields
+
+
+@pytest.mark.parametrize("field", _fields(), ids=lambda field: field.name)
+def test_settings_env_overrides_every_field(field: msgspec.inspect.Field, tmp_path: Path) -> None:
+    env = {"TOLLWAY_REDIS_URL": "redis://cache:6379/0"} if field.name == "workers" else {}
+    if field.name in TABLE_SAMPLES:
+        text, marker = TABLE_SAMPLES[field.name]
+        settings = load_settings(env={**env, env_variable(field.name): text})
+        assert marker in msgspec.json.encode(getattr(settings, field.name)).decode()
+        return
+    text, expected = _sample(field, tmp_path)
+    settings = load_settings(env={**env, env_variable(field.name): text})
+    assert getattr(settings, field.name) == expected
+
+
+def test_settings_env_list_takes_json_or_commas() -> None:
+    assert load_settings(env={"TOLLWAY_TRUSTED_PROXIES": '["10.0.0.1", "::1"]'}).trusted_proxies == ["10.0.0.1", "::1"]
+    assert load_settings(env={"TOLLWAY_TRUSTED_PROXIES": ""}).trusted_proxies == []
+
+
+def test_settings_env_overrides_file_table(tmp_path: Path) -> None:
+    path = tmp_path / "tollway.toml"
+    path.write_text("[providers.file]\nkind = 'openai'\n")
+    settings = load_settings(path, env={"TOLLWAY_PROVIDERS": '{"env": {"kind": "anthropic"}}'})
+    assert list(settings.providers) == ["env"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("TOLLWAY_RETRY_ATTEMPTS", "0", ">= 1"),
+        ("TOLLWAY_BREAKER_FAILURES", "-1", ">= 1"),
+        ("TOLLWAY_HEADER_TIMEOUT_S", "0", "> 0"),
+        ("TOLLWAY_CORS_MAX_AGE_S", "ten", "int"),
+        ("TOLLWAY_WEBHOOK_POLL_S", "soon", "float"),
+        ("TOLLWAY_SESSION_COOKIE_SECURE", "maybe", "true or false"),
+        ("TOLLWAY_PROVIDERS", "openai", "JSON"),
+        ("TOLLWAY_PROVIDERS", '{"x": {"kind": "nope"}}', "kind"),
+        ("TOLLWAY_TRUSTED_PROXIES", '["10.0.0.1", 5]', "str"),
+    ],
+)
+def test_settings_env_bad_value_names_the_variable(variable: str, value: str, needle: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={variable: value})
+    assert variable in str(caught.value) and needle in str(caught.value)
+
+
+# Fields whose names look secret but hold none; anything else matching SECRET_LOOKING must be in
+# SECRET_FIELDS, so `tollway config check` cannot print a new secret by accident.
+SECRET_LOOKING = re.compile(r"secret|token|password|passwd|api_key|credential|private_key|signing|_key$")
+HARMLESS = {"max_output_tokens", "api_key_env"}
+
+
+def _struct_fields(cls: type[msgspec.Struct]) -> set[str]:
+    names: set[str] = set()
+    pending: list[msgspec.inspect.Type] = [msgspec.inspect.type_info(cls)]
+    while pending:
+        shape = pending.pop()
+        if isinstance(shape, msgspec.inspect.StructType):
+            names.update(field.name for field in shape.fields)
+            pending.extend(field.type for field in shape.fields)
+        elif isinstance(shape, msgspec.inspect.DictType):
+            pending.append(shape.value_type)
+        elif isinstance(shape, msgspec.inspect.ListType):
+            pending.append(shape.item_type)
+        elif isinstance(shape, msgspec.inspect.UnionType):
+            pending.extend(shape.types)
+    return names
+
+
+def test_settings_secret_fields_cover_every_secret_looking_field() -> None:
+    looking = {name for name in _struct_fields(Settings) if SECRET_LOOKING.search(name)}
+    assert looking - HARMLESS <= SECRET_FIELDS
+    assert {"admin_token", "session_secret", "api_key"} <= SECRET_FIELDS
+
+
+def test_settings_redacted_masks_secrets_and_url_passwords() -> None:
+    settings = load_settings(
+        env={},
+        database_url="postgresql+asyncpg://u:pw@db/x?password=pw2&ssl=require",
+        session_secret="s" * 32,
+        providers={"o": {"kind": "openai", "api_key": "sk-1", "headers": {"X-Key": "h"}}},
+    )
+    shown = redacted(settings)
+    assert shown["database_url"] == f"postgresql+asyncpg://u:{MASK}@db/x?password={MASK}&ssl=require"
+    assert (shown["session_secret"], shown["admin_token"]) == (MASK, "")  # unset stays visibly unset
+    assert shown["providers"]["o"]["api_key"] == MASK and shown["providers"]["o"]["headers"] == {"X-Key": MASK}
+    assert "sk-1" not in msgspec.json.encode(shown).decode()
