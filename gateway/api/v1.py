@@ -1,4 +1,4 @@
-"""The ``/v1`` routes besides chat: thin controllers over :mod:`gateway.pipeline.routes`, plus
+"""The ``/v1`` routes besides chat: thin controllers over the route modules of :mod:`gateway.pipeline`, plus
 ``GET /v1/models`` and ``GET /v1/generation``, which read the catalogue and usage records."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from billing.models import UsageRecord
 from gateway.api.views import model_view, usage_view
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, remember_request_id
-from gateway.pipeline import routes, videos
+from gateway.pipeline import audio, completions, embeddings, images, videos
 from gateway.pipeline.metered import cancel_on_disconnect, new_request_id
 from gateway.state import GatewayState
 from gateway.validation import Slug
@@ -23,7 +23,7 @@ from keys.chain import authenticate
 from keys.service import KeyIdentity
 
 _encoder = msgspec.json.Encoder()
-_AUDIO_UPLOAD_LIMIT = routes.MAX_AUDIO_BYTES + 1024 * 1024  # the file plus its form fields
+_AUDIO_UPLOAD_LIMIT = audio.MAX_AUDIO_BYTES + 1024 * 1024  # the file plus its form fields
 
 
 class NotFound(GatewayError):
@@ -43,7 +43,7 @@ async def create_embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
     return await cancel_on_disconnect(
         request.receive,
-        routes.embeddings(state, request.headers, state.request_facts(request), await request.body(), request_id),
+        embeddings.embeddings(state, request.headers, state.request_facts(request), await request.body(), request_id),
     )
 
 
@@ -52,7 +52,7 @@ async def create_completion(request: Request[Any, Any, Any]) -> Response[bytes] 
     state, request_id = _begin(request)
     return await cancel_on_disconnect(
         request.receive,
-        routes.completions(state, request.headers, state.request_facts(request), await request.body(), request_id),
+        completions.completions(state, request.headers, state.request_facts(request), await request.body(), request_id),
     )
 
 
@@ -61,7 +61,7 @@ async def create_images(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
     return await cancel_on_disconnect(
         request.receive,
-        routes.images(state, request.headers, state.request_facts(request), await request.body(), request_id),
+        images.images(state, request.headers, state.request_facts(request), await request.body(), request_id),
     )
 
 
@@ -70,7 +70,7 @@ async def create_speech(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
     return await cancel_on_disconnect(
         request.receive,
-        routes.speech(state, request.headers, state.request_facts(request), await request.body(), request_id),
+        audio.speech(state, request.headers, state.request_facts(request), await request.body(), request_id),
     )
 
 
@@ -81,7 +81,7 @@ async def create_transcription(request: Request[Any, Any, Any]) -> Response[byte
     fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     return await cancel_on_disconnect(
         request.receive,
-        routes.transcriptions(state, request.headers, state.request_facts(request), form, fields, request_id),
+        audio.transcriptions(state, request.headers, state.request_facts(request), form, fields, request_id),
     )
 
 

@@ -17,19 +17,18 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from billing.errors import BillingError, OutOfBudget
+from billing.errors import OutOfBudget, RateLimitExceeded
+from billing.estimates import OutputRequest, output_cap, tokens_worst_case
 from billing.ledger import Settlement
 from billing.money import format_credits
-from billing.pricing import ModelPrice
 from billing.tokens import chat_tokens_upper_bound, count_chat_tokens, count_text_tokens, prompt_fields
 from gateway.catalog import CatalogModel
 from gateway.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, validation_param
 from gateway.pipeline.metered import (
+    Admission,
     CallContext,
     DeadlineStream,
-    Estimate,
     MeteredCall,
-    admit,
     billable_usage,
     new_request_id,
     tollway_meta,
@@ -46,6 +45,7 @@ __all__ = ["ChatBodyView", "chat_completions", "new_request_id", "stream_respons
 T = TypeVar("T")
 CHECKPOINT_S = 1.0  # how often a stream records what it has cost so far
 TEXT = frozenset({"text"})
+CHAT_ROUTE = "/v1/chat/completions"
 
 
 # Output caps beyond any model's, so an absurd value is a clear 400 and never a number that
@@ -108,23 +108,6 @@ def parse_chat_body(raw: bytes) -> tuple[dict[str, Any], ChatBodyView]:
     return body, view_of(body, ChatBodyView)
 
 
-def output_estimate(plan: list[CatalogModel], asked: int | None, input_tokens: int, choices: int = 1) -> Estimate:
-    """Any deployment of the plan may end up serving, so the hold covers the dearest of them;
-    each of ``choices`` completions may use the whole output cap."""
-    most_output, amount = 0, 0
-    for served in plan:
-        max_output = output_cap(served, asked)
-        most_output = max(most_output, max_output)
-        amount = max(amount, _price(served).worst_case_micro(input_tokens, max_output * choices))
-    return Estimate(tokens=input_tokens + most_output * choices, amount_micro=amount)
-
-
-def output_cap(served: CatalogModel, asked: int | None) -> int:
-    """The output tokens one completion may use on ``served``: what was asked, never more than
-    the model's maximum (which the reservation covers when nothing was asked)."""
-    return min(asked or served.max_output_tokens, served.max_output_tokens)
-
-
 def _completion_text(body: dict[str, Any]) -> str:
     parts: list[str] = []
     for choice in body.get("choices") or ():
@@ -170,10 +153,6 @@ class ChatPrompt:
         return self._exact
 
 
-def _asked_output(view: ChatBodyView) -> int | None:
-    return view.max_completion_tokens or view.max_tokens
-
-
 async def chat_completions(
     state: GatewayState, headers: Mapping[str, str], facts: RequestFacts, raw_body: bytes, request_id: str
 ) -> Response[bytes] | Stream:
@@ -181,54 +160,18 @@ async def chat_completions(
         raise PayloadTooLarge(
             f"a chat request may be at most {state.settings.max_chat_body_bytes} bytes (max_chat_body_bytes)"
         )
-    parsed: list[tuple[dict[str, Any], ChatPrompt]] = []
-    fitted: list[int] = []  # max_tokens lowered to what the balance affords, when the client gave none
-
-    def parse() -> ChatBodyView:
+    async with Admission(state, headers, facts, request_id) as door:
         body, view = parse_chat_body(raw_body)
-        parsed.append((body, ChatPrompt(len(raw_body), body, view, view.model)))
-        return view
-
-    async def estimate(view: ChatBodyView, plan: list[CatalogModel]) -> Estimate:
-        return output_estimate(plan, _asked_output(view), parsed[0][1].bound, view.n)
-
-    async def refine(view: ChatBodyView, plan: list[CatalogModel], refusal: BillingError) -> Estimate | None:
-        """The bound did not fit: count exactly; if that does not fit either, the clamp of docs/product-rules.md:
-        without max_tokens lower it to what is affordable, with it say what would fit."""
-        input_tokens = await parsed[0][1].exact()
-        exact = output_estimate(plan, _asked_output(view), input_tokens, view.n)
-        if not isinstance(refusal, OutOfBudget) or exact.amount_micro <= refusal.available_micro:
-            return exact
-        affordable = min(
-            min(
-                served.max_output_tokens,
-                _price(served).affordable_output_tokens(input_tokens, refusal.available_micro) // view.n,
-            )
-            for served in plan
-        )
-        if _asked_output(view):
-            hint = f"; the largest max_tokens that fits is {affordable}" if affordable >= 1 else ""
-            raise type(refusal)(refusal.message + hint, available_micro=refusal.available_micro) from refusal
-        if affordable < 1:
-            return None
-        fitted.append(affordable)
-        return output_estimate(plan, affordable, input_tokens, view.n)
-
-    admitted, view = await admit(
-        state,
-        headers,
-        facts,
-        request_id,
-        parse=parse,
-        categories=TEXT | {"image"},
-        route="/v1/chat/completions",
-        estimate=estimate,
-        serves=_serves_chat,
-        refine=refine,
-    )
-    body, prompt = parsed[0]
-    asked = fitted[-1] if fitted else _asked_output(view)
-    extra_headers = {"X-Tollway-Max-Tokens": str(fitted[-1])} if fitted else {}
+        plan = door.plan(view, route=CHAT_ROUTE, categories=TEXT | {"image"}, serves=_serves_chat)
+        prompt = ChatPrompt(len(raw_body), body, view, view.model)
+        output = OutputRequest(asked=view.max_completion_tokens or view.max_tokens, choices=view.n)
+        try:
+            admitted, fitted = await door.reserve(plan, tokens_worst_case(plan, prompt.bound, output)), None
+        except (OutOfBudget, RateLimitExceeded):
+            # The bound did not fit: count the prompt exactly, then fit the output if allowed.
+            admitted, fitted = await door.reserve_output(plan, await prompt.exact(), output)
+    asked = fitted or output.asked
+    extra_headers = {"X-Tollway-Max-Tokens": str(fitted)} if fitted else {}
 
     def call_for(served: CatalogModel) -> ChatCall:
         # The upstream is never allowed more output than was reserved: the cap always goes up,
@@ -240,8 +183,7 @@ async def chat_completions(
         return ChatCall(body=forwarded, upstream_model=served.upstream_model)
 
     if view.stream:
-        call = MeteredCall(state, admitted, streamed=True)
-        async with call:
+        async with MeteredCall(state, admitted, streamed=True) as call:
 
             async def open_stream(adapter: Any, served: CatalogModel, deadline_at: float) -> DeadlineStream:
                 return DeadlineStream(await adapter.open_stream(call_for(served)), deadline_at, served.provider)
@@ -262,11 +204,10 @@ async def chat_completions(
 
         async def counted() -> Usage:
             text = _completion_text(result.body)
+            model = call.served.upstream_model
             return Usage(
                 input_tokens=await prompt.exact(),
-                output_tokens=await count_tokens(
-                    len(text), lambda: count_text_tokens(text, call.served.upstream_model)
-                ),
+                output_tokens=await count_tokens(len(text), lambda: count_text_tokens(text, model)),
             )
 
         usage, anomaly = await billable_usage(result.usage, counted)
@@ -281,11 +222,6 @@ async def chat_completions(
             **extra_headers,
         },
     )
-
-
-def _price(served: CatalogModel) -> ModelPrice:
-    assert served.price is not None
-    return served.price
 
 
 def stream_response(

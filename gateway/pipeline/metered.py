@@ -1,9 +1,15 @@
-"""What every ``/v1`` route shares: admit (chain, model, plan, reservation), dispatch (retries
-across deployments under a deadline) and settle. No route can skip a stage: each route only
-supplies how to parse its body, how to estimate its worst case and how to call the upstream.
+"""What every ``/v1`` route shares, in the order a route reads:
 
-Whatever a stage acquires its partner releases: a reservation is settled exactly once on every
-exit path (success, upstream error, client disconnect), shielded from cancellation.
+    async with Admission(state, headers, facts, request_id) as door:   # steps 1–6, refusals recorded
+        view = parse(...)
+        plan = door.plan(view, route=..., categories=..., serves=...)   # steps 7–9 and routing
+        admitted = await door.reserve(plan, worst_case(...))           # steps 10–12 (billing.estimates)
+    async with MeteredCall(state, admitted) as call:                   # owns the hold from here
+        answer = await call.dispatch(post)                             # retries under the deadline
+        await call.settle(usage)                                       # once, never above the hold
+
+Whatever a stage acquires its partner releases: leaving the ``MeteredCall`` block any way settles
+the hold exactly once (shielded from cancellation); a stream hands its hold to its body.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import anyio
 from sqlalchemy.exc import SQLAlchemyError
 
 from billing.errors import BillingError, OutOfBudget, RateLimitExceeded, SpendingLimitExceeded
+from billing.estimates import Estimate, OutputRequest, affordable_output, tokens_worst_case
 from billing.ledger import Settlement
 from billing.metering import KeyLimits, Reservation
 from billing.money import format_credits, micro_to_usd
@@ -45,8 +52,8 @@ MAX_END_USER = 256
 # Fields that steer the gateway and must not reach the upstream (``user`` is the caller's
 # end-user id: docs/product-rules.md: recorded, never forwarded).
 GATEWAY_FIELDS = frozenset({"models", "provider", "user"})
+EMBEDDINGS_ROUTE = "/v1/embeddings"
 
-B = TypeVar("B", bound="RoutedBody")
 R = TypeVar("R")
 
 
@@ -77,14 +84,6 @@ class CallContext:
 
     def latency_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """A call's worst case: tokens for the key's tpm limit and micro-credits to hold."""
-
-    tokens: int
-    amount_micro: int
 
 
 @dataclass(slots=True)
@@ -184,35 +183,57 @@ class WrongModelCategory(GatewayError):
     code = "model_not_supported"
 
 
-async def admit(
-    state: GatewayState,
-    headers: Mapping[str, str],
-    facts: RequestFacts,
-    request_id: str,
-    *,
-    parse: Callable[[], B],
-    categories: frozenset[str],
-    route: str,
-    estimate: Callable[[B, list[CatalogModel]], Awaitable[Estimate]],
-    serves: Callable[[object], bool],
-    refine: Callable[[B, list[CatalogModel], BillingError], Awaitable[Estimate | None]] | None = None,
-    embeddings: bool = False,
-) -> tuple[Admitted, B]:
-    """Chain steps 1–12 for any route; an authenticated refusal is still recorded (at no cost).
+class Admission:
+    """The door of every ``/v1`` route: steps 1–12 of the chain, read top to bottom.
 
-    ``estimate`` may be a cheap upper bound; when it does not fit, ``refine`` gets the refusal
-    and may return a tighter or smaller estimate (chat counts exactly, then lowers max_tokens)
-    to try once more, or ``None`` to let the refusal stand."""
-    started = time.perf_counter()
-    now = state.now()
-    identity = await authenticate(headers.get("authorization"), state.keys, now, facts, state.tokens)
-    ctx = CallContext(request_id, started, identity, "")
-    slug = ""
-    try:
-        ctx.end_user_id = end_user_of(headers, None)
-        body = parse()
-        slug = body.model
-        ctx.end_user_id = end_user_of(headers, body)
+    ``async with Admission(...) as door:`` authenticates on entry (an unauthenticated request is
+    refused and not recorded); inside, the route parses its body, asks :meth:`plan` for the
+    deployments that may serve and :meth:`reserve` for the hold. Any refusal raised inside
+    (a bad body, an unknown model, a restriction, no credits) leaves the block recorded once as
+    a usage record at no cost, with the key's webhook told of limit refusals.
+    """
+
+    def __init__(self, state: GatewayState, headers: Mapping[str, str], facts: RequestFacts, request_id: str) -> None:
+        self.state = state
+        self.headers = headers
+        self.facts = facts
+        self.request_id = request_id
+        self._slug = ""
+        self._now = state.now()
+        self._ctx: CallContext | None = None
+
+    @property
+    def ctx(self) -> CallContext:
+        assert self._ctx is not None, "used outside its async with"
+        return self._ctx
+
+    async def __aenter__(self) -> Admission:
+        started = time.perf_counter()
+        state = self.state
+        identity = await authenticate(
+            self.headers.get("authorization"), state.keys, self._now, self.facts, state.tokens
+        )
+        self._ctx = CallContext(self.request_id, started, identity, "")
+        self._ctx.end_user_id = end_user_of(self.headers, None)
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
+        if not isinstance(error, GatewayError | BillingError | KeyError_) or self._ctx is None:
+            return
+        state, identity = self.state, self._ctx.identity
+        await state.meter.record(refused_settlement(self._ctx, self._slug, error))
+        if isinstance(error, SpendingLimitExceeded | RateLimitExceeded) and identity.webhook_url:
+            await _tell_webhook(state, identity, error, self._now)
+
+    def plan(
+        self, body: RoutedBody, *, route: str, categories: frozenset[str], serves: Callable[[object], bool]
+    ) -> list[CatalogModel]:
+        """Steps 7–9 and routing: the model and its fallbacks, allowed for this key, in the order
+        the router would try them, each offering ``route``."""
+        state, ctx = self.state, self.ctx
+        self._slug = body.model
+        ctx.end_user_id = end_user_of(self.headers, body)
+        embeddings = route == EMBEDDINGS_ROUTE
         primary = find_model(state, body.model)
         if primary.category not in categories:
             raise WrongModelCategory(
@@ -222,7 +243,7 @@ async def admit(
             raise WrongModelCategory(
                 f"model {body.model!r} is an embedding model and cannot serve {route}", param="model"
             )
-        authorize_models(identity, [body.model, *(body.models or ())], primary.category)
+        authorize_models(ctx.identity, [body.model, *(body.models or ())], primary.category)
         models = [
             m for m in requested_models(state, body) if m.category in categories and (embeddings or not m.embeds_only)
         ]
@@ -231,26 +252,38 @@ async def admit(
         ]
         if not plan:
             raise InvalidRequest(f"the provider of model {body.model!r} does not offer {route}", param="model")
-        worst = await estimate(body, plan)
-        limits = key_limits(identity)
+        return plan
+
+    async def reserve(self, plan: list[CatalogModel], worst: Estimate) -> Admitted:
+        """Steps 10–12 in one atomic apply: the key's rate and spending limits and the balance."""
+        identity = self.ctx.identity
+        reservation = await self.state.meter.reserve(
+            identity.account_id,
+            worst.amount_micro,
+            self.request_id,
+            limits=key_limits(identity),
+            tokens=worst.tokens,
+            now=self._now,
+        )
+        return Admitted(self.ctx, plan, reservation, worst.amount_micro)
+
+    async def reserve_output(
+        self, plan: list[CatalogModel], input_tokens: int, output: OutputRequest
+    ) -> tuple[Admitted, int | None]:
+        """Reserve a generating call, applying docs/product-rules.md's rule when it does not fit:
+        without a cap the output is lowered to what is affordable (returned, to send upstream),
+        with one the 402 names the largest cap that would fit."""
         try:
-            reservation = await state.meter.reserve(
-                identity.account_id, worst.amount_micro, request_id, limits=limits, tokens=worst.tokens, now=now
-            )
-        except (OutOfBudget, RateLimitExceeded) as refusal:
-            smaller = await refine(body, plan, refusal) if refine is not None else None
-            if smaller is None:
+            return await self.reserve(plan, tokens_worst_case(plan, input_tokens, output)), None
+        except OutOfBudget as refusal:
+            affordable = affordable_output(plan, input_tokens, refusal.available_micro, output.choices)
+            if output.asked is not None:
+                hint = f"; the largest max_tokens that fits is {affordable}" if affordable >= 1 else ""
+                raise type(refusal)(refusal.message + hint, available_micro=refusal.available_micro) from refusal
+            if affordable < 1:
                 raise
-            worst = smaller
-            reservation = await state.meter.reserve(
-                identity.account_id, worst.amount_micro, request_id, limits=limits, tokens=worst.tokens, now=now
-            )
-    except (GatewayError, BillingError, KeyError_) as error:
-        await state.meter.record(refused_settlement(ctx, slug, error))
-        if isinstance(error, SpendingLimitExceeded | RateLimitExceeded) and identity.webhook_url:
-            await _tell_webhook(state, identity, error, now)
-        raise
-    return Admitted(ctx, plan, reservation, worst.amount_micro), body
+            fitted = OutputRequest(asked=affordable, choices=output.choices)
+            return await self.reserve(plan, tokens_worst_case(plan, input_tokens, fitted)), affordable
 
 
 async def _tell_webhook(state: GatewayState, identity: KeyIdentity, error: BillingError, now: datetime) -> None:

@@ -18,12 +18,13 @@ from litestar.datastructures import UploadFile
 from sqlalchemy import select
 
 from billing.accounts import grant_credits
+from billing.estimates import units_worst_case
 from billing.grants import sync_after_change
 from billing.models import LedgerKind, VideoJob
 from billing.money import format_credits
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.pipeline.metered import Admitted, Estimate, MeteredCall, admit, tollway_meta
+from gateway.pipeline.metered import Admission, Admitted, MeteredCall, tollway_meta
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate
@@ -31,6 +32,7 @@ from keys.service import KeyIdentity
 from providers.base import UploadedFile, UpstreamReply, Usage
 from providers.errors import UpstreamBadResponse
 
+ROUTE = "/v1/videos"
 DEFAULT_SECONDS = 4
 MAX_SECONDS = 120
 _encoder = msgspec.json.Encoder()
@@ -76,6 +78,25 @@ def _decode(reply: UpstreamReply, provider: str) -> dict[str, Any]:
     return job
 
 
+def _serves_multipart(adapter: object) -> bool:
+    return hasattr(adapter, "post_multipart")
+
+
+def _create_view(form: Mapping[str, Any]) -> VideoCreateView:
+    model = form.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("the 'model' field is required", param="model")
+    if not isinstance(form.get("prompt"), str) or not form.get("prompt"):
+        raise InvalidRequest("the 'prompt' field is required", param="prompt")
+    size, user = form.get("size"), form.get("user")
+    return VideoCreateView(
+        model=model,
+        seconds=_seconds(form.get("seconds")),
+        size=size if isinstance(size, str) else None,
+        user=user if isinstance(user, str) and user else None,
+    )
+
+
 async def create_video(
     state: GatewayState,
     headers: Mapping[str, str],
@@ -84,24 +105,6 @@ async def create_video(
     fields: list[tuple[str, str]],
     request_id: str,
 ) -> Response[bytes]:
-    def parse() -> VideoCreateView:
-        model = form.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequest("the 'model' field is required", param="model")
-        if not isinstance(form.get("prompt"), str) or not form.get("prompt"):
-            raise InvalidRequest("the 'prompt' field is required", param="prompt")
-        size = form.get("size")
-        return VideoCreateView(
-            model=model, seconds=_seconds(form.get("seconds")), size=size if isinstance(size, str) else None
-        )
-
-    async def estimate(view: VideoCreateView, plan: list[CatalogModel]) -> Estimate:
-        amount = 0
-        for served in plan:
-            assert served.price is not None
-            amount = max(amount, served.price.worst_case_units_micro(view.seconds, _variant(served, view.size)))
-        return Estimate(tokens=0, amount_micro=amount)
-
     # Read before anything is held: a failing or cancelled read must not strand a reservation.
     files = [
         UploadedFile(
@@ -113,17 +116,10 @@ async def create_video(
         for name, value in form.items()
         if isinstance(value, UploadFile)
     ]
-    admitted, view = await admit(
-        state,
-        headers,
-        facts,
-        request_id,
-        parse=parse,
-        categories=frozenset({"video"}),
-        route="/v1/videos",
-        estimate=estimate,
-        serves=lambda adapter: hasattr(adapter, "post_multipart"),
-    )
+    async with Admission(state, headers, facts, request_id) as door:
+        view = _create_view(form)
+        plan = door.plan(view, route=ROUTE, categories=frozenset({"video"}), serves=_serves_multipart)
+        admitted = await door.reserve(plan, units_worst_case(plan, view.seconds, view.size or ""))
     forwarded = [(k, v) for k, v in fields if k not in {"model", "user"}]
 
     async def call(adapter: Any, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
