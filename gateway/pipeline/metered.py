@@ -33,7 +33,7 @@ from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate, authorize_models
 from keys.errors import KeyError_
 from keys.service import KeyIdentity
-from providers.base import ChatStream, StreamChunk, Usage
+from providers.base import ChatStream, ProviderHandle, StreamChunk, Usage
 from providers.errors import ProviderError, UpstreamTimeout
 
 log = logging.getLogger("tollway.gateway")
@@ -194,7 +194,7 @@ async def admit(
     categories: frozenset[str],
     route: str,
     estimate: Callable[[B, list[CatalogModel]], Awaitable[Estimate]],
-    serves: Callable[[object], bool],
+    serves: Callable[[ProviderHandle], bool],
     refine: Callable[[B, list[CatalogModel], BillingError], Awaitable[Estimate | None]] | None = None,
     embeddings: bool = False,
 ) -> tuple[Admitted, B]:
@@ -317,7 +317,7 @@ class MeteredCall:
         """A stream's body now owns the hold (it settles in its ``finally``)."""
         self._handed_over = True
 
-    async def dispatch(self, call: Callable[[Any, CatalogModel, float], Awaitable[R]]) -> R:
+    async def dispatch(self, call: Callable[[ProviderHandle, CatalogModel, float], Awaitable[R]]) -> R:
         """Try the plan's deployments, retrying retryable failures with backoff, each attempt under
         its provider's deadline. ``call(adapter, served, deadline_at)``. A stream is only retried
         while opening, never once a byte of it could have reached the client."""

@@ -46,7 +46,7 @@ from gateway.pipeline.metered import (
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
-from providers.base import UploadedFile, UpstreamReply, Usage
+from providers.base import Capability, ProviderHandle, UploadedFile, UpstreamReply, Usage
 from providers.errors import UpstreamBadResponse
 from providers.openai.convert import usage_from_body
 
@@ -60,8 +60,8 @@ LEGACY_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 V = TypeVar("V", bound="_Routed")
 
 
-def _serves_routes(adapter: object) -> bool:
-    return hasattr(adapter, "post_json")
+def _serves_routes(adapter: ProviderHandle) -> bool:
+    return adapter.offers(Capability.JSON)
 
 
 async def _admit_json(
@@ -173,8 +173,8 @@ def _decode_reply(reply: UpstreamReply, provider: str) -> dict[str, Any]:
 
 
 async def _post_json(call: MeteredCall, route: str, body: dict[str, Any]) -> dict[str, Any]:
-    async def post(adapter: Any, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
-        reply: UpstreamReply = await adapter.post_json(route, served.upstream_model, upstream_body(body, served))
+    async def post(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
+        reply: UpstreamReply = await adapter.json.post_json(route, served.upstream_model, upstream_body(body, served))
         return _decode_reply(reply, served.provider)
 
     return await call.dispatch(post)
@@ -304,8 +304,8 @@ async def completions(
         call = MeteredCall(state, admitted, streamed=True)
         async with call:
 
-            async def open_stream(adapter: Any, served: CatalogModel, deadline_at: float) -> DeadlineStream:
-                stream = await adapter.open_json_stream("/completions", served.upstream_model, capped(served))
+            async def open_stream(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> DeadlineStream:
+                stream = await adapter.json.open_json_stream("/completions", served.upstream_model, capped(served))
                 return DeadlineStream(stream, deadline_at, served.provider)
 
             stream = await call.dispatch(open_stream)
@@ -315,8 +315,8 @@ async def completions(
 
     async with MeteredCall(state, admitted) as call:
 
-        async def post(adapter: Any, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
-            reply: UpstreamReply = await adapter.post_json("/completions", served.upstream_model, capped(served))
+        async def post(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
+            reply: UpstreamReply = await adapter.json.post_json("/completions", served.upstream_model, capped(served))
             return _decode_reply(reply, served.provider)
 
         answer = await call.dispatch(post)
@@ -432,8 +432,8 @@ async def speech(
         state, headers, facts, request_id, body, SpeechView, category="tts", route="/v1/audio/speech", estimate=estimate
     )
 
-    async def call(adapter: Any, served: CatalogModel, deadline_at: float) -> UpstreamReply:
-        reply: UpstreamReply = await adapter.post_json(
+    async def call(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> UpstreamReply:
+        reply: UpstreamReply = await adapter.json.post_json(
             "/audio/speech", served.upstream_model, upstream_body(body, served)
         )
         return reply
@@ -568,8 +568,8 @@ async def transcriptions(
     )
     forwarded = [(k, v) for k, v in fields if k not in {"model", "user", "models", "provider"}]
 
-    async def post(adapter: Any, served: CatalogModel, deadline_at: float) -> UpstreamReply:
-        reply: UpstreamReply = await adapter.post_multipart(
+    async def post(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> UpstreamReply:
+        reply: UpstreamReply = await adapter.multipart.post_multipart(
             "/audio/transcriptions", served.upstream_model, [("model", served.upstream_model), *forwarded], [file]
         )
         return reply

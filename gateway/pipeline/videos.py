@@ -28,7 +28,7 @@ from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate
 from keys.service import KeyIdentity
-from providers.base import UploadedFile, UpstreamReply, Usage
+from providers.base import Capability, ProviderHandle, UploadedFile, UpstreamReply, Usage
 from providers.errors import UpstreamBadResponse
 
 DEFAULT_SECONDS = 4
@@ -122,12 +122,12 @@ async def create_video(
         categories=frozenset({"video"}),
         route="/v1/videos",
         estimate=estimate,
-        serves=lambda adapter: hasattr(adapter, "post_multipart"),
+        serves=lambda adapter: adapter.offers(Capability.MULTIPART),
     )
     forwarded = [(k, v) for k, v in fields if k not in {"model", "user"}]
 
-    async def call(adapter: Any, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
-        reply: UpstreamReply = await adapter.post_multipart(
+    async def call(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
+        reply: UpstreamReply = await adapter.multipart.post_multipart(
             "/videos", served.upstream_model, [("model", served.upstream_model), *forwarded], files
         )
         return _decode(reply, served.provider)
@@ -187,9 +187,7 @@ async def retrieve_video(
 ) -> Response[bytes]:
     identity = await _caller(state, headers, facts)
     job = await _job_for(state, identity, video_id)
-    reply: UpstreamReply = await state.adapters[job.provider].get(  # type: ignore[attr-defined]
-        f"/videos/{video_id}", job.upstream_model
-    )
+    reply: UpstreamReply = await state.adapters[job.provider].get.get(f"/videos/{video_id}", job.upstream_model)
     body = _decode(reply, job.provider)
     status = str(body.get("status") or job.status)
     refunded = await _record_status(state, job, status)
@@ -233,7 +231,7 @@ async def video_content(
     job = await _job_for(state, identity, video_id)
     if variant not in {"video", "thumbnail", "spritesheet"}:
         raise InvalidRequest("variant must be video, thumbnail or spritesheet", param="variant")
-    reply: UpstreamReply = await state.adapters[job.provider].get(  # type: ignore[attr-defined]
+    reply: UpstreamReply = await state.adapters[job.provider].get.get(
         f"/videos/{video_id}/content?variant={variant}", job.upstream_model
     )
     return Response(content=reply.content, media_type=reply.media_type)
