@@ -272,7 +272,7 @@ def test_anthropic_stream_error_event_raises_overloaded() -> None:
         translator.feed(event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}}))
     assert caught.value.upstream_status == 529
     assert (caught.value.status_code, caught.value.retryable) == (502, True)
-    assert "Overloaded" in caught.value.message
+    assert "Overloaded" in caught.value.detail and "Overloaded" not in caught.value.message
 
 
 def test_anthropic_stream_skips_unknown_events_and_rejects_malformed_ones() -> None:

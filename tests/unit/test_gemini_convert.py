@@ -247,4 +247,5 @@ def test_http_error_status_mapping(status: int, google_status: str, http_status:
     raw = json.dumps({"error": {"code": status, "message": "upstream says no", "status": google_status}}).encode()
     error = http_error("gemini", status, parse_error(raw))
     assert (error.status_code, error.code) == (http_status, code)
-    assert ("upstream says no" in error.message) == (status != 403)
+    assert ("upstream says no" in error.detail) == (status != 403)
+    assert "upstream says no" not in error.message
