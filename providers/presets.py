@@ -30,6 +30,7 @@ OPENAI_COMPATIBLE_PRESETS: dict[str, Preset] = {
     "xai": Preset("https://api.x.ai/v1", "XAI_API_KEY", vendor="xai"),
     "perplexity": Preset("https://api.perplexity.ai", "PERPLEXITY_API_KEY"),
     "cerebras": Preset("https://api.cerebras.ai/v1", "CEREBRAS_API_KEY"),
+    "sambanova": Preset("https://api.sambanova.ai/v1", "SAMBANOVA_API_KEY"),
     "ollama": Preset("http://127.0.0.1:11434/v1", ""),
     "lmstudio": Preset("http://127.0.0.1:1234/v1", ""),
     "vllm": Preset("http://127.0.0.1:8000/v1", ""),
