@@ -64,6 +64,10 @@ def _serves_routes(adapter: ProviderHandle) -> bool:
     return adapter.offers(Capability.JSON)
 
 
+def _serves_multipart(adapter: ProviderHandle) -> bool:
+    return adapter.offers(Capability.MULTIPART)
+
+
 async def _admit_json(
     state: GatewayState,
     headers: Mapping[str, str],
@@ -557,7 +561,7 @@ async def transcriptions(
         categories=frozenset({"stt"}),
         route="/v1/audio/transcriptions",
         estimate=estimate,
-        serves=_serves_routes,
+        serves=_serves_multipart,
     )
     assert isinstance(upload, UploadFile)
     file = UploadedFile(
