@@ -37,12 +37,6 @@ class SpendingLimitExceeded(OutOfBudget):
     code = "spending_limit_exceeded"
 
 
-class ModelNotPriced(BillingError):
-    status_code = 400
-    type = "invalid_request_error"
-    code = "model_not_priced"
-
-
 class BillingUnavailable(BillingError):
     """Redis or Postgres could not answer a money check: fail closed."""
 

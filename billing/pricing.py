@@ -32,10 +32,6 @@ class ModelPrice(msgspec.Struct, frozen=True):
         """The price of one unit of ``variant``, else the plain unit price."""
         return self.per_unit_variants.get(variant, self.per_unit)
 
-    @property
-    def most_per_unit(self) -> Decimal:
-        return max([self.per_unit, *self.per_unit_variants.values()])
-
     @classmethod
     def from_usd_per_mtok(
         cls,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import httpx
 import msgspec
 
 from billing.catalogue import ListPrice, list_price, vendor_models
@@ -22,15 +21,9 @@ from gateway.settings import (
     Settings,
     SettingsError,
 )
-from providers.anthropic import AnthropicAdapter
-from providers.azure.adapter import azure_adapter
-from providers.base import ChatAdapter
-from providers.demo.adapter import DemoAdapter
-from providers.gemini import GeminiAdapter
-from providers.http import build_client
-from providers.openai.adapter import OpenAIAdapter
+from providers.base import ProviderHandle
+from providers.registry import ProviderConfig, UnknownProviderKind, provider_kind
 
-ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_OUTPUT = 4096
 DEFAULT_CONTEXT = 128000
 
@@ -138,7 +131,8 @@ def is_priced(category: str, prices: PriceFields) -> bool:
     return units or tokens
 
 
-def _kind(settings: Settings, provider: str) -> str:
+def kind_of(settings: Settings, provider: str) -> str:
+    """The registry kind of a configured provider (the built-in demo provider is its own kind)."""
     configured = settings.providers.get(provider)
     return configured.kind if configured is not None else provider
 
@@ -152,7 +146,7 @@ def _price(
 ) -> ModelPrice | None:
     """First priced source of: the operator's override, the deployment's prices, the model's,
     the vendor's list price for the deployment's upstream model."""
-    listed = list_price(_kind(settings, deployment.provider), deployment.upstream_model)
+    listed = list_price(kind_of(settings, deployment.provider), deployment.upstream_model)
     sources = [
         override,
         PriceFields.of(deployment),
@@ -179,7 +173,7 @@ def build_catalog(settings: Settings, overrides: Mapping[str, PriceFields] | Non
     for slug, model in model_settings(settings).items():
         override = (overrides or {}).get(slug)
         own = model.all_deployments()[0]
-        listed = list_price(_kind(settings, own.provider), own.upstream_model)
+        listed = list_price(kind_of(settings, own.provider), own.upstream_model)
         category = model.category or (listed.category if listed else "text")
         deployments = tuple(
             Deployment(d.provider, d.upstream_model, _price(settings, model, category, d, override))
@@ -200,37 +194,35 @@ def build_catalog(settings: Settings, overrides: Mapping[str, PriceFields] | Non
     return catalog
 
 
-def _client(provider: ProviderSettings, headers: dict[str, str]) -> httpx.AsyncClient:
-    return build_client(
-        provider.effective_base_url,
-        headers={**provider.headers, **headers},
+def provider_config(name: str, provider: ProviderSettings, env: Mapping[str, str]) -> ProviderConfig:
+    """What the registry builds ``name``'s adapter from: the settings with defaults and key resolved."""
+    return ProviderConfig(
+        name=name,
+        kind=provider.kind,
+        base_url=provider.effective_base_url,
+        api_key=provider.resolved_api_key(env),
+        headers=dict(provider.headers),
+        api_version=provider.api_version,
         connect_timeout_s=provider.connect_timeout_s,
         read_timeout_s=provider.read_timeout_s,
         max_connections=provider.max_connections,
     )
 
 
-def build_adapter(name: str, provider: ProviderSettings, env: Mapping[str, str]) -> ChatAdapter:
-    api_key = provider.resolved_api_key(env)
-    if provider.kind == "demo":
-        return DemoAdapter(name)
-    if provider.speaks_openai:
-        return OpenAIAdapter(name, _client(provider, {"authorization": f"Bearer {api_key}"} if api_key else {}))
-    if provider.kind == "azure":
-        return azure_adapter(name, _client(provider, {"api-key": api_key}), api_version=provider.api_version)
-    if provider.kind == "anthropic":
-        headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
-        return AnthropicAdapter(name, _client(provider, headers))
-    if provider.kind == "gemini":
-        return GeminiAdapter(name, _client(provider, {"x-goog-api-key": api_key}))
-    raise SettingsError(f"providers.{name}: unknown kind {provider.kind!r}")
+def build_adapter(name: str, provider: ProviderSettings, env: Mapping[str, str]) -> ProviderHandle:
+    try:
+        kind = provider_kind(provider.kind)
+    except UnknownProviderKind as error:
+        raise SettingsError(f"providers.{name}: {error}") from error
+    return kind.build(provider_config(name, provider, env))
 
 
-def build_adapters(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, ChatAdapter]:
+def build_adapters(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, ProviderHandle]:
+    """Every provider's adapter, built and capability-checked once, at startup."""
     env = os.environ if env is None else env
-    adapters: dict[str, ChatAdapter] = {}
+    adapters: dict[str, ProviderHandle] = {}
     if settings.demo_provider:
-        adapters[DEMO_PROVIDER] = DemoAdapter(DEMO_PROVIDER)
+        adapters[DEMO_PROVIDER] = provider_kind("demo").build(ProviderConfig(name=DEMO_PROVIDER, kind="demo"))
     for name, provider in settings.providers.items():
         adapters[name] = build_adapter(name, provider, env)
     return adapters

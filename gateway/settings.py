@@ -18,38 +18,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from providers.presets import OPENAI_COMPATIBLE_PRESETS
+from providers.registry import KINDS, UnknownProviderKind, provider_kind
 
-ProviderKind = Literal[
-    "openai",
-    "openai-compatible",
-    "azure",
-    "anthropic",
-    "gemini",
-    "demo",
-    # OpenAI-compatible services with a known base URL (providers/presets.py)
-    "groq",
-    "together",
-    "mistral",
-    "deepseek",
-    "fireworks",
-    "openrouter",
-    "xai",
-    "perplexity",
-    "cerebras",
-    "ollama",
-    "lmstudio",
-    "vllm",
-]
 Category = Literal["text", "embedding", "image", "video", "stt", "tts"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./tollway.db"
-# Where the first-party APIs live; OpenAI-compatible servers and Azure resources must be named.
-DEFAULT_BASE_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "gemini": "https://generativelanguage.googleapis.com",
-}
 DEMO_PROVIDER = "demo"
 
 
@@ -58,7 +31,8 @@ class SettingsError(Exception):
 
 
 class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    kind: ProviderKind
+    # One of providers.registry.KINDS (checked by validate_settings, which lists them).
+    kind: str
     base_url: str = ""
     api_key: str = ""
     api_key_env: str = ""
@@ -72,20 +46,20 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     @property
     def effective_base_url(self) -> str:
-        preset = OPENAI_COMPATIBLE_PRESETS.get(self.kind)
-        return self.base_url or DEFAULT_BASE_URLS.get(self.kind, "") or (preset.base_url if preset else "")
+        entry = KINDS.get(self.kind)
+        return entry.base_url(self.base_url) if entry is not None else self.base_url
 
     @property
     def speaks_openai(self) -> bool:
-        return self.kind in ("openai", "openai-compatible") or self.kind in OPENAI_COMPATIBLE_PRESETS
+        entry = KINDS.get(self.kind)
+        return entry is not None and entry.speaks_openai
 
     def resolved_api_key(self, env: Mapping[str, str]) -> str:
-        """The upstream key, from the file or the environment variable it (or its preset) names."""
-        if self.api_key:
-            return self.api_key
-        preset = OPENAI_COMPATIBLE_PRESETS.get(self.kind)
-        variable = self.api_key_env or (preset.api_key_env if preset else "")
-        return env.get(variable, "") if variable else ""
+        """The upstream key, from the file or the environment variable it (or its kind) names."""
+        entry = KINDS.get(self.kind)
+        if entry is None:
+            return self.api_key or (env.get(self.api_key_env, "") if self.api_key_env else "")
+        return entry.api_key(self.api_key, self.api_key_env, env)
 
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -318,7 +292,11 @@ def validate_settings(settings: Settings) -> None:
             f"got {settings.database_url.split('://', 1)[0]}://…"
         )
     for name, provider in settings.providers.items():
-        if provider.kind != "demo" and not provider.effective_base_url:
+        try:
+            kind = provider_kind(provider.kind)
+        except UnknownProviderKind as error:
+            raise SettingsError(f"providers.{name}.kind: {error}") from error
+        if kind.needs_upstream and not provider.effective_base_url:
             raise SettingsError(f"providers.{name}.base_url is required for kind {provider.kind!r}")
     for slug, model in settings.models.items():
         if "/" not in slug:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.counters import CounterStore
 from billing.metering import Meter
-from gateway.catalog import CatalogModel
+from gateway.catalog import CatalogModel, kind_of
 from gateway.pipeline.facts import request_facts
 from gateway.pipeline.geoip import CountryDatabase
 from gateway.routing import Router
@@ -23,7 +23,8 @@ from keys.chain import RequestFacts
 from keys.restrictions import IPNetwork
 from keys.service import KeyResolver
 from keys.sessions import SessionService
-from providers.base import ChatAdapter
+from providers.base import ProviderHandle
+from providers.registry import output_cap_field
 
 DEFAULT_DEADLINE_S = 600.0
 
@@ -41,7 +42,8 @@ class GatewayState:
     meter: Meter
     keys: KeyResolver
     catalog: dict[str, CatalogModel]
-    adapters: dict[str, ChatAdapter]
+    # Each provider's adapter and what it serves, checked when built (gateway.catalog.build_adapters).
+    adapters: dict[str, ProviderHandle]
     tokens: BrowserTokens
     sessions: SessionService
     router: Router
@@ -53,14 +55,8 @@ class GatewayState:
     anomalies: Counter[str] = field(default_factory=Counter)
 
     def output_cap_field(self, provider: str) -> str:
-        """The chat body field that caps output tokens for ``provider``: OpenAI's own API (and
-        Azure) want max_completion_tokens, other servers and our adapters read max_tokens."""
-        configured = self.settings.providers.get(provider)
-        return (
-            "max_completion_tokens"
-            if configured is not None and configured.kind in ("openai", "azure")
-            else "max_tokens"
-        )
+        """The chat body field that caps output tokens for ``provider`` (its kind's, in the registry)."""
+        return output_cap_field(kind_of(self.settings, provider))
 
     def deadline_s(self, provider: str) -> float:
         configured = self.settings.providers.get(provider)

@@ -1,4 +1,4 @@
-"""The one shared httpx client per upstream.
+"""The one shared httpx client per upstream, and the one wrapper for every upstream SSE stream.
 
 httpx's own connection pool is the first bottleneck of a Python gateway (docs/performance.md:
 three times the throughput with aiohttp's transport underneath), so clients get
@@ -8,13 +8,15 @@ timeout that applies per chunk read, i.e. an idle timeout for streams.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from providers.base import StreamChunk
 from providers.errors import ProviderError, UpstreamTimeout, UpstreamUnavailable
+from providers.sse import SSEEvent, SSEParser
 
 
 def build_client(
@@ -77,3 +79,55 @@ async def open_streaming(
             await response.aclose()
         raise refusal(response.status_code, raw)
     return response
+
+
+def _nothing() -> Iterable[StreamChunk]:
+    return ()
+
+
+class SSEStream:
+    """An upstream's SSE body as OpenAI chunks, for every vendor: the vendor supplies only
+    ``translate`` (one SSE event → the chunks to forward, raising a :class:`ProviderError` for
+    an error event) and, if the vendor reports something only once the body has ended,
+    ``finish``. ``end_marker`` is a ``data`` payload after which nothing more is read (OpenAI's
+    ``[DONE]``). The response is closed on every exit, and transport failures mid-stream are
+    mapped like any other."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        provider: str,
+        translate: Callable[[SSEEvent], Iterable[StreamChunk]],
+        *,
+        finish: Callable[[], Iterable[StreamChunk]] = _nothing,
+        end_marker: bytes | None = None,
+    ) -> None:
+        self._response = response
+        self._provider = provider
+        self._translate = translate
+        self._finish = finish
+        self._end_marker = end_marker
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        parser = SSEParser()
+        try:
+            async for raw in self._response.aiter_bytes():
+                for event in parser.feed(raw):
+                    if event.data == self._end_marker:
+                        return
+                    for chunk in self._translate(event):
+                        yield chunk
+            for event in parser.close():
+                if event.data == self._end_marker:
+                    return
+                for chunk in self._translate(event):
+                    yield chunk
+            for chunk in self._finish():
+                yield chunk
+        except httpx.HTTPError as error:
+            raise transport_error(error, self._provider) from error
+        finally:
+            await self._response.aclose()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()

@@ -15,20 +15,12 @@ from typing import Literal
 
 import msgspec
 
+from providers.registry import KINDS, vendor_of
+
 PRICES_FILE = Path(__file__).with_name("prices.toml")
 
-# Which vendor's list prices a provider kind charges.
-VENDOR_OF_KIND: dict[str, str] = {
-    "openai": "openai",
-    "azure": "openai",
-    "anthropic": "anthropic",
-    "gemini": "google",
-    "mistral": "mistral",
-    "groq": "groq",
-    "deepseek": "deepseek",
-    "xai": "xai",
-    "together": "together",
-}
+# Which vendor's list prices a provider kind charges: each kind says so in providers/registry.py.
+VENDOR_OF_KIND: dict[str, str] = {kind: entry.vendor for kind, entry in KINDS.items() if entry.vendor}
 
 
 class ListPrice(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -50,12 +42,12 @@ def price_list() -> dict[str, dict[str, ListPrice]]:
 
 
 def list_price(kind: str, upstream_model: str) -> ListPrice | None:
-    vendor = VENDOR_OF_KIND.get(kind)
-    if vendor is None:
+    vendor = vendor_of(kind)
+    if not vendor:
         return None
     return price_list().get(vendor, {}).get(upstream_model)
 
 
 def vendor_models(kind: str) -> dict[str, ListPrice]:
-    vendor = VENDOR_OF_KIND.get(kind)
+    vendor = vendor_of(kind)
     return dict(price_list().get(vendor, {})) if vendor else {}

@@ -20,11 +20,11 @@ from billing.money import format_credits
 from gateway.catalog import CatalogModel
 from gateway.errors import InvalidRequest
 from gateway.pipeline.chat import decode_object, view_of
-from gateway.pipeline.common import RoutedView, serves_json
+from gateway.pipeline.common import RoutedView, serves_json, serves_multipart
 from gateway.pipeline.metered import Admission, MeteredCall, billable_usage, upstream_body
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
-from providers.base import UploadedFile, UpstreamReply, Usage
+from providers.base import ProviderHandle, UploadedFile, UpstreamReply, Usage
 
 SPEECH_ROUTE = "/v1/audio/speech"
 TRANSCRIPTIONS_ROUTE = "/v1/audio/transcriptions"
@@ -50,8 +50,8 @@ async def speech(
         plan = door.plan(view, route=SPEECH_ROUTE, categories=frozenset({"tts"}), serves=serves_json)
         admitted = await door.reserve(plan, units_worst_case(plan, len(view.input)))
 
-    async def post(adapter: Any, served: CatalogModel, deadline_at: float) -> UpstreamReply:
-        reply: UpstreamReply = await adapter.post_json(
+    async def post(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> UpstreamReply:
+        reply: UpstreamReply = await adapter.json.post_json(
             "/audio/speech", served.upstream_model, upstream_body(body, served)
         )
         return reply
@@ -157,7 +157,7 @@ async def transcriptions(
         raise InvalidRequest("audio files are limited to 25 MB", param="file")
     async with Admission(state, headers, facts, request_id) as door:
         view = _transcription_view(form)
-        plan = door.plan(view, route=TRANSCRIPTIONS_ROUTE, categories=frozenset({"stt"}), serves=serves_json)
+        plan = door.plan(view, route=TRANSCRIPTIONS_ROUTE, categories=frozenset({"stt"}), serves=serves_multipart)
         admitted = await door.reserve(plan, transcription_worst_case(plan, len(audio)))
     assert isinstance(upload, UploadFile)
     file = UploadedFile(
@@ -168,8 +168,8 @@ async def transcriptions(
     )
     forwarded = [(k, v) for k, v in fields if k not in {"model", "user", "models", "provider"}]
 
-    async def post(adapter: Any, served: CatalogModel, deadline_at: float) -> UpstreamReply:
-        reply: UpstreamReply = await adapter.post_multipart(
+    async def post(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> UpstreamReply:
+        reply: UpstreamReply = await adapter.multipart.post_multipart(
             "/audio/transcriptions", served.upstream_model, [("model", served.upstream_model), *forwarded], [file]
         )
         return reply

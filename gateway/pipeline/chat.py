@@ -37,7 +37,7 @@ from gateway.pipeline.metered import (
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
-from providers.base import ChatCall, ChatResult, ChatStream, Usage
+from providers.base import Capability, ChatCall, ChatResult, ChatStream, ProviderHandle, Usage
 from providers.errors import ProviderError
 
 __all__ = ["ChatBodyView", "chat_completions", "new_request_id", "stream_response"]
@@ -121,8 +121,8 @@ def _completion_text(body: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _serves_chat(adapter: object) -> bool:
-    return hasattr(adapter, "complete") and hasattr(adapter, "open_stream")
+def _serves_chat(adapter: ProviderHandle) -> bool:
+    return adapter.offers(Capability.CHAT)
 
 
 async def count_tokens(text_bytes: int, count: Callable[[], int]) -> int:
@@ -185,8 +185,8 @@ async def chat_completions(
     if view.stream:
         async with MeteredCall(state, admitted, streamed=True) as call:
 
-            async def open_stream(adapter: Any, served: CatalogModel, deadline_at: float) -> DeadlineStream:
-                return DeadlineStream(await adapter.open_stream(call_for(served)), deadline_at, served.provider)
+            async def open_stream(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> DeadlineStream:
+                return DeadlineStream(await adapter.chat.open_stream(call_for(served)), deadline_at, served.provider)
 
             stream = await call.dispatch(open_stream)
             streaming = stream_response(call, stream, prompt.exact, "chat.completion.chunk")
@@ -196,8 +196,8 @@ async def chat_completions(
 
     async with MeteredCall(state, admitted) as call:
 
-        async def complete(adapter: Any, served: CatalogModel, deadline_at: float) -> ChatResult:
-            result: ChatResult = await adapter.complete(call_for(served))
+        async def complete(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> ChatResult:
+            result: ChatResult = await adapter.chat.complete(call_for(served))
             return result
 
         result = await call.dispatch(complete)

@@ -16,7 +16,7 @@ from gateway.errors import InvalidRequest
 from gateway.pipeline.metered import Admitted, MeteredCall, billable_usage, tollway_meta, upstream_body
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
-from providers.base import UpstreamReply, Usage
+from providers.base import Capability, ProviderHandle, UpstreamReply, Usage
 from providers.errors import UpstreamBadResponse
 
 _encoder = msgspec.json.Encoder()
@@ -36,8 +36,12 @@ class RoutedView(msgspec.Struct, kw_only=True):
     user: str | None = None
 
 
-def serves_json(adapter: object) -> bool:
-    return hasattr(adapter, "post_json")
+def serves_json(adapter: ProviderHandle) -> bool:
+    return adapter.offers(Capability.JSON)
+
+
+def serves_multipart(adapter: ProviderHandle) -> bool:
+    return adapter.offers(Capability.MULTIPART)
 
 
 def input_tokens(value: str | list[Any], model: str, param: str) -> int:
@@ -77,8 +81,8 @@ def decode_reply(reply: UpstreamReply, provider: str) -> dict[str, Any]:
 async def post_json(call: MeteredCall, route: str, body: dict[str, Any]) -> dict[str, Any]:
     """Dispatch ``body`` (its model replaced by each deployment's) to ``route`` upstream."""
 
-    async def post(adapter: Any, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
-        reply: UpstreamReply = await adapter.post_json(route, served.upstream_model, upstream_body(body, served))
+    async def post(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
+        reply: UpstreamReply = await adapter.json.post_json(route, served.upstream_model, upstream_body(body, served))
         return decode_reply(reply, served.provider)
 
     return await call.dispatch(post)

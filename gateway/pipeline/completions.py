@@ -28,7 +28,7 @@ from gateway.pipeline.common import (
 from gateway.pipeline.metered import Admission, DeadlineStream, MeteredCall, upstream_body
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
-from providers.base import UpstreamReply, Usage
+from providers.base import ProviderHandle, UpstreamReply, Usage
 from providers.openai.convert import usage_from_body
 
 ROUTE = "/v1/completions"
@@ -74,8 +74,8 @@ async def completions(
     if view.stream:
         async with MeteredCall(state, admitted, streamed=True) as call:
 
-            async def open_stream(adapter: Any, served: CatalogModel, deadline_at: float) -> DeadlineStream:
-                stream = await adapter.open_json_stream("/completions", served.upstream_model, capped(served))
+            async def open_stream(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> DeadlineStream:
+                stream = await adapter.json.open_json_stream("/completions", served.upstream_model, capped(served))
                 return DeadlineStream(stream, deadline_at, served.provider)
 
             stream = await call.dispatch(open_stream)
@@ -85,8 +85,8 @@ async def completions(
 
     async with MeteredCall(state, admitted) as call:
 
-        async def post(adapter: Any, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
-            reply: UpstreamReply = await adapter.post_json("/completions", served.upstream_model, capped(served))
+        async def post(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
+            reply: UpstreamReply = await adapter.json.post_json("/completions", served.upstream_model, capped(served))
             return decode_reply(reply, served.provider)
 
         answer = await call.dispatch(post)

@@ -40,7 +40,7 @@ from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate, authorize_models
 from keys.errors import KeyError_
 from keys.service import KeyIdentity
-from providers.base import ChatStream, StreamChunk, Usage
+from providers.base import ChatStream, ProviderHandle, StreamChunk, Usage
 from providers.errors import ProviderError, UpstreamTimeout
 
 log = logging.getLogger("tollway.gateway")
@@ -226,7 +226,7 @@ class Admission:
             await _tell_webhook(state, identity, error, self._now)
 
     def plan(
-        self, body: RoutedBody, *, route: str, categories: frozenset[str], serves: Callable[[object], bool]
+        self, body: RoutedBody, *, route: str, categories: frozenset[str], serves: Callable[[ProviderHandle], bool]
     ) -> list[CatalogModel]:
         """Steps 7–9 and routing: the model and its fallbacks, allowed for this key, in the order
         the router would try them, each offering ``route``."""
@@ -350,7 +350,7 @@ class MeteredCall:
         """A stream's body now owns the hold (it settles in its ``finally``)."""
         self._handed_over = True
 
-    async def dispatch(self, call: Callable[[Any, CatalogModel, float], Awaitable[R]]) -> R:
+    async def dispatch(self, call: Callable[[ProviderHandle, CatalogModel, float], Awaitable[R]]) -> R:
         """Try the plan's deployments, retrying retryable failures with backoff, each attempt under
         its provider's deadline. ``call(adapter, served, deadline_at)``. A stream is only retried
         while opening, never once a byte of it could have reached the client."""

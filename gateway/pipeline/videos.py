@@ -24,12 +24,13 @@ from billing.models import LedgerKind, VideoJob
 from billing.money import format_credits
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.pipeline.common import serves_multipart
 from gateway.pipeline.metered import Admission, Admitted, MeteredCall, tollway_meta
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate
 from keys.service import KeyIdentity
-from providers.base import UploadedFile, UpstreamReply, Usage
+from providers.base import ProviderHandle, UploadedFile, UpstreamReply, Usage
 from providers.errors import UpstreamBadResponse
 
 ROUTE = "/v1/videos"
@@ -78,10 +79,6 @@ def _decode(reply: UpstreamReply, provider: str) -> dict[str, Any]:
     return job
 
 
-def _serves_multipart(adapter: object) -> bool:
-    return hasattr(adapter, "post_multipart")
-
-
 def _create_view(form: Mapping[str, Any]) -> VideoCreateView:
     model = form.get("model")
     if not isinstance(model, str) or not model:
@@ -118,12 +115,12 @@ async def create_video(
     ]
     async with Admission(state, headers, facts, request_id) as door:
         view = _create_view(form)
-        plan = door.plan(view, route=ROUTE, categories=frozenset({"video"}), serves=_serves_multipart)
+        plan = door.plan(view, route=ROUTE, categories=frozenset({"video"}), serves=serves_multipart)
         admitted = await door.reserve(plan, units_worst_case(plan, view.seconds, view.size or ""))
     forwarded = [(k, v) for k, v in fields if k not in {"model", "user"}]
 
-    async def call(adapter: Any, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
-        reply: UpstreamReply = await adapter.post_multipart(
+    async def call(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> dict[str, Any]:
+        reply: UpstreamReply = await adapter.multipart.post_multipart(
             "/videos", served.upstream_model, [("model", served.upstream_model), *forwarded], files
         )
         return _decode(reply, served.provider)
@@ -183,9 +180,7 @@ async def retrieve_video(
 ) -> Response[bytes]:
     identity = await _caller(state, headers, facts)
     job = await _job_for(state, identity, video_id)
-    reply: UpstreamReply = await state.adapters[job.provider].get(  # type: ignore[attr-defined]
-        f"/videos/{video_id}", job.upstream_model
-    )
+    reply: UpstreamReply = await state.adapters[job.provider].get.get(f"/videos/{video_id}", job.upstream_model)
     body = _decode(reply, job.provider)
     status = str(body.get("status") or job.status)
     refunded = await _record_status(state, job, status)
@@ -229,7 +224,7 @@ async def video_content(
     job = await _job_for(state, identity, video_id)
     if variant not in {"video", "thumbnail", "spritesheet"}:
         raise InvalidRequest("variant must be video, thumbnail or spritesheet", param="variant")
-    reply: UpstreamReply = await state.adapters[job.provider].get(  # type: ignore[attr-defined]
+    reply: UpstreamReply = await state.adapters[job.provider].get.get(
         f"/videos/{video_id}/content?variant={variant}", job.upstream_model
     )
     return Response(content=reply.content, media_type=reply.media_type)

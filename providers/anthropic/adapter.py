@@ -8,45 +8,27 @@ and re-encoded as OpenAI chunks by :class:`StreamTranslator`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
 
-from providers.anthropic.convert import StreamTranslator, http_error, to_chat_completion, to_messages_request
+from providers.anthropic.convert import StreamTranslator, to_chat_completion, to_messages_request
+from providers.anthropic.errors import http_error
 from providers.anthropic.types import message_decoder
-from providers.base import ChatCall, ChatResult, StreamChunk
+from providers.base import ChatCall, ChatResult
 from providers.errors import UpstreamBadResponse
-from providers.http import open_streaming, transport_error
-from providers.sse import SSEParser
+from providers.http import SSEStream, open_streaming, transport_error
 
 _PATH = "/v1/messages"
+# The Messages API version every request names (``anthropic-version``); see auth_headers.
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+
+
 _json_encoder = msgspec.json.Encoder()
-
-
-class AnthropicStream:
-    def __init__(self, response: httpx.Response, provider: str, *, created: int) -> None:
-        self._response = response
-        self._provider = provider
-        self._translator = StreamTranslator(provider, created=created)
-
-    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        parser = SSEParser()
-        try:
-            async for raw in self._response.aiter_bytes():
-                for event in parser.feed(raw):
-                    for chunk in self._translator.feed(event):
-                        yield chunk
-            for event in parser.close():
-                for chunk in self._translator.feed(event):
-                    yield chunk
-        except httpx.HTTPError as error:
-            raise transport_error(error, self._provider) from error
-        finally:
-            await self._response.aclose()
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
 
 
 class AnthropicAdapter:
@@ -75,13 +57,13 @@ class AnthropicAdapter:
         completion, usage = to_chat_completion(message, created=int(time.time()))
         return ChatResult(body=completion, usage=usage if message.usage is not None else None)
 
-    async def open_stream(self, call: ChatCall) -> AnthropicStream:
+    async def open_stream(self, call: ChatCall) -> SSEStream:
         body = {**to_messages_request(call.body, default_max_tokens=self._default_max_tokens), "stream": True}
         request = self._client.build_request("POST", _PATH, content=_json_encoder.encode(body), headers=_JSON_SSE)
         response = await open_streaming(
             self._client, request, self.name, lambda status, raw: http_error(self.name, status, raw)
         )
-        return AnthropicStream(response, self.name, created=int(time.time()))
+        return SSEStream(response, self.name, StreamTranslator(self.name, created=int(time.time())).feed)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -15,32 +15,22 @@ from typing import Any
 
 import msgspec
 
+from providers.anthropic.errors import InvalidChatRequest, stream_error
 from providers.anthropic.types import (
     KNOWN_EVENTS,
     ContentBlockDelta,
     ContentBlockStart,
-    ErrorView,
     MessageDelta,
     MessageStart,
     MessageStop,
     MessageView,
     StreamError,
     UsageView,
-    error_decoder,
     event_decoder,
 )
 from providers.base import StreamChunk, Usage, reported_count
-from providers.errors import ProviderError, UpstreamBadResponse, UpstreamHTTPError
+from providers.errors import UpstreamBadResponse
 from providers.sse import SSEEvent
-
-
-class InvalidChatRequest(ProviderError):
-    """The caller's OpenAI body cannot be expressed for Anthropic (the caller's fault, not ours)."""
-
-    status_code = 400
-    type = "invalid_request_error"
-    code = "unsupported_for_provider"
-
 
 _FINISH_REASONS = {
     "end_turn": "stop",
@@ -50,19 +40,6 @@ _FINISH_REASONS = {
     "refusal": "content_filter",
     # The server paused a long-running server tool; the turn is over as far as the caller sees.
     "pause_turn": "stop",
-}
-
-# Anthropic's documented error types and the HTTP status each comes with; a stream's ``error``
-# event carries only the type, so this is how a mid-stream error gets a status.
-_ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "overloaded_error": 529,
 }
 
 _json_encoder = msgspec.json.Encoder()
@@ -346,43 +323,6 @@ def to_chat_completion(message: MessageView, *, created: int) -> tuple[dict[str,
     return body, usage
 
 
-def upstream_error(provider: str, status: int, kind: str, message: str, *, during: str = "") -> UpstreamHTTPError:
-    """An :class:`UpstreamHTTPError` for an Anthropic error (HTTP status or stream ``error`` event)."""
-    if status in (401, 403):
-        # The upstream's text may quote part of our provider key: never pass it on.
-        message, kind = "the provider rejected the gateway's credentials", ""
-    # OpenAI clients know "invalid_request_error" for 4xx; Anthropic's finer type goes in the code.
-    code = kind if kind != "invalid_request_error" else ""
-    error = UpstreamHTTPError(
-        f"upstream {provider} {during or f'answered {status}'}: {message}",
-        provider=provider,
-        upstream_status=status,
-        upstream_type="invalid_request_error" if 400 <= status < 500 else "",
-        upstream_code=code,
-    )
-    if status == 529:
-        error.retryable = True  # overloaded: Anthropic asks clients to retry with backoff
-    return error
-
-
-def http_error(provider: str, status: int, raw: bytes) -> UpstreamHTTPError:
-    """The error for a non-200 answer with an Anthropic (or any other) error body."""
-    message, kind = error_message(raw)
-    return upstream_error(provider, status, kind, message)
-
-
-def error_message(raw: bytes) -> tuple[str, str]:
-    """(message, Anthropic error type) from an error body, tolerating any shape."""
-    try:
-        view: ErrorView = error_decoder.decode(raw)
-    except msgspec.DecodeError:
-        text = raw[:300].decode("utf-8", "replace").strip()
-        return (text or "upstream error", "")
-    if view.error is None:
-        return ("upstream error", "")
-    return (view.error.message or "upstream error", view.error.type)
-
-
 class StreamTranslator:
     """Anthropic stream events in, OpenAI ``chat.completion.chunk`` payloads out.
 
@@ -436,10 +376,7 @@ class StreamTranslator:
                 payload = {**self._base(), "choices": [], "usage": openai_usage(usage)}
                 return [StreamChunk(data=_json_encoder.encode(payload), usage=usage)]
             case StreamError(error=detail):
-                status = _ERROR_STATUS.get(detail.type, 500)
-                raise upstream_error(
-                    self._provider, status, detail.type, detail.message or "stream error", during="failed mid-stream"
-                )
+                raise stream_error(self._provider, detail.type, detail.message)
         return []  # ping, content_block_stop, thinking and other deltas carry nothing for OpenAI
 
     def _merge_usage(self, update: UsageView | None) -> None:

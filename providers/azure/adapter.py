@@ -8,23 +8,14 @@ deployment's ``upstream_model`` in the config is its deployment name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from urllib.parse import quote
-
 import httpx
 
+from providers.azure.convert import DEFAULT_API_VERSION, azure_path
 from providers.openai.adapter import OpenAIAdapter
 
-DEFAULT_API_VERSION = "2024-10-21"
 
-
-def azure_path(api_version: str) -> Callable[[str, str], str]:
-    version = quote(api_version, safe="")
-
-    def path(route: str, deployment: str) -> str:
-        return f"/openai/deployments/{quote(deployment, safe='')}{route}?api-version={version}"
-
-    return path
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"api-key": api_key}
 
 
 def azure_adapter(name: str, client: httpx.AsyncClient, *, api_version: str = DEFAULT_API_VERSION) -> OpenAIAdapter:

@@ -8,7 +8,6 @@ the last user message; ``demo/lorem`` writes lorem ipsum up to ``max_tokens`` wo
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,81 +15,9 @@ from typing import Any
 import msgspec
 
 from providers.base import ChatCall, ChatResult, StreamChunk, Usage
+from providers.demo.convert import answer_words, completion_id, output_limit, prompt_words, usage_body
 
-LOREM = [
-    "Lorem",
-    "ipsum",
-    "dolor",
-    "sit",
-    "amet,",
-    "consectetur",
-    "adipiscing",
-    "elit,",
-    "sed",
-    "do",
-    "eiusmod",
-    "tempor",
-    "incididunt",
-    "ut",
-    "labore",
-    "et",
-    "dolore",
-    "magna",
-    "aliqua.",
-    "Ut",
-    "enim",
-    "ad",
-    "minim",
-    "veniam,",
-    "quis",
-    "nostrud",
-    "exercitation",
-    "ullamco",
-    "laboris",
-    "nisi",
-    "ut",
-    "aliquip",
-    "ex",
-    "ea",
-    "commodo",
-    "consequat.",
-]
-DEFAULT_MAX_WORDS = 64
 _encoder = msgspec.json.Encoder()
-
-
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
-
-
-def prompt_words(messages: Any) -> int:
-    if not isinstance(messages, list):
-        return 0
-    # Like OpenAI's recipe: a few tokens of framing per message, plus the reply priming.
-    return 3 + sum(3 + len(_message_text(m.get("content")).split()) for m in messages if isinstance(m, dict))
-
-
-def answer_words(call: ChatCall) -> list[str]:
-    body = call.body
-    limit = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_WORDS
-    limit = max(1, int(limit)) if isinstance(limit, int) else DEFAULT_MAX_WORDS
-    if call.upstream_model == "lorem":
-        words = [LOREM[i % len(LOREM)] for i in range(min(limit, DEFAULT_MAX_WORDS))]
-    else:
-        messages = body.get("messages") or []
-        last_user = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
-        text = _message_text(last_user.get("content")) if last_user else ""
-        words = (text.split() or ["(empty)"])[:limit]
-    return words
-
-
-def _completion_id(call: ChatCall) -> str:
-    digest = hashlib.sha256(_encoder.encode(call.body.get("messages"))).hexdigest()[:24]
-    return f"chatcmpl-demo{digest}"
 
 
 class DemoAdapter:
@@ -99,10 +26,10 @@ class DemoAdapter:
 
     async def complete(self, call: ChatCall) -> ChatResult:
         words = answer_words(call)
-        finish = "length" if len(words) >= _limit(call) else "stop"
+        finish = "length" if len(words) >= output_limit(call) else "stop"
         usage = Usage(input_tokens=prompt_words(call.body.get("messages")), output_tokens=len(words))
         body = {
-            "id": _completion_id(call),
+            "id": completion_id(call),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": call.upstream_model,
@@ -113,7 +40,7 @@ class DemoAdapter:
                     "finish_reason": finish,
                 }
             ],
-            "usage": _usage_body(usage),
+            "usage": usage_body(usage),
         }
         return ChatResult(body=body, usage=usage)
 
@@ -124,19 +51,6 @@ class DemoAdapter:
         return None
 
 
-def _limit(call: ChatCall) -> int:
-    limit = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
-    return int(limit) if isinstance(limit, int) else DEFAULT_MAX_WORDS
-
-
-def _usage_body(usage: Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-    }
-
-
 class DemoStream:
     def __init__(self, call: ChatCall) -> None:
         self._call = call
@@ -145,7 +59,7 @@ class DemoStream:
         call = self._call
         words = answer_words(call)
         base = {
-            "id": _completion_id(call),
+            "id": completion_id(call),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": call.upstream_model,
@@ -161,7 +75,7 @@ class DemoStream:
         yield StreamChunk(data=chunk({}, "stop"))
         # Always report usage, as the gateway asks every upstream to (stream_options.include_usage).
         usage = Usage(input_tokens=prompt_words(call.body.get("messages")), output_tokens=len(words))
-        yield StreamChunk(data=_encoder.encode({**base, "choices": [], "usage": _usage_body(usage)}), usage=usage)
+        yield StreamChunk(data=_encoder.encode({**base, "choices": [], "usage": usage_body(usage)}), usage=usage)
 
     async def aclose(self) -> None:
         return None

@@ -15,18 +15,11 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from providers.base import Usage, reported_count
-from providers.errors import ProviderError
-from providers.gemini.types import CandidateView, ErrorView, ResponseView, UsageMetadataView, error_decoder
-
-
-class GeminiRequestError(ProviderError):
-    """The OpenAI body cannot be expressed as a Gemini request: the caller's fault, not the upstream's."""
-
-    status_code = 400
-    type = "invalid_request_error"
-    code = "unsupported_for_provider"
-
+from providers.base import StreamChunk, Usage, reported_count
+from providers.errors import UpstreamBadResponse
+from providers.gemini.errors import GeminiRequestError, stream_error
+from providers.gemini.types import CandidateView, ResponseView, UsageMetadataView, response_decoder
+from providers.sse import SSEEvent
 
 # JSON Schema keywords Gemini's OpenAPI-subset ``Schema`` rejects with INVALID_ARGUMENT.
 # ``additionalProperties`` is accepted only by newer models, so it is dropped everywhere.
@@ -455,42 +448,32 @@ def chunk_text(chunk: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-# ---------------------------------------------------------------- errors
+class EventTranslator:
+    """Gemini's SSE events in, the OpenAI chunks to forward out: decodes each event, raises an
+    error event as our error tree, and reports the usage only once the body has ended
+    (:meth:`finish`), since ``usageMetadata`` is cumulative."""
 
-# google.rpc.ErrorInfo reason Google sends, with a 400, for a wrong API key.
-API_KEY_INVALID = "API_KEY_INVALID"
+    def __init__(self, provider: str, translator: StreamTranslator) -> None:
+        self._provider = provider
+        self._translator = translator
 
+    def feed(self, event: SSEEvent) -> list[StreamChunk]:
+        try:
+            view = response_decoder.decode(event.data)
+        except msgspec.DecodeError as error:
+            raise UpstreamBadResponse(
+                f"upstream {self._provider} sent a malformed chunk", provider=self._provider
+            ) from error
+        if view.error is not None:
+            raise stream_error(self._provider, view.error)
+        return [
+            StreamChunk(data=_json_encoder.encode(chunk), text=chunk_text(chunk))
+            for chunk in self._translator.feed(view)
+        ]
 
-class UpstreamErrorInfo(msgspec.Struct, frozen=True):
-    message: str
-    status: str = ""
-    code: int = 0
-    reasons: tuple[str, ...] = ()
-
-    @property
-    def bad_credentials(self) -> bool:
-        return API_KEY_INVALID in self.reasons
-
-
-def error_info(view: ErrorView | None) -> UpstreamErrorInfo:
-    if view is None or view.error is None:
-        return UpstreamErrorInfo(message="upstream error")
-    error = view.error
-    return UpstreamErrorInfo(
-        message=error.message or "upstream error",
-        status=error.status,
-        code=error.code,
-        reasons=tuple(detail.reason for detail in error.details if detail.reason),
-    )
-
-
-def parse_error(raw: bytes) -> UpstreamErrorInfo:
-    """The Google error envelope ``{"error": {"code", "message", "status", "details"}}``, any shape tolerated."""
-    try:
-        decoded = error_decoder.decode(raw)
-    except msgspec.DecodeError:
-        text = raw[:300].decode("utf-8", "replace").strip()
-        return UpstreamErrorInfo(message=text or "upstream error")
-    if isinstance(decoded, list):
-        return error_info(decoded[0] if decoded else None)
-    return error_info(decoded)
+    def finish(self) -> list[StreamChunk]:
+        final = self._translator.finish()
+        if final is None or self._translator.usage_metadata is None:
+            return []
+        usage = usage_from_metadata(self._translator.usage_metadata)
+        return [StreamChunk(data=_json_encoder.encode(final), usage=usage)]

@@ -7,56 +7,21 @@ into a small view (text and usage) for metering, never re-encoded.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import msgspec
 
 from providers.base import ChatCall, ChatResult, StreamChunk, UploadedFile, UpstreamReply
-from providers.errors import ProviderError, UpstreamBadResponse, UpstreamHTTPError
-from providers.http import open_streaming, transport_error
-from providers.openai.convert import chunk_text, error_message, usage_from_body, usage_from_view, with_stream_usage
-from providers.openai.types import chunk_decoder
-from providers.sse import SSEParser
+from providers.errors import ProviderError, UpstreamBadResponse
+from providers.http import SSEStream, open_streaming, transport_error
+from providers.openai.convert import stream_chunk, usage_from_body, with_stream_usage
+from providers.openai.errors import http_error
+from providers.sse import SSEEvent
 
 _DONE = b"[DONE]"
 _json_encoder = msgspec.json.Encoder()
-
-
-class OpenAIStream:
-    def __init__(self, response: httpx.Response, provider: str) -> None:
-        self._response = response
-        self._provider = provider
-
-    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        parser = SSEParser()
-        try:
-            async for raw in self._response.aiter_bytes():
-                for event in parser.feed(raw):
-                    if event.data == _DONE:
-                        return
-                    yield self._chunk(event.data)
-            for event in parser.close():
-                if event.data != _DONE:
-                    yield self._chunk(event.data)
-        except httpx.HTTPError as error:
-            raise transport_error(error, self._provider) from error
-        finally:
-            await self._response.aclose()
-
-    def _chunk(self, data: bytes) -> StreamChunk:
-        try:
-            view = chunk_decoder.decode(data)
-        except msgspec.DecodeError as error:
-            raise UpstreamBadResponse(
-                f"upstream {self._provider} sent a malformed chunk", provider=self._provider
-            ) from error
-        usage = usage_from_view(view.usage) if view.usage is not None else None
-        return StreamChunk(data=data, text=chunk_text(view), usage=usage)
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
 
 
 def openai_path(route: str, upstream_model: str) -> str:
@@ -96,16 +61,20 @@ class OpenAIAdapter:
             raise UpstreamBadResponse(f"upstream {self.name} sent an unexpected body", provider=self.name)
         return ChatResult(body=decoded, usage=usage_from_body(decoded))
 
-    async def open_stream(self, call: ChatCall) -> OpenAIStream:
+    async def open_stream(self, call: ChatCall) -> SSEStream:
         return await self.open_json_stream("/chat/completions", call.upstream_model, call.body)
 
-    async def open_json_stream(self, route: str, upstream_model: str, body: dict[str, Any]) -> OpenAIStream:
+    async def open_json_stream(self, route: str, upstream_model: str, body: dict[str, Any]) -> SSEStream:
         body = with_stream_usage({**body, "stream": True})
         request = self._client.build_request(
             "POST", self._path_for(route, upstream_model), content=_json_encoder.encode(body), headers=_JSON_SSE
         )
         response = await open_streaming(self._client, request, self.name, self._http_error)
-        return OpenAIStream(response, self.name)
+        return SSEStream(response, self.name, self._stream_chunks, end_marker=_DONE)
+
+    def _stream_chunks(self, event: SSEEvent) -> tuple[StreamChunk]:
+        # OpenAI-format streams are forwarded byte for byte: one event, one chunk.
+        return (stream_chunk(self.name, event.data),)
 
     async def post_json(self, route: str, upstream_model: str, body: dict[str, Any]) -> UpstreamReply:
         return await self._send("POST", route, upstream_model, content=_json_encoder.encode(body), headers=_JSON)
@@ -130,18 +99,7 @@ class OpenAIAdapter:
         return UpstreamReply(content=response.content, media_type=media_type, status_code=response.status_code)
 
     def _http_error(self, status: int, raw: bytes) -> ProviderError:
-        if status in (401, 403):
-            # The upstream's text may quote part of our provider key: never pass it on.
-            message, kind, code = "the provider rejected the gateway's credentials", "", ""
-        else:
-            message, kind, code = error_message(raw)
-        return UpstreamHTTPError(
-            f"upstream {self.name} answered {status}: {message}",
-            provider=self.name,
-            upstream_status=status,
-            upstream_type=kind,
-            upstream_code=code,
-        )
+        return http_error(self.name, status, raw)
 
     async def aclose(self) -> None:
         await self._client.aclose()

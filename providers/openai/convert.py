@@ -6,8 +6,9 @@ from typing import Any
 
 import msgspec
 
-from providers.base import Usage
-from providers.openai.types import ChunkView, ErrorView, UsageView, error_decoder
+from providers.base import StreamChunk, Usage
+from providers.errors import UpstreamBadResponse
+from providers.openai.types import ChunkView, UsageView, chunk_decoder
 
 
 def usage_from_view(view: UsageView) -> Usage:
@@ -48,19 +49,14 @@ def chunk_text(chunk: ChunkView) -> str:
     return "".join(parts)
 
 
-def error_message(raw: bytes) -> tuple[str, str, str]:
-    """(message, type, code) from an upstream error body, tolerating any shape."""
+def stream_chunk(provider: str, data: bytes) -> StreamChunk:
+    """One SSE ``data`` payload, forwarded as sent, with the text and usage metering reads."""
     try:
-        view: ErrorView = error_decoder.decode(raw)
-    except msgspec.DecodeError:
-        text = raw[:300].decode("utf-8", "replace").strip()
-        return (text or "upstream error", "", "")
-    error = view.error
-    if isinstance(error, str):
-        return (error, "", "")
-    if error is None:
-        return ("upstream error", "", "")
-    return (error.message or "upstream error", error.type or "", str(error.code) if error.code is not None else "")
+        view = chunk_decoder.decode(data)
+    except msgspec.DecodeError as error:
+        raise UpstreamBadResponse(f"upstream {provider} sent a malformed chunk", provider=provider) from error
+    usage = usage_from_view(view.usage) if view.usage is not None else None
+    return StreamChunk(data=data, text=chunk_text(view), usage=usage)
 
 
 def with_stream_usage(body: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,13 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import openai
 import pytest
 
-from gateway.settings import ModelSettings, ProviderSettings
+from gateway.settings import ModelSettings, ProviderSettings, load_settings
 from tests.fakes.anthropic_upstream import FakeAnthropic
-from tests.fakes.gateway_fixtures import Backend, Gateway, gateway_settings, start_gateway
+from tests.fakes.gateway_fixtures import FAKE_MODEL, Backend, Gateway, gateway_settings, start_gateway
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.servers import ThreadedServer
@@ -165,3 +166,39 @@ def test_upstream_errors_keep_the_openai_envelope(kinds: tuple[Gateway, FakeAnth
     body: Any = denied.value.body
     assert denied.value.status_code == 502 and body["code"] == "upstream_auth_failed"
     assert gateway.balance_micro() == 500_000_000
+
+
+def test_sambanova_preset_is_configurable_and_serves_chat(backend: Backend, fake_openai: FakeOpenAI) -> None:
+    """A preset added to providers/presets.py alone is a kind the settings accept, with its URL
+    and key variable, and the gateway routes chat to it."""
+    configured = load_settings(env={}, providers={"samba": {"kind": "sambanova"}}).providers["samba"]
+    assert configured.effective_base_url == "https://api.sambanova.ai/v1"
+    assert configured.resolved_api_key({"SAMBANOVA_API_KEY": "sn-key"}) == "sn-key"
+    base = gateway_settings(backend, fake_openai)
+    settings = gateway_settings(
+        backend,
+        fake_openai,
+        providers={
+            "samba": ProviderSettings(
+                kind="sambanova",
+                base_url=fake_openai.url + "/v1",  # type: ignore[attr-defined]
+                api_key=fake_openai.api_key,
+            )
+        },
+        models={
+            "samba/llama": ModelSettings(**{**msgspec.structs.asdict(base.models[FAKE_MODEL]), "provider": "samba"})
+        },
+    )
+    gateway, server = start_gateway(settings, fake_openai)
+    try:
+        reply = sdk(gateway).chat.completions.create(
+            model="samba/llama", messages=[{"role": "user", "content": "hi"}], max_tokens=10
+        )
+    finally:
+        server.stop()
+    assert reply.choices[0].message.content == "Hello from the fake upstream"
+    sent = fake_openai.received[-1]
+    assert sent.path == "/v1/chat/completions" and sent.headers["authorization"] == f"Bearer {fake_openai.api_key}"
+    assert sent.body["model"] == "gpt-4o-mini" and sent.body["max_tokens"] == 10
+    (record,) = gateway.usage_records()
+    assert record.provider == "samba" and record.credits_micro > 0

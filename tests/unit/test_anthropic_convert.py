@@ -10,14 +10,13 @@ import msgspec
 import pytest
 
 from providers.anthropic.convert import (
-    InvalidChatRequest,
     StreamTranslator,
     finish_reason,
-    http_error,
     to_chat_completion,
     to_messages_request,
     usage_from_view,
 )
+from providers.anthropic.errors import InvalidChatRequest, http_error
 from providers.anthropic.types import MessageView, UsageView, message_decoder
 from providers.base import StreamChunk, Usage
 from providers.errors import UpstreamBadResponse, UpstreamHTTPError

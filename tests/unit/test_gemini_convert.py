@@ -11,17 +11,15 @@ import pytest
 
 from providers.base import Usage
 from providers.errors import UpstreamHTTPError
-from providers.gemini.adapter import http_error
 from providers.gemini.convert import (
-    GeminiRequestError,
     StreamTranslator,
     chunk_text,
     finish_reason,
-    parse_error,
     request_to_gemini,
     response_to_openai,
     usage_from_metadata,
 )
+from providers.gemini.errors import GeminiRequestError, http_error, parse_error
 from providers.gemini.types import response_decoder
 from providers.sse import SSEParser
 

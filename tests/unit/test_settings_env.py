@@ -89,7 +89,7 @@ def test_settings_env_overrides_file_table(tmp_path: Path) -> None:
         ("TOLLWAY_WEBHOOK_POLL_S", "soon", "float"),
         ("TOLLWAY_SESSION_COOKIE_SECURE", "maybe", "true or false"),
         ("TOLLWAY_PROVIDERS", "openai", "JSON"),
-        ("TOLLWAY_PROVIDERS", '{"x": {"kind": "nope"}}', "kind"),
+        ("TOLLWAY_PROVIDERS", '{"x": {"kind": 5}}', "kind"),
         ("TOLLWAY_TRUSTED_PROXIES", '["10.0.0.1", 5]', "str"),
     ],
 )
@@ -140,3 +140,9 @@ def test_settings_redacted_masks_secrets_and_url_passwords() -> None:
     assert (shown["session_secret"], shown["admin_token"]) == (MASK, "")  # unset stays visibly unset
     assert shown["providers"]["o"]["api_key"] == MASK and shown["providers"]["o"]["headers"] == {"X-Key": MASK}
     assert "sk-1" not in msgspec.json.encode(shown).decode()
+
+
+def test_settings_env_unknown_provider_kind_names_the_known_ones() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={"TOLLWAY_PROVIDERS": '{"x": {"kind": "nope"}}'})
+    assert "unknown provider kind 'nope'" in str(caught.value) and "openai" in str(caught.value)

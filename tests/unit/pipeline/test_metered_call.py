@@ -28,7 +28,7 @@ from gateway.settings import Settings
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
 from keys.service import create_key
-from providers.base import ChatCall, ChatResult, StreamChunk, Usage
+from providers.base import ChatCall, ChatResult, ProviderHandle, StreamChunk, Usage
 from providers.errors import UpstreamHTTPError
 
 BALANCE = 50_000_000
@@ -123,7 +123,7 @@ async def running(settings: Settings) -> AsyncIterator[Pipeline]:
             account = await create_account(session, "acme", credits_micro=BALANCE)
             _row, key = await create_key(session, account.id, "test")
         adapter = ScriptedAdapter()
-        state.adapters["demo"] = adapter
+        state.adapters["demo"] = ProviderHandle.of(adapter)
         yield Pipeline(app, key, account.id, adapter)
 
 
