@@ -20,7 +20,7 @@ from billing.money import format_credits
 from gateway.catalog import CatalogModel
 from gateway.errors import InvalidRequest
 from gateway.pipeline.chat import decode_object, view_of
-from gateway.pipeline.common import RoutedView, serves_json, serves_multipart
+from gateway.pipeline.common import RoutedView, form_text, serves_json, serves_multipart
 from gateway.pipeline.metered import Admission, MeteredCall, billable_usage, upstream_body
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
@@ -131,14 +131,10 @@ def transcription_usage(reply: UpstreamReply, fallback_s: float) -> tuple[Usage 
 def _transcription_view(form: Mapping[str, Any]) -> TranscriptionView:
     if not isinstance(form.get("file"), UploadFile):
         raise InvalidRequest("a multipart field 'file' with the audio is required", param="file")
-    model = form.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("the 'model' field is required", param="model")
-    user = form.get("user")
     return TranscriptionView(
-        model=model,
-        response_format=str(form.get("response_format") or "json"),
-        user=user if isinstance(user, str) and user else None,
+        model=form_text(form, "model", required=True) or "",
+        response_format=form_text(form, "response_format") or "json",
+        user=form_text(form, "user"),
     )
 
 

@@ -3,7 +3,7 @@ post JSON upstream, how they read its answer and how they bill and answer it."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -34,6 +34,16 @@ class RoutedView(msgspec.Struct, kw_only=True):
     models: list[str] | None = None
     provider: ProviderPreferences | None = None
     user: str | None = None
+
+
+def form_text(form: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
+    """A multipart text field: ``None`` when absent or empty (a 400 when ``required``)."""
+    value = form.get(name)
+    if isinstance(value, str) and value:
+        return value
+    if required:
+        raise InvalidRequest(f"the {name!r} field is required", param=name)
+    return None
 
 
 def serves_json(adapter: ProviderHandle) -> bool:

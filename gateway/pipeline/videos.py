@@ -24,7 +24,7 @@ from billing.models import LedgerKind, VideoJob
 from billing.money import format_credits
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.pipeline.common import serves_multipart
+from gateway.pipeline.common import form_text, serves_multipart
 from gateway.pipeline.metered import Admission, Admitted, MeteredCall, tollway_meta
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
@@ -80,17 +80,10 @@ def _decode(reply: UpstreamReply, provider: str) -> dict[str, Any]:
 
 
 def _create_view(form: Mapping[str, Any]) -> VideoCreateView:
-    model = form.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("the 'model' field is required", param="model")
-    if not isinstance(form.get("prompt"), str) or not form.get("prompt"):
-        raise InvalidRequest("the 'prompt' field is required", param="prompt")
-    size, user = form.get("size"), form.get("user")
+    model = form_text(form, "model", required=True) or ""
+    form_text(form, "prompt", required=True)
     return VideoCreateView(
-        model=model,
-        seconds=_seconds(form.get("seconds")),
-        size=size if isinstance(size, str) else None,
-        user=user if isinstance(user, str) and user else None,
+        model=model, seconds=_seconds(form.get("seconds")), size=form_text(form, "size"), user=form_text(form, "user")
     )
 
 
