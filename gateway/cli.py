@@ -10,10 +10,11 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from billing.accounts import (
     AccountExists,
@@ -32,6 +33,9 @@ from keys.errors import KeyError_
 from keys.members import add_member
 from keys.models import Role
 from keys.service import create_key
+
+if TYPE_CHECKING:
+    from billing.counters import CounterStore
 
 
 class CommandError(Exception):
@@ -56,6 +60,22 @@ async def _with_session(settings: Settings, work: Callable[[AsyncSession], Await
             await work(session)
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def _money_stores(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, CounterStore | None]]:
+    """The database and, with Redis, the counters every gateway process reserves against (the
+    embedded store lives inside a running gateway: it follows the database on its refresh)."""
+    from billing.counters import build_counter_store
+
+    engine = create_engine(settings.database_url)
+    counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
+    try:
+        yield engine, counters
+    finally:
+        await engine.dispose()
+        if counters is not None:
+            await counters.close()
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -166,7 +186,6 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 def cmd_credits_grant(args: argparse.Namespace) -> None:
     """Grant through the same service as the admin API, so the Redis mirror every gateway
     process reserves against follows the database at once (not at the account's next request)."""
-    from billing.counters import build_counter_store
     from billing.grants import grant
 
     settings = _settings(args)
@@ -175,25 +194,19 @@ def cmd_credits_grant(args: argparse.Namespace) -> None:
         raise CommandError("the amount must not be zero")
 
     async def run() -> None:
-        engine = create_engine(settings.database_url)
-        # The embedded store lives inside a running gateway: it picks the grant up on its refresh.
-        counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
-        try:
-            entry = await grant(
-                create_sessionmaker(engine),
-                counters,
-                settings.redis_prefix,
-                args.account,
-                amount,
-                reason=args.reason,
-                idempotency_key=args.idempotency_key,
-            )
-        except (AccountNotFound, IdempotencyConflict) as error:
-            raise CommandError(error.message) from error
-        finally:
-            await engine.dispose()
-            if counters is not None:
-                await counters.close()
+        async with _money_stores(settings) as (engine, counters):
+            try:
+                entry = await grant(
+                    create_sessionmaker(engine),
+                    counters,
+                    settings.redis_prefix,
+                    args.account,
+                    amount,
+                    reason=args.reason,
+                    idempotency_key=args.idempotency_key,
+                )
+            except (AccountNotFound, IdempotencyConflict) as error:
+                raise CommandError(error.message) from error
         _emit(
             args,
             {
@@ -243,22 +256,15 @@ def cmd_billing_reconcile(args: argparse.Namespace) -> None:
     """Exit 1 when ledger, balances, usage records and counters disagree (see gateway.reconcile)."""
     from datetime import UTC, datetime
 
-    from billing.counters import build_counter_store
     from gateway.reconcile import reconcile
 
     settings = _settings(args)
 
     async def run() -> bool:
-        engine = create_engine(settings.database_url)
-        counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
-        try:
+        async with _money_stores(settings) as (engine, counters):
             report = await reconcile(
                 create_sessionmaker(engine), counters=counters, prefix=settings.redis_prefix, now=datetime.now(UTC)
             )
-        finally:
-            await engine.dispose()
-            if counters is not None:
-                await counters.close()
         summary = f"{report.accounts} accounts, {report.debits} debits checked"
         text = "\n".join(
             [
@@ -291,7 +297,6 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
     corrected in ``--data-file``; the Redis mirror follows the debit at once."""
     import msgspec
 
-    from billing.counters import build_counter_store
     from billing.grants import sync_after_change
     from billing.parking import ParkedNotFound, describe, is_refusal, replay_parked
 
@@ -302,9 +307,7 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
             data = file.read()
 
     async def run() -> None:
-        engine = create_engine(settings.database_url)
-        counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
-        try:
+        async with _money_stores(settings) as (engine, counters):
             try:
                 async with engine.begin() as connection:
                     settlement = await replay_parked(connection, args.parked_id, data)
@@ -320,10 +323,6 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
                 await sync_after_change(
                     create_sessionmaker(engine), counters, settings.redis_prefix, settlement.account_id
                 )
-        finally:
-            await engine.dispose()
-            if counters is not None:
-                await counters.close()
         _emit(
             args,
             {"replayed": args.parked_id, "request_id": settlement.request_id, "account_id": settlement.account_id},

@@ -171,13 +171,9 @@ class SessionService:
         return key
 
     async def login(self, email: str, password: str, account_id: int | None = None) -> IssuedSession:
-        email = email.strip().lower()
-        throttle_key = await self._throttle(email)
+        throttle_key = await self._throttle(email.strip().lower())
         async with self._sessionmaker() as session:
-            user = await session.scalar(select(User).where(User.email == email))
-            ok = await verify_password_async(password, user.password_hash if user is not None else None)
-            if user is None or not ok or not user.is_active:
-                raise InvalidCredentials("wrong email or password")
+            user = await _user_with_password(session, email, password)
             memberships = select(Membership).where(Membership.user_id == user.id).order_by(Membership.id)
             if account_id is not None:
                 memberships = memberships.where(Membership.account_id == account_id)
@@ -208,14 +204,9 @@ class SessionService:
     async def verify_user(self, email: str, password: str) -> int:
         """The id of the user whose own password this is, throttled like sign-in (used to accept
         an invitation as an existing user who has no session to show)."""
-        email = email.strip().lower()
-        throttle_key = await self._throttle(email)
+        throttle_key = await self._throttle(email.strip().lower())
         async with self._sessionmaker() as session:
-            user = await session.scalar(select(User).where(User.email == email))
-            ok = await verify_password_async(password, user.password_hash if user is not None else None)
-            if user is None or not ok or not user.is_active:
-                raise InvalidCredentials("wrong email or password", param="password")
-            user_id = user.id
+            user_id = (await _user_with_password(session, email, password, param="password")).id
         await self._counters.delete(throttle_key)
         return user_id
 
@@ -330,3 +321,13 @@ class SessionService:
 def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything we store is UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def _user_with_password(session: AsyncSession, email: str, password: str, *, param: str | None = None) -> User:
+    """The active user whose own password this is. An unknown email costs a password check too
+    (against a dummy hash), so the answer takes as long either way."""
+    user = await session.scalar(select(User).where(User.email == email.strip().lower()))
+    ok = await verify_password_async(password, user.password_hash if user is not None else None)
+    if user is None or not ok or not user.is_active:
+        raise InvalidCredentials("wrong email or password", param=param)
+    return user
