@@ -14,9 +14,10 @@ from sqlalchemy import select
 from billing.models import UsageRecord
 from gateway.api.views import model_view, usage_view
 from gateway.catalog import CatalogModel
-from gateway.errors import GatewayError, remember_request_id
+from gateway.errors import GatewayError
 from gateway.pipeline import routes, videos
-from gateway.pipeline.metered import cancel_on_disconnect, new_request_id
+from gateway.pipeline.metered import cancel_on_disconnect
+from gateway.request_id import request_id_of
 from gateway.state import GatewayState
 from gateway.validation import Slug
 from keys.chain import authenticate
@@ -33,9 +34,8 @@ class NotFound(GatewayError):
 
 
 def _begin(request: Request[Any, Any, Any]) -> tuple[GatewayState, str]:
-    request_id = new_request_id()
-    remember_request_id(request, request_id)
-    return request.app.state.gateway, request_id
+    """The state, and the id the request-id middleware gave this request (its usage record's)."""
+    return request.app.state.gateway, request_id_of(request.scope)
 
 
 @post("/v1/embeddings", status_code=200)
