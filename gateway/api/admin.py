@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, patch, post, put
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import func, select
 
 from billing.accounts import (
@@ -26,7 +26,7 @@ from billing.bounds import MAX_LIST_ITEMS, NO_CONTROL, CreditsText, Email, Item,
 from billing.grants import grant as grant_and_sync
 from billing.models import Account, AccountStatus, LedgerKind, UsageRecord
 from billing.money import MoneyError, credits_to_micro, format_credits
-from gateway.api.deps import OPERATOR, operator_only
+from gateway.api.deps import OPERATOR, Injected, operator_only
 from gateway.api.openapi import ADMIN_AUTH, errors
 from gateway.api.views import model_view, usage_view
 from gateway.catalog import PriceFields, is_priced
@@ -168,12 +168,12 @@ class AdminController(Controller):
     security = ADMIN_AUTH
 
     @get("/accounts/", operation_id="admin_list_accounts", responses=errors(401))
-    async def list_accounts(self, gateway: GatewayState) -> AccountList:
+    async def list_accounts(self, gateway: Injected[GatewayState]) -> AccountList:
         async with gateway.sessionmaker() as session:
             return AccountList([account_read(a) for a in await list_accounts(session)])
 
     @post("/accounts/", status_code=201, operation_id="admin_create_account", responses=errors(400, 401, 409, 413))
-    async def create_account(self, gateway: GatewayState, data: AccountCreate) -> AccountRead:
+    async def create_account(self, gateway: Injected[GatewayState], data: JSONBody[AccountCreate]) -> AccountRead:
         credits = _credits(data.credits, "credits")
         if credits < 0:
             raise InvalidRequest("credits cannot be negative", param="credits")
@@ -186,7 +186,7 @@ class AdminController(Controller):
 
     @patch("/accounts/{account_id:int}/", operation_id="admin_update_account", responses=errors(400, 401, 404, 413))
     async def update_account(
-        self, gateway: GatewayState, account_id: FromPath[PathId], data: AccountUpdate
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[AccountUpdate]
     ) -> AccountRead:
         async with gateway.sessionmaker() as session:
             account, previous = await set_account_status(session, account_id, data.status)
@@ -210,7 +210,9 @@ class AdminController(Controller):
         operation_id="admin_grant_credits",
         responses=errors(400, 401, 404, 413),
     )
-    async def grant(self, gateway: GatewayState, account_id: FromPath[PathId], data: CreditGrant) -> GrantRead:
+    async def grant(
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[CreditGrant]
+    ) -> GrantRead:
         amount = _credits(data.amount, "amount")
         if amount == 0:
             raise InvalidRequest("amount must not be zero", param="amount")
@@ -234,7 +236,9 @@ class AdminController(Controller):
         operation_id="admin_refund_credits",
         responses=errors(400, 401, 404, 413),
     )
-    async def refund(self, gateway: GatewayState, account_id: FromPath[PathId], data: RefundCreate) -> RefundRead:
+    async def refund(
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[RefundCreate]
+    ) -> RefundRead:
         """Give credits back for something that went wrong; the idempotency key makes a retry safe."""
         amount = _credits(data.amount, "amount")
         if amount <= 0:
@@ -263,7 +267,7 @@ class AdminController(Controller):
         responses=errors(400, 401, 404, 413),
     )
     async def create_key(
-        self, gateway: GatewayState, account_id: FromPath[PathId], data: AdminKeyCreate
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[AdminKeyCreate]
     ) -> AdminKeyCreated:
         """An account's first key comes from the operator; the account manages the rest itself."""
         async with gateway.sessionmaker() as session:
@@ -280,7 +284,7 @@ class AdminController(Controller):
         responses=errors(400, 401, 404, 409, 413),
     )
     async def add_member(
-        self, gateway: GatewayState, account_id: FromPath[PathId], data: AdminMemberAdd
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[AdminMemberAdd]
     ) -> AdminMemberRead:
         """An account's first owner comes from the operator; owners and admins invite the rest."""
         async with gateway.sessionmaker() as session:
@@ -297,14 +301,16 @@ class AdminController(Controller):
         return AdminMemberRead(account_id, member.membership_id, member.user_id, member.email, member.role)
 
     @get("/models/", operation_id="admin_list_models", responses=errors(401))
-    async def list_models(self, gateway: GatewayState) -> AdminModelList:
+    async def list_models(self, gateway: Injected[GatewayState]) -> AdminModelList:
         overridden = set(await load_overrides(gateway.sessionmaker))
         return AdminModelList(
             [{**model_view(m), "price_override": m.slug in overridden} for m in gateway.catalog.values()]
         )
 
     @put("/models/{slug:path}", operation_id="admin_set_price", responses=errors(400, 401, 413))
-    async def set_price(self, gateway: GatewayState, slug: FromPath[Slug], data: PriceOverride) -> dict[str, Any]:
+    async def set_price(
+        self, gateway: Injected[GatewayState], slug: FromPath[Slug], data: JSONBody[PriceOverride]
+    ) -> dict[str, Any]:
         """Set a model's price (USD, like the config); it reaches every process within seconds."""
         slug = slug.lstrip("/")
         model = gateway.catalog.get(slug)
@@ -326,11 +332,11 @@ class AdminController(Controller):
         return model_view(gateway.catalog[slug])
 
     @delete("/models/{slug:path}", status_code=204, operation_id="admin_clear_price", responses=errors(400, 401))
-    async def clear_price(self, gateway: GatewayState, slug: FromPath[Slug]) -> None:
+    async def clear_price(self, gateway: Injected[GatewayState], slug: FromPath[Slug]) -> None:
         await store_override(gateway, slug.lstrip("/"), None)
 
     @get("/anomalies/", operation_id="admin_list_anomalies", responses=errors(401))
-    async def list_anomalies(self, gateway: GatewayState) -> Anomalies:
+    async def list_anomalies(self, gateway: Injected[GatewayState]) -> Anomalies:
         """Usage the gateway did not take at the upstream's word (over the hold, unbelievable,
         text it had to clean): counts over every account, the newest records, and this
         process's counters since it started."""

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import JSONBody
 
 from billing.bounds import Email, Id
 from gateway.api.deps import (
@@ -22,6 +23,7 @@ from gateway.api.deps import (
     CSRF_HEADER,
     REFRESH_COOKIE,
     Caller,
+    Injected,
     json_only,
     requires,
     signed_in_user,
@@ -150,7 +152,7 @@ class AuthController(Controller):
         security=PUBLIC,
         responses=errors(400, 401, 403, 413, 429),
     )
-    async def login(self, gateway: GatewayState, data: Login) -> Response[SessionIssued]:
+    async def login(self, gateway: Injected[GatewayState], data: JSONBody[Login]) -> Response[SessionIssued]:
         """Sign in to the dashboard: sets the session, refresh and CSRF cookies."""
         issued = await gateway.sessions.login(data.email, data.password, data.account_id)
         return _issued(gateway, issued)
@@ -162,7 +164,9 @@ class AuthController(Controller):
         security=[{"csrfHeader": []}],
         responses=errors(401, 403),
     )
-    async def refresh(self, gateway: GatewayState, request: Request[Any, Any, Any]) -> Response[SessionIssued]:
+    async def refresh(
+        self, gateway: Injected[GatewayState], request: Request[Any, Any, Any]
+    ) -> Response[SessionIssued]:
         """A fresh session from the refresh cookie (sent only to /api/auth/) and the CSRF header."""
         refresh_token = request.cookies.get(REFRESH_COOKIE)
         if not refresh_token:
@@ -177,7 +181,7 @@ class AuthController(Controller):
         security=[{"sessionCookie": [], "csrfHeader": []}],
         responses=errors(401, 403),
     )
-    async def logout(self, gateway: GatewayState, request: Request[Any, Any, Any]) -> Response[None]:
+    async def logout(self, gateway: Injected[GatewayState], request: Request[Any, Any, Any]) -> Response[None]:
         """End the session (by its refresh or access cookie, with the CSRF header) and expire the cookies."""
         session_id = (request.cookies.get(REFRESH_COOKIE) or "").partition(".")[0]
         if not session_id:
@@ -196,7 +200,7 @@ class AuthController(Controller):
         security=MEMBER_AUTH,
         responses=errors(401, 403),
     )
-    async def me(self, caller: Caller) -> Me:
+    async def me(self, caller: Injected[Caller]) -> Me:
         if caller.principal is None:
             return Me(caller.account_id, caller.role.value, key=KeyRef(caller.actor.split(":", 1)[1]))
         return _me(caller.principal)
@@ -209,6 +213,8 @@ class AuthController(Controller):
         security=[{"sessionCookie": [], "csrfHeader": []}],
         responses=errors(400, 401, 403, 413),
     )
-    async def change_password(self, gateway: GatewayState, caller: Caller, data: PasswordChange) -> None:
+    async def change_password(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[PasswordChange]
+    ) -> None:
         assert caller.principal is not None  # the signed_in_user guard
         await gateway.sessions.change_password(caller.principal, data.current_password, data.new_password)

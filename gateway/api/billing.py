@@ -15,7 +15,7 @@ from sqlalchemy import select
 from billing.models import Account, LedgerEntry, WebhookDelivery, WebhookEvent
 from billing.money import format_credits
 from billing.reports import GroupBy, UsageFilter, ledger_page, usage_page, usage_summary
-from gateway.api.deps import Caller, requires
+from gateway.api.deps import Caller, Injected, requires
 from gateway.api.openapi import MEMBER_AUTH, errors
 from gateway.api.views import UsageRead, usage_read
 from gateway.errors import InvalidRequest
@@ -117,7 +117,11 @@ class CreditsController(Controller):
 
     @get("/", guards=[requires(Permission.VIEW)], operation_id="get_credits", responses=errors(400, 401, 403))
     async def credits(
-        self, gateway: GatewayState, caller: Caller, limit: FromQuery[Limit] = 50, before_id: FromQuery[QueryId] = None
+        self,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
+        limit: FromQuery[Limit] = 50,
+        before_id: FromQuery[QueryId] = None,
     ) -> Credits:
         await gateway.meter.settled(caller.account_id)  # read your writes: requests that finished are in
         async with gateway.sessionmaker() as session:
@@ -141,8 +145,8 @@ class UsageController(Controller):
     @get("/", guards=[requires(Permission.VIEW)], operation_id="list_usage", responses=errors(400, 401, 403))
     async def usage(
         self,
-        gateway: GatewayState,
-        caller: Caller,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
         key_id: FromQuery[QueryId] = None,
         model: FromQuery[QueryText] = None,
         end_user_id: FromQuery[QueryText] = None,
@@ -167,8 +171,8 @@ class UsageController(Controller):
     )
     async def summary(
         self,
-        gateway: GatewayState,
-        caller: Caller,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
         group_by: FromQuery[Slug] = "day",
         key_id: FromQuery[QueryId] = None,
         model: FromQuery[QueryText] = None,
@@ -210,7 +214,7 @@ class WebhooksController(Controller):
         operation_id="get_webhook_secret",
         responses=errors(401, 403),
     )
-    async def secret(self, gateway: GatewayState, caller: Caller) -> WebhookSecret:
+    async def secret(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> WebhookSecret:
         return WebhookSecret(await _account_secret(gateway, caller.account_id, rotate=False))
 
     @post(
@@ -220,7 +224,7 @@ class WebhooksController(Controller):
         operation_id="rotate_webhook_secret",
         responses=errors(401, 403),
     )
-    async def rotate(self, gateway: GatewayState, caller: Caller) -> WebhookSecret:
+    async def rotate(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> WebhookSecret:
         return WebhookSecret(await _account_secret(gateway, caller.account_id, rotate=True))
 
     @get(
@@ -229,7 +233,9 @@ class WebhooksController(Controller):
         operation_id="list_webhook_deliveries",
         responses=errors(400, 401, 403),
     )
-    async def deliveries(self, gateway: GatewayState, caller: Caller, limit: FromQuery[Limit] = 50) -> DeliveryList:
+    async def deliveries(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], limit: FromQuery[Limit] = 50
+    ) -> DeliveryList:
         async with gateway.sessionmaker() as session:
             rows = (
                 await session.execute(

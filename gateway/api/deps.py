@@ -11,7 +11,9 @@ its bearer token is the ``admin_token`` of the config, compared in constant time
 How a controller uses it (litestar-fullstack's shape)::
 
     @post("/", guards=[requires(Permission.MANAGE_KEYS)], operation_id="create_key")
-    async def create_key(self, gateway: GatewayState, caller: Caller, data: KeyCreate) -> KeyCreated:
+    async def create_key(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[KeyCreate]
+    ) -> KeyCreated:
 
 Guards run before the body is read, so an anonymous or under-privileged caller is refused (401
 / 403) before anything it sent is parsed; the guard leaves the :class:`Caller` in the ASGI
@@ -28,12 +30,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Annotated, Any, TypeAlias, TypeVar, cast
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.di import Provide
+from litestar.di import Dependency, Provide
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import SkipValidationMarker
 from litestar.types import Guard
 
 from gateway.errors import GatewayError, InvalidRequest
@@ -54,6 +57,7 @@ __all__ = [
     "REFRESH_COOKIE",
     "AdminUnauthorized",
     "Caller",
+    "Injected",
     "is_access_guard",
     "json_only",
     "operator_only",
@@ -66,6 +70,10 @@ REFRESH_COOKIE = "tw_refresh"
 CSRF_COOKIE = "tw_csrf"
 CSRF_HEADER = "x-csrf-token"
 OPERATOR = "operator"  # the actor the audit trail names for /api/admin calls
+T = TypeVar("T")
+# A parameter the /api layer injects by its name (``gateway``, ``caller``): our own objects,
+# handed over as they are (Litestar would otherwise try to re-validate them as msgspec types).
+Injected: TypeAlias = Annotated[T, Dependency(kind="named"), SkipValidationMarker()]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CALLER = "tollway.caller"
 

@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, patch, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.bounds import NO_CONTROL, Id
 from billing.money import format_credits
-from gateway.api.deps import Caller, requires
+from gateway.api.deps import Caller, Injected, requires
 from gateway.api.openapi import MEMBER_AUTH, errors
 from gateway.state import GatewayState
 from gateway.validation import Limit, PathId, QueryId
@@ -139,7 +139,7 @@ class KeysController(Controller):
     security = MEMBER_AUTH
 
     @get("/", guards=[requires(Permission.VIEW)], operation_id="list_keys", responses=errors(401, 403))
-    async def list_keys(self, gateway: GatewayState, caller: Caller) -> KeyList:
+    async def list_keys(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> KeyList:
         async with gateway.sessionmaker() as session:
             keys = await list_keys(session, caller.account_id)
         return KeyList([await key_read(gateway, key) for key in keys])
@@ -150,7 +150,9 @@ class KeysController(Controller):
         operation_id="create_key",
         responses=errors(400, 401, 403, 413),
     )
-    async def create_key(self, gateway: GatewayState, caller: Caller, data: KeyCreate) -> KeyCreated:
+    async def create_key(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[KeyCreate]
+    ) -> KeyCreated:
         if isinstance(data.webhook_url, str):
             check_webhook_url(data.webhook_url, allow_private=gateway.settings.webhook_allow_private)
         async with gateway.sessionmaker() as session:
@@ -166,7 +168,9 @@ class KeysController(Controller):
         operation_id="get_key",
         responses=errors(400, 401, 403, 404),
     )
-    async def get_key(self, gateway: GatewayState, caller: Caller, key_id: FromPath[PathId]) -> KeyRead:
+    async def get_key(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], key_id: FromPath[PathId]
+    ) -> KeyRead:
         async with gateway.sessionmaker() as session:
             key = await get_key(session, caller.account_id, key_id)
         return await key_read(gateway, key)
@@ -178,7 +182,11 @@ class KeysController(Controller):
         responses=errors(400, 401, 403, 404, 413),
     )
     async def update_key(
-        self, gateway: GatewayState, caller: Caller, key_id: FromPath[PathId], data: KeyUpdate
+        self,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
+        key_id: FromPath[PathId],
+        data: JSONBody[KeyUpdate],
     ) -> KeyRead:
         if isinstance(data.webhook_url, str):
             check_webhook_url(data.webhook_url, allow_private=gateway.settings.webhook_allow_private)
@@ -194,7 +202,9 @@ class KeysController(Controller):
         operation_id="delete_key",
         responses=errors(400, 401, 403, 404),
     )
-    async def delete_key(self, gateway: GatewayState, caller: Caller, key_id: FromPath[PathId]) -> None:
+    async def delete_key(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], key_id: FromPath[PathId]
+    ) -> None:
         async with gateway.sessionmaker() as session:
             await delete_key(session, caller.account_id, key_id, actor=caller.actor)
         gateway.keys.forget_all()
@@ -205,7 +215,9 @@ class KeysController(Controller):
         operation_id="mint_browser_token",
         responses=errors(400, 401, 403, 404, 413),
     )
-    async def mint_token(self, gateway: GatewayState, caller: Caller, data: EphemeralCreate) -> BrowserTokenCreated:
+    async def mint_token(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[EphemeralCreate]
+    ) -> BrowserTokenCreated:
         caller.require_token_parent(data.key_id)
         async with gateway.sessionmaker() as session:
             parent = await _own_active_key(session, caller.account_id, data.key_id)
@@ -219,7 +231,9 @@ class KeysController(Controller):
         operation_id="revoke_browser_token",
         responses=errors(400, 401, 403, 413),
     )
-    async def revoke_token(self, gateway: GatewayState, caller: Caller, data: EphemeralRevoke) -> None:
+    async def revoke_token(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[EphemeralRevoke]
+    ) -> None:
         caller.require_token_owner(await gateway.tokens.owner_of(data.token))
         await gateway.tokens.revoke(data.token)
 
@@ -230,7 +244,9 @@ class KeysController(Controller):
         operation_id="revoke_key_browser_tokens",
         responses=errors(400, 401, 403, 404),
     )
-    async def revoke_all_tokens(self, gateway: GatewayState, caller: Caller, key_id: FromPath[PathId]) -> None:
+    async def revoke_all_tokens(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], key_id: FromPath[PathId]
+    ) -> None:
         async with gateway.sessionmaker() as session:
             await get_key(session, caller.account_id, key_id)
             await gateway.tokens.revoke_all(caller.account_id, key_id)
@@ -259,7 +275,11 @@ class AuditController(Controller):
 
     @get("/", guards=[requires(Permission.VIEW_AUDIT)], operation_id="list_audit", responses=errors(400, 401, 403))
     async def list_audit(
-        self, gateway: GatewayState, caller: Caller, limit: FromQuery[Limit] = 100, before_id: FromQuery[QueryId] = None
+        self,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
+        limit: FromQuery[Limit] = 100,
+        before_id: FromQuery[QueryId] = None,
     ) -> AuditList:
         async with gateway.sessionmaker() as session:
             events = await list_events(session, caller.account_id, limit=max(1, min(limit, 500)), before_id=before_id)

@@ -13,10 +13,10 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from billing.bounds import Email, Password
-from gateway.api.deps import ACCESS_COOKIE, CSRF_HEADER, Caller, json_only, requires
+from gateway.api.deps import ACCESS_COOKIE, CSRF_HEADER, Caller, Injected, json_only, requires
 from gateway.api.openapi import MEMBER_AUTH, PUBLIC, errors
 from gateway.state import GatewayState
 from gateway.validation import PathId
@@ -130,7 +130,7 @@ class MembersController(Controller):
     security = MEMBER_AUTH
 
     @get("/", guards=[requires(Permission.VIEW)], operation_id="list_members", responses=errors(401, 403))
-    async def list_members(self, gateway: GatewayState, caller: Caller) -> MemberList:
+    async def list_members(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> MemberList:
         async with gateway.sessionmaker() as session:
             members = await list_members(session, caller.account_id)
         return MemberList([member_read(m) for m in members])
@@ -142,7 +142,9 @@ class MembersController(Controller):
         operation_id="invite_member",
         responses=errors(400, 401, 403, 409, 413),
     )
-    async def invite_member(self, gateway: GatewayState, caller: Caller, data: InvitationCreate) -> InvitationCreated:
+    async def invite_member(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[InvitationCreate]
+    ) -> InvitationCreated:
         """Another name for POST /api/invitations/: adding a member invites them."""
         return await _invite(gateway, caller, data)
 
@@ -153,7 +155,11 @@ class MembersController(Controller):
         responses=errors(400, 401, 403, 404, 413),
     )
     async def update_member(
-        self, gateway: GatewayState, caller: Caller, member_id: FromPath[PathId], data: MemberUpdate
+        self,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
+        member_id: FromPath[PathId],
+        data: JSONBody[MemberUpdate],
     ) -> MemberRead:
         async with gateway.sessionmaker() as session:
             member = await change_role(
@@ -168,7 +174,9 @@ class MembersController(Controller):
         operation_id="remove_member",
         responses=errors(400, 401, 403, 404),
     )
-    async def remove_member(self, gateway: GatewayState, caller: Caller, member_id: FromPath[PathId]) -> None:
+    async def remove_member(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], member_id: FromPath[PathId]
+    ) -> None:
         async with gateway.sessionmaker() as session:
             await remove_member(session, caller.account_id, member_id, actor_role=caller.role, actor=caller.actor)
 
@@ -179,7 +187,7 @@ class InvitationsController(Controller):
     security = MEMBER_AUTH
 
     @get("/", guards=[requires(Permission.MANAGE_MEMBERS)], operation_id="list_invitations", responses=errors(401, 403))
-    async def list_invitations(self, gateway: GatewayState, caller: Caller) -> InvitationList:
+    async def list_invitations(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> InvitationList:
         async with gateway.sessionmaker() as session:
             pending = await list_invitations(session, caller.account_id, gateway.now())
         return InvitationList([invitation_read(i) for i in pending])
@@ -192,7 +200,7 @@ class InvitationsController(Controller):
         responses=errors(400, 401, 403, 409, 413),
     )
     async def create_invitation(
-        self, gateway: GatewayState, caller: Caller, data: InvitationCreate
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[InvitationCreate]
     ) -> InvitationCreated:
         return await _invite(gateway, caller, data)
 
@@ -203,7 +211,9 @@ class InvitationsController(Controller):
         operation_id="revoke_invitation",
         responses=errors(400, 401, 403, 404),
     )
-    async def revoke_invitation(self, gateway: GatewayState, caller: Caller, invitation_id: FromPath[PathId]) -> None:
+    async def revoke_invitation(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], invitation_id: FromPath[PathId]
+    ) -> None:
         async with gateway.sessionmaker() as session:
             await revoke_invitation(
                 session,
@@ -224,7 +234,7 @@ class InvitationsController(Controller):
         responses=errors(400, 401, 403, 404, 409, 413),
     )
     async def accept_invitation(
-        self, gateway: GatewayState, request: Request[Any, Any, Any], data: InvitationAccept
+        self, gateway: Injected[GatewayState], request: Request[Any, Any, Any], data: JSONBody[InvitationAccept]
     ) -> Joined:
         """Join the account. A session cookie (with its CSRF header) proves who is accepting;
         without one, a new user's password, or an existing user's current one."""
