@@ -24,7 +24,7 @@ from billing.tokens import warm_encodings
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
 from gateway.api.billing import CreditsController, UsageController, WebhooksController
-from gateway.api.bodies import StrictBody
+from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
 from gateway.api.health import healthz, readyz
@@ -183,6 +183,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 dependencies=DEPENDENCIES,
                 dto=StrictBody,
                 return_dto=None,
+                guards=[path_params_first],
             ),
             healthz,
             readyz,

@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import msgspec
+from litestar.connection import ASGIConnection
 from litestar.dto import AbstractDTO, DTOFieldDefinition
+from litestar.enums import ParamType
+from litestar.exceptions import ValidationException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.typing import FieldDefinition
 
 from gateway.errors import decode_body
@@ -23,7 +28,7 @@ if TYPE_CHECKING:
     from litestar.openapi.spec import Reference, Schema
     from litestar.types.serialization import LitestarEncodableType
 
-__all__ = ["StrictBody"]
+__all__ = ["StrictBody", "path_params_first"]
 
 
 class StrictBody(AbstractDTO[Any]):
@@ -58,3 +63,23 @@ class StrictBody(AbstractDTO[Any]):
     @classmethod
     def detect_nested_field(cls, field_definition: FieldDefinition) -> bool:
         return False
+
+
+async def path_params_first(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Check the path parameters' bounds (:mod:`gateway.validation`) before anything else.
+
+    Litestar checks them with the other parameters, after the body has been read: a route with
+    a huge id and a bad body would answer about the body. Checked here first, on the ``/api``
+    layer (so before the access guards, as before this DTO existed), a 64-bit overflow in the
+    path is the 400 that names the path parameter, in the shape Litestar gives it."""
+    annotations = getattr(handler.signature_model, "__annotations__", {})
+    for name, value in connection.path_params.items():
+        if name not in annotations:
+            continue
+        try:
+            msgspec.convert(value, type=annotations[name], strict=False)
+        except msgspec.ValidationError as error:
+            message = str(error).split(" - ", maxsplit=1)[0]
+            raise ValidationException(
+                detail="invalid path parameter", extra=[{"message": message, "key": name, "source": ParamType.PATH}]
+            ) from error

@@ -17,7 +17,6 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 
 from gateway.api.deps import ACCESS_COOKIE, CSRF_HEADER
-from gateway.api.openapi_v1 import v1_schema_components
 
 __all__ = [
     "ADMIN_AUTH",
@@ -110,6 +109,6 @@ def openapi_config() -> OpenAPIConfig:
         "the /api management API. Every error is answered in OpenAI's error envelope.",
         path="/schema",
         render_plugins=[ScalarRenderPlugin()],
-        components=Components(security_schemes=dict(_SCHEMES), schemas=v1_schema_components()),
+        components=Components(security_schemes=dict(_SCHEMES)),
         use_handler_docstrings=True,
     )

@@ -9,12 +9,12 @@ Tollway reads or adds, each route's required ones. They are never used to parse 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 
-__all__ = ["V1_BODY_TYPES", "documented_body", "v1_schema_components"]
+__all__ = ["V1_BODY_TYPES", "documented_body", "json_schema"]
 
 
 class ProviderPreferences(msgspec.Struct, omit_defaults=True):
@@ -121,26 +121,40 @@ V1_BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     TranscriptionForm,
     VideoForm,
 )
-_REF = "#/components/schemas/{name}"
 
 
-def v1_schema_components() -> dict[str, Schema]:
-    """The request shapes as OpenAPI components (JSON Schema, which OpenAPI 3.1 uses as is)."""
-    _refs, components = msgspec.json.schema_components(V1_BODY_TYPES, ref_template=_REF)
-    # Litestar's spec objects serialise a plain dict as it is: the JSON Schema goes through untouched.
-    return dict(components)
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """``node`` with every ``{"$ref": "#/$defs/X"}`` replaced by X itself (these shapes are not recursive)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inline(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    return node
+
+
+def json_schema(body: type[msgspec.Struct]) -> dict[str, Any]:
+    """The JSON Schema of ``body``, self-contained (OpenAPI 3.1 takes JSON Schema as it is)."""
+    (root,), defs = msgspec.json.schema_components([body])
+    schema: dict[str, Any] = _inline(root, defs)
+    return schema
 
 
 def documented_body(body: type[msgspec.Struct], media_type: str = "application/json") -> type[Operation]:
-    """An Operation that documents ``body`` as the request body of a handler that reads raw bytes."""
+    """An Operation that documents ``body`` as the request body of a handler that reads raw bytes.
+
+    Inline rather than a component: Litestar builds the components from the types its handlers
+    declare, and these handlers declare none."""
+    schema = json_schema(body)
 
     @dataclass  # so that the inherited __init__ calls __post_init__
     class DocumentedBody(Operation):
         def __post_init__(self) -> None:
-            self.request_body = RequestBody(
-                content={media_type: OpenAPIMediaType(schema=Reference(ref=_REF.format(name=body.__name__)))},
-                required=True,
-            )
+            # A plain dict: Litestar's spec objects serialise it as it is.
+            media = OpenAPIMediaType(schema=cast(Schema, schema))
+            self.request_body = RequestBody(content={media_type: media}, required=True)
 
     DocumentedBody.__name__ = DocumentedBody.__qualname__ = f"{body.__name__}Operation"
     return DocumentedBody
