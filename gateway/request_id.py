@@ -11,8 +11,8 @@ Litestar, so :func:`gateway.errors.error_response` adds the header from the scop
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, cast
 
 __all__ = ["HEADER", "new_request_id", "request_id_middleware", "request_id_of"]
 
@@ -30,16 +30,16 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
-def request_id_of(scope: Scope) -> str:
+def request_id_of(scope: Mapping[str, object]) -> str:
     """This request's id; made (and kept) here if the middleware did not run, e.g. for a 404
     that no route answered, so every caller of this function sees the same id."""
     request_id = scope.get(_SCOPE_KEY)
     if not isinstance(request_id, str):
-        request_id = scope[_SCOPE_KEY] = new_request_id()
+        request_id = cast(Scope, scope)[_SCOPE_KEY] = new_request_id()
     return request_id
 
 
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
+def request_id_middleware(app: ASGIApp) -> Any:  # Any: Litestar types its middleware with its own TypedDicts
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
