@@ -24,10 +24,13 @@ from billing.tokens import warm_encodings
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
 from gateway.api.billing import CreditsController, UsageController, WebhooksController
+from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
+from gateway.api.deps import DEPENDENCIES
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
+from gateway.api.openapi import V1_AUTH, openapi_config
 from gateway.api.v1 import (
     create_completion,
     create_embeddings,
@@ -55,6 +58,7 @@ from gateway.errors import (
 )
 from gateway.pipeline.geoip import CountryDatabase
 from gateway.prices import follow_price_changes, reload_catalogue
+from gateway.request_id import request_id_middleware
 from gateway.routing import Router
 from gateway.settings import Settings, load_settings
 from gateway.state import GatewayState
@@ -74,6 +78,21 @@ API_CONTROLLERS: list[type[Controller]] = [
     WebhooksController,
     AuthController,
     AdminController,
+]
+
+V1_HANDLERS = [
+    create_chat_completion,
+    create_completion,
+    create_embeddings,
+    create_images,
+    create_speech,
+    create_transcription,
+    create_video,
+    retrieve_video,
+    video_content,
+    list_models,
+    retrieve_model,
+    get_generation,
 ]
 
 
@@ -152,32 +171,28 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     exception_handlers[Exception] = handle_unexpected
     return Litestar(
         route_handlers=[
-            create_chat_completion,
-            create_completion,
-            create_embeddings,
-            create_images,
-            create_speech,
-            create_transcription,
-            create_video,
-            retrieve_video,
-            video_content,
-            list_models,
-            retrieve_model,
-            get_generation,
+            Layer(path="/", route_handlers=V1_HANDLERS, security=V1_AUTH, tags=["v1"]),
             # Our own API takes small JSON bodies: one cap for all of it (413 past it), far
-            # below the app-wide default that /v1 keeps for prompts and uploads.
+            # below the app-wide default that /v1 keeps for prompts and uploads. Handlers
+            # declare ``gateway``, ``caller`` (gateway/api/deps.py) and ``data: SomeStruct``,
+            # read strictly by StrictBody; answers are Structs, encoded as they are.
             Layer(
                 path="/",
                 route_handlers=API_CONTROLLERS,
                 request_max_body_size=settings.api_max_body_bytes,
+                dependencies=DEPENDENCIES,
+                dto=StrictBody,
+                return_dto=None,
+                guards=[path_params_first],
             ),
             healthz,
             readyz,
         ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
-        openapi_config=None,
-        middleware=[cors_middleware(settings.cors_max_age_s)],
+        openapi_config=openapi_config(),
+        # The request id first, so even CORS-decorated answers carry it.
+        middleware=[request_id_middleware, cors_middleware(settings.cors_max_age_s)],
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
             # httpx logs every upstream request at INFO: a formatted line per call on the hot path.

@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from billing.bounds import NO_CONTROL, NO_NUL
 from billing.errors import BillingError
+from gateway.request_id import request_id_of
 from keys.errors import KeyError_
 from keys.restrictions import RestrictionError
 from providers.errors import ProviderError, UpstreamHTTPError
@@ -130,16 +131,14 @@ def error_response(error: Exception, request_id: str | None = None) -> Response[
     return Response(content=body, status_code=status, media_type="application/json", headers=headers)
 
 
-_REQUEST_ID = "tollway.request_id"
-
-
-def remember_request_id(request: Request[Any, Any, Any], request_id: str) -> None:
-    """Keep the request id in the ASGI scope so an error response can name it too."""
-    cast(dict[str, Any], request.scope)[_REQUEST_ID] = request_id
-
-
 def handle_domain_error(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
-    return error_response(error, cast(dict[str, Any], request.scope).get(_REQUEST_ID))
+    return error_response(error, _request_id(request))
+
+
+def _request_id(request: Request[Any, Any, Any]) -> str:
+    """The id :mod:`gateway.request_id` gave this request: exception handlers run outside the
+    route middleware that sets the header on answers, so each error names it itself."""
+    return request_id_of(cast(dict[str, Any], request.scope))
 
 
 _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
@@ -147,7 +146,7 @@ _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_f
 
 def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
     if isinstance(error, ValidationException):
-        return _parameter_error(error)
+        return _parameter_error(error, _request_id(request))
     status = error.status_code
     code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status, "http_error")
     type_ = _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
@@ -155,21 +154,28 @@ def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException)
         content=error_body(str(error.detail), type_, code),
         status_code=status,
         media_type="application/json",
-        headers=dict(error.headers or {}),
+        headers={**(error.headers or {}), "X-Request-Id": _request_id(request)},
     )
 
 
-def _parameter_error(error: ValidationException) -> Response[bytes]:
+def _parameter_error(error: ValidationException, request_id: str) -> Response[bytes]:
     """A path or query parameter Litestar refused (out of its bounds, not an int…): a 400 that
     names the parameter, in our shape. Litestar's own detail repeats the whole URL; not echoed."""
     problems = error.extra if isinstance(error.extra, list) else []
     first = problems[0] if problems and isinstance(problems[0], dict) else {}
     param = first.get("key")
-    if not param:
-        return error_response(InvalidRequest("invalid request"))
     source = getattr(first.get("source"), "value", first.get("source")) or "request"
+    if param == "data" and source == "body":
+        # An empty body where an /api handler declares ``data``: Litestar skips the decoder
+        # (gateway/api/bodies.py) for no bytes at all; answer what the decoder answers for b"".
+        try:
+            decode_body(b"", object)
+        except GatewayError as empty:
+            return error_response(empty, request_id)
+    if not param:
+        return error_response(InvalidRequest("invalid request"), request_id)
     message = f"invalid {source} parameter {param}: {readable(str(first.get('message')))}"
-    return error_response(InvalidRequest(message, param=str(param)))
+    return error_response(InvalidRequest(message, param=str(param)), request_id)
 
 
 def handle_validation_error(request: Request[Any, Any, Any], error: msgspec.ValidationError) -> Response[bytes]:
@@ -177,7 +183,7 @@ def handle_validation_error(request: Request[Any, Any, Any], error: msgspec.Vali
     message = str(error)
     return error_response(
         InvalidRequest(f"invalid request: {readable(message)}", param=validation_param(message)),
-        cast(dict[str, Any], request.scope).get(_REQUEST_ID),
+        _request_id(request),
     )
 
 
@@ -187,7 +193,7 @@ def handle_recursion_error(request: Request[Any, Any, Any], error: RecursionErro
     :func:`decode_body` turns it into :class:`InvalidJSON` itself; this catches the same thing
     from a body decoded elsewhere (the ``/v1`` pipeline decodes its own)."""
     log.warning("request refused: its body nests too deeply", exc_info=error)
-    return error_response(InvalidJSON(TOO_DEEP), cast(dict[str, Any], request.scope).get(_REQUEST_ID))
+    return error_response(InvalidJSON(TOO_DEEP), _request_id(request))
 
 
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
@@ -197,4 +203,5 @@ def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Resp
         content=error_body("internal error", "api_error", "internal_error"),
         status_code=500,
         media_type="application/json",
+        headers={"X-Request-Id": _request_id(request)},
     )

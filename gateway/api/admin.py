@@ -1,19 +1,18 @@
 """``/api/admin``: the operator's API (accounts, their status, credit grants).
 
 Authenticated by the operator token from config (``admin_token``), compared in constant
-time; with no token configured the admin API is off.
+time by the :func:`gateway.api.deps.operator_only` guard on the controller; with no token
+configured the admin API is off.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post, put
-from litestar.params import FromPath
+from litestar import Controller, delete, get, patch, post, put
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import func, select
 
 from billing.accounts import (
@@ -27,10 +26,11 @@ from billing.bounds import MAX_LIST_ITEMS, NO_CONTROL, CreditsText, Email, Item,
 from billing.grants import grant as grant_and_sync
 from billing.models import Account, AccountStatus, LedgerKind, UsageRecord
 from billing.money import MoneyError, credits_to_micro, format_credits
+from gateway.api.deps import OPERATOR, Injected, operator_only
+from gateway.api.openapi import ADMIN_AUTH, errors
 from gateway.api.views import model_view, usage_view
 from gateway.catalog import PriceFields, is_priced
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, decode_body, remember_request_id
-from gateway.pipeline.chat import new_request_id
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.prices import load_overrides, store_override
 from gateway.settings import PRICE_FIELDS
 from gateway.state import GatewayState
@@ -39,15 +39,6 @@ from keys.audit import record_event
 from keys.management import KeyCreate, create_key_with
 from keys.members import add_member
 from keys.models import Role
-
-_encoder = msgspec.json.Encoder()
-OPERATOR = "operator"
-
-
-class AdminUnauthorized(GatewayError):
-    status_code = 401
-    type = "authentication_error"
-    code = "invalid_admin_token"
 
 
 class AccountConflict(GatewayError):
@@ -100,23 +91,56 @@ class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: ShortText | None = None
 
 
-def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
-    return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
+class AccountRead(msgspec.Struct):
+    id: int
+    name: str
+    email: str
+    status: str
+    balance: str  # credits, as a decimal string
+    created_at: str
 
 
-def _operator(request: Request[Any, Any, Any]) -> GatewayState:
-    remember_request_id(request, new_request_id())
-    state: GatewayState = request.app.state.gateway
-    expected = state.settings.admin_token
-    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
-    digest = hashlib.sha256
-    if (
-        not expected
-        or scheme.lower() != "bearer"
-        or not hmac.compare_digest(digest(given.encode()).digest(), digest(expected.encode()).digest())
-    ):
-        raise AdminUnauthorized("a valid operator token is required for /api/admin")
-    return state
+class AccountList(msgspec.Struct):
+    accounts: list[AccountRead]
+
+
+class GrantRead(msgspec.Struct):
+    ledger_id: int
+    amount: str
+    balance: str
+
+
+class RefundRead(msgspec.Struct):
+    ledger_id: int
+    kind: str
+    amount: str
+    balance: str
+
+
+class AdminKeyCreated(msgspec.Struct):
+    id: int
+    account_id: int
+    name: str
+    prefix: str
+    key: str  # shown once
+
+
+class AdminMemberRead(msgspec.Struct):
+    account_id: int
+    id: int
+    user_id: int
+    email: str
+    role: Role
+
+
+class AdminModelList(msgspec.Struct):
+    models: list[dict[str, Any]]  # /v1/models' entries, plus "price_override": bool
+
+
+class Anomalies(msgspec.Struct):
+    counts: dict[str, int]
+    this_process: dict[str, int]
+    newest: list[dict[str, Any]]  # usage records, with their account_id
 
 
 def _credits(value: str, param: str) -> int:
@@ -126,46 +150,46 @@ def _credits(value: str, param: str) -> int:
         raise InvalidRequest(str(error), param=param) from error
 
 
-def account_view(account: Account) -> dict[str, Any]:
-    return {
-        "id": account.id,
-        "name": account.name,
-        "email": account.email,
-        "status": account.status,
-        "balance": format_credits(account.balance_micro),
-        "created_at": account.created_at.isoformat(),
-    }
+def account_read(account: Account) -> AccountRead:
+    return AccountRead(
+        id=account.id,
+        name=account.name,
+        email=account.email,
+        status=account.status,
+        balance=format_credits(account.balance_micro),
+        created_at=account.created_at.isoformat(),
+    )
 
 
 class AdminController(Controller):
     path = "/api/admin"
+    tags = ["admin"]
+    guards = [operator_only]
+    security = ADMIN_AUTH
 
-    @get("/accounts/")
-    async def list_accounts(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state = _operator(request)
-        async with state.sessionmaker() as session:
-            return _json({"accounts": [account_view(a) for a in await list_accounts(session)]})
+    @get("/accounts/", operation_id="admin_list_accounts", responses=errors(401))
+    async def list_accounts(self, gateway: Injected[GatewayState]) -> AccountList:
+        async with gateway.sessionmaker() as session:
+            return AccountList([account_read(a) for a in await list_accounts(session)])
 
-    @post("/accounts/")
-    async def create_account(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state = _operator(request)
-        create = decode_body(await request.body(), AccountCreate)
-        credits = _credits(create.credits, "credits")
+    @post("/accounts/", status_code=201, operation_id="admin_create_account", responses=errors(400, 401, 409, 413))
+    async def create_account(self, gateway: Injected[GatewayState], data: JSONBody[AccountCreate]) -> AccountRead:
+        credits = _credits(data.credits, "credits")
         if credits < 0:
             raise InvalidRequest("credits cannot be negative", param="credits")
-        async with state.sessionmaker() as session:
+        async with gateway.sessionmaker() as session:
             try:
-                account = await create_account(session, create.name, email=create.email, credits_micro=credits)
+                account = await create_account(session, data.name, email=data.email, credits_micro=credits)
             except AccountExists as error:
                 raise AccountConflict(str(error), param="name") from error
-        return _json(account_view(account), 201)
+        return account_read(account)
 
-    @patch("/accounts/{account_id:int}/")
-    async def update_account(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
-        state = _operator(request)
-        update = decode_body(await request.body(), AccountUpdate)
-        async with state.sessionmaker() as session:
-            account, previous = await set_account_status(session, account_id, update.status)
+    @patch("/accounts/{account_id:int}/", operation_id="admin_update_account", responses=errors(400, 401, 404, 413))
+    async def update_account(
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[AccountUpdate]
+    ) -> AccountRead:
+        async with gateway.sessionmaker() as session:
+            account, previous = await set_account_status(session, account_id, data.status)
             record_event(
                 session,
                 account_id=account_id,
@@ -174,159 +198,159 @@ class AdminController(Controller):
                 target_type="account",
                 target_id=account_id,
                 before={"status": previous},
-                after={"status": update.status.value},
+                after={"status": data.status.value},
             )
             await session.commit()
-        state.keys.forget_all()
-        return _json(account_view(account))
+        gateway.keys.forget_all()
+        return account_read(account)
 
-    @post("/accounts/{account_id:int}/credits/")
-    async def grant(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
-        state = _operator(request)
-        grant = decode_body(await request.body(), CreditGrant)
-        amount = _credits(grant.amount, "amount")
+    @post(
+        "/accounts/{account_id:int}/credits/",
+        status_code=201,
+        operation_id="admin_grant_credits",
+        responses=errors(400, 401, 404, 413),
+    )
+    async def grant(
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[CreditGrant]
+    ) -> GrantRead:
+        amount = _credits(data.amount, "amount")
         if amount == 0:
             raise InvalidRequest("amount must not be zero", param="amount")
-        await state.meter.settled(account_id)  # the balance it answers includes finished requests
+        await gateway.meter.settled(account_id)  # the balance it answers includes finished requests
         entry = await grant_and_sync(
-            state.sessionmaker,
-            state.counters,
-            state.settings.redis_prefix,
+            gateway.sessionmaker,
+            gateway.counters,
+            gateway.settings.redis_prefix,
             account_id,
             amount,
-            reason=grant.reason,
-            idempotency_key=grant.idempotency_key,
+            reason=data.reason,
+            idempotency_key=data.idempotency_key,
         )
-        async with state.sessionmaker() as session:
+        async with gateway.sessionmaker() as session:
             account = await get_account(session, account_id)
-        return _json(
-            {
-                "ledger_id": entry.id,
-                "amount": format_credits(entry.amount_micro),
-                "balance": format_credits(account.balance_micro),
-            },
-            201,
-        )
+        return GrantRead(entry.id, format_credits(entry.amount_micro), format_credits(account.balance_micro))
 
-    @post("/accounts/{account_id:int}/refunds/")
-    async def refund(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
+    @post(
+        "/accounts/{account_id:int}/refunds/",
+        status_code=201,
+        operation_id="admin_refund_credits",
+        responses=errors(400, 401, 404, 413),
+    )
+    async def refund(
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[RefundCreate]
+    ) -> RefundRead:
         """Give credits back for something that went wrong; the idempotency key makes a retry safe."""
-        state = _operator(request)
-        ask = decode_body(await request.body(), RefundCreate)
-        amount = _credits(ask.amount, "amount")
+        amount = _credits(data.amount, "amount")
         if amount <= 0:
             raise InvalidRequest("a refund must be positive", param="amount")
-        await state.meter.settled(account_id)
+        await gateway.meter.settled(account_id)
         entry = await grant_and_sync(
-            state.sessionmaker,
-            state.counters,
-            state.settings.redis_prefix,
+            gateway.sessionmaker,
+            gateway.counters,
+            gateway.settings.redis_prefix,
             account_id,
             amount,
-            reason=ask.reason,
-            idempotency_key=ask.idempotency_key,
+            reason=data.reason,
+            idempotency_key=data.idempotency_key,
             kind=LedgerKind.REFUND,
         )
-        async with state.sessionmaker() as session:
+        async with gateway.sessionmaker() as session:
             account = await get_account(session, account_id)
-        return _json(
-            {
-                "ledger_id": entry.id,
-                "kind": entry.kind,
-                "amount": format_credits(entry.amount_micro),
-                "balance": format_credits(account.balance_micro),
-            },
-            201,
+        return RefundRead(
+            entry.id, entry.kind, format_credits(entry.amount_micro), format_credits(account.balance_micro)
         )
 
-    @post("/accounts/{account_id:int}/keys/")
-    async def create_key(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
+    @post(
+        "/accounts/{account_id:int}/keys/",
+        status_code=201,
+        operation_id="admin_create_key",
+        responses=errors(400, 401, 404, 413),
+    )
+    async def create_key(
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[AdminKeyCreate]
+    ) -> AdminKeyCreated:
         """An account's first key comes from the operator; the account manages the rest itself."""
-        state = _operator(request)
-        create = decode_body(await request.body(), AdminKeyCreate)
-        async with state.sessionmaker() as session:
+        async with gateway.sessionmaker() as session:
             await get_account(session, account_id)
             key, plaintext = await create_key_with(
-                session, account_id, KeyCreate(name=create.name), state.now(), actor=OPERATOR
+                session, account_id, KeyCreate(name=data.name), gateway.now(), actor=OPERATOR
             )
-        return _json(
-            {"id": key.id, "account_id": account_id, "name": key.name, "prefix": key.prefix, "key": plaintext}, 201
-        )
+        return AdminKeyCreated(key.id, account_id, key.name, key.prefix, plaintext)
 
-    @post("/accounts/{account_id:int}/members/")
-    async def add_member(self, request: Request[Any, Any, Any], account_id: FromPath[PathId]) -> Response[bytes]:
+    @post(
+        "/accounts/{account_id:int}/members/",
+        status_code=201,
+        operation_id="admin_add_member",
+        responses=errors(400, 401, 404, 409, 413),
+    )
+    async def add_member(
+        self, gateway: Injected[GatewayState], account_id: FromPath[PathId], data: JSONBody[AdminMemberAdd]
+    ) -> AdminMemberRead:
         """An account's first owner comes from the operator; owners and admins invite the rest."""
-        state = _operator(request)
-        ask = decode_body(await request.body(), AdminMemberAdd)
-        async with state.sessionmaker() as session:
+        async with gateway.sessionmaker() as session:
             await get_account(session, account_id)
             member = await add_member(
                 session,
                 account_id,
-                email=ask.email,
-                role=ask.role,
-                password=ask.password,
+                email=data.email,
+                role=data.role,
+                password=data.password,
                 actor_role=Role.OWNER,
                 actor=OPERATOR,
             )
-        return _json({"account_id": account_id, **member.as_json()}, 201)
+        return AdminMemberRead(account_id, member.membership_id, member.user_id, member.email, member.role)
 
-    @get("/models/")
-    async def list_models(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state = _operator(request)
-        overridden = set(await load_overrides(state.sessionmaker))
-        return _json(
-            {"models": [{**model_view(m), "price_override": m.slug in overridden} for m in state.catalog.values()]}
+    @get("/models/", operation_id="admin_list_models", responses=errors(401))
+    async def list_models(self, gateway: Injected[GatewayState]) -> AdminModelList:
+        overridden = set(await load_overrides(gateway.sessionmaker))
+        return AdminModelList(
+            [{**model_view(m), "price_override": m.slug in overridden} for m in gateway.catalog.values()]
         )
 
-    @put("/models/{slug:path}")
-    async def set_price(self, request: Request[Any, Any, Any], slug: FromPath[Slug]) -> Response[bytes]:
+    @put("/models/{slug:path}", operation_id="admin_set_price", responses=errors(400, 401, 413))
+    async def set_price(
+        self, gateway: Injected[GatewayState], slug: FromPath[Slug], data: JSONBody[PriceOverride]
+    ) -> dict[str, Any]:
         """Set a model's price (USD, like the config); it reaches every process within seconds."""
-        state = _operator(request)
         slug = slug.lstrip("/")
-        model = state.catalog.get(slug)
+        model = gateway.catalog.get(slug)
         if model is None:
             raise ModelNotFound(f"unknown model {slug!r}", param="model")
-        ask = decode_body(await request.body(), PriceOverride)
         for field in PRICE_FIELDS:
-            value = getattr(ask, field, "")
+            value = getattr(data, field, "")
             if value:
                 _usd(value, field)
-        for variant, value in ask.per_unit_usd_variants.items():
+        for variant, value in data.per_unit_usd_variants.items():
             _usd(value, f"per_unit_usd_variants.{variant}")
-        fields = PriceFields(**msgspec.structs.asdict(ask))
+        fields = PriceFields(**msgspec.structs.asdict(data))
         if not is_priced("embedding" if model.embeds_only else model.category, fields):
             raise InvalidRequest(
                 f"these prices do not cover a {model.category} model (see the README's pricing fields)",
                 param="input_per_mtok",
             )
-        await store_override(state, slug, fields)
-        return _json(model_view(state.catalog[slug]))
+        await store_override(gateway, slug, fields)
+        return model_view(gateway.catalog[slug])
 
-    @delete("/models/{slug:path}", status_code=204)
-    async def clear_price(self, request: Request[Any, Any, Any], slug: FromPath[Slug]) -> None:
-        state = _operator(request)
-        await store_override(state, slug.lstrip("/"), None)
+    @delete("/models/{slug:path}", status_code=204, operation_id="admin_clear_price", responses=errors(400, 401))
+    async def clear_price(self, gateway: Injected[GatewayState], slug: FromPath[Slug]) -> None:
+        await store_override(gateway, slug.lstrip("/"), None)
 
-    @get("/anomalies/")
-    async def list_anomalies(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    @get("/anomalies/", operation_id="admin_list_anomalies", responses=errors(401))
+    async def list_anomalies(self, gateway: Injected[GatewayState]) -> Anomalies:
         """Usage the gateway did not take at the upstream's word (over the hold, unbelievable,
         text it had to clean): counts over every account, the newest records, and this
         process's counters since it started."""
-        state = _operator(request)
-        async with state.sessionmaker() as session:
+        async with gateway.sessionmaker() as session:
             counts = await session.execute(
                 select(UsageRecord.anomaly, func.count()).where(UsageRecord.anomaly != "").group_by(UsageRecord.anomaly)
             )
             newest = await session.scalars(
                 select(UsageRecord).where(UsageRecord.anomaly != "").order_by(UsageRecord.id.desc()).limit(50)
             )
-            return _json(
-                {
-                    "counts": {str(kind): int(count) for kind, count in counts},
-                    "this_process": dict(state.anomalies),
-                    "newest": [{**usage_view(record), "account_id": record.account_id} for record in newest],
-                }
+            return Anomalies(
+                counts={str(kind): int(count) for kind, count in counts},
+                this_process=dict(gateway.anomalies),
+                newest=[{**usage_view(record), "account_id": record.account_id} for record in newest],
             )
 
 

@@ -1,11 +1,7 @@
-"""Who is calling the management API, and ``/api/auth`` for dashboard sign-in.
+"""``/api/auth``: dashboard sign-in, refresh, sign-out, who am I, and changing one's password.
 
-A management call is authenticated either by ``Authorization: Bearer prx-…`` (an unrestricted
-key acts with the admin role of its account; a key with any restriction must pass its own
-hours/IP/country/origin checks and may only view and mint ``bt-`` tokens for itself, so it can
-never hand out more than it has; ``bt-`` tokens are refused) or by the dashboard's session
-cookie, in which case every write must also carry the CSRF token. The role is then checked
-against the permission the endpoint needs (:mod:`keys.roles`).
+Who may call the rest of the management API is decided by the guards in :mod:`gateway.api.deps`;
+this controller issues and ends the sessions they accept.
 
 Cookies are HttpOnly (except the CSRF one, which the page must read), ``SameSite=Strict`` and
 ``Secure`` unless the operator turns that off for plain-HTTP development.
@@ -13,82 +9,32 @@ Cookies are HttpOnly (except the CSRF one, which the page must read), ``SameSite
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import JSONBody
 
 from billing.bounds import Email, Id
-from gateway.errors import InvalidRequest, decode_body, remember_request_id
-from gateway.pipeline.chat import new_request_id
+from gateway.api.deps import (
+    ACCESS_COOKIE,
+    CSRF_COOKIE,
+    CSRF_HEADER,
+    REFRESH_COOKIE,
+    Caller,
+    Injected,
+    json_only,
+    requires,
+    signed_in_user,
+)
+from gateway.api.openapi import MEMBER_AUTH, PUBLIC, errors
 from gateway.state import GatewayState
-from keys.chain import authorize_request, identify
-from keys.errors import BrowserTokenForbidden, InvalidApiKey, MissingApiKey, RoleForbidden, SessionExpired
-from keys.models import Role
-from keys.roles import KEY_ROLE, RESTRICTED_KEY_ROLE, Permission, require
-from keys.service import KeyIdentity
+from keys.errors import SessionExpired
+from keys.roles import Permission
 from keys.sessions import IssuedSession, Principal
 
-ACCESS_COOKIE = "tw_session"
-REFRESH_COOKIE = "tw_refresh"
-CSRF_COOKIE = "tw_csrf"
-CSRF_HEADER = "x-csrf-token"
 _REFRESH_PATH = "/api/auth/"
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_encoder = msgspec.json.Encoder()
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    account_id: int
-    role: Role
-    actor: str  # for the audit trail: "key:<id>" or "user:<id>"
-    key: KeyIdentity | None = None
-    principal: Principal | None = None
-
-    def require_token_parent(self, key_id: int) -> None:
-        """A restricted key mints browser tokens only for itself, never for a wider sibling."""
-        if self.key is not None and self.key.is_restricted and key_id != self.key.key_id:
-            raise RoleForbidden("a key with restrictions can only mint browser tokens for itself")
-
-    def require_token_owner(self, owner: tuple[int, int] | None) -> None:
-        """Revoking a ``bt-`` token (``owner`` = its account and parent key, None if unknown): it must
-        be this account's, and a restricted key may only revoke tokens it minted itself, so it
-        cannot cut off a sibling key's browser users."""
-        if owner is None or owner[0] != self.account_id:
-            raise InvalidApiKey("no such browser token")
-        if self.key is not None and self.key.is_restricted and owner[1] != self.key.key_id:
-            raise RoleForbidden("a key with restrictions can only revoke browser tokens it minted itself")
-
-
-async def management_caller(request: Request[Any, Any, Any], permission: Permission) -> tuple[GatewayState, Caller]:
-    remember_request_id(request, new_request_id())
-    state: GatewayState = request.app.state.gateway
-    authorization = request.headers.get("authorization")
-    caller: Caller
-    if authorization:
-        identity = await identify(authorization, state.keys, state.tokens, state.now())
-        if identity.via_token:
-            raise BrowserTokenForbidden("browser tokens cannot use the management API")
-        authorize_request(identity, state.request_facts(request), state.now())
-        role = RESTRICTED_KEY_ROLE if identity.is_restricted else KEY_ROLE
-        caller = Caller(identity.account_id, role, f"key:{identity.key_id}", key=identity)
-    else:
-        access = request.cookies.get(ACCESS_COOKIE)
-        if not access:
-            raise MissingApiKey("send Authorization: Bearer <prx- key>, or sign in to the dashboard")
-        principal = await state.sessions.authenticate(access)
-        if request.method not in _SAFE_METHODS:
-            state.sessions.check_csrf(principal.session_id, request.headers.get(CSRF_HEADER))
-        caller = Caller(principal.account_id, principal.role, f"user:{principal.user_id}", principal=principal)
-    require(caller.role, permission)
-    return state, caller
-
-
-def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
-    return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
 
 
 def _session_cookies(state: GatewayState, issued: IssuedSession | None) -> list[Cookie]:
@@ -140,19 +86,30 @@ def _session_cookies(state: GatewayState, issued: IssuedSession | None) -> list[
     ]
 
 
-def principal_view(principal: Principal) -> dict[str, Any]:
-    return {
-        "user": {"id": principal.user_id, "email": principal.email},
-        "account_id": principal.account_id,
-        "role": principal.role.value,
-    }
+class UserRead(msgspec.Struct):
+    id: int
+    email: str
 
 
-def _issued_response(state: GatewayState, issued: IssuedSession) -> Response[bytes]:
-    body = {**principal_view(issued.principal), "csrf_token": issued.csrf_token, "expires_in": issued.access_max_age_s}
-    response = _json(body)
-    response.cookies.extend(_session_cookies(state, issued))
-    return response
+class KeyRef(msgspec.Struct):
+    id: str
+
+
+class Me(msgspec.Struct, omit_defaults=True):
+    """Who is calling: a signed-in ``user``, or a ``key`` (exactly one of the two is present)."""
+
+    account_id: int
+    role: str
+    user: UserRead | None = None
+    key: KeyRef | None = None
+
+
+class SessionIssued(msgspec.Struct):
+    user: UserRead
+    account_id: int
+    role: str
+    csrf_token: str  # send it back in the x-csrf-token header on every write
+    expires_in: int
 
 
 class Login(msgspec.Struct, forbid_unknown_fields=True):
@@ -166,61 +123,98 @@ class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
     new_password: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
+def _issued(state: GatewayState, issued: IssuedSession) -> Response[SessionIssued]:
+    principal = issued.principal
+    body = SessionIssued(
+        user=UserRead(principal.user_id, principal.email),
+        account_id=principal.account_id,
+        role=principal.role.value,
+        csrf_token=issued.csrf_token,
+        expires_in=issued.access_max_age_s,
+    )
+    return Response(body, cookies=_session_cookies(state, issued))
+
+
+def _me(principal: Principal) -> Me:
+    return Me(principal.account_id, principal.role.value, user=UserRead(principal.user_id, principal.email))
+
+
 class AuthController(Controller):
     path = "/api/auth"
+    tags = ["auth"]
 
-    @post("/login/", status_code=200)
-    async def login(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        remember_request_id(request, new_request_id())
+    @post(
+        "/login/",
+        status_code=200,
         # A cross-site form or "simple" fetch cannot send JSON: requiring it stops login CSRF.
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise InvalidRequest("send the credentials as application/json")
-        state: GatewayState = request.app.state.gateway
-        login = decode_body(await request.body(), Login)
-        issued = await state.sessions.login(login.email, login.password, login.account_id)
-        return _issued_response(state, issued)
+        guards=[json_only("send the credentials as application/json")],
+        operation_id="login",
+        security=PUBLIC,
+        responses=errors(400, 401, 403, 413, 429),
+    )
+    async def login(self, gateway: Injected[GatewayState], data: JSONBody[Login]) -> Response[SessionIssued]:
+        """Sign in to the dashboard: sets the session, refresh and CSRF cookies."""
+        issued = await gateway.sessions.login(data.email, data.password, data.account_id)
+        return _issued(gateway, issued)
 
-    @post("/refresh/", status_code=200)
-    async def refresh(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        remember_request_id(request, new_request_id())
-        state: GatewayState = request.app.state.gateway
+    @post(
+        "/refresh/",
+        status_code=200,
+        operation_id="refresh_session",
+        security=[{"csrfHeader": []}],
+        responses=errors(401, 403),
+    )
+    async def refresh(
+        self, gateway: Injected[GatewayState], request: Request[Any, Any, Any]
+    ) -> Response[SessionIssued]:
+        """A fresh session from the refresh cookie (sent only to /api/auth/) and the CSRF header."""
         refresh_token = request.cookies.get(REFRESH_COOKIE)
         if not refresh_token:
             raise SessionExpired("no session: sign in again")
-        state.sessions.check_csrf(refresh_token.partition(".")[0], request.headers.get(CSRF_HEADER))
-        return _issued_response(state, await state.sessions.refresh(refresh_token))
+        gateway.sessions.check_csrf(refresh_token.partition(".")[0], request.headers.get(CSRF_HEADER))
+        return _issued(gateway, await gateway.sessions.refresh(refresh_token))
 
-    @post("/logout/", status_code=204)
-    async def logout(self, request: Request[Any, Any, Any]) -> Response[None]:
-        remember_request_id(request, new_request_id())
-        state: GatewayState = request.app.state.gateway
+    @post(
+        "/logout/",
+        status_code=204,
+        operation_id="logout",
+        security=[{"sessionCookie": [], "csrfHeader": []}],
+        responses=errors(401, 403),
+    )
+    async def logout(self, gateway: Injected[GatewayState], request: Request[Any, Any, Any]) -> Response[None]:
+        """End the session (by its refresh or access cookie, with the CSRF header) and expire the cookies."""
         session_id = (request.cookies.get(REFRESH_COOKIE) or "").partition(".")[0]
         if not session_id:
             access = request.cookies.get(ACCESS_COOKIE)
             if not access:
                 raise SessionExpired("not signed in")
-            session_id = (await state.sessions.authenticate(access)).session_id
-        state.sessions.check_csrf(session_id, request.headers.get(CSRF_HEADER))
-        await state.sessions.logout(session_id)
-        return Response(None, status_code=204, cookies=_session_cookies(state, None))
+            session_id = (await gateway.sessions.authenticate(access)).session_id
+        gateway.sessions.check_csrf(session_id, request.headers.get(CSRF_HEADER))
+        await gateway.sessions.logout(session_id)
+        return Response(None, status_code=204, cookies=_session_cookies(gateway, None))
 
-    @get("/me/")
-    async def me(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        _state, caller = await management_caller(request, Permission.VIEW)
+    @get(
+        "/me/",
+        guards=[requires(Permission.VIEW)],
+        operation_id="get_me",
+        security=MEMBER_AUTH,
+        responses=errors(401, 403),
+    )
+    async def me(self, caller: Injected[Caller]) -> Me:
         if caller.principal is None:
-            return _json(
-                {
-                    "key": {"id": caller.actor.split(":", 1)[1]},
-                    "account_id": caller.account_id,
-                    "role": caller.role.value,
-                }
-            )
-        return _json(principal_view(caller.principal))
+            return Me(caller.account_id, caller.role.value, key=KeyRef(caller.actor.split(":", 1)[1]))
+        return _me(caller.principal)
 
-    @post("/password/", status_code=204)
-    async def change_password(self, request: Request[Any, Any, Any]) -> None:
-        state, caller = await management_caller(request, Permission.VIEW)
-        if caller.principal is None:
-            raise InvalidRequest("only a signed-in user can change their password")
-        change = decode_body(await request.body(), PasswordChange)
-        await state.sessions.change_password(caller.principal, change.current_password, change.new_password)
+    @post(
+        "/password/",
+        status_code=204,
+        guards=[requires(Permission.VIEW), signed_in_user],
+        operation_id="change_password",
+        security=[{"sessionCookie": [], "csrfHeader": []}],
+        responses=errors(400, 401, 403, 413),
+    )
+    async def change_password(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[PasswordChange]
+    ) -> None:
+        assert caller.principal is not None  # the signed_in_user guard
+        await gateway.sessions.change_password(caller.principal, data.current_password, data.new_password)

@@ -1,31 +1,83 @@
-"""``/api/credits`` and ``/api/usage``: an account's balance, ledger and usage, for any member."""
+"""``/api/credits`` and ``/api/usage``: an account's balance, ledger and usage, for any member;
+``/api/webhooks``: the account's webhook signing secret and recent deliveries."""
 
 from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import Any, get_args
+from typing import get_args
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, get, post
 from litestar.params import FromQuery
 from sqlalchemy import select
 
 from billing.models import Account, LedgerEntry, WebhookDelivery, WebhookEvent
 from billing.money import format_credits
 from billing.reports import GroupBy, UsageFilter, ledger_page, usage_page, usage_summary
-from gateway.api.auth import management_caller
-from gateway.api.views import usage_view
+from gateway.api.deps import Caller, Injected, requires
+from gateway.api.openapi import MEMBER_AUTH, errors
+from gateway.api.views import UsageRead, usage_read
 from gateway.errors import InvalidRequest
 from gateway.state import GatewayState
 from gateway.validation import Limit, QueryId, QueryText, Slug
 from keys.roles import Permission
 
-_encoder = msgspec.json.Encoder()
+
+class LedgerRead(msgspec.Struct):
+    id: int
+    kind: str
+    amount: str  # credits, as a decimal string (negative for a debit)
+    balance_after: str
+    request_id: str | None
+    reason: str
+    created_at: str
 
 
-def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
-    return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
+class Credits(msgspec.Struct):
+    balance: str
+    available: str  # the balance less what in-flight requests hold
+    low_credits_threshold: str
+    ledger: list[LedgerRead]
+    next_before_id: int | None  # pass as before_id for the next page; null on the last one
+
+
+class UsagePage(msgspec.Struct):
+    data: list[UsageRead]
+    next_before_id: int | None
+
+
+class UsageGroup(msgspec.Struct):
+    group: str | None
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    credits_used: str
+
+
+class UsageSummary(msgspec.Struct):
+    group_by: str
+    data: list[UsageGroup]
+
+
+class WebhookSecret(msgspec.Struct):
+    secret: str
+
+
+class DeliveryRead(msgspec.Struct):
+    id: int
+    event: str
+    url: str
+    status: str
+    attempts: int
+    last_status: int | None
+    last_error: str
+    next_attempt_at: str
+    delivered_at: str | None
+
+
+class DeliveryList(msgspec.Struct):
+    data: list[DeliveryRead]
 
 
 def _when(value: str | None, param: str) -> datetime | None:
@@ -46,49 +98,55 @@ def _limit(value: int) -> int:
     return value
 
 
-def ledger_view(entry: LedgerEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "kind": entry.kind,
-        "amount": format_credits(entry.amount_micro),
-        "balance_after": format_credits(entry.balance_after_micro),
-        "request_id": entry.request_id,
-        "reason": entry.reason,
-        "created_at": entry.created_at.isoformat(),
-    }
+def ledger_read(entry: LedgerEntry) -> LedgerRead:
+    return LedgerRead(
+        id=entry.id,
+        kind=entry.kind,
+        amount=format_credits(entry.amount_micro),
+        balance_after=format_credits(entry.balance_after_micro),
+        request_id=entry.request_id,
+        reason=entry.reason,
+        created_at=entry.created_at.isoformat(),
+    )
 
 
 class CreditsController(Controller):
     path = "/api/credits"
+    tags = ["billing"]
+    security = MEMBER_AUTH
 
-    @get("/")
+    @get("/", guards=[requires(Permission.VIEW)], operation_id="get_credits", responses=errors(400, 401, 403))
     async def credits(
-        self, request: Request[Any, Any, Any], limit: FromQuery[Limit] = 50, before_id: FromQuery[QueryId] = None
-    ) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.VIEW)
-        await state.meter.settled(caller.account_id)  # read your writes: requests that finished are in
-        async with state.sessionmaker() as session:
+        self,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
+        limit: FromQuery[Limit] = 50,
+        before_id: FromQuery[QueryId] = None,
+    ) -> Credits:
+        await gateway.meter.settled(caller.account_id)  # read your writes: requests that finished are in
+        async with gateway.sessionmaker() as session:
             account = await session.get(Account, caller.account_id)
             assert account is not None
             entries = await ledger_page(session, caller.account_id, limit=_limit(limit), before_id=before_id)
-        return _json(
-            {
-                "balance": format_credits(account.balance_micro),
-                "available": format_credits(await state.meter.available_micro(caller.account_id)),
-                "low_credits_threshold": format_credits(account.low_credit_threshold_micro),
-                "ledger": [ledger_view(e) for e in entries],
-                "next_before_id": entries[-1].id if len(entries) == limit else None,
-            }
+        return Credits(
+            balance=format_credits(account.balance_micro),
+            available=format_credits(await gateway.meter.available_micro(caller.account_id)),
+            low_credits_threshold=format_credits(account.low_credit_threshold_micro),
+            ledger=[ledger_read(e) for e in entries],
+            next_before_id=entries[-1].id if len(entries) == limit else None,
         )
 
 
 class UsageController(Controller):
     path = "/api/usage"
+    tags = ["billing"]
+    security = MEMBER_AUTH
 
-    @get("/")
+    @get("/", guards=[requires(Permission.VIEW)], operation_id="list_usage", responses=errors(400, 401, 403))
     async def usage(
         self,
-        request: Request[Any, Any, Any],
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
         key_id: FromQuery[QueryId] = None,
         model: FromQuery[QueryText] = None,
         end_user_id: FromQuery[QueryText] = None,
@@ -96,63 +154,89 @@ class UsageController(Controller):
         until: FromQuery[QueryText] = None,
         limit: FromQuery[Limit] = 100,
         before_id: FromQuery[QueryId] = None,
-    ) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.VIEW)
-        await state.meter.settled(caller.account_id)
+    ) -> UsagePage:
+        await gateway.meter.settled(caller.account_id)
         usage_filter = UsageFilter(key_id, model, end_user_id, _when(since, "since"), _when(until, "until"))
-        async with state.sessionmaker() as session:
+        async with gateway.sessionmaker() as session:
             records = await usage_page(
                 session, caller.account_id, usage_filter, limit=_limit(limit), before_id=before_id
             )
-        return _json(
-            {
-                "data": [usage_view(r) for r in records],
-                "next_before_id": records[-1].id if len(records) == limit else None,
-            }
+        return UsagePage(
+            data=[usage_read(r) for r in records],
+            next_before_id=records[-1].id if len(records) == limit else None,
         )
 
-    @get("/summary/")
+    @get(
+        "/summary/", guards=[requires(Permission.VIEW)], operation_id="summarize_usage", responses=errors(400, 401, 403)
+    )
     async def summary(
         self,
-        request: Request[Any, Any, Any],
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
         group_by: FromQuery[Slug] = "day",
         key_id: FromQuery[QueryId] = None,
         model: FromQuery[QueryText] = None,
         end_user_id: FromQuery[QueryText] = None,
         since: FromQuery[QueryText] = None,
         until: FromQuery[QueryText] = None,
-    ) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.VIEW)
-        await state.meter.settled(caller.account_id)
+    ) -> UsageSummary:
+        await gateway.meter.settled(caller.account_id)
         if group_by not in get_args(GroupBy):
             raise InvalidRequest(f"group_by must be one of {', '.join(get_args(GroupBy))}", param="group_by")
         usage_filter = UsageFilter(key_id, model, end_user_id, _when(since, "since"), _when(until, "until"))
-        async with state.sessionmaker() as session:
+        async with gateway.sessionmaker() as session:
             rows = await usage_summary(session, caller.account_id, usage_filter, group_by)  # type: ignore[arg-type]
-        for row in rows:
-            row["credits_used"] = format_credits(row.pop("credits_micro"))
-        return _json({"group_by": group_by, "data": rows})
+        return UsageSummary(
+            group_by,
+            [
+                UsageGroup(
+                    group=row["group"],
+                    requests=row["requests"],
+                    input_tokens=row["input_tokens"],
+                    output_tokens=row["output_tokens"],
+                    credits_used=format_credits(row["credits_micro"]),
+                )
+                for row in rows
+            ],
+        )
 
 
 class WebhooksController(Controller):
     """The account's webhook signing secret (owners and admins) and recent deliveries."""
 
     path = "/api/webhooks"
+    tags = ["webhooks"]
+    security = MEMBER_AUTH
 
-    @get("/secret/")
-    async def secret(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
-        return _json({"secret": await _account_secret(state, caller.account_id, rotate=False)})
+    @get(
+        "/secret/",
+        guards=[requires(Permission.MANAGE_KEYS)],
+        operation_id="get_webhook_secret",
+        responses=errors(401, 403),
+    )
+    async def secret(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> WebhookSecret:
+        return WebhookSecret(await _account_secret(gateway, caller.account_id, rotate=False))
 
-    @post("/secret/rotate/")
-    async def rotate(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
-        return _json({"secret": await _account_secret(state, caller.account_id, rotate=True)}, 201)
+    @post(
+        "/secret/rotate/",
+        status_code=201,
+        guards=[requires(Permission.MANAGE_KEYS)],
+        operation_id="rotate_webhook_secret",
+        responses=errors(401, 403),
+    )
+    async def rotate(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> WebhookSecret:
+        return WebhookSecret(await _account_secret(gateway, caller.account_id, rotate=True))
 
-    @get("/deliveries/")
-    async def deliveries(self, request: Request[Any, Any, Any], limit: FromQuery[Limit] = 50) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.VIEW_AUDIT)
-        async with state.sessionmaker() as session:
+    @get(
+        "/deliveries/",
+        guards=[requires(Permission.VIEW_AUDIT)],
+        operation_id="list_webhook_deliveries",
+        responses=errors(400, 401, 403),
+    )
+    async def deliveries(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], limit: FromQuery[Limit] = 50
+    ) -> DeliveryList:
+        async with gateway.sessionmaker() as session:
             rows = (
                 await session.execute(
                     select(WebhookDelivery, WebhookEvent.event)
@@ -162,23 +246,21 @@ class WebhooksController(Controller):
                     .limit(_limit(limit))
                 )
             ).all()
-        return _json(
-            {
-                "data": [
-                    {
-                        "id": delivery.id,
-                        "event": event,
-                        "url": delivery.url,
-                        "status": delivery.status,
-                        "attempts": delivery.attempts,
-                        "last_status": delivery.last_status,
-                        "last_error": delivery.last_error,
-                        "next_attempt_at": delivery.next_attempt_at.isoformat(),
-                        "delivered_at": delivery.delivered_at.isoformat() if delivery.delivered_at else None,
-                    }
-                    for delivery, event in rows
-                ]
-            }
+        return DeliveryList(
+            [
+                DeliveryRead(
+                    id=delivery.id,
+                    event=event,
+                    url=delivery.url,
+                    status=delivery.status,
+                    attempts=delivery.attempts,
+                    last_status=delivery.last_status,
+                    last_error=delivery.last_error,
+                    next_attempt_at=delivery.next_attempt_at.isoformat(),
+                    delivered_at=delivery.delivered_at.isoformat() if delivery.delivered_at else None,
+                )
+                for delivery, event in rows
+            ]
         )
 
 

@@ -1,8 +1,8 @@
 """``/api/keys``: key management and ``bt-`` browser tokens, thin over :mod:`keys.management`.
 
-Authenticated by a ``prx-`` key of the account or a dashboard session (see
-:func:`gateway.api.auth.management_caller`); a caller sees and manages only its own account's
-keys, within what its role allows, and ``bt-`` tokens are refused with 403.
+Authenticated by a ``prx-`` key of the account or a dashboard session (the guards of
+:mod:`gateway.api.deps`); a caller sees and manages only its own account's keys, within what its
+role allows, and ``bt-`` tokens are refused with 403.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import FromPath, FromQuery
+from litestar import Controller, delete, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.bounds import NO_CONTROL, Id
 from billing.money import format_credits
-from gateway.api.auth import management_caller
-from gateway.errors import decode_body
+from gateway.api.deps import Caller, Injected, requires
+from gateway.api.openapi import MEMBER_AUTH, errors
 from gateway.state import GatewayState
 from gateway.validation import Limit, PathId, QueryId
 from gateway.webhooks import check_webhook_url
@@ -36,8 +36,6 @@ from keys.management import (
 from keys.models import ApiKey
 from keys.roles import Permission
 
-_encoder = msgspec.json.Encoder()
-
 
 class EphemeralCreate(msgspec.Struct, forbid_unknown_fields=True):
     key_id: Id
@@ -48,107 +46,210 @@ class EphemeralRevoke(msgspec.Struct, forbid_unknown_fields=True):
     token: Annotated[str, msgspec.Meta(max_length=256, pattern=NO_CONTROL)]
 
 
-def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
-    return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
+class KeyRead(msgspec.Struct):
+    id: int
+    name: str
+    description: str
+    prefix: str
+    is_active: bool
+    expires_at: str | None
+    allowed_models: list[str]
+    allowed_categories: list[str]
+    allowed_ips: list[str]
+    allowed_origins: list[str]
+    blocked_countries: list[str]
+    active_hours: str
+    spending_limit: str | None  # credits, as a decimal string
+    spending_current: str
+    spending_period: str
+    rpm_limit: int | None
+    tpm_limit: int | None
+    webhook_url: str
+    created_at: str
 
 
-async def key_view(state: GatewayState, key: ApiKey) -> dict[str, Any]:
+class Note(msgspec.Struct):
+    note: str
+
+
+class KeyCreated(KeyRead):
+    """The one answer that carries the key itself."""
+
+    key: str
+    tollway: Note = msgspec.field(name="_tollway")
+
+
+class KeyList(msgspec.Struct):
+    keys: list[KeyRead]
+
+
+class BrowserToken(msgspec.Struct):
+    token: str
+    expires_in: int
+    expires_at: int
+
+
+class BrowserTokenCreated(msgspec.Struct):
+    data: BrowserToken
+
+
+class AuditEvent(msgspec.Struct):
+    id: int
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    created_at: str
+
+
+class AuditList(msgspec.Struct):
+    events: list[AuditEvent]
+
+
+async def key_read(state: GatewayState, key: ApiKey) -> KeyRead:
     spent = await state.meter.key_spend_micro(key.account_id, key.id, key.spending_period, state.now())
-    return {
-        "id": key.id,
-        "name": key.name,
-        "description": key.description,
-        "prefix": key.prefix,
-        "is_active": key.is_active,
-        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-        "allowed_models": key.allowed_models,
-        "allowed_categories": key.allowed_categories,
-        "allowed_ips": key.allowed_ips,
-        "allowed_origins": key.allowed_origins,
-        "blocked_countries": key.blocked_countries,
-        "active_hours": key.active_hours,
-        "spending_limit": format_credits(key.spending_limit_micro) if key.spending_limit_micro is not None else None,
-        "spending_current": format_credits(spent),
-        "spending_period": key.spending_period,
-        "rpm_limit": key.rpm_limit,
-        "tpm_limit": key.tpm_limit,
-        "webhook_url": key.webhook_url,
-        "created_at": key.created_at.isoformat(),
-    }
+    return KeyRead(
+        id=key.id,
+        name=key.name,
+        description=key.description,
+        prefix=key.prefix,
+        is_active=key.is_active,
+        expires_at=key.expires_at.isoformat() if key.expires_at else None,
+        allowed_models=key.allowed_models,
+        allowed_categories=key.allowed_categories,
+        allowed_ips=key.allowed_ips,
+        allowed_origins=key.allowed_origins,
+        blocked_countries=key.blocked_countries,
+        active_hours=key.active_hours,
+        spending_limit=format_credits(key.spending_limit_micro) if key.spending_limit_micro is not None else None,
+        spending_current=format_credits(spent),
+        spending_period=key.spending_period,
+        rpm_limit=key.rpm_limit,
+        tpm_limit=key.tpm_limit,
+        webhook_url=key.webhook_url,
+        created_at=key.created_at.isoformat(),
+    )
 
 
 class KeysController(Controller):
     path = "/api/keys"
+    tags = ["keys"]
+    security = MEMBER_AUTH
 
-    @get("/")
-    async def list_keys(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.VIEW)
-        async with state.sessionmaker() as session:
+    @get("/", guards=[requires(Permission.VIEW)], operation_id="list_keys", responses=errors(401, 403))
+    async def list_keys(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> KeyList:
+        async with gateway.sessionmaker() as session:
             keys = await list_keys(session, caller.account_id)
-        return _json({"keys": [await key_view(state, key) for key in keys]})
+        return KeyList([await key_read(gateway, key) for key in keys])
 
-    @post("/")
-    async def create_key(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
-        create = decode_body(await request.body(), KeyCreate)
-        if isinstance(create.webhook_url, str):
-            check_webhook_url(create.webhook_url, allow_private=state.settings.webhook_allow_private)
-        async with state.sessionmaker() as session:
-            key, plaintext = await create_key_with(session, caller.account_id, create, state.now(), actor=caller.actor)
-        body = {**await key_view(state, key), "key": plaintext}
-        body["_tollway"] = {"note": "Save this key. It will not be shown again."}
-        return _json(body, 201)
-
-    @get("/{key_id:int}/")
-    async def get_key(self, request: Request[Any, Any, Any], key_id: FromPath[PathId]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.VIEW)
-        async with state.sessionmaker() as session:
-            key = await get_key(session, caller.account_id, key_id)
-        return _json(await key_view(state, key))
-
-    @patch("/{key_id:int}/")
-    async def update_key(self, request: Request[Any, Any, Any], key_id: FromPath[PathId]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
-        update = decode_body(await request.body(), KeyUpdate)
-        if isinstance(update.webhook_url, str):
-            check_webhook_url(update.webhook_url, allow_private=state.settings.webhook_allow_private)
-        async with state.sessionmaker() as session:
-            key, _before = await update_key(session, caller.account_id, key_id, update, state.now(), actor=caller.actor)
-        state.keys.forget_all()
-        return _json(await key_view(state, key))
-
-    @delete("/{key_id:int}/", status_code=204)
-    async def delete_key(self, request: Request[Any, Any, Any], key_id: FromPath[PathId]) -> None:
-        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
-        async with state.sessionmaker() as session:
-            await delete_key(session, caller.account_id, key_id, actor=caller.actor)
-        state.keys.forget_all()
-
-    @post("/ephemeral/")
-    async def mint_token(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.MINT_TOKENS)
-        ask = decode_body(await request.body(), EphemeralCreate)
-        caller.require_token_parent(ask.key_id)
-        async with state.sessionmaker() as session:
-            parent = await _own_active_key(session, caller.account_id, ask.key_id)
-        minted = await state.tokens.mint(caller.account_id, parent.id, ask.ttl)
-        return _json(
-            {"data": {"token": minted.token, "expires_in": minted.expires_in, "expires_at": minted.expires_at}}, 201
+    @post(
+        "/",
+        guards=[requires(Permission.MANAGE_KEYS)],
+        operation_id="create_key",
+        responses=errors(400, 401, 403, 413),
+    )
+    async def create_key(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[KeyCreate]
+    ) -> KeyCreated:
+        if isinstance(data.webhook_url, str):
+            check_webhook_url(data.webhook_url, allow_private=gateway.settings.webhook_allow_private)
+        async with gateway.sessionmaker() as session:
+            key, plaintext = await create_key_with(session, caller.account_id, data, gateway.now(), actor=caller.actor)
+        read = await key_read(gateway, key)
+        return KeyCreated(
+            **msgspec.structs.asdict(read), key=plaintext, tollway=Note("Save this key. It will not be shown again.")
         )
 
-    @post("/ephemeral/revoke/", status_code=204)
-    async def revoke_token(self, request: Request[Any, Any, Any]) -> None:
-        state, caller = await management_caller(request, Permission.MINT_TOKENS)
-        ask = decode_body(await request.body(), EphemeralRevoke)
-        caller.require_token_owner(await state.tokens.owner_of(ask.token))
-        await state.tokens.revoke(ask.token)
+    @get(
+        "/{key_id:int}/",
+        guards=[requires(Permission.VIEW)],
+        operation_id="get_key",
+        responses=errors(400, 401, 403, 404),
+    )
+    async def get_key(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], key_id: FromPath[PathId]
+    ) -> KeyRead:
+        async with gateway.sessionmaker() as session:
+            key = await get_key(session, caller.account_id, key_id)
+        return await key_read(gateway, key)
 
-    @post("/{key_id:int}/revoke-tokens/", status_code=204)
-    async def revoke_all_tokens(self, request: Request[Any, Any, Any], key_id: FromPath[PathId]) -> None:
-        state, caller = await management_caller(request, Permission.MANAGE_KEYS)
-        async with state.sessionmaker() as session:
+    @patch(
+        "/{key_id:int}/",
+        guards=[requires(Permission.MANAGE_KEYS)],
+        operation_id="update_key",
+        responses=errors(400, 401, 403, 404, 413),
+    )
+    async def update_key(
+        self,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
+        key_id: FromPath[PathId],
+        data: JSONBody[KeyUpdate],
+    ) -> KeyRead:
+        if isinstance(data.webhook_url, str):
+            check_webhook_url(data.webhook_url, allow_private=gateway.settings.webhook_allow_private)
+        async with gateway.sessionmaker() as session:
+            key, _before = await update_key(session, caller.account_id, key_id, data, gateway.now(), actor=caller.actor)
+        gateway.keys.forget_all()
+        return await key_read(gateway, key)
+
+    @delete(
+        "/{key_id:int}/",
+        status_code=204,
+        guards=[requires(Permission.MANAGE_KEYS)],
+        operation_id="delete_key",
+        responses=errors(400, 401, 403, 404),
+    )
+    async def delete_key(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], key_id: FromPath[PathId]
+    ) -> None:
+        async with gateway.sessionmaker() as session:
+            await delete_key(session, caller.account_id, key_id, actor=caller.actor)
+        gateway.keys.forget_all()
+
+    @post(
+        "/ephemeral/",
+        guards=[requires(Permission.MINT_TOKENS)],
+        operation_id="mint_browser_token",
+        responses=errors(400, 401, 403, 404, 413),
+    )
+    async def mint_token(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[EphemeralCreate]
+    ) -> BrowserTokenCreated:
+        caller.require_token_parent(data.key_id)
+        async with gateway.sessionmaker() as session:
+            parent = await _own_active_key(session, caller.account_id, data.key_id)
+        minted = await gateway.tokens.mint(caller.account_id, parent.id, data.ttl)
+        return BrowserTokenCreated(BrowserToken(minted.token, minted.expires_in, minted.expires_at))
+
+    @post(
+        "/ephemeral/revoke/",
+        status_code=204,
+        guards=[requires(Permission.MINT_TOKENS)],
+        operation_id="revoke_browser_token",
+        responses=errors(400, 401, 403, 413),
+    )
+    async def revoke_token(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[EphemeralRevoke]
+    ) -> None:
+        caller.require_token_owner(await gateway.tokens.owner_of(data.token))
+        await gateway.tokens.revoke(data.token)
+
+    @post(
+        "/{key_id:int}/revoke-tokens/",
+        status_code=204,
+        guards=[requires(Permission.MANAGE_KEYS)],
+        operation_id="revoke_key_browser_tokens",
+        responses=errors(400, 401, 403, 404),
+    )
+    async def revoke_all_tokens(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], key_id: FromPath[PathId]
+    ) -> None:
+        async with gateway.sessionmaker() as session:
             await get_key(session, caller.account_id, key_id)
-            await state.tokens.revoke_all(caller.account_id, key_id)
+            await gateway.tokens.revoke_all(caller.account_id, key_id)
             record_event(
                 session,
                 account_id=caller.account_id,
@@ -169,28 +270,31 @@ async def _own_active_key(session: AsyncSession, account_id: int, key_id: int) -
 
 class AuditController(Controller):
     path = "/api/audit"
+    tags = ["audit"]
+    security = MEMBER_AUTH
 
-    @get("/")
+    @get("/", guards=[requires(Permission.VIEW_AUDIT)], operation_id="list_audit", responses=errors(400, 401, 403))
     async def list_audit(
-        self, request: Request[Any, Any, Any], limit: FromQuery[Limit] = 100, before_id: FromQuery[QueryId] = None
-    ) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.VIEW_AUDIT)
-        async with state.sessionmaker() as session:
+        self,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
+        limit: FromQuery[Limit] = 100,
+        before_id: FromQuery[QueryId] = None,
+    ) -> AuditList:
+        async with gateway.sessionmaker() as session:
             events = await list_events(session, caller.account_id, limit=max(1, min(limit, 500)), before_id=before_id)
-        return _json(
-            {
-                "events": [
-                    {
-                        "id": e.id,
-                        "actor": e.actor,
-                        "action": e.action,
-                        "target_type": e.target_type,
-                        "target_id": e.target_id,
-                        "before": e.before,
-                        "after": e.after,
-                        "created_at": e.created_at.isoformat(),
-                    }
-                    for e in events
-                ]
-            }
+        return AuditList(
+            [
+                AuditEvent(
+                    id=e.id,
+                    actor=e.actor,
+                    action=e.action,
+                    target_type=e.target_type,
+                    target_id=e.target_id,
+                    before=e.before,
+                    after=e.after,
+                    created_at=e.created_at.isoformat(),
+                )
+                for e in events
+            ]
         )

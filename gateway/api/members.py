@@ -12,28 +12,27 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import FromPath
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import FromPath, JSONBody
 
 from billing.bounds import Email, Password
-from gateway.api.auth import ACCESS_COOKIE, CSRF_HEADER, management_caller
-from gateway.errors import InvalidRequest, decode_body, remember_request_id
-from gateway.pipeline.chat import new_request_id
+from gateway.api.deps import ACCESS_COOKIE, CSRF_HEADER, Caller, Injected, json_only, requires
+from gateway.api.openapi import MEMBER_AUTH, PUBLIC, errors
 from gateway.state import GatewayState
 from gateway.validation import PathId
 from keys.invitations import (
     TOKEN_PREFIX,
+    InvitationView,
     accept_invitation,
     create_invitation,
     invited_email,
     list_invitations,
     revoke_invitation,
 )
-from keys.members import change_role, list_members, remove_member, user_by_email
+from keys.members import MemberView, change_role, list_members, remove_member, user_by_email
 from keys.models import Role
 from keys.roles import Permission
 
-_encoder = msgspec.json.Encoder()
 ACCEPT_PATH = "/api/invitations/accept/"
 
 
@@ -52,112 +51,209 @@ class MemberUpdate(msgspec.Struct, forbid_unknown_fields=True):
     role: Role
 
 
-def _json(payload: Any, status_code: int = 200) -> Response[bytes]:
-    return Response(_encoder.encode(payload), status_code=status_code, media_type="application/json")
+class MemberRead(msgspec.Struct):
+    id: int  # the membership's id, which /api/members/{member_id}/ takes
+    user_id: int
+    email: str
+    role: Role
 
 
-async def _invite(request: Request[Any, Any, Any]) -> Response[bytes]:
-    state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
-    ask = decode_body(await request.body(), InvitationCreate)
-    async with state.sessionmaker() as session:
+class MemberList(msgspec.Struct):
+    members: list[MemberRead]
+
+
+class InvitationRead(msgspec.Struct):
+    id: int
+    email: str
+    role: Role
+    invited_by: str
+    created_at: str
+    expires_at: str
+
+
+class InvitationCreated(InvitationRead):
+    token: str  # shown once: the inviter hands it to the person invited
+    accept_path: str
+
+
+class InvitationList(msgspec.Struct):
+    invitations: list[InvitationRead]
+
+
+class JoinedMember(msgspec.Struct):
+    id: int
+    user_id: int
+    email: str
+
+
+class Joined(msgspec.Struct):
+    account_id: int
+    member: JoinedMember
+    role: Role
+
+
+def member_read(member: MemberView) -> MemberRead:
+    return MemberRead(member.membership_id, member.user_id, member.email, member.role)
+
+
+def invitation_read(invitation: InvitationView) -> InvitationRead:
+    return InvitationRead(
+        invitation.id,
+        invitation.email,
+        invitation.role,
+        invitation.invited_by,
+        invitation.created_at.isoformat(),
+        invitation.expires_at.isoformat(),
+    )
+
+
+async def _invite(gateway: GatewayState, caller: Caller, data: InvitationCreate) -> InvitationCreated:
+    async with gateway.sessionmaker() as session:
         invitation, token = await create_invitation(
             session,
             caller.account_id,
-            email=ask.email,
-            role=ask.role,
+            email=data.email,
+            role=data.role,
             actor_role=caller.role,
             actor=caller.actor,
-            now=state.now(),
+            now=gateway.now(),
         )
     # The same answer whether or not a user with this email exists anywhere.
-    return _json({**invitation.as_json(), "token": token, "accept_path": ACCEPT_PATH}, 201)
+    return InvitationCreated(
+        **msgspec.structs.asdict(invitation_read(invitation)), token=token, accept_path=ACCEPT_PATH
+    )
 
 
 class MembersController(Controller):
     path = "/api/members"
+    tags = ["members"]
+    security = MEMBER_AUTH
 
-    @get("/")
-    async def list_members(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.VIEW)
-        async with state.sessionmaker() as session:
+    @get("/", guards=[requires(Permission.VIEW)], operation_id="list_members", responses=errors(401, 403))
+    async def list_members(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> MemberList:
+        async with gateway.sessionmaker() as session:
             members = await list_members(session, caller.account_id)
-        return _json({"members": [m.as_json() for m in members]})
+        return MemberList([member_read(m) for m in members])
 
-    @post("/")
-    async def invite_member(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        return await _invite(request)
+    @post(
+        "/",
+        status_code=201,
+        guards=[requires(Permission.MANAGE_MEMBERS)],
+        operation_id="invite_member",
+        responses=errors(400, 401, 403, 409, 413),
+    )
+    async def invite_member(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[InvitationCreate]
+    ) -> InvitationCreated:
+        """Another name for POST /api/invitations/: adding a member invites them."""
+        return await _invite(gateway, caller, data)
 
-    @patch("/{member_id:int}/")
-    async def update_member(self, request: Request[Any, Any, Any], member_id: FromPath[PathId]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
-        ask = decode_body(await request.body(), MemberUpdate)
-        async with state.sessionmaker() as session:
+    @patch(
+        "/{member_id:int}/",
+        guards=[requires(Permission.MANAGE_MEMBERS)],
+        operation_id="update_member",
+        responses=errors(400, 401, 403, 404, 413),
+    )
+    async def update_member(
+        self,
+        gateway: Injected[GatewayState],
+        caller: Injected[Caller],
+        member_id: FromPath[PathId],
+        data: JSONBody[MemberUpdate],
+    ) -> MemberRead:
+        async with gateway.sessionmaker() as session:
             member = await change_role(
-                session, caller.account_id, member_id, ask.role, actor_role=caller.role, actor=caller.actor
+                session, caller.account_id, member_id, data.role, actor_role=caller.role, actor=caller.actor
             )
-        return _json(member.as_json())
+        return member_read(member)
 
-    @delete("/{member_id:int}/", status_code=204)
-    async def remove_member(self, request: Request[Any, Any, Any], member_id: FromPath[PathId]) -> None:
-        state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
-        async with state.sessionmaker() as session:
+    @delete(
+        "/{member_id:int}/",
+        status_code=204,
+        guards=[requires(Permission.MANAGE_MEMBERS)],
+        operation_id="remove_member",
+        responses=errors(400, 401, 403, 404),
+    )
+    async def remove_member(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], member_id: FromPath[PathId]
+    ) -> None:
+        async with gateway.sessionmaker() as session:
             await remove_member(session, caller.account_id, member_id, actor_role=caller.role, actor=caller.actor)
 
 
 class InvitationsController(Controller):
     path = "/api/invitations"
+    tags = ["members"]
+    security = MEMBER_AUTH
 
-    @get("/")
-    async def list_invitations(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
-        async with state.sessionmaker() as session:
-            pending = await list_invitations(session, caller.account_id, state.now())
-        return _json({"invitations": [i.as_json() for i in pending]})
+    @get("/", guards=[requires(Permission.MANAGE_MEMBERS)], operation_id="list_invitations", responses=errors(401, 403))
+    async def list_invitations(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> InvitationList:
+        async with gateway.sessionmaker() as session:
+            pending = await list_invitations(session, caller.account_id, gateway.now())
+        return InvitationList([invitation_read(i) for i in pending])
 
-    @post("/")
-    async def create_invitation(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        return await _invite(request)
+    @post(
+        "/",
+        status_code=201,
+        guards=[requires(Permission.MANAGE_MEMBERS)],
+        operation_id="create_invitation",
+        responses=errors(400, 401, 403, 409, 413),
+    )
+    async def create_invitation(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[InvitationCreate]
+    ) -> InvitationCreated:
+        return await _invite(gateway, caller, data)
 
-    @delete("/{invitation_id:int}/", status_code=204)
-    async def revoke_invitation(self, request: Request[Any, Any, Any], invitation_id: FromPath[PathId]) -> None:
-        state, caller = await management_caller(request, Permission.MANAGE_MEMBERS)
-        async with state.sessionmaker() as session:
+    @delete(
+        "/{invitation_id:int}/",
+        status_code=204,
+        guards=[requires(Permission.MANAGE_MEMBERS)],
+        operation_id="revoke_invitation",
+        responses=errors(400, 401, 403, 404),
+    )
+    async def revoke_invitation(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], invitation_id: FromPath[PathId]
+    ) -> None:
+        async with gateway.sessionmaker() as session:
             await revoke_invitation(
-                session, caller.account_id, invitation_id, actor_role=caller.role, actor=caller.actor, now=state.now()
+                session,
+                caller.account_id,
+                invitation_id,
+                actor_role=caller.role,
+                actor=caller.actor,
+                now=gateway.now(),
             )
 
-    @post("/accept/", status_code=201)
-    async def accept_invitation(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Join the account. A session cookie (with its CSRF header) proves who is accepting."""
-        remember_request_id(request, new_request_id())
+    @post(
+        "/accept/",
+        status_code=201,
         # As for sign-in: a cross-site form cannot send JSON, so it cannot accept on someone's behalf.
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise InvalidRequest("send the invitation as application/json")
-        state: GatewayState = request.app.state.gateway
-        ask = decode_body(await request.body(), InvitationAccept)
+        guards=[json_only("send the invitation as application/json")],
+        operation_id="accept_invitation",
+        security=PUBLIC,
+        responses=errors(400, 401, 403, 404, 409, 413),
+    )
+    async def accept_invitation(
+        self, gateway: Injected[GatewayState], request: Request[Any, Any, Any], data: JSONBody[InvitationAccept]
+    ) -> Joined:
+        """Join the account. A session cookie (with its CSRF header) proves who is accepting;
+        without one, a new user's password, or an existing user's current one."""
         signed_in: int | None = None
-        password = ask.password
+        password = data.password
         access = request.cookies.get(ACCESS_COOKIE)
         if access:
-            principal = await state.sessions.authenticate(access)
-            state.sessions.check_csrf(principal.session_id, request.headers.get(CSRF_HEADER))
+            principal = await gateway.sessions.authenticate(access)
+            gateway.sessions.check_csrf(principal.session_id, request.headers.get(CSRF_HEADER))
             signed_in, password = principal.user_id, None
         elif password:
-            async with state.sessionmaker() as session:
-                email = await invited_email(session, ask.token, state.now())
+            async with gateway.sessionmaker() as session:
+                email = await invited_email(session, data.token, gateway.now())
                 existing = await user_by_email(session, email) if email is not None else None
             if existing is not None:
                 # Their own current password proves who they are; it is checked, never set.
-                signed_in, password = await state.sessions.verify_user(existing.email, password), None
-        async with state.sessionmaker() as session:
+                signed_in, password = await gateway.sessions.verify_user(existing.email, password), None
+        async with gateway.sessionmaker() as session:
             joined = await accept_invitation(
-                session, ask.token, state.now(), signed_in_user_id=signed_in, password=password
+                session, data.token, gateway.now(), signed_in_user_id=signed_in, password=password
             )
-        return _json(
-            {
-                "account_id": joined.account_id,
-                "member": {"id": joined.membership_id, "user_id": joined.user_id, "email": joined.email},
-                "role": joined.role.value,
-            },
-            201,
-        )
+        return Joined(joined.account_id, JoinedMember(joined.membership_id, joined.user_id, joined.email), joined.role)

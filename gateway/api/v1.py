@@ -12,11 +12,22 @@ from litestar.response import Stream
 from sqlalchemy import select
 
 from billing.models import UsageRecord
+from gateway.api.openapi import errors
+from gateway.api.openapi_v1 import (
+    CompletionRequest,
+    EmbeddingRequest,
+    ImageRequest,
+    SpeechRequest,
+    TranscriptionForm,
+    VideoForm,
+    documented_body,
+)
 from gateway.api.views import model_view, usage_view
 from gateway.catalog import CatalogModel
-from gateway.errors import GatewayError, remember_request_id
+from gateway.errors import GatewayError
 from gateway.pipeline import audio, completions, embeddings, images, videos
-from gateway.pipeline.metered import cancel_on_disconnect, new_request_id
+from gateway.pipeline.metered import cancel_on_disconnect
+from gateway.request_id import request_id_of
 from gateway.state import GatewayState
 from gateway.validation import Slug
 from keys.chain import authenticate
@@ -26,6 +37,10 @@ _encoder = msgspec.json.Encoder()
 _AUDIO_UPLOAD_LIMIT = audio.MAX_AUDIO_BYTES + 1024 * 1024  # the file plus its form fields
 
 
+# A metered call can fail at any stage: the body, the key, the credits, the limits, the upstream.
+_METERED = errors(400, 401, 402, 403, 404, 413, 429, 499, 502, 503, 504)
+
+
 class NotFound(GatewayError):
     status_code = 404
     type = "not_found_error"
@@ -33,12 +48,17 @@ class NotFound(GatewayError):
 
 
 def _begin(request: Request[Any, Any, Any]) -> tuple[GatewayState, str]:
-    request_id = new_request_id()
-    remember_request_id(request, request_id)
-    return request.app.state.gateway, request_id
+    """The state, and the id the request-id middleware gave this request (its usage record's)."""
+    return request.app.state.gateway, request_id_of(request.scope)
 
 
-@post("/v1/embeddings", status_code=200)
+@post(
+    "/v1/embeddings",
+    status_code=200,
+    operation_id="create_embeddings",
+    operation_class=documented_body(EmbeddingRequest),
+    responses=_METERED,
+)
 async def create_embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
     return await cancel_on_disconnect(
@@ -47,7 +67,13 @@ async def create_embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
 
 
-@post("/v1/completions", status_code=200)
+@post(
+    "/v1/completions",
+    status_code=200,
+    operation_id="create_completion",
+    operation_class=documented_body(CompletionRequest),
+    responses=_METERED,
+)
 async def create_completion(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     state, request_id = _begin(request)
     return await cancel_on_disconnect(
@@ -56,7 +82,13 @@ async def create_completion(request: Request[Any, Any, Any]) -> Response[bytes] 
     )
 
 
-@post("/v1/images/generations", status_code=200)
+@post(
+    "/v1/images/generations",
+    status_code=200,
+    operation_id="create_images",
+    operation_class=documented_body(ImageRequest),
+    responses=_METERED,
+)
 async def create_images(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
     return await cancel_on_disconnect(
@@ -65,7 +97,13 @@ async def create_images(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
 
 
-@post("/v1/audio/speech", status_code=200)
+@post(
+    "/v1/audio/speech",
+    status_code=200,
+    operation_id="create_speech",
+    operation_class=documented_body(SpeechRequest),
+    responses=_METERED,
+)
 async def create_speech(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
     return await cancel_on_disconnect(
@@ -74,7 +112,14 @@ async def create_speech(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
 
 
-@post("/v1/audio/transcriptions", status_code=200, request_max_body_size=_AUDIO_UPLOAD_LIMIT)
+@post(
+    "/v1/audio/transcriptions",
+    status_code=200,
+    request_max_body_size=_AUDIO_UPLOAD_LIMIT,
+    operation_id="create_transcription",
+    operation_class=documented_body(TranscriptionForm, "multipart/form-data"),
+    responses=_METERED,
+)
 async def create_transcription(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
     form = await request.form()
@@ -101,7 +146,7 @@ async def _identity(request: Request[Any, Any, Any]) -> tuple[GatewayState, KeyI
     return state, identity
 
 
-@get("/v1/models")
+@get("/v1/models", operation_id="list_models", responses=errors(401, 403))
 async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Only the models the caller's key may use (steps 1–7 of the chain apply here too)."""
     state, identity = await _identity(request)
@@ -109,7 +154,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(_encoder.encode({"object": "list", "data": data}), media_type="application/json")
 
 
-@get("/v1/models/{slug:path}")
+@get("/v1/models/{slug:path}", operation_id="retrieve_model", responses=errors(400, 401, 403, 404))
 async def retrieve_model(request: Request[Any, Any, Any], slug: FromPath[Slug]) -> Response[bytes]:
     state, identity = await _identity(request)
     model = state.catalog.get(slug.lstrip("/"))
@@ -118,7 +163,7 @@ async def retrieve_model(request: Request[Any, Any, Any], slug: FromPath[Slug]) 
     return Response(_encoder.encode(model_view(model)), media_type="application/json")
 
 
-@get("/v1/generation")
+@get("/v1/generation", operation_id="get_generation", responses=errors(400, 401, 403, 404))
 async def get_generation(request: Request[Any, Any, Any], id: FromQuery[Slug]) -> Response[bytes]:
     """What one request cost and how it went, by its request id (within the caller's account)."""
     state, identity = await _identity(request)
@@ -134,7 +179,14 @@ async def get_generation(request: Request[Any, Any, Any], id: FromQuery[Slug]) -
     return Response(_encoder.encode({"data": data}), media_type="application/json")
 
 
-@post("/v1/videos", status_code=200, request_max_body_size=_AUDIO_UPLOAD_LIMIT)
+@post(
+    "/v1/videos",
+    status_code=200,
+    request_max_body_size=_AUDIO_UPLOAD_LIMIT,
+    operation_id="create_video",
+    operation_class=documented_body(VideoForm, "multipart/form-data"),
+    responses=_METERED,
+)
 async def create_video(request: Request[Any, Any, Any]) -> Response[bytes]:
     state, request_id = _begin(request)
     form = await request.form()
@@ -145,13 +197,17 @@ async def create_video(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
 
 
-@get("/v1/videos/{video_id:str}")
+@get("/v1/videos/{video_id:str}", operation_id="retrieve_video", responses=errors(400, 401, 403, 404, 502, 503))
 async def retrieve_video(request: Request[Any, Any, Any], video_id: FromPath[Slug]) -> Response[bytes]:
     state, _request_id = _begin(request)
     return await videos.retrieve_video(state, request.headers, state.request_facts(request), video_id)
 
 
-@get("/v1/videos/{video_id:str}/content")
+@get(
+    "/v1/videos/{video_id:str}/content",
+    operation_id="download_video_content",
+    responses=errors(400, 401, 403, 404, 502, 503),
+)
 async def video_content(
     request: Request[Any, Any, Any], video_id: FromPath[Slug], variant: FromQuery[Slug] = "video"
 ) -> Response[bytes]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from billing.models import UsageRecord
 from billing.money import format_credits
 from billing.pricing import ModelPrice
@@ -45,24 +47,52 @@ def model_view(model: CatalogModel) -> dict[str, Any]:
     }
 
 
+class UsageRead(msgspec.Struct):
+    """One metered request, as /api/usage/ lists it (and /v1/generation names it by request id)."""
+
+    id: int
+    request_id: str
+    key_id: int | None
+    model: str
+    provider: str
+    upstream_model: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    credits_used: str  # credits, as a decimal string
+    latency_ms: int
+    status_code: int
+    error_code: str
+    streamed: bool
+    cancelled: bool
+    end_user_id: str
+    anomaly: str
+    created_at: str
+
+
+def usage_read(record: UsageRecord) -> UsageRead:
+    return UsageRead(
+        id=record.id,
+        request_id=record.request_id,
+        key_id=record.key_id,
+        model=record.model,
+        provider=record.provider,
+        upstream_model=record.upstream_model,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_tokens=record.cached_tokens,
+        credits_used=format_credits(record.credits_micro),
+        latency_ms=record.latency_ms,
+        status_code=record.status_code,
+        error_code=record.error_code,
+        streamed=record.streamed,
+        cancelled=record.cancelled,
+        end_user_id=record.end_user_id,
+        anomaly=record.anomaly,
+        created_at=record.created_at.isoformat(),
+    )
+
+
 def usage_view(record: UsageRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "request_id": record.request_id,
-        "key_id": record.key_id,
-        "model": record.model,
-        "provider": record.provider,
-        "upstream_model": record.upstream_model,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cached_tokens": record.cached_tokens,
-        "credits_used": format_credits(record.credits_micro),
-        "latency_ms": record.latency_ms,
-        "status_code": record.status_code,
-        "error_code": record.error_code,
-        "streamed": record.streamed,
-        "cancelled": record.cancelled,
-        "end_user_id": record.end_user_id,
-        "anomaly": record.anomaly,
-        "created_at": record.created_at.isoformat(),
-    }
+    """:func:`usage_read` as a dict, for the answers that add fields to it."""
+    return msgspec.structs.asdict(usage_read(record))

@@ -30,7 +30,6 @@ from gateway.pipeline.metered import (
     DeadlineStream,
     MeteredCall,
     billable_usage,
-    new_request_id,
     tollway_meta,
     upstream_body,
 )
@@ -40,7 +39,7 @@ from keys.chain import RequestFacts
 from providers.base import Capability, ChatCall, ChatResult, ChatStream, ProviderHandle, Usage
 from providers.errors import ProviderError
 
-__all__ = ["ChatBodyView", "chat_completions", "new_request_id", "stream_response"]
+__all__ = ["ChatBodyView", "chat_completions", "stream_response"]
 
 T = TypeVar("T")
 CHECKPOINT_S = 1.0  # how often a stream records what it has cost so far

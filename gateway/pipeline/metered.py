@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -120,10 +119,6 @@ async def cancel_on_disconnect(receive: Callable[[], Awaitable[Mapping[str, Any]
         finally:
             watcher.cancel()
     raise ClientGone("client disconnected")
-
-
-def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
 
 
 def find_model(state: GatewayState, slug: str, *, param: str = "model") -> CatalogModel:
