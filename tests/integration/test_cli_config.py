@@ -77,7 +77,7 @@ def test_cli_config_check_refuses_an_unpriced_model(config: Path, capsys: pytest
     [
         ("TOLLWAY_RETRY_ATTEMPTS", "0", "TOLLWAY_RETRY_ATTEMPTS"),
         ("TOLLWAY_WORKERS", "2", "needs Redis"),
-        ("TOLLWAY_PROVIDERS", '{"up": {"kind": "unknown-kind"}}', "TOLLWAY_PROVIDERS"),
+        ("TOLLWAY_PROVIDERS", '{"up": {"kind": "unknown-kind"}}', "unknown provider kind 'unknown-kind'"),
     ],
 )
 def test_cli_config_check_exits_2_on_bad_settings(
