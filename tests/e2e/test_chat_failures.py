@@ -122,7 +122,7 @@ def test_chat_suspended_account_is_403(gateway: Gateway) -> None:
         await session.commit()
 
     gateway.run(_with_session(gateway.settings, suspend))
-    time.sleep(gateway.settings.key_cache_ttl_s + 0.1)  # resolved keys are cached for this long
+    gateway.clock.advance(gateway.settings.key_cache_ttl_s + 0.1)  # resolved keys are cached for this long
     with pytest.raises(openai.PermissionDeniedError) as caught:
         chat(gateway)
     assert caught.value.code == "account_suspended"

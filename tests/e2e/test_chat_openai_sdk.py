@@ -6,8 +6,6 @@ the upstream reported (or, without usage, what tiktoken counts over the streamed
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
@@ -223,7 +221,7 @@ def test_chat_insufficient_credits_is_402_before_upstream(gateway: Gateway) -> N
 
     gateway.run(_with_session(gateway.settings, drain))
     # A grant made outside the gateway shows up when its balance mirror next refreshes.
-    time.sleep(gateway.settings.balance_refresh_s + 0.1)
+    gateway.clock.advance(gateway.settings.balance_refresh_s + 0.1)
     with pytest.raises(openai.APIStatusError) as caught:
         client(gateway).chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 402

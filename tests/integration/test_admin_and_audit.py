@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -92,7 +91,7 @@ def test_cli_set_status_is_seen_by_a_running_gateway(gateway: Gateway, tmp_path:
     config = tmp_path / "cli.toml"
     config.write_text(f'database_url = "{gateway.settings.database_url}"\n')
     assert main(["--config", str(config), "accounts", "set-status", str(gateway.account_id), "suspended"]) == 0
-    time.sleep(gateway.settings.key_cache_ttl_s + 0.1)
+    gateway.clock.advance(gateway.settings.key_cache_ttl_s + 0.1)  # the gateway's cached key goes stale
     assert chat(gateway).json()["error"]["code"] == "account_suspended"
 
 
