@@ -126,11 +126,14 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 refresh_s=settings.balance_refresh_s,
                 reservation_ttl_s=settings.reservation_ttl_s,
                 claim_idle_s=settings.settlement_claim_idle_s,
+                clock=lambda: app.state.gateway.monotonic(),
             ),
-            keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s),
+            keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s, clock=lambda: app.state.gateway.monotonic()),
             catalog=build_catalog(settings),
             adapters=adapters,
-            tokens=BrowserTokens(counters, prefix=settings.redis_prefix),
+            tokens=BrowserTokens(
+                counters, prefix=settings.redis_prefix, clock=lambda: app.state.gateway.now().timestamp()
+            ),
             sessions=sessions,
             router=Router(breaker_failures=settings.breaker_failures, breaker_cooldown_s=settings.breaker_cooldown_s),
             trusted_proxies=parse_networks(settings.trusted_proxies, strict=False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +50,11 @@ class GatewayState:
     router: Router
     trusted_proxies: tuple[IPNetwork, ...] = ()
     countries: CountryDatabase | None = None
+    # The process's clocks, read through the state so a test can move time instead of waiting:
+    # ``now`` is wall time (sessions, bt- token expiry, periods, webhooks), ``monotonic`` measures
+    # durations (the key cache, the balance refresh). create_app wires components to both.
     now: Callable[[], datetime] = field(default=utc_now)
+    monotonic: Callable[[], float] = field(default=time.monotonic)
     # Usage anomalies seen by this process (usage over the hold, usage that could not be
     # believed), by kind: each is also flagged on its usage record and logged.
     anomalies: Counter[str] = field(default_factory=Counter)

@@ -117,16 +117,19 @@ def test_chat_client_disconnect_cancels_upstream_and_bills_generated(gateway: Ga
 
 
 def test_chat_suspended_account_is_403(gateway: Gateway) -> None:
+    chat(gateway)  # the gateway now has the key (and its account's status) in its cache
+    served = len(gateway.fake.received)
+
     async def suspend(session: Any) -> None:
         await session.execute(update(Account).where(Account.id == gateway.account_id).values(status="suspended"))
         await session.commit()
 
     gateway.run(_with_session(gateway.settings, suspend))
-    time.sleep(gateway.settings.key_cache_ttl_s + 0.1)  # resolved keys are cached for this long
+    gateway.clock.advance(gateway.settings.key_cache_ttl_s + 0.1)  # resolved keys are cached for this long
     with pytest.raises(openai.PermissionDeniedError) as caught:
         chat(gateway)
     assert caught.value.code == "account_suspended"
-    assert gateway.fake.received == []
+    assert len(gateway.fake.received) == served  # refused before the upstream
 
 
 def test_chat_client_disconnect_cancels_a_non_streamed_upstream_call(gateway: Gateway) -> None:

@@ -6,8 +6,6 @@ the upstream reported (or, without usage, what tiktoken counts over the streamed
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
@@ -216,16 +214,21 @@ def test_chat_upstream_auth_failure_hides_upstream_text(gateway: Gateway) -> Non
 def test_chat_insufficient_credits_is_402_before_upstream(gateway: Gateway) -> None:
     from tests.fakes.gateway_fixtures import _with_session
 
+    # A first call: the gateway now mirrors the balance, and will until the next refresh.
+    client(gateway).chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
+    served = len(gateway.fake.received)
+    left = gateway.balance_micro()
+
     async def drain(session: object) -> None:
         from billing.accounts import grant_credits
 
-        await grant_credits(session, gateway.account_id, -(OPENING - 1_000), reason="test")  # type: ignore[arg-type]
+        await grant_credits(session, gateway.account_id, -(left - 1_000), reason="test")  # type: ignore[arg-type]
 
     gateway.run(_with_session(gateway.settings, drain))
     # A grant made outside the gateway shows up when its balance mirror next refreshes.
-    time.sleep(gateway.settings.balance_refresh_s + 0.1)
+    gateway.clock.advance(gateway.settings.balance_refresh_s + 0.1)
     with pytest.raises(openai.APIStatusError) as caught:
         client(gateway).chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 402
     assert caught.value.code == "insufficient_credits"
-    assert gateway.fake.received == []
+    assert len(gateway.fake.received) == served  # refused before the upstream

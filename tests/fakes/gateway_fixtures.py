@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +20,7 @@ from gateway.app import create_app
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.settings import ModelSettings, ProviderSettings, Settings
 from keys.service import create_key
+from tests.fakes.clock import SkippingClock
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.services import BACKENDS
@@ -121,6 +122,8 @@ class Gateway:
     account_id: int
     settings: Settings
     fake: FakeOpenAI
+    # The gateway's clocks: advance it to let a TTL pass instead of sleeping (tests/fakes/clock.py).
+    clock: SkippingClock = field(default_factory=SkippingClock)
 
     @property
     def v1(self) -> str:
@@ -206,7 +209,8 @@ def start_gateway(
 ) -> tuple[Gateway, ThreadedServer]:
     account_id, key = asyncio.run(_prepare(settings, credits_micro))
     server = ThreadedServer(create_app(settings, env={})).start()
-    return Gateway(server.url, key, account_id, settings, fake), server
+    clock = SkippingClock().install(server.app)
+    return Gateway(server.url, key, account_id, settings, fake, clock), server
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -91,8 +90,9 @@ def test_audit_trail_records_key_changes_without_secrets(gateway: Gateway) -> No
 def test_cli_set_status_is_seen_by_a_running_gateway(gateway: Gateway, tmp_path: Any) -> None:
     config = tmp_path / "cli.toml"
     config.write_text(f'database_url = "{gateway.settings.database_url}"\n')
+    assert chat(gateway).status_code == 200  # the gateway now has the key (and the account's status) cached
     assert main(["--config", str(config), "accounts", "set-status", str(gateway.account_id), "suspended"]) == 0
-    time.sleep(gateway.settings.key_cache_ttl_s + 0.1)
+    gateway.clock.advance(gateway.settings.key_cache_ttl_s + 0.1)  # the gateway's cached key goes stale
     assert chat(gateway).json()["error"]["code"] == "account_suspended"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
@@ -343,19 +342,13 @@ def test_browser_tokens_and_no_credentials(gateway: Gateway) -> None:
     assert by_key.status_code == 200 and by_key.json() == {"members": []}
 
 
-@pytest.fixture
-def short_sessions(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
-    settings = gateway_settings(backend, fake_openai, session_ttl_s=1)
-    gw, server = start_gateway(settings, fake_openai)
-    try:
-        yield gw
-    finally:
-        server.stop()
-
-
-def test_access_token_expires_and_refresh_brings_it_back(short_sessions: Gateway) -> None:
-    browser = signed_in_owner(short_sessions)
-    time.sleep(2.1)
+def test_access_token_expires_and_refresh_brings_it_back(gateway: Gateway) -> None:
+    # PyJWT judges the token's exp by the real time, so the sign-in happens in the past: the
+    # gateway's clock starts a session lifetime (and a minute) ago, then catches up with now.
+    lifetime_s = gateway.settings.session_ttl_s + 60
+    gateway.clock.set_now(datetime.now(UTC) - timedelta(seconds=lifetime_s))
+    browser = signed_in_owner(gateway)
+    gateway.clock.advance(lifetime_s)
     expired = browser.request("GET", "/api/keys/")
     assert expired.status_code == 401 and "refresh" in expired.json()["error"]["message"]
     assert browser.request("POST", "/api/auth/refresh/").status_code == 200

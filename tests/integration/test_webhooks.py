@@ -7,11 +7,14 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from billing.models import WebhookEvent
 from billing.webhooks import verify_signature
 from tests.fakes.asgi import read_request
 from tests.fakes.gateway_fixtures import (
@@ -19,6 +22,7 @@ from tests.fakes.gateway_fixtures import (
     FAKE_MODEL,
     Backend,
     Gateway,
+    _with_session,
     gateway_settings,
     start_gateway,
 )
@@ -89,11 +93,23 @@ def chat(gateway: Gateway, key: str | None = None, **extra: Any) -> httpx.Respon
     )
 
 
-def wait_for(condition: Any, seconds: float = 8.0) -> None:
+def wait_for(condition: Any, seconds: float = 15.0) -> None:
+    """Poll for a delivery (the worker sends in the background), failing after a generous deadline."""
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting for a webhook"
         time.sleep(0.05)
+
+
+def outbox(gateway: Gateway, event: str) -> int:
+    """How many ``event`` events the outbox holds: what was decided, whether or not delivered yet.
+    Refusals write theirs before answering, settlements once written (``settled``)."""
+    gateway.settled()
+
+    async def count(session: Any) -> int:
+        return int(await session.scalar(select(func.count()).where(WebhookEvent.event == event)))
+
+    return int(gateway.run(_with_session(gateway.settings, count)))
 
 
 def test_low_credits_fires_once_per_crossing_signed_and_retried(hooked: Gateway, receiver: Receiver) -> None:
@@ -118,13 +134,15 @@ def test_low_credits_fires_once_per_crossing_signed_and_retried(hooked: Gateway,
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     grant = {"amount": "0.005"}
     httpx.post(hooked.url + f"/api/admin/accounts/{hooked.account_id}/credits/", json=grant, headers=admin)
-    time.sleep(0.3)
-    assert len(receiver.events("low_credits")) == 1
+    assert outbox(hooked, "low_credits") == 1  # neither the second chat nor the grant made one
     chat(hooked)
     wait_for(lambda: len(receiver.events("low_credits")) == 2)
+    assert outbox(hooked, "low_credits") == 2
 
 
 def test_limit_events_once_per_period_and_minute(hooked: Gateway, receiver: Receiver) -> None:
+    # At the top of a minute: the rate window and the event's minute cannot roll over mid-test.
+    hooked.clock.set_now(datetime.now(UTC).replace(second=0, microsecond=0))
     capped = api(
         hooked, "POST", "/api/keys/", json={"name": "capped", "spending_limit": "1", "webhook_url": receiver.url}
     ).json()
@@ -136,8 +154,9 @@ def test_limit_events_once_per_period_and_minute(hooked: Gateway, receiver: Rece
     assert chat(hooked, limited["key"]).status_code == 200
     for _ in range(2):
         assert chat(hooked, limited["key"]).status_code == 429
+    # Each refusal wrote its event (or found it written) before answering: once each, for good.
+    assert outbox(hooked, "spending_limit_reached") == 1 and outbox(hooked, "rate_limit_exceeded") == 1
     wait_for(lambda: receiver.events("spending_limit_reached") and receiver.events("rate_limit_exceeded"))
-    time.sleep(0.3)
     (spent,) = receiver.events("spending_limit_reached")
     assert spent["key_id"] == capped["id"] and spent["spending_limit"] == "1" and spent["spending_period"] == "monthly"
     (rate,) = receiver.events("rate_limit_exceeded")
