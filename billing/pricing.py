@@ -15,7 +15,66 @@ import msgspec
 from billing.money import ceil_micro
 from providers.base import Usage
 
-__all__ = ["ModelPrice", "Usage"]
+__all__ = ["MAX_USD", "ModelPrice", "Usage", "UsdPrices"]
+
+# No price of any model, per million tokens or per unit, comes near this; a bigger one is a typo
+# (or "1e999999") that would make every cost computed from it absurd.
+MAX_USD = Decimal(1_000_000)
+
+
+class UsdPrices(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A model's list prices in USD, the one shape every source uses: the config's models and
+    deployments, the operator's overrides (admin API) and the shipped price list. ``None`` is
+    "not priced here" (the next source is asked); decimal strings or numbers are accepted, and
+    each must be finite, non-negative and below :data:`MAX_USD`."""
+
+    input_per_mtok: Decimal | None = None
+    output_per_mtok: Decimal | None = None
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+    # USD per billing unit for non-token models: per image (variants by size, "1024x1024" or
+    # "1024x1024/hd"), per input character (tts), per audio second (stt), per video second.
+    per_unit_usd: Decimal | None = None
+    per_unit_usd_variants: dict[str, Decimal] = {}
+
+    def __post_init__(self) -> None:
+        named = [
+            ("input_per_mtok", self.input_per_mtok),
+            ("output_per_mtok", self.output_per_mtok),
+            ("cached_input_per_mtok", self.cached_input_per_mtok),
+            ("cache_write_per_mtok", self.cache_write_per_mtok),
+            ("per_unit_usd", self.per_unit_usd),
+            *((f"per_unit_usd_variants` `{k}", v) for k, v in self.per_unit_usd_variants.items()),
+        ]
+        for name, value in named:
+            if value is not None and (not value.is_finite() or value < 0 or value > MAX_USD):
+                # "field `name`" is how the API's error names its param (gateway.errors).
+                raise ValueError(f"field `{name}` must be a decimal from 0 to {MAX_USD} USD, got {value:.6g}")
+
+    def prices(self) -> UsdPrices:
+        """Only the price fields (a model's or deployment's settings carry more)."""
+        return UsdPrices(
+            input_per_mtok=self.input_per_mtok,
+            output_per_mtok=self.output_per_mtok,
+            cached_input_per_mtok=self.cached_input_per_mtok,
+            cache_write_per_mtok=self.cache_write_per_mtok,
+            per_unit_usd=self.per_unit_usd,
+            per_unit_usd_variants=dict(self.per_unit_usd_variants),
+        )
+
+    def covers(self, category: str) -> bool:
+        """Whether these prices cover every way a model of ``category`` is billed: an unpriced
+        model cannot be called (never silently free). ``"embedding"`` is a text model priced by
+        its input alone."""
+        tokens = self.input_per_mtok is not None and self.output_per_mtok is not None
+        units = self.per_unit_usd is not None or bool(self.per_unit_usd_variants)
+        if category == "text":
+            return tokens
+        if category == "embedding":
+            return self.input_per_mtok is not None
+        if category == "stt":
+            return units or self.input_per_mtok is not None
+        return units or tokens
 
 
 class ModelPrice(msgspec.Struct, frozen=True):
@@ -33,31 +92,20 @@ class ModelPrice(msgspec.Struct, frozen=True):
         return self.per_unit_variants.get(variant, self.per_unit)
 
     @classmethod
-    def from_usd_per_mtok(
-        cls,
-        *,
-        input_usd: str,
-        output_usd: str,
-        cached_input_usd: str = "",
-        cache_write_usd: str = "",
-        per_unit_usd: str = "",
-        per_unit_usd_variants: dict[str, str] | None = None,
-        credits_per_usd: int,
-        markup_percent: str = "0",
-    ) -> ModelPrice:
+    def from_usd(cls, usd: UsdPrices, *, credits_per_usd: int, markup_percent: str = "0") -> ModelPrice:
         """Token prices are USD per million tokens; unit prices are USD per unit (image, character,
         second), converted to micro-credits per unit (× 10⁶ more than a per-token rate)."""
         factor = Decimal(credits_per_usd) * (Decimal(1) + Decimal(markup_percent) / Decimal(100))
         per_unit_factor = factor * Decimal(1_000_000)
-        input_rate = Decimal(input_usd or "0") * factor
+        input_rate = (usd.input_per_mtok or Decimal(0)) * factor
         return cls(
             input=input_rate,
-            output=Decimal(output_usd or "0") * factor,
+            output=(usd.output_per_mtok or Decimal(0)) * factor,
             # Providers without a cache discount bill cached tokens as plain input.
-            cached_input=Decimal(cached_input_usd) * factor if cached_input_usd else input_rate,
-            cache_write=Decimal(cache_write_usd) * factor if cache_write_usd else input_rate,
-            per_unit=Decimal(per_unit_usd or "0") * per_unit_factor,
-            per_unit_variants={k: Decimal(v) * per_unit_factor for k, v in (per_unit_usd_variants or {}).items()},
+            cached_input=usd.cached_input_per_mtok * factor if usd.cached_input_per_mtok is not None else input_rate,
+            cache_write=usd.cache_write_per_mtok * factor if usd.cache_write_per_mtok is not None else input_rate,
+            per_unit=(usd.per_unit_usd or Decimal(0)) * per_unit_factor,
+            per_unit_variants={k: v * per_unit_factor for k, v in usd.per_unit_usd_variants.items()},
         )
 
     def cost_micro(self, usage: Usage) -> int:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 
 import msgspec
 
-from billing.catalogue import ListPrice, list_price, vendor_models
-from billing.pricing import ModelPrice
+from billing.catalogue import list_price, vendor_models
+from billing.pricing import ModelPrice, UsdPrices
 from gateway.settings import (
     DEMO_PROVIDER,
     DeploymentSettings,
@@ -31,16 +32,16 @@ DEMO_MODELS: dict[str, ModelSettings] = {
     "demo/echo": ModelSettings(
         provider=DEMO_PROVIDER,
         upstream_model="echo",
-        input_per_mtok="0.15",
-        output_per_mtok="0.60",
+        input_per_mtok=Decimal("0.15"),
+        output_per_mtok=Decimal("0.60"),
         max_output_tokens=4096,
         context_length=128000,
     ),
     "demo/lorem": ModelSettings(
         provider=DEMO_PROVIDER,
         upstream_model="lorem",
-        input_per_mtok="0.15",
-        output_per_mtok="0.60",
+        input_per_mtok=Decimal("0.15"),
+        output_per_mtok=Decimal("0.60"),
         max_output_tokens=4096,
         context_length=128000,
     ),
@@ -75,34 +76,6 @@ class CatalogModel(msgspec.Struct, frozen=True):
         )
 
 
-class PriceFields(msgspec.Struct, frozen=True):
-    """USD prices from one source (config, admin override or the shipped list), as strings."""
-
-    input_per_mtok: str = ""
-    output_per_mtok: str = ""
-    cached_input_per_mtok: str = ""
-    cache_write_per_mtok: str = ""
-    per_unit_usd: str = ""
-    per_unit_usd_variants: dict[str, str] = {}
-
-    @classmethod
-    def of(cls, source: ModelSettings | DeploymentSettings) -> PriceFields:
-        return cls(
-            source.input_per_mtok,
-            source.output_per_mtok,
-            source.cached_input_per_mtok,
-            source.cache_write_per_mtok,
-            source.per_unit_usd,
-            dict(source.per_unit_usd_variants),
-        )
-
-    @classmethod
-    def listed(cls, entry: ListPrice) -> PriceFields:
-        return cls(
-            entry.input, entry.output, entry.cached_input, entry.cache_write, entry.per_unit, dict(entry.variants)
-        )
-
-
 def model_settings(settings: Settings) -> dict[str, ModelSettings]:
     """The demo models, every listed model of providers with ``catalogue_models``, then the
     config's own models (which win)."""
@@ -117,20 +90,6 @@ def model_settings(settings: Settings) -> dict[str, ModelSettings]:
     return models
 
 
-def is_priced(category: str, prices: PriceFields) -> bool:
-    """Whether ``prices`` cover every way a model of ``category`` can be billed; an unpriced
-    model cannot be called (never silently free)."""
-    tokens = bool(prices.input_per_mtok and prices.output_per_mtok)
-    units = bool(prices.per_unit_usd or prices.per_unit_usd_variants)
-    if category == "text":
-        return tokens
-    if category == "embedding":
-        return bool(prices.input_per_mtok)
-    if category == "stt":
-        return units or bool(prices.input_per_mtok)
-    return units or tokens
-
-
 def kind_of(settings: Settings, provider: str) -> str:
     """The registry kind of a configured provider (the built-in demo provider is its own kind)."""
     configured = settings.providers.get(provider)
@@ -142,33 +101,19 @@ def _price(
     model: ModelSettings,
     category: str,
     deployment: DeploymentSettings,
-    override: PriceFields | None,
+    override: UsdPrices | None,
 ) -> ModelPrice | None:
     """First priced source of: the operator's override, the deployment's prices, the model's,
     the vendor's list price for the deployment's upstream model."""
     listed = list_price(kind_of(settings, deployment.provider), deployment.upstream_model)
-    sources = [
-        override,
-        PriceFields.of(deployment),
-        PriceFields.of(model),
-        PriceFields.listed(listed) if listed else None,
-    ]
-    source = next((s for s in sources if s is not None and is_priced(category, s)), None)
+    sources: list[UsdPrices | None] = [override, deployment, model, listed]
+    source = next((s for s in sources if s is not None and s.covers(category)), None)
     if source is None:
         return None
-    return ModelPrice.from_usd_per_mtok(
-        input_usd=source.input_per_mtok,
-        output_usd=source.output_per_mtok,
-        cached_input_usd=source.cached_input_per_mtok,
-        cache_write_usd=source.cache_write_per_mtok,
-        per_unit_usd=source.per_unit_usd,
-        per_unit_usd_variants=source.per_unit_usd_variants,
-        credits_per_usd=settings.credits_per_usd,
-        markup_percent=settings.markup_percent,
-    )
+    return ModelPrice.from_usd(source, credits_per_usd=settings.credits_per_usd, markup_percent=settings.markup_percent)
 
 
-def build_catalog(settings: Settings, overrides: Mapping[str, PriceFields] | None = None) -> dict[str, CatalogModel]:
+def build_catalog(settings: Settings, overrides: Mapping[str, UsdPrices] | None = None) -> dict[str, CatalogModel]:
     catalog: dict[str, CatalogModel] = {}
     for slug, model in model_settings(settings).items():
         override = (overrides or {}).get(slug)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 from sqlalchemy import select
@@ -18,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.counters import Adjust, CounterStore
 from billing.models import ModelPriceOverride
-from gateway.catalog import PriceFields, build_catalog
+from billing.pricing import UsdPrices
+from gateway.catalog import build_catalog
 from gateway.state import GatewayState
 
 CHECK_EVERY_S = 2.0
@@ -30,13 +32,18 @@ def generation_key(prefix: str) -> str:
     return f"{prefix}catalog"
 
 
-async def load_overrides(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, PriceFields]:
+async def load_overrides(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, UsdPrices]:
     async with sessionmaker() as session:
         rows = (await session.scalars(select(ModelPriceOverride))).all()
-    return {row.slug: msgspec.convert(row.prices, PriceFields) for row in rows}
+    return {row.slug: _stored(row.prices) for row in rows}
 
 
-async def store_override(state: GatewayState, slug: str, fields: PriceFields | None) -> None:
+def _stored(prices: dict[str, Any]) -> UsdPrices:
+    """An override as stored; rows written before prices were decimals hold "" for unset."""
+    return msgspec.convert({k: v for k, v in prices.items() if v != ""}, UsdPrices)
+
+
+async def store_override(state: GatewayState, slug: str, fields: UsdPrices | None) -> None:
     """Save (or, with ``None``, remove) an override, then apply it here and announce it."""
     async with state.sessionmaker() as session:
         row = await session.get(ModelPriceOverride, slug)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from billing.pricing import UsdPrices
 from providers.registry import KINDS, UnknownProviderKind, provider_kind
 
 Category = Literal["text", "embedding", "image", "video", "stt", "tts"]
@@ -65,32 +66,21 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
-class DeploymentSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class DeploymentSettings(UsdPrices, forbid_unknown_fields=True, frozen=True):
     """One place a model can be served: a provider and its name for the model (for Azure, the
     deployment name). Prices default to the model's; set them when this deployment costs more."""
 
     provider: str
     upstream_model: str
-    input_per_mtok: str = ""
-    output_per_mtok: str = ""
-    cached_input_per_mtok: str = ""
-    cache_write_per_mtok: str = ""
-    per_unit_usd: str = ""
-    per_unit_usd_variants: dict[str, str] = {}
 
 
-class ModelSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class ModelSettings(UsdPrices, forbid_unknown_fields=True, frozen=True):
+    """A model's slug settings: where it is served, its category and its prices (the fields of
+    :class:`billing.pricing.UsdPrices`; unset ones come from the shipped price list)."""
+
     provider: str = ""
     upstream_model: str = ""
     category: Category | None = None  # unset: the price list's category for the model, else text
-    input_per_mtok: str = ""
-    output_per_mtok: str = ""
-    cached_input_per_mtok: str = ""
-    cache_write_per_mtok: str = ""
-    # USD per billing unit for non-token models: per image (variants by size, "1024x1024" or
-    # "1024x1024/hd"), per input character (tts), per audio second (stt), per video second.
-    per_unit_usd: str = ""
-    per_unit_usd_variants: dict[str, str] = {}
     # Unset: the shipped price list's value for the upstream model, else 4096 / 128000.
     max_output_tokens: PositiveInt | None = None
     context_length: PositiveInt | None = None
@@ -247,15 +237,6 @@ def load_settings(
     return settings
 
 
-PRICE_FIELDS = (
-    "input_per_mtok",
-    "output_per_mtok",
-    "cached_input_per_mtok",
-    "cache_write_per_mtok",
-    "per_unit_usd",
-)
-
-
 def _decimal(value: str, where: str) -> Decimal:
     try:
         parsed = Decimal(value)
@@ -305,22 +286,12 @@ def validate_settings(settings: Settings) -> None:
             raise SettingsError(f"models.{slug!r}.upstream_model is required with provider")
         if not model.all_deployments():
             raise SettingsError(f"models.{slug!r} needs a provider and upstream_model, or deployments")
-        for field in PRICE_FIELDS:
-            value = getattr(model, field)
-            if value:
-                _decimal(value, f"models.{slug!r}.{field}")
-        for variant, value in model.per_unit_usd_variants.items():
-            _decimal(value, f"models.{slug!r}.per_unit_usd_variants.{variant}")
         for index, deployment in enumerate(model.all_deployments()):
             where = f"models.{slug!r}" if index == 0 and model.provider else f"models.{slug!r}.deployments"
             if deployment.provider not in settings.providers and not (
                 deployment.provider == DEMO_PROVIDER and settings.demo_provider
             ):
                 raise SettingsError(f"{where}.provider names unknown provider {deployment.provider!r}")
-            for field in PRICE_FIELDS:
-                value = getattr(deployment, field)
-                if value:
-                    _decimal(value, f"{where}.{field}")
 
 
 def sqlite_path(database_url: str) -> Path | None:

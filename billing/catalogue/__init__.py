@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from billing.pricing import UsdPrices
 from providers.registry import KINDS, vendor_of
 
 PRICES_FILE = Path(__file__).with_name("prices.toml")
@@ -23,14 +24,10 @@ PRICES_FILE = Path(__file__).with_name("prices.toml")
 VENDOR_OF_KIND: dict[str, str] = {kind: entry.vendor for kind, entry in KINDS.items() if entry.vendor}
 
 
-class ListPrice(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class ListPrice(UsdPrices, forbid_unknown_fields=True, frozen=True):
+    """A vendor's list price for one model, with its category and limits."""
+
     category: Literal["text", "embedding", "image", "video", "stt", "tts"] = "text"
-    input: str = ""
-    output: str = ""
-    cached_input: str = ""
-    cache_write: str = ""
-    per_unit: str = ""
-    variants: dict[str, str] = {}
     context: int = 128000
     max_output: int = 4096
 

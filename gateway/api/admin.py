@@ -7,7 +7,7 @@ configured the admin API is off.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
@@ -26,13 +26,12 @@ from billing.bounds import MAX_LIST_ITEMS, NO_CONTROL, CreditsText, Email, Item,
 from billing.grants import grant as grant_and_sync
 from billing.models import Account, AccountStatus, LedgerKind, UsageRecord
 from billing.money import MoneyError, credits_to_micro, format_credits
+from billing.pricing import UsdPrices
 from gateway.api.deps import OPERATOR, Injected, operator_only
 from gateway.api.openapi import ADMIN_AUTH, errors
 from gateway.api.views import model_view, usage_view
-from gateway.catalog import PriceFields, is_priced
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.prices import load_overrides, store_override
-from gateway.settings import PRICE_FIELDS
 from gateway.state import GatewayState
 from gateway.validation import PathId, Slug
 from keys.audit import record_event
@@ -72,17 +71,10 @@ class RefundCreate(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason = ""
 
 
-UsdText = Annotated[str, msgspec.Meta(max_length=32, pattern=NO_CONTROL)]
-MAX_USD_PRICE = 1_000_000  # per million tokens or per unit: far above any real price
+class PriceOverride(UsdPrices, forbid_unknown_fields=True, frozen=True):
+    """An operator's prices for a model (USD, like the config), bounded by UsdPrices itself."""
 
-
-class PriceOverride(msgspec.Struct, forbid_unknown_fields=True):
-    input_per_mtok: UsdText = ""
-    output_per_mtok: UsdText = ""
-    cached_input_per_mtok: UsdText = ""
-    cache_write_per_mtok: UsdText = ""
-    per_unit_usd: UsdText = ""
-    per_unit_usd_variants: Annotated[dict[Item, UsdText], msgspec.Meta(max_length=MAX_LIST_ITEMS)] = {}
+    per_unit_usd_variants: Annotated[dict[Item, Decimal], msgspec.Meta(max_length=MAX_LIST_ITEMS)] = {}
 
 
 class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
@@ -316,14 +308,8 @@ class AdminController(Controller):
         model = gateway.catalog.get(slug)
         if model is None:
             raise ModelNotFound(f"unknown model {slug!r}", param="model")
-        for field in PRICE_FIELDS:
-            value = getattr(data, field, "")
-            if value:
-                _usd(value, field)
-        for variant, value in data.per_unit_usd_variants.items():
-            _usd(value, f"per_unit_usd_variants.{variant}")
-        fields = PriceFields(**msgspec.structs.asdict(data))
-        if not is_priced("embedding" if model.embeds_only else model.category, fields):
+        fields = data.prices()
+        if not fields.covers("embedding" if model.embeds_only else model.category):
             raise InvalidRequest(
                 f"these prices do not cover a {model.category} model (see the README's pricing fields)",
                 param="input_per_mtok",
@@ -352,14 +338,3 @@ class AdminController(Controller):
                 this_process=dict(gateway.anomalies),
                 newest=[{**usage_view(record), "account_id": record.account_id} for record in newest],
             )
-
-
-def _usd(value: str, field: str) -> None:
-    try:
-        parsed = Decimal(value)
-    except InvalidOperation as error:
-        raise InvalidRequest(f"{field} must be a decimal string", param=field) from error
-    if not parsed.is_finite() or parsed < 0:
-        raise InvalidRequest(f"{field} must be a non-negative decimal", param=field)
-    if parsed > MAX_USD_PRICE:  # "1e999999" would be stored, then overflow every price computed from it
-        raise InvalidRequest(f"{field} must be at most {MAX_USD_PRICE} USD", param=field)

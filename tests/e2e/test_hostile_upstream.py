@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -27,7 +28,9 @@ def small(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
     settings = gateway_settings(backend, fake_openai)
     models = {
         **settings.models,
-        WHISPER: ModelSettings(provider="fake", upstream_model="whisper-1", category="stt", per_unit_usd="0.0001"),
+        WHISPER: ModelSettings(
+            provider="fake", upstream_model="whisper-1", category="stt", per_unit_usd=Decimal("0.0001")
+        ),
     }
     gateway, server = start_gateway(
         gateway_settings(backend, fake_openai, models=models), fake_openai, credits_micro=FIFTY_CREDITS

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,8 @@ def image_chat(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
                 provider="fake",
                 upstream_model="gpt-image-chat",
                 category="image",
-                input_per_mtok="5",
-                output_per_mtok="40",
+                input_per_mtok=Decimal("5"),
+                output_per_mtok=Decimal("40"),
                 max_output_tokens=8192,
             ),
         },
@@ -100,9 +101,9 @@ def azure(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
             "fake/gpt-4o-mini": ModelSettings(
                 provider="fake",
                 upstream_model="prod-4o-mini",
-                input_per_mtok="0.15",
-                output_per_mtok="0.60",
-                cached_input_per_mtok="0.075",
+                input_per_mtok=Decimal("0.15"),
+                output_per_mtok=Decimal("0.60"),
+                cached_input_per_mtok=Decimal("0.075"),
                 max_output_tokens=16384,
             ),
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -48,18 +49,18 @@ def kinds(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, 
             CLAUDE: ModelSettings(
                 provider="anthropic",
                 upstream_model="claude-sonnet-4-5",
-                input_per_mtok="3",
-                output_per_mtok="15",
-                cached_input_per_mtok="0.30",
-                cache_write_per_mtok="3.75",
+                input_per_mtok=Decimal("3"),
+                output_per_mtok=Decimal("15"),
+                cached_input_per_mtok=Decimal("0.30"),
+                cache_write_per_mtok=Decimal("3.75"),
                 max_output_tokens=8192,
             ),
             GEMINI: ModelSettings(
                 provider="google",
                 upstream_model="gemini-2.5-flash",
-                input_per_mtok="0.30",
-                output_per_mtok="2.50",
-                cached_input_per_mtok="0.075",
+                input_per_mtok=Decimal("0.30"),
+                output_per_mtok=Decimal("2.50"),
+                cached_input_per_mtok=Decimal("0.075"),
             ),
         },
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -67,20 +68,32 @@ def routed(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway,
             **base.models,
             "multi/gpt": ModelSettings(
                 upstream_model="",
-                input_per_mtok="0.15",
-                output_per_mtok="0.60",
+                input_per_mtok=Decimal("0.15"),
+                output_per_mtok=Decimal("0.60"),
                 deployments=[
                     DeploymentSettings(provider="east", upstream_model="gpt-4o-mini"),
                     DeploymentSettings(
-                        provider="west", upstream_model="gpt-4o-mini", input_per_mtok="0.10", output_per_mtok="0.40"
+                        provider="west",
+                        upstream_model="gpt-4o-mini",
+                        input_per_mtok=Decimal("0.10"),
+                        output_per_mtok=Decimal("0.40"),
                     ),
                 ],
             ),
-            "east/only": ModelSettings(provider="east", upstream_model="e", input_per_mtok="1", output_per_mtok="2"),
-            "west/only": ModelSettings(provider="west", upstream_model="w", input_per_mtok="3", output_per_mtok="4"),
-            "slow/gpt": ModelSettings(provider="slow", upstream_model="s", input_per_mtok="1", output_per_mtok="2"),
+            "east/only": ModelSettings(
+                provider="east", upstream_model="e", input_per_mtok=Decimal("1"), output_per_mtok=Decimal("2")
+            ),
+            "west/only": ModelSettings(
+                provider="west", upstream_model="w", input_per_mtok=Decimal("3"), output_per_mtok=Decimal("4")
+            ),
+            "slow/gpt": ModelSettings(
+                provider="slow", upstream_model="s", input_per_mtok=Decimal("1"), output_per_mtok=Decimal("2")
+            ),
             "azure/gpt-4o-mini": ModelSettings(
-                provider="azure", upstream_model="prod-4o-mini", input_per_mtok="0.15", output_per_mtok="0.60"
+                provider="azure",
+                upstream_model="prod-4o-mini",
+                input_per_mtok=Decimal("0.15"),
+                output_per_mtok=Decimal("0.60"),
             ),
         },
     )

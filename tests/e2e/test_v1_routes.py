@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -41,21 +42,33 @@ def routes(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
         },
         models={
             **base.models,
-            EMBED: _model("text-embedding-3-small", "embedding", input_per_mtok="0.02"),
-            INSTRUCT: _model("gpt-3.5-turbo-instruct", "text", input_per_mtok="1.5", output_per_mtok="2"),
+            EMBED: _model("text-embedding-3-small", "embedding", input_per_mtok=Decimal("0.02")),
+            INSTRUCT: _model(
+                "gpt-3.5-turbo-instruct", "text", input_per_mtok=Decimal("1.5"), output_per_mtok=Decimal("2")
+            ),
             DALLE: _model(
                 "dall-e-3",
                 "image",
-                per_unit_usd="0.04",
-                per_unit_usd_variants={"1024x1024/hd": "0.08", "1792x1024": "0.08"},
+                per_unit_usd=Decimal("0.04"),
+                per_unit_usd_variants={"1024x1024/hd": Decimal("0.08"), "1792x1024": Decimal("0.08")},
             ),
-            GPT_IMAGE: _model("gpt-image-1", "image", input_per_mtok="5", output_per_mtok="40", max_output_tokens=6240),
-            TTS: _model("tts-1", "tts", per_unit_usd="0.000015"),
-            WHISPER: _model("whisper-1", "stt", per_unit_usd="0.0001"),
-            TRANSCRIBE: _model("gpt-4o-transcribe", "stt", input_per_mtok="2.5", output_per_mtok="10"),
-            SORA: _model("sora-2", "video", per_unit_usd="0.01", per_unit_usd_variants={"1792x1024": "0.05"}),
+            GPT_IMAGE: _model(
+                "gpt-image-1",
+                "image",
+                input_per_mtok=Decimal("5"),
+                output_per_mtok=Decimal("40"),
+                max_output_tokens=6240,
+            ),
+            TTS: _model("tts-1", "tts", per_unit_usd=Decimal("0.000015")),
+            WHISPER: _model("whisper-1", "stt", per_unit_usd=Decimal("0.0001")),
+            TRANSCRIBE: _model(
+                "gpt-4o-transcribe", "stt", input_per_mtok=Decimal("2.5"), output_per_mtok=Decimal("10")
+            ),
+            SORA: _model(
+                "sora-2", "video", per_unit_usd=Decimal("0.01"), per_unit_usd_variants={"1792x1024": Decimal("0.05")}
+            ),
             "anthropic/claude-embed": ModelSettings(
-                provider="anthropic", upstream_model="nope", category="embedding", input_per_mtok="1"
+                provider="anthropic", upstream_model="nope", category="embedding", input_per_mtok=Decimal("1")
             ),
         },
     )

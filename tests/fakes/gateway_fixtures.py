@@ -104,9 +104,9 @@ def gateway_settings(backend: Backend, fake: FakeOpenAI, **overrides: Any) -> Se
             FAKE_MODEL: ModelSettings(
                 provider="fake",
                 upstream_model="gpt-4o-mini",
-                input_per_mtok=str(INPUT_PER_MTOK),
-                output_per_mtok=str(OUTPUT_PER_MTOK),
-                cached_input_per_mtok=str(CACHED_PER_MTOK),
+                input_per_mtok=Decimal(INPUT_PER_MTOK),
+                output_per_mtok=Decimal(OUTPUT_PER_MTOK),
+                cached_input_per_mtok=Decimal(CACHED_PER_MTOK),
                 max_output_tokens=16384,
             )
         },

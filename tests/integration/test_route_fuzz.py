@@ -22,6 +22,7 @@ import secrets
 import struct
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -391,12 +392,14 @@ def _settings(backend: Backend, fake: FakeOpenAI) -> Settings:
     base = gateway_settings(backend, fake)
     models = {
         **base.models,
-        EMBED: _model("text-embedding-3-small", "embedding", input_per_mtok="0.02"),
-        INSTRUCT: _model("gpt-3.5-turbo-instruct", "text", input_per_mtok="1.5", output_per_mtok="2"),
-        DALLE: _model("dall-e-3", "image", per_unit_usd="0.04", per_unit_usd_variants={"1024x1024/hd": "0.08"}),
-        TTS: _model("tts-1", "tts", per_unit_usd="0.000015"),
-        WHISPER: _model("whisper-1", "stt", per_unit_usd="0.0001"),
-        SORA: _model("sora-2", "video", per_unit_usd="0.01"),
+        EMBED: _model("text-embedding-3-small", "embedding", input_per_mtok=Decimal("0.02")),
+        INSTRUCT: _model("gpt-3.5-turbo-instruct", "text", input_per_mtok=Decimal("1.5"), output_per_mtok=Decimal("2")),
+        DALLE: _model(
+            "dall-e-3", "image", per_unit_usd=Decimal("0.04"), per_unit_usd_variants={"1024x1024/hd": Decimal("0.08")}
+        ),
+        TTS: _model("tts-1", "tts", per_unit_usd=Decimal("0.000015")),
+        WHISPER: _model("whisper-1", "stt", per_unit_usd=Decimal("0.0001")),
+        SORA: _model("sora-2", "video", per_unit_usd=Decimal("0.01")),
     }
     return gateway_settings(backend, fake, models=models)
 

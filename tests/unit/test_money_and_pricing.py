@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from billing.money import MoneyError, credits_to_micro, format_credits, micro_to_usd
-from billing.pricing import ModelPrice, Usage
+from billing.pricing import ModelPrice, Usage, UsdPrices
 
 
 @pytest.mark.parametrize(
@@ -35,13 +35,10 @@ def test_money_usd_from_micro() -> None:
 
 
 def price(markup: str = "0") -> ModelPrice:
-    return ModelPrice.from_usd_per_mtok(
-        input_usd="0.15",
-        output_usd="0.60",
-        cached_input_usd="0.075",
-        credits_per_usd=1000,
-        markup_percent=markup,
+    usd = UsdPrices(
+        input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"), cached_input_per_mtok=Decimal("0.075")
     )
+    return ModelPrice.from_usd(usd, credits_per_usd=1000, markup_percent=markup)
 
 
 def test_pricing_rates_are_micro_credits_per_token() -> None:
@@ -56,7 +53,8 @@ def test_pricing_cost_uses_cached_rate_for_cached_part() -> None:
 
 
 def test_pricing_rounds_fractions_up() -> None:
-    tiny = ModelPrice.from_usd_per_mtok(input_usd="0.0000001", output_usd="0", credits_per_usd=1000)
+    usd = UsdPrices(input_per_mtok=Decimal("0.0000001"), output_per_mtok=Decimal("0"))
+    tiny = ModelPrice.from_usd(usd, credits_per_usd=1000)
     assert tiny.cost_micro(Usage(input_tokens=1)) == 1
 
 
@@ -72,9 +70,13 @@ def test_pricing_worst_case_and_affordable_output() -> None:
 
 
 def test_pricing_cache_writes_are_part_of_the_prompt_and_bound_the_worst_case() -> None:
-    p = ModelPrice.from_usd_per_mtok(
-        input_usd="3", output_usd="15", cached_input_usd="0.30", cache_write_usd="3.75", credits_per_usd=1000
+    usd = UsdPrices(
+        input_per_mtok=Decimal("3"),
+        output_per_mtok=Decimal("15"),
+        cached_input_per_mtok=Decimal("0.30"),
+        cache_write_per_mtok=Decimal("3.75"),
     )
+    p = ModelPrice.from_usd(usd, credits_per_usd=1000)
     usage = Usage(input_tokens=27, output_tokens=5, cached_input_tokens=4, cache_write_tokens=2)
     assert p.cost_micro(usage) == 21 * 3000 + 4 * 300 + 2 * 3750 + 5 * 15000
     # The reservation covers a prompt that is entirely written to the cache.

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from billing.catalogue import VENDOR_OF_KIND, list_price, price_list, vendor_models
-from gateway.catalog import PriceFields, build_catalog, is_priced
+from gateway.catalog import build_catalog
 from gateway.settings import load_settings
 
 
@@ -16,9 +16,15 @@ def test_every_listed_model_is_priced_for_its_category() -> None:
     assert len(entries) > 50
     assert {vendor for vendor, _, _ in entries} == set(VENDOR_OF_KIND.values())
     for vendor, model, entry in entries:
-        assert is_priced(entry.category, PriceFields.listed(entry)), f"{vendor}/{model}"
-        for value in (entry.input, entry.output, entry.cached_input, entry.cache_write, entry.per_unit):
-            assert value == "" or Decimal(value) >= 0, f"{vendor}/{model}"
+        assert entry.covers(entry.category), f"{vendor}/{model}"
+        for value in (
+            entry.input_per_mtok,
+            entry.output_per_mtok,
+            entry.cached_input_per_mtok,
+            entry.cache_write_per_mtok,
+            entry.per_unit_usd,
+        ):
+            assert value is None or value >= 0, f"{vendor}/{model}"
         assert entry.max_output <= entry.context or entry.category != "text", f"{vendor}/{model}"
 
 
@@ -34,7 +40,10 @@ def test_every_listed_model_is_priced_for_its_category() -> None:
 )
 def test_known_list_prices(kind: str, model: str, input_usd: str, output_usd: str) -> None:
     entry = list_price(kind, model)
-    assert entry is not None and (entry.input, entry.output) == (input_usd, output_usd)
+    assert entry is not None and (entry.input_per_mtok, entry.output_per_mtok) == (
+        Decimal(input_usd),
+        Decimal(output_usd),
+    )
 
 
 def test_unknown_kinds_and_models_have_no_list_price() -> None:

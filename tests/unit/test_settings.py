@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,11 @@ def test_settings_reads_documented_toml(tmp_path: Path) -> None:
     provider = settings.providers["openai"]
     assert provider.resolved_api_key({"OPENAI_API_KEY": "sk-test"}) == "sk-test"
     model = settings.models["openai/gpt-4o-mini"]
-    assert (model.upstream_model, model.max_output_tokens, model.output_per_mtok) == ("gpt-4o-mini", 16384, "0.60")
+    assert (model.upstream_model, model.max_output_tokens, model.output_per_mtok) == (
+        "gpt-4o-mini",
+        16384,
+        Decimal("0.60"),
+    )
 
 
 def test_settings_env_overrides_file(tmp_path: Path) -> None:
@@ -120,11 +125,14 @@ def test_deployments_are_checked() -> None:
         )
     with pytest.raises(SettingsError, match="needs a provider"):
         load_settings(env={}, models={"x/y": {"input_per_mtok": "1"}})
-    with pytest.raises(SettingsError, match=r"per_unit_usd_variants\.1024x1024"):
-        load_settings(
-            env={},
-            models={"d/img": {"provider": "demo", "upstream_model": "i", "per_unit_usd_variants": {"1024x1024": "x"}}},
-        )
+    for bad in ("x", "-1", "NaN", "1e999999"):
+        with pytest.raises(SettingsError, match=r"per_unit_usd_variants"):
+            load_settings(
+                env={},
+                models={
+                    "d/img": {"provider": "demo", "upstream_model": "i", "per_unit_usd_variants": {"1024x1024": bad}}
+                },
+            )
 
 
 def test_openai_compatible_presets_know_their_url_and_key_variable() -> None:
