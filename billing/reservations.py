@@ -88,9 +88,15 @@ class Reservation(msgspec.Struct, frozen=True):
     spend_ttl_ms: int = 0
 
 
-class _Limit(NamedTuple):
-    kind: LimitKind
-    check: Check
+#: One limit of a reservation: its kind and its check (a plain tuple: built four times a request).
+_Limit = tuple[LimitKind, Check]
+
+
+class _Plan(NamedTuple):
+    limits: list[_Limit]  # in the order they are applied
+    checks: list[Check]  # the same, as the counter store takes them
+    spend: Check | None  # the key's spend counter, when it has limits
+    tpm: Check | None  # the key's token window, when it has a token limit
 
 
 class Reservations:
@@ -121,21 +127,22 @@ class Reservations:
 
     def _limits(
         self, account_id: int, amount_micro: int, limits: KeyLimits | None, tokens: int, now: datetime
-    ) -> list[_Limit]:
+    ) -> _Plan:
         """The checks of one reservation, in the order they are applied (the module's table)."""
         checked: list[_Limit] = []
+        spend = tpm = None
         if limits is not None:
             minute = int(now.timestamp()) // 60
             if limits.rpm_limit is not None:
                 key = self._keys.window(account_id, "rpm", limits.key_id, minute)
-                checked.append(_Limit(LimitKind.RPM, Check(key, COUNT, 1, limit=limits.rpm_limit, ttl_ms=_WINDOW_MS)))
+                checked.append((LimitKind.RPM, Check(key, COUNT, 1, limit=limits.rpm_limit, ttl_ms=_WINDOW_MS)))
             if limits.tpm_limit is not None:
                 key = self._keys.window(account_id, "tpm", limits.key_id, minute)
-                check = Check(key, COUNT, tokens, limit=limits.tpm_limit, ttl_ms=_WINDOW_MS)
-                checked.append(_Limit(LimitKind.TPM, check))
+                tpm = Check(key, COUNT, tokens, limit=limits.tpm_limit, ttl_ms=_WINDOW_MS)
+                checked.append((LimitKind.TPM, tpm))
             spend_key = self._keys.spend(account_id, limits.key_id, limits.spending_period, now)
             period_ttl = period_end(now, limits.spending_period) - now + _PERIOD_GRACE
-            check = Check(
+            spend = Check(
                 spend_key,
                 SPENT,
                 amount_micro,
@@ -144,10 +151,10 @@ class Reservations:
                 must_exist=True,
                 ttl_ms=int(period_ttl.total_seconds() * 1000),
             )
-            checked.append(_Limit(LimitKind.SPEND, check))
+            checked.append((LimitKind.SPEND, spend))
         balance = Check(self._keys.balance(account_id), HELD, amount_micro, limit_field=BALANCE)
-        checked.append(_Limit(LimitKind.BALANCE, balance))
-        return checked
+        checked.append((LimitKind.BALANCE, balance))
+        return _Plan(checked, [check for _kind, check in checked], spend, tpm)
 
     async def reserve(
         self,
@@ -168,10 +175,7 @@ class Reservations:
         if self._refresher.due(account_id):
             await self._refresher.refresh_balance(account_id)
         now = now or datetime.now(UTC)
-        checked = self._limits(account_id, amount_micro, limits, tokens, now)
-        checks = [limit.check for limit in checked]
-        spend = next((limit.check for limit in checked if limit.kind is LimitKind.SPEND), None)
-        tpm = next((limit.check for limit in checked if limit.kind is LimitKind.TPM), None)
+        checked, checks, spend, tpm = self._limits(account_id, amount_micro, limits, tokens, now)
         # The hold's record outlives a crashed process: a later refresh finds it expired and
         # releases it (see billing.expiry), so no reservation holds credits forever.
         hold = HoldRecord(
@@ -187,17 +191,17 @@ class Reservations:
             for _attempt in range(2):
                 if result.ok or not result.missing:
                     break
-                failed = checked[result.failed]
-                if failed.kind is LimitKind.BALANCE:
+                kind, failed = checked[result.failed]
+                if kind is LimitKind.BALANCE:
                     # The mirror was lost (a Redis restart): load it and try again.
                     await self._refresher.refresh_balance(account_id, force=True)
-                elif failed.kind is LimitKind.SPEND and limits is not None:
-                    await self._rebuild_spend(account_id, limits, failed.check.key, now, failed.check.ttl_ms)
+                elif kind is LimitKind.SPEND and limits is not None:
+                    await self._rebuild_spend(account_id, limits, failed.key, now, failed.ttl_ms)
                 result = await self._store.apply(checks, record)
         except CounterStoreUnavailable as error:
             raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
         if not result.ok:
-            raise _refusal(checked[result.failed].kind, result, amount_micro, now)
+            raise _refusal(checked[result.failed][0], result, amount_micro, now)
         return Reservation(request_id, account_id, hold, spend.ttl_ms if spend else 0)
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
