@@ -125,9 +125,7 @@ class Reservations:
         """What the key has spent (and holds) in the current period."""
         return await self._store.get(self._keys.spend(account_id, key_id, period, now), SPENT) or 0
 
-    def _limits(
-        self, account_id: int, amount_micro: int, limits: KeyLimits | None, tokens: int, now: datetime
-    ) -> _Plan:
+    def _plan(self, account_id: int, amount_micro: int, limits: KeyLimits | None, tokens: int, now: datetime) -> _Plan:
         """The checks of one reservation, in the order they are applied (the module's table)."""
         checked: list[_Limit] = []
         spend = tpm = None
@@ -175,7 +173,7 @@ class Reservations:
         if self._refresher.due(account_id):
             await self._refresher.refresh_balance(account_id)
         now = now or datetime.now(UTC)
-        checked, checks, spend, tpm = self._limits(account_id, amount_micro, limits, tokens, now)
+        checked, checks, spend, tpm = self._plan(account_id, amount_micro, limits, tokens, now)
         # The hold's record outlives a crashed process: a later refresh finds it expired and
         # releases it (see billing.expiry), so no reservation holds credits forever.
         hold = HoldRecord(
