@@ -263,7 +263,7 @@ async def test_an_unreadable_buffered_entry_is_parked_not_dropped(books: Books) 
         always=[],
         enqueue=Enqueue(meter.stream_key(books.account_id), meter.balance_key(books.account_id), PENDING, b"{", 40),
     )
-    meter._dirty.add(books.account_id)
+    meter.writer.mark(books.account_id)
     assert await meter.write_pending() == 2
     assert await books.debits() == {"req_ok": 1}
     async with create_sessionmaker(books.engine)() as session:
