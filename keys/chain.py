@@ -14,7 +14,7 @@ Steps and codes follow the table in docs/product-rules.md:
     10-12 rate, spend, balance         in billing's single atomic reservation
 
 Steps 1–7 need only the request's headers and peer (:func:`authorize_request`); 8–9 need the
-parsed body (:func:`authorize_models`); 10–12 are one Lua call in :mod:`billing.metering`.
+parsed body (:func:`authorize_models`); 10–12 are one Lua call in :mod:`billing.reservations`.
 """
 
 from __future__ import annotations
