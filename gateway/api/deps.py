@@ -18,7 +18,7 @@ How a controller uses it (litestar-fullstack's shape)::
 Guards run before the body is read, so an anonymous or under-privileged caller is refused (401
 / 403) before anything it sent is parsed; the guard leaves the :class:`Caller` in the ASGI
 scope and the ``caller`` dependency hands it to the handler. A route without one of these
-guards is public: ``tests/integration/test_api_guards.py`` walks the route table and fails for
+guards is public: ``tests/unit/test_api_routes.py`` walks the route table and fails for
 any ``/api`` route that has none and is not on its short allow-list.
 
 This is a module of its own, not part of a controller, so controllers never import each other
