@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import msgspec
 from litestar import Controller, Litestar
@@ -104,6 +105,16 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         counters = build_counter_store(settings.redis_url, settings.redis_prefix)
         adapters = build_adapters(settings, env)
         countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
+        # The components' clocks follow the state's, which tests may replace; read through a plain
+        # closure (Litestar's app.state attribute lookup costs microseconds on the hot path).
+        built: list[GatewayState] = []
+
+        def now() -> datetime:
+            return built[0].now()
+
+        def monotonic() -> float:
+            return built[0].monotonic()
+
         sessions = SessionService(
             sessionmaker,
             counters,
@@ -111,7 +122,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             prefix=settings.redis_prefix,
             access_ttl_s=settings.session_ttl_s,
             refresh_ttl_s=settings.session_refresh_ttl_s,
-            now=lambda: app.state.gateway.now(),  # follows the state's clock, which tests may replace
+            now=now,
         )
         app.state.gateway = GatewayState(
             settings=settings,
@@ -126,20 +137,19 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 refresh_s=settings.balance_refresh_s,
                 reservation_ttl_s=settings.reservation_ttl_s,
                 claim_idle_s=settings.settlement_claim_idle_s,
-                clock=lambda: app.state.gateway.monotonic(),
+                clock=monotonic,
             ),
-            keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s, clock=lambda: app.state.gateway.monotonic()),
+            keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s, clock=monotonic),
             catalog=build_catalog(settings),
             adapters=adapters,
-            tokens=BrowserTokens(
-                counters, prefix=settings.redis_prefix, clock=lambda: app.state.gateway.now().timestamp()
-            ),
+            tokens=BrowserTokens(counters, prefix=settings.redis_prefix, clock=lambda: now().timestamp()),
             sessions=sessions,
             router=Router(breaker_failures=settings.breaker_failures, breaker_cooldown_s=settings.breaker_cooldown_s),
             trusted_proxies=parse_networks(settings.trusted_proxies, strict=False),
             countries=countries,
         )
         state: GatewayState = app.state.gateway
+        built.append(state)
         await reload_catalogue(state)  # the operator's price overrides
         # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
         await asyncio.to_thread(warm_encodings)
@@ -147,7 +157,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             sessionmaker,
             allow_private=settings.webhook_allow_private,
             retry_base_s=settings.webhook_retry_base_s,
-            now=lambda: app.state.gateway.now(),
+            now=now,
         )
         try:
             async with (

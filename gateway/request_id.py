@@ -17,6 +17,7 @@ from typing import Any, cast
 __all__ = ["HEADER", "new_request_id", "request_id_middleware", "request_id_of"]
 
 HEADER = b"x-request-id"
+V1_PREFIX = "/v1/"
 _SCOPE_KEY = "tollway.request_id"
 
 Scope = MutableMapping[str, Any]
@@ -45,6 +46,11 @@ def request_id_middleware(app: ASGIApp) -> Any:  # Any: Litestar types its middl
             await app(scope, receive, send)
             return
         request_id = request_id_of(scope).encode()
+        if scope["method"] == "POST" and scope["path"].startswith(V1_PREFIX):
+            # Metered /v1 answers carry the id already (the pipeline writes it; errors add it from
+            # the scope): no per-message wrapper on the hot path, where a stream sends many.
+            await app(scope, receive, send)
+            return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

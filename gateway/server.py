@@ -44,55 +44,70 @@ class DeadlineProtocol(HttpToolsProtocol):
     The deadline starts when a connection opens or when the first byte of a new request
     arrives on an idle keep-alive connection, and ends when the headers are complete. Missing
     it closes the connection: the client gets no answer because it never asked a question.
+    A connection only notes when its headers began; one sweep per server a second closes the
+    late ones, so a request pays no timer of its own.
     """
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self._header_timeout_s: float = getattr(config, _HEADER_TIMEOUT_ATTRIBUTE, DEFAULT_HEADER_TIMEOUT_S)
-        self._header_deadline: asyncio.TimerHandle | None = None
+        self._headers_since: float | None = None
         self._header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_deadline()
-        super().connection_lost(exc)
+        self._headers_begin()
+        _HeaderSweep.ensure(self.server_state, self.loop)
 
     def data_received(self, data: bytes) -> None:
-        if self._header_deadline is None and (self.cycle is None or self.cycle.response_complete):
-            self._arm_header_deadline()  # a new request begins on an idle connection
-        if self._header_deadline is not None:
+        if self._headers_since is None and (self.cycle is None or self.cycle.response_complete):
+            self._headers_begin()  # a new request begins on an idle connection
+        if self._headers_since is not None:
             self._header_bytes += len(data)
             if self._header_bytes > MAX_HEADER_BYTES:
-                self._disarm_header_deadline()
+                self._headers_since = None
                 self._refuse(b"431 Request Header Fields Too Large")
                 return
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
-        self._disarm_header_deadline()
+        self._headers_since = None
         super().on_headers_complete()
 
-    def _arm_header_deadline(self) -> None:
+    def _headers_begin(self) -> None:
         self._header_bytes = 0
-        self._header_deadline = self.loop.call_later(self._header_timeout_s, self._header_deadline_passed)
+        self._headers_since = self.loop.time()
 
-    def _disarm_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _header_deadline_passed(self) -> None:
-        self._header_deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
+    def headers_overdue(self, now: float) -> bool:
+        return self._headers_since is not None and now - self._headers_since > self._header_timeout_s
 
     def _refuse(self, status: bytes) -> None:
         if not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             self.transport.close()
+
+
+class _HeaderSweep:
+    """Once a second while a server has connections: close those whose headers are late."""
+
+    INTERVAL_S = 1.0
+    _ATTRIBUTE = "tollway_header_sweep"
+
+    @classmethod
+    def ensure(cls, server_state: Any, loop: asyncio.AbstractEventLoop) -> None:
+        if getattr(server_state, cls._ATTRIBUTE, None) is None:
+            setattr(server_state, cls._ATTRIBUTE, loop.call_later(cls.INTERVAL_S, cls._sweep, server_state, loop))
+
+    @classmethod
+    def _sweep(cls, server_state: Any, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for connection in list(server_state.connections):
+            if isinstance(connection, DeadlineProtocol) and connection.headers_overdue(now):
+                connection._headers_since = None
+                if not connection.transport.is_closing():
+                    connection.transport.close()
+        handle = loop.call_later(cls.INTERVAL_S, cls._sweep, server_state, loop) if server_state.connections else None
+        setattr(server_state, cls._ATTRIBUTE, handle)
 
 
 def server_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
