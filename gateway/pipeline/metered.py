@@ -132,10 +132,10 @@ def find_model(state: GatewayState, slug: str, *, param: str = "model") -> Catal
     return model
 
 
-def requested_models(state: GatewayState, body: RoutedBody) -> list[CatalogModel]:
-    """The model asked for, then its fallbacks from ``models`` (each once)."""
-    slugs = dict.fromkeys([body.model, *(body.models or ())])
-    return [find_model(state, slug, param="model" if index == 0 else "models") for index, slug in enumerate(slugs)]
+def requested_models(state: GatewayState, body: RoutedBody, primary: CatalogModel) -> list[CatalogModel]:
+    """The model asked for (already found), then its fallbacks from ``models`` (each once)."""
+    fallbacks = dict.fromkeys(slug for slug in body.models or () if slug != body.model)
+    return [primary, *(find_model(state, slug, param="models") for slug in fallbacks)]
 
 
 def upstream_body(body: dict[str, Any], served: CatalogModel) -> dict[str, Any]:
@@ -240,7 +240,9 @@ class Admission:
             )
         authorize_models(ctx.identity, [body.model, *(body.models or ())], primary.category)
         models = [
-            m for m in requested_models(state, body) if m.category in categories and (embeddings or not m.embeds_only)
+            m
+            for m in requested_models(state, body, primary)
+            if m.category in categories and (embeddings or not m.embeds_only)
         ]
         plan = [
             served for served in state.router.plan(models, body.provider) if serves(state.adapters[served.provider])
