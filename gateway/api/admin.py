@@ -24,7 +24,7 @@ from billing.accounts import (
 )
 from billing.bounds import MAX_LIST_ITEMS, NO_CONTROL, CreditsText, Email, Item, Name, Password, Reason, ShortText
 from billing.grants import grant as grant_and_sync
-from billing.models import Account, AccountStatus, LedgerKind, UsageRecord
+from billing.models import Account, AccountStatus, LedgerEntry, LedgerKind, UsageRecord
 from billing.money import MoneyError, credits_to_micro, format_credits
 from billing.pricing import UsdPrices
 from gateway.api.deps import OPERATOR, Injected, operator_only
@@ -135,6 +135,33 @@ class Anomalies(msgspec.Struct):
     newest: list[dict[str, Any]]  # usage records, with their account_id
 
 
+async def _move_credits(
+    gateway: GatewayState,
+    account_id: int,
+    amount: int,
+    reason: str,
+    idempotency_key: str | None,
+    *,
+    kind: LedgerKind = LedgerKind.GRANT,
+) -> tuple[LedgerEntry, int]:
+    """Grant or refund through the one grant service; returns the ledger entry and the balance
+    as it stands now (finished requests written first, so the answer includes them)."""
+    await gateway.meter.settled(account_id)
+    entry = await grant_and_sync(
+        gateway.sessionmaker,
+        gateway.counters,
+        gateway.settings.redis_prefix,
+        account_id,
+        amount,
+        reason=reason,
+        idempotency_key=idempotency_key,
+        kind=kind,
+    )
+    async with gateway.sessionmaker() as session:
+        account = await get_account(session, account_id)
+    return entry, account.balance_micro
+
+
 def _credits(value: str, param: str) -> int:
     try:
         return credits_to_micro(value)
@@ -208,19 +235,8 @@ class AdminController(Controller):
         amount = _credits(data.amount, "amount")
         if amount == 0:
             raise InvalidRequest("amount must not be zero", param="amount")
-        await gateway.meter.settled(account_id)  # the balance it answers includes finished requests
-        entry = await grant_and_sync(
-            gateway.sessionmaker,
-            gateway.counters,
-            gateway.settings.redis_prefix,
-            account_id,
-            amount,
-            reason=data.reason,
-            idempotency_key=data.idempotency_key,
-        )
-        async with gateway.sessionmaker() as session:
-            account = await get_account(session, account_id)
-        return GrantRead(entry.id, format_credits(entry.amount_micro), format_credits(account.balance_micro))
+        entry, balance = await _move_credits(gateway, account_id, amount, data.reason, data.idempotency_key)
+        return GrantRead(entry.id, format_credits(entry.amount_micro), format_credits(balance))
 
     @post(
         "/accounts/{account_id:int}/refunds/",
@@ -235,22 +251,10 @@ class AdminController(Controller):
         amount = _credits(data.amount, "amount")
         if amount <= 0:
             raise InvalidRequest("a refund must be positive", param="amount")
-        await gateway.meter.settled(account_id)
-        entry = await grant_and_sync(
-            gateway.sessionmaker,
-            gateway.counters,
-            gateway.settings.redis_prefix,
-            account_id,
-            amount,
-            reason=data.reason,
-            idempotency_key=data.idempotency_key,
-            kind=LedgerKind.REFUND,
+        entry, balance = await _move_credits(
+            gateway, account_id, amount, data.reason, data.idempotency_key, kind=LedgerKind.REFUND
         )
-        async with gateway.sessionmaker() as session:
-            account = await get_account(session, account_id)
-        return RefundRead(
-            entry.id, entry.kind, format_credits(entry.amount_micro), format_credits(account.balance_micro)
-        )
+        return RefundRead(entry.id, entry.kind, format_credits(entry.amount_micro), format_credits(balance))
 
     @post(
         "/accounts/{account_id:int}/keys/",
