@@ -20,7 +20,7 @@ from billing.money import format_credits
 from gateway.catalog import CatalogModel
 from gateway.errors import InvalidRequest
 from gateway.pipeline.chat import decode_object, view_of
-from gateway.pipeline.common import RoutedView, form_text, serves_json, serves_multipart
+from gateway.pipeline.common import RoutedView, form_text, required_form_text, serves_json, serves_multipart
 from gateway.pipeline.metered import Admission, MeteredCall, billable_usage, upstream_body
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
@@ -132,7 +132,7 @@ def _transcription_view(form: Mapping[str, Any]) -> TranscriptionView:
     if not isinstance(form.get("file"), UploadFile):
         raise InvalidRequest("a multipart field 'file' with the audio is required", param="file")
     return TranscriptionView(
-        model=form_text(form, "model", required=True) or "",
+        model=required_form_text(form, "model"),
         response_format=form_text(form, "response_format") or "json",
         user=form_text(form, "user"),
     )

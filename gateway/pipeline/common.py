@@ -36,14 +36,18 @@ class RoutedView(msgspec.Struct, kw_only=True):
     user: str | None = None
 
 
-def form_text(form: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
-    """A multipart text field: ``None`` when absent or empty (a 400 when ``required``)."""
+def form_text(form: Mapping[str, Any], name: str) -> str | None:
+    """A multipart text field: ``None`` when absent or empty."""
     value = form.get(name)
-    if isinstance(value, str) and value:
-        return value
-    if required:
+    return value if isinstance(value, str) and value else None
+
+
+def required_form_text(form: Mapping[str, Any], name: str) -> str:
+    """A multipart text field the route cannot do without (a 400 naming it when missing)."""
+    value = form_text(form, name)
+    if value is None:
         raise InvalidRequest(f"the {name!r} field is required", param=name)
-    return None
+    return value
 
 
 def serves_json(adapter: ProviderHandle) -> bool:

@@ -24,7 +24,7 @@ from billing.models import LedgerKind, VideoJob
 from billing.money import format_credits
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.pipeline.common import form_text, serves_multipart
+from gateway.pipeline.common import form_text, required_form_text, serves_multipart
 from gateway.pipeline.metered import Admission, Admitted, MeteredCall, tollway_meta
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
@@ -80,8 +80,8 @@ def _decode(reply: UpstreamReply, provider: str) -> dict[str, Any]:
 
 
 def _create_view(form: Mapping[str, Any]) -> VideoCreateView:
-    model = form_text(form, "model", required=True) or ""
-    form_text(form, "prompt", required=True)
+    model = required_form_text(form, "model")
+    required_form_text(form, "prompt")
     return VideoCreateView(
         model=model, seconds=_seconds(form.get("seconds")), size=form_text(form, "size"), user=form_text(form, "user")
     )
