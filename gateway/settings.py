@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -23,6 +24,9 @@ from providers.registry import KINDS, UnknownProviderKind, provider_kind
 
 Category = Literal["text", "embedding", "image", "video", "stt", "tts"]
 
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./tollway.db"
 DEMO_PROVIDER = "demo"
 
@@ -136,6 +140,21 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     session_ttl_s: PositiveInt = 900
     session_refresh_ttl_s: PositiveInt = 14 * 86400
     session_cookie_secure: bool = True
+    # Proxy functions (functions/). The key ring seals variables and tokens: key id → base64 of
+    # 32 random bytes, the greatest id seals new values. Unset, a key file next to the SQLite
+    # database is made on first start (it must be backed up with the database); Postgres
+    # deployments must configure keys.
+    function_secret_keys: dict[str, str] = {}
+    function_secret_key_file: str = ""
+    function_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=1.0)] = 1.0
+    function_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 25.0
+    function_max_body_bytes: PositiveInt = 1024 * 1024
+    # Hosts (exact names) or networks (CIDR) a function may target although they are not public
+    # https addresses: the SSRF guard's exceptions, e.g. an internal API or the tests' fakes.
+    function_allow_hosts: list[str] = []
+    # Credits charged per invocation, as a decimal string ("0" = free): reserved and settled like
+    # any metered call when set.
+    function_invocation_credits: str = "0"
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -256,6 +275,15 @@ def validate_settings(settings: Settings) -> None:
         except ValueError as error:
             raise SettingsError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR") from error
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
+    _decimal(settings.function_invocation_credits, "function_invocation_credits")
+    for entry in settings.function_allow_hosts:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not _HOST_NAME.match(entry):
+                raise SettingsError(
+                    f"function_allow_hosts: {entry!r} is neither a host name nor a CIDR network"
+                ) from None
     if settings.admin_token and len(settings.admin_token) < 32:
         raise SettingsError("admin_token must be at least 32 characters (use a random secret)")
     if settings.session_secret and len(settings.session_secret) < 32:
@@ -311,7 +339,7 @@ def sqlite_path(database_url: str) -> Path | None:
 # as a provider's extra headers, which may carry credentials) has each value masked, and every
 # ``*_url`` keeps its shape but loses its password. tests/unit/test_settings_env.py fails when a
 # field whose name looks secret is added without being listed here or declared harmless there.
-SECRET_FIELDS = frozenset({"admin_token", "session_secret", "api_key", "headers"})
+SECRET_FIELDS = frozenset({"admin_token", "session_secret", "api_key", "headers", "function_secret_keys"})
 MASK = "********"
 
 

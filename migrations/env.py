@@ -12,7 +12,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import keys.models  # noqa: F401  (registers the tables on Base.metadata)
+import functions.models  # noqa: F401  (registers the tables on Base.metadata)
+import keys.models  # noqa: F401
 from billing.models import Base
 
 target_metadata = Base.metadata

@@ -19,10 +19,14 @@ STRING_SAMPLES = {
     "bootstrap_credits": "7",
     "admin_token": "a" * 32,
     "session_secret": "s" * 32,
+    "function_invocation_credits": "0.25",
 }
+# Fields whose type-derived sample would break their bounds (the cache TTL is at most 1 s).
+NUMBER_SAMPLES: dict[str, tuple[str, Any]] = {"function_cache_ttl_s": ("0.5", 0.5)}
 TABLE_SAMPLES: dict[str, tuple[str, Any]] = {
     "providers": ('{"up": {"kind": "openai", "api_key": "sk-x"}}', "openai"),
     "models": ('{"demo/echo": {"provider": "demo", "upstream_model": "echo"}}', "echo"),
+    "function_secret_keys": ('{"k2027": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}', "k2027"),
 }
 
 
@@ -33,6 +37,8 @@ def _sample(field: msgspec.inspect.Field, tmp_path: Path) -> tuple[str, Any]:
         path = tmp_path / "country.mmdb"
         path.write_bytes(b"")
         return str(path), str(path)
+    if field.name in NUMBER_SAMPLES:
+        return NUMBER_SAMPLES[field.name]
     if field.name in STRING_SAMPLES:
         return STRING_SAMPLES[field.name], STRING_SAMPLES[field.name]
     if isinstance(shape, msgspec.inspect.BoolType):
@@ -102,7 +108,7 @@ def test_settings_env_bad_value_names_the_variable(variable: str, value: str, ne
 # Fields whose names look secret but hold none; anything else matching SECRET_LOOKING must be in
 # SECRET_FIELDS, so `tollway config check` cannot print a new secret by accident.
 SECRET_LOOKING = re.compile(r"secret|token|password|passwd|api_key|credential|private_key|signing|_key$")
-HARMLESS = {"max_output_tokens", "api_key_env"}
+HARMLESS = {"max_output_tokens", "api_key_env", "function_secret_key_file"}  # a path, not a key
 
 
 def _struct_fields(cls: type[msgspec.Struct]) -> set[str]:
