@@ -38,7 +38,7 @@ def canonical_function_id(text: str) -> str | None:
         return None
 
 
-def resolve(row: ProxyFunction, variables: dict[int, Variable], keyring: KeyRing) -> ResolvedFunction:
+def resolve(row: ProxyFunction, variables: dict[int, Variable], keyring: KeyRing | None) -> ResolvedFunction:
     """Open the row's secrets and apply their templates; a mapping that cannot be opened marks
     the function unresolved (the runtime refuses it with 500) instead of sending it without."""
     injections: list[Injection] = []
@@ -51,7 +51,7 @@ def resolve(row: ProxyFunction, variables: dict[int, Variable], keyring: KeyRing
             template=str(item.get("template") or ""),
         )
         variable = variables.get(mapping.variable_id)
-        if variable is None:
+        if variable is None or keyring is None:
             unresolved = True
             continue
         try:
@@ -96,7 +96,7 @@ def resolve(row: ProxyFunction, variables: dict[int, Variable], keyring: KeyRing
     )
 
 
-async def load_function(session: AsyncSession, function_id: str, keyring: KeyRing) -> ResolvedFunction | None:
+async def load_function(session: AsyncSession, function_id: str, keyring: KeyRing | None) -> ResolvedFunction | None:
     row = await session.get(ProxyFunction, function_id)
     if row is None:
         return None
@@ -125,7 +125,7 @@ class FunctionDirectory:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        keyring: KeyRing,
+        keyring: KeyRing | None,
         *,
         ttl_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -138,7 +138,9 @@ class FunctionDirectory:
         self._loading: dict[str, asyncio.Future[ResolvedFunction | None]] = {}
 
     @property
-    def keyring(self) -> KeyRing:
+    def keyring(self) -> KeyRing | None:
+        """None when the operator configured no key ring (Postgres without keys): functions still
+        run, but a secret cannot be stored or opened."""
         return self._keyring
 
     async def get(self, function_id: str) -> ResolvedFunction | None:

@@ -8,6 +8,7 @@ it stops, so importing this module (or building an app in a test) has no side ef
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,6 +23,8 @@ from litestar.logging.config import LoggingConfig
 from billing.counters import build_counter_store
 from billing.metering import Meter, settlement_writer
 from billing.tokens import warm_encodings
+from functions.directory import FunctionDirectory
+from functions.keyfile import load_keyring
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
 from gateway.api.billing import CreditsController, UsageController, WebhooksController
@@ -61,7 +64,7 @@ from gateway.pipeline.geoip import CountryDatabase
 from gateway.prices import follow_price_changes, reload_catalogue
 from gateway.request_id import request_id_middleware
 from gateway.routing import Router
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, load_settings, sqlite_path
 from gateway.state import GatewayState
 from gateway.webhooks import WebhookWorker, deliver_webhooks
 from keys.browser_tokens import BrowserTokens
@@ -80,6 +83,8 @@ API_CONTROLLERS: list[type[Controller]] = [
     AuthController,
     AdminController,
 ]
+
+log = logging.getLogger("tollway")
 
 V1_HANDLERS = [
     create_chat_completion,
@@ -105,6 +110,18 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         counters = build_counter_store(settings.redis_url, settings.redis_prefix)
         adapters = build_adapters(settings, env)
         countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
+        keyring = await asyncio.to_thread(
+            load_keyring,
+            settings.function_secret_keys,
+            settings.function_secret_key_file,
+            sqlite_path(settings.database_url),
+        )
+        if keyring.created_file is not None:
+            log.warning(
+                "created the secret key file %s for proxy-function secrets: back it up with the "
+                "database, without it no stored secret can be opened",
+                keyring.created_file,
+            )
         # The components' clocks follow the state's, which tests may replace; read through a plain
         # closure (Litestar's app.state attribute lookup costs microseconds on the hot path).
         built: list[GatewayState] = []
@@ -147,6 +164,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             router=Router(breaker_failures=settings.breaker_failures, breaker_cooldown_s=settings.breaker_cooldown_s),
             trusted_proxies=parse_networks(settings.trusted_proxies, strict=False),
             countries=countries,
+            functions=FunctionDirectory(
+                sessionmaker, keyring.ring, ttl_s=settings.function_cache_ttl_s, clock=monotonic
+            ),
         )
         state: GatewayState = app.state.gateway
         built.append(state)
