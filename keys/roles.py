@@ -9,6 +9,12 @@ Tollway's resources:
     create / edit / delete keys           ✓      ✓      –       –
     revoke a key's browser tokens         ✓      ✓      –       –
     view the audit trail                  ✓      ✓      –       –
+    view projects, environments, variables (masked), proxy functions;
+      copy a function's URL and token, test it, download its code
+                                          ✓      ✓      ✓       ✓
+    create / edit / delete projects, environments, variables and
+      functions; enable, disable, regenerate tokens   ✓   ✓   –   –
+    reveal a secret variable's value (audited)        ✓   ✓   –   –
     invite / change / remove members      ✓      ✓      –       –    (only owners touch owners)
     billing                               ✓      –      –       –
 
@@ -32,6 +38,8 @@ class Permission(enum.StrEnum):
     MANAGE_KEYS = "manage_keys"
     VIEW_AUDIT = "view_audit"
     MANAGE_MEMBERS = "manage_members"
+    MANAGE_PROJECTS = "manage_projects"
+    REVEAL_SECRETS = "reveal_secrets"
     BILLING = "billing"
 
 

@@ -111,8 +111,15 @@ def gateway_settings(backend: Backend, fake: FakeOpenAI, **overrides: Any) -> Se
             )
         },
     }
+    # Proxy functions: a fixed key ring (both backends read the same one) and the fake
+    # third-party APIs on loopback allowed past the SSRF guard.
+    values["function_secret_keys"] = {"test": TEST_SECRET_KEY}
+    values["function_allow_hosts"] = ["127.0.0.1/32", "::1/128"]
     values.update(overrides)
     return Settings(**values)
+
+
+TEST_SECRET_KEY = "dGVzdC1rZXktcmluZy1mb3ItdG9sbHdheS10ZXN0cyE="  # 32 bytes, tests only
 
 
 @dataclass
