@@ -1,4 +1,5 @@
-"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys and credits.
+"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys and credits
+(projects, environments, variables and the secret key ring: :mod:`gateway.cli_projects`).
 
 Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
 non-zero exit code (2 for bad input or configuration, 1 for anything else).
@@ -355,10 +356,12 @@ def cmd_config_check(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.bootstrap import prepare_and_announce
+    from gateway.cli_projects import check_keys_before_serving
     from gateway.server import run_server
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     asyncio.run(prepare_and_announce(settings, as_json=args.json))
+    check_keys_before_serving(settings)  # before any worker: the key file is made once
     run_server(settings, config_path=args.config)
 
 
@@ -442,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--reason", default="")
     grant.add_argument("--idempotency-key", default=None, help="repeat-safe: the same key grants once")
     grant.set_defaults(handler=cmd_credits_grant)
+
+    from gateway.cli_projects import add_project_commands  # imports this module: loaded here
+
+    add_project_commands(commands, common)
     return parser
 
 

@@ -174,6 +174,31 @@ SEEDS: dict[tuple[str, str], Seed] = {
         json={"input_per_mtok": "0.15", "output_per_mtok": "0.6"}, path={"slug": INSTRUCT}, auth="admin"
     ),
     ("DELETE", "/api/admin/models/{slug:path}"): Seed(path={"slug": INSTRUCT}, auth="admin"),
+    ("GET", "/api/projects"): Seed(),
+    ("POST", "/api/projects"): Seed(json={"name": "fuzz", "description": "d"}),
+    ("GET", "/api/projects/{project_id:int}"): Seed(path={"project_id": "spare_project"}),
+    ("PATCH", "/api/projects/{project_id:int}"): Seed(
+        json={"name": "spare", "description": "d"}, path={"project_id": "spare_project"}
+    ),
+    ("DELETE", "/api/projects/{project_id:int}"): Seed(path={"project_id": "spare_doomed_project"}),
+    ("GET", "/api/projects/{project_id:int}/environments"): Seed(path={"project_id": "spare_project"}),
+    ("POST", "/api/projects/{project_id:int}/environments"): Seed(
+        json={"name": "fuzz", "clone_from": "spare_environment"}, path={"project_id": "spare_project"}
+    ),
+    ("PATCH", "/api/environments/{environment_id:int}"): Seed(
+        json={"name": "Development"}, path={"environment_id": "spare_environment"}
+    ),
+    ("DELETE", "/api/environments/{environment_id:int}"): Seed(path={"environment_id": "spare_doomed_environment"}),
+    ("GET", "/api/environments/{environment_id:int}/variables"): Seed(path={"environment_id": "spare_environment"}),
+    ("POST", "/api/environments/{environment_id:int}/variables"): Seed(
+        json={"key": "FUZZ_KEY", "value": "v", "is_secret": True, "description": "d"},
+        path={"environment_id": "spare_environment"},
+    ),
+    ("PATCH", "/api/variables/{variable_id:int}"): Seed(
+        json={"value": "v2", "description": "d"}, path={"variable_id": "spare_variable"}
+    ),
+    ("DELETE", "/api/variables/{variable_id:int}"): Seed(path={"variable_id": "spare_doomed_variable"}),
+    ("POST", "/api/variables/{variable_id:int}/reveal"): Seed(path={"variable_id": "spare_variable"}),
 }
 
 # Routes whose bodies have the most structure get more examples.
@@ -242,6 +267,10 @@ FIELD_NAMES = [
     "account_id",
     "status",
     "per_unit_usd_variants",
+    "key",
+    "value",
+    "is_secret",
+    "clone_from",
 ]
 
 scalars = st.one_of(
@@ -456,6 +485,29 @@ def _spares(gateway: Gateway) -> dict[str, int]:
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
+        **_project_spares(gateway.url, key),
+    }
+
+
+def _project_spares(url: str, key: dict[str, str]) -> dict[str, int]:
+    """A project (its first environment and a variable there) the seeds change, and one
+    project, environment and variable the delete seeds may take."""
+    project = httpx.post(url + "/api/projects/", json={"name": "spare"}, headers=key).json()
+    doomed = httpx.post(url + "/api/projects/", json={"name": "doomed"}, headers=key).json()
+    development, staging = project["environments"][0]["id"], project["environments"][1]["id"]
+    variables = [
+        httpx.post(
+            url + f"/api/environments/{development}/variables/", json={"key": name, "value": "v"}, headers=key
+        ).json()["id"]
+        for name in ("SPARE", "DOOMED")
+    ]
+    return {
+        "spare_project": project["id"],
+        "spare_doomed_project": doomed["id"],
+        "spare_environment": development,
+        "spare_doomed_environment": staging,
+        "spare_variable": variables[0],
+        "spare_doomed_variable": variables[1],
     }
 
 
