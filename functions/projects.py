@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -53,6 +54,7 @@ __all__ = [
     "delete_project",
     "environment_of",
     "get_project",
+    "iso",
     "list_environments",
     "list_projects",
     "rename_environment",
@@ -107,12 +109,17 @@ class ProjectRead(msgspec.Struct):
     updated_at: str
 
 
+def iso(moment: datetime) -> str:
+    """ISO 8601 with its offset, on both backends (SQLite hands back naive UTC datetimes)."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).isoformat()
+
+
 def environment_read(environment: Environment) -> EnvironmentRead:
     return EnvironmentRead(
         id=environment.id,
         project_id=environment.project_id,
         name=environment.name,
-        created_at=environment.created_at.isoformat(),
+        created_at=iso(environment.created_at),
     )
 
 
@@ -122,8 +129,8 @@ def _project_read(project: Project, environments: list[Environment]) -> ProjectR
         name=project.name,
         description=project.description,
         environments=[environment_read(environment) for environment in environments],
-        created_at=project.created_at.isoformat(),
-        updated_at=project.updated_at.isoformat(),
+        created_at=iso(project.created_at),
+        updated_at=iso(project.updated_at),
     )
 
 

@@ -24,7 +24,7 @@ from billing.bounds import NO_NUL, Description
 from functions.crypto import KeyRing
 from functions.errors import VariableExists, VariableNotFound
 from functions.models import ProxyFunction, Variable
-from functions.projects import environment_of
+from functions.projects import environment_of, iso
 from functions.sealing import open_variable, require_ring, seal_variable
 from keys.audit import record_event
 
@@ -95,8 +95,8 @@ def _read(variable: Variable, keyring: KeyRing | None) -> VariableRead:
         value=MASK if variable.is_secret else open_variable(keyring, variable),
         is_secret=variable.is_secret,
         description=variable.description,
-        created_at=variable.created_at.isoformat(),
-        updated_at=variable.updated_at.isoformat(),
+        created_at=iso(variable.created_at),
+        updated_at=iso(variable.updated_at),
     )
 
 
