@@ -27,6 +27,7 @@ from billing.accounts import (
 from billing.errors import AccountNotFound, IdempotencyConflict
 from billing.models import AccountStatus
 from billing.money import MoneyError, credits_to_micro, format_credits
+from gateway.cli_common import CommandError, ReconcileFailed
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.settings import Settings, SettingsError, load_settings
 from keys.audit import record_event
@@ -37,14 +38,6 @@ from keys.service import create_key
 
 if TYPE_CHECKING:
     from billing.counters import CounterStore
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit code 2."""
-
-
-class ReconcileFailed(Exception):
-    """Reconcile found drift: exit code 1, the report itself already says what."""
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

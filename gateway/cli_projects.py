@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from functions.crypto import KeyRing, SecretKeyError
 from functions.errors import FunctionsError
 from functions.keyfile import load_keyring
+from gateway.cli_common import CommandError, ReconcileFailed, emit, settings_of, with_session
 from gateway.settings import Settings, sqlite_path
 
 ACTOR = "operator:cli"
@@ -35,21 +36,15 @@ KEY_FILE_WARNING = (
 )
 
 
-def _cli() -> Any:
-    from gateway import cli  # loaded already: it is what calls us
-
-    return cli
-
-
 @contextmanager
 def _domain_errors() -> Iterator[None]:
     """The services' errors, as the CLI's: a message on stderr and exit code 2."""
     try:
         yield
     except FunctionsError as error:
-        raise _cli().CommandError(error.message) from error
+        raise CommandError(error.message) from error
     except SecretKeyError as error:
-        raise _cli().CommandError(str(error)) from error
+        raise CommandError(str(error)) from error
 
 
 def load_ring(settings: Settings) -> KeyRing | None:
@@ -84,8 +79,7 @@ def check_keys_before_serving(settings: Settings) -> KeyRing | None:
 
 
 def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[None]]) -> None:
-    cli = _cli()
-    settings = cli._settings(args)
+    settings = settings_of(args)
 
     async def guarded(session: AsyncSession) -> None:
         from billing.accounts import get_account
@@ -94,15 +88,15 @@ def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[None
         try:
             await get_account(session, args.account)
         except AccountNotFound as error:
-            raise cli.CommandError(str(error)) from error
+            raise CommandError(str(error)) from error
         with _domain_errors():
             await work(session)
 
-    asyncio.run(cli._with_session(settings, guarded))
+    asyncio.run(with_session(settings, guarded))
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    _cli()._emit(args, msgspec.to_builtins(data), text)
+    emit(args, msgspec.to_builtins(data), text)
 
 
 # --- projects ---------------------------------------------------------------------------------
@@ -170,7 +164,7 @@ def _create_environment(args: argparse.Namespace, project_of_source: bool) -> No
 
     clone_from = args.environment if project_of_source else args.clone_from
     data = _decode({"name": args.name, "clone_from": clone_from}, EnvironmentCreate)
-    settings = _cli()._settings(args)
+    settings = settings_of(args)
     ring = load_ring(settings)
 
     async def work(session: AsyncSession) -> None:
@@ -230,7 +224,7 @@ def cmd_environments_delete(args: argparse.Namespace) -> None:
 def cmd_variables_list(args: argparse.Namespace) -> None:
     from functions.variables import list_variables
 
-    ring = load_ring(_cli()._settings(args))
+    ring = load_ring(settings_of(args))
 
     async def work(session: AsyncSession) -> None:
         variables = await list_variables(session, ring, args.account, args.environment)
@@ -250,11 +244,10 @@ def cmd_variables_set(args: argparse.Namespace) -> None:
         variable_by_key,
     )
 
-    cli = _cli()
     if args.value_stdin == (args.value is not None):
-        raise cli.CommandError("give the value with exactly one of --value or --value-stdin")
+        raise CommandError("give the value with exactly one of --value or --value-stdin")
     value = sys.stdin.readline().rstrip("\n") if args.value_stdin else args.value
-    ring = load_ring(cli._settings(args))
+    ring = load_ring(settings_of(args))
 
     async def work(session: AsyncSession) -> None:
         existing = await variable_by_key(session, args.account, args.environment, args.key)
@@ -272,7 +265,7 @@ def cmd_variables_set(args: argparse.Namespace) -> None:
             verb = "created"
         else:
             if args.plain and existing.is_secret:
-                raise cli.CommandError(f"{args.key} is a secret: a variable's type is fixed when it is created")
+                raise CommandError(f"{args.key} is a secret: a variable's type is fixed when it is created")
             fields: dict[str, Any] = {"value": value}
             if args.description is not None:
                 fields["description"] = args.description
@@ -305,23 +298,22 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> None:
     from functions.keyops import add_key_to_file, key_file_path, rotate
     from gateway.db import create_engine, create_sessionmaker
 
-    cli = _cli()
-    settings = cli._settings(args)
+    settings = settings_of(args)
     added = None
     if args.new_key:
         if settings.function_secret_keys:
-            raise cli.CommandError(
+            raise CommandError(
                 "the key ring comes from function_secret_keys: add a key with a greater id there, "
                 "restart the gateway, then run `tollway secrets rotate`"
             )
         path = key_file_path(settings.function_secret_key_file, sqlite_path(settings.database_url))
         if path is None:
-            raise cli.CommandError("no key file is configured (function_secret_key_file): nothing to add a key to")
+            raise CommandError("no key file is configured (function_secret_key_file): nothing to add a key to")
         with _domain_errors():
             added = add_key_to_file(path)
     ring = load_ring(settings)
     if ring is None:
-        raise cli.CommandError("no secret key ring is configured (function_secret_keys or function_secret_key_file)")
+        raise CommandError("no secret key ring is configured (function_secret_keys or function_secret_key_file)")
 
     async def run() -> Any:
         engine = create_engine(settings.database_url)
@@ -337,17 +329,18 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> None:
         f"under key {report.key_id!r}"
     )
     if added is not None:
-        text = f"added key {added!r} to the key file; restart every gateway process so it is used\n" + text
+        restart = "a gateway process started before now does not know it: restart it"
+        text = f"added key {added!r} to the key file ({restart})\n{text}"
     for where in report.unreadable:
         text += f"\nUNREADABLE {where}: it does not open under its own key; left as it is"
-    cli._emit(args, {**report.as_json(), "added_key_id": added}, text)
+    emit(args, {**report.as_json(), "added_key_id": added}, text)
     if report.unreadable:
-        raise cli.ReconcileFailed(f"{len(report.unreadable)} stored secret(s) could not be opened")
+        raise ReconcileFailed(f"{len(report.unreadable)} stored secret(s) could not be opened")
 
 
 def cmd_secrets_check(args: argparse.Namespace) -> None:
-    ring = check_keys_before_serving(_cli()._settings(args))
-    _cli()._emit(
+    ring = check_keys_before_serving(settings_of(args))
+    emit(
         args,
         {"ok": True, "current_key_id": ring.current if ring else None},
         "every stored secret names a key of the ring",
@@ -362,7 +355,7 @@ def _decode(fields: dict[str, Any], type_: type[Any]) -> Any:
     try:
         return msgspec.convert(fields, type=type_)
     except msgspec.ValidationError as error:
-        raise _cli().CommandError(f"invalid input: {error}") from error
+        raise CommandError(f"invalid input: {error}") from error
 
 
 def add_project_commands(commands: Any, common: argparse.ArgumentParser) -> None:
