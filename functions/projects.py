@@ -14,8 +14,6 @@ the copied variables) and deleted, never the last one of its project.
 
 from __future__ import annotations
 
-import copy
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -25,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.bounds import NO_CONTROL, Description, Id, Name
+from functions.cloning import copy_contents
 from functions.crypto import KeyRing
 from functions.errors import (
     Conflict,
@@ -36,7 +35,6 @@ from functions.errors import (
     ProjectNotFound,
 )
 from functions.models import DEFAULT_ENVIRONMENTS, Environment, Project, ProxyFunction, Variable
-from functions.sealing import new_token, open_variable, require_ring, seal_variable
 from keys.audit import record_event
 
 __all__ = [
@@ -362,7 +360,7 @@ async def create_environment(
     environment = Environment(account_id=account_id, project_id=project.id, name=name)
     session.add(environment)
     await _flush_unique(session, _environment_exists(name))
-    copied = (0, 0) if source is None else await _clone_into(session, keyring, source, environment, actor=actor)
+    copied = (0, 0) if source is None else await copy_contents(session, keyring, source, environment, actor=actor)
     record_event(
         session,
         account_id=account_id,
@@ -387,83 +385,6 @@ async def create_environment(
         cloned_from=source.id if source is not None else None,
         variables_copied=copied[0],
         functions_copied=copied[1],
-    )
-
-
-# Columns a cloned function does not take from its source: who it is, where, and its token.
-_NOT_CLONED = frozenset(
-    {"id", "environment_id", "token_ciphertext", "token_sha256", "created_by", "created_at", "updated_at"}
-)
-
-
-async def _clone_into(
-    session: AsyncSession, keyring: KeyRing | None, source: Environment, target: Environment, *, actor: str
-) -> tuple[int, int]:
-    """Copy ``source``'s variables (re-sealed: the sealing context names the environment) and
-    functions (new UUID, new token, the same slug, mappings pointing at the copies). Returns
-    how many of each were copied."""
-    variables = list(
-        await session.scalars(
-            select(Variable)
-            .where(Variable.account_id == source.account_id, Variable.environment_id == source.id)
-            .order_by(Variable.id)
-        )
-    )
-    functions = list(
-        await session.scalars(
-            select(ProxyFunction)
-            .where(ProxyFunction.account_id == source.account_id, ProxyFunction.environment_id == source.id)
-            .order_by(ProxyFunction.created_at, ProxyFunction.id)
-        )
-    )
-    if not variables and not functions:
-        return 0, 0
-    ring = require_ring(keyring)
-    copies: dict[int, Variable] = {}
-    for variable in variables:
-        value = open_variable(ring, variable)
-        copies[variable.id] = Variable(
-            account_id=target.account_id,
-            environment_id=target.id,
-            key=variable.key,
-            value_ciphertext=seal_variable(ring, target.account_id, target.id, variable.key, value),
-            is_secret=variable.is_secret,
-            description=variable.description,
-        )
-    session.add_all(copies.values())
-    await session.flush()
-    new_ids = {old_id: copy_.id for old_id, copy_ in copies.items()}
-    for function in functions:
-        session.add(_cloned_function(ring, function, target, new_ids, actor=actor))
-    await session.flush()
-    return len(variables), len(functions)
-
-
-def _cloned_function(
-    ring: KeyRing, function: ProxyFunction, target: Environment, new_ids: dict[int, int], *, actor: str
-) -> ProxyFunction:
-    function_id = str(uuid.uuid4())
-    _token, sealed, digest = new_token(ring, target.account_id, function_id)
-    values = {
-        column.key: copy.deepcopy(getattr(function, column.key))
-        for column in ProxyFunction.__table__.columns
-        if column.key not in _NOT_CLONED
-    }
-    # A mapping to a variable outside the source environment cannot resolve in the copy either:
-    # it is kept as it is, so the copy is visibly unresolved rather than silently secretless.
-    values["secret_mappings"] = [
-        {**item, "variable_id": new_ids.get(int(item["variable_id"]), item["variable_id"])}
-        if isinstance(item, dict) and "variable_id" in item
-        else item
-        for item in function.secret_mappings or []
-    ]
-    return ProxyFunction(
-        **values,
-        id=function_id,
-        environment_id=target.id,
-        token_ciphertext=sealed,
-        token_sha256=digest,
-        created_by=actor,
     )
 
 
