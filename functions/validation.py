@@ -490,11 +490,11 @@ def normalise_origin(text: str) -> str:
     elif ":" in rest:
         host, port_text = rest.split(":", 1)
     wildcard = host.startswith("*.")
+    if "*" in host[2 if wildcard else 0 :]:
+        raise ValueError("a wildcard may only open the host (*.example.com), or be * alone for any origin")
     problem = _host_problem(host[2:] if wildcard else host, wildcard=wildcard)
     if problem is not None:
         raise ValueError(problem)
-    if "*" in host[2 if wildcard else 0 :]:
-        raise ValueError("a wildcard may only open the host (*.example.com)")
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError("has an invalid port")
