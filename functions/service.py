@@ -96,7 +96,9 @@ async def get_function(session: AsyncSession, account_id: int, function_id: str)
             select(ProxyFunction).where(ProxyFunction.id == canonical, ProxyFunction.account_id == account_id)
         )
     if row is None:
-        raise FunctionNotFound(f"no proxy function with id {function_id[:36]!r}")
+        raise FunctionNotFound(
+            f"no proxy function with id {canonical}" if canonical else "no proxy function with this id"
+        )
     return row
 
 
