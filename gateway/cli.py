@@ -1,4 +1,5 @@
-"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys and credits.
+"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys, credits and
+proxy functions (``tollway functions …``, in gateway/cli_functions.py).
 
 Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
 non-zero exit code (2 for bad input or configuration, 1 for anything else).
@@ -442,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--reason", default="")
     grant.add_argument("--idempotency-key", default=None, help="repeat-safe: the same key grants once")
     grant.set_defaults(handler=cmd_credits_grant)
+
+    # Its own module (it imports this one's helpers, so it is imported once they exist).
+    from gateway.cli_functions import add_function_commands
+
+    add_function_commands(commands, common)
     return parser
 
 
