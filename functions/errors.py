@@ -1,22 +1,28 @@
-"""The error tree of proxy-function management; each error carries its HTTP status and code.
+"""Errors of proxy-function management; each carries its HTTP status and OpenAI ``error.code``.
 
-The gateway renders them (``gateway/errors.py`` DOMAIN_ERRORS) in the OpenAI envelope of
-``/api``; the CLI prints their message. A message never holds a secret value or a token: at
-most a key id, a variable's key or a row id.
+The gateway renders every one of them in the OpenAI error envelope (``gateway/errors.py``,
+``DOMAIN_ERRORS``); the CLI prints their message. Messages never hold a secret value or a
+token: they name fields, ids and key ids only.
 
 ::
 
-    FunctionsError                 400 invalid_request_error
-    ├── InvalidInput               400 invalid_request
-    ├── NotFound                   404 not_found_error  (project_not_found, environment_not_found, variable_not_found)
+    FunctionsError                 400 invalid_request_error  invalid_request
+    ├── InvalidInput               400 invalid_request        (a project, environment or variable field)
+    ├── InvalidFunction            400 invalid_request        ``param`` names the top-level field
+    ├── NotFound                   404 not_found_error        missing, or another account's
+    │   ├── ProjectNotFound        404 project_not_found
+    │   ├── EnvironmentNotFound    404 environment_not_found
+    │   ├── VariableNotFound       404 variable_not_found
+    │   └── FunctionNotFound       404 function_not_found
     ├── Conflict                   409 conflict
     │   ├── ProjectExists          409 project_exists
     │   ├── EnvironmentExists      409 environment_exists
     │   ├── VariableExists         409 variable_exists
+    │   ├── FunctionExists         409 function_exists        the name's slug is taken in the environment
     │   └── LastEnvironment        409 last_environment
-    └── SecretsUnavailable         503 api_error        secret_keys_not_configured
-        ├── SecretKeyMissing       503 api_error        secret_key_missing
-        └── SecretUnreadable       500 api_error        secret_unreadable
+    └── SecretsUnavailable         503 api_error  secret_keys_unavailable: no key ring (function_secret_keys)
+        ├── SecretKeyMissing       503 api_error  secret_key_missing: a stored value's key is not in the ring
+        └── SecretUnreadable       500 api_error  secret_unreadable: a stored value does not open
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ __all__ = [
     "Conflict",
     "EnvironmentExists",
     "EnvironmentNotFound",
+    "FunctionExists",
+    "FunctionNotFound",
     "FunctionsError",
+    "InvalidFunction",
     "InvalidInput",
     "LastEnvironment",
     "NotFound",
@@ -55,6 +64,10 @@ class InvalidInput(FunctionsError):
     code = "invalid_request"
 
 
+class InvalidFunction(FunctionsError):
+    """``param`` is the top-level field (``secret_mappings``); the message names the item too."""
+
+
 class NotFound(FunctionsError):
     """Missing, or another account's: the two look the same, so ids reveal nothing."""
 
@@ -75,6 +88,10 @@ class VariableNotFound(NotFound):
     code = "variable_not_found"
 
 
+class FunctionNotFound(NotFound):
+    code = "function_not_found"
+
+
 class Conflict(FunctionsError):
     status_code = 409
     code = "conflict"
@@ -92,6 +109,10 @@ class VariableExists(Conflict):
     code = "variable_exists"
 
 
+class FunctionExists(Conflict):
+    code = "function_exists"
+
+
 class LastEnvironment(Conflict):
     code = "last_environment"
 
@@ -101,7 +122,7 @@ class SecretsUnavailable(FunctionsError):
 
     status_code = 503
     type = "api_error"
-    code = "secret_keys_not_configured"
+    code = "secret_keys_unavailable"
 
     def __init__(self, message: str = "", *, param: str | None = None) -> None:
         super().__init__(

@@ -32,6 +32,7 @@ from gateway.api.billing import CreditsController, UsageController, WebhooksCont
 from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
+from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
@@ -84,6 +85,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     WebhooksController,
     AuthController,
     AdminController,
+    FunctionsController,
     ProjectsController,
     EnvironmentsController,
     VariablesController,

@@ -1,5 +1,6 @@
-"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys and credits
-(projects, environments, variables and the secret key ring: :mod:`gateway.cli_projects`).
+"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys, credits and
+proxy functions (``tollway functions …``, in gateway/cli_functions.py; projects, environments,
+variables and the secret key ring in gateway/cli_projects.py).
 
 Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
 non-zero exit code (2 for bad input or configuration, 1 for anything else).
@@ -27,7 +28,10 @@ from billing.accounts import (
 from billing.errors import AccountNotFound, IdempotencyConflict
 from billing.models import AccountStatus
 from billing.money import MoneyError, credits_to_micro, format_credits
-from gateway.cli_common import CommandError, ReconcileFailed
+
+# Re-exported: the command modules beside this one raise them (gateway/cli_common.py says why).
+from gateway.cli_common import CommandError as CommandError
+from gateway.cli_common import ReconcileFailed as ReconcileFailed
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.settings import Settings, SettingsError, load_settings
 from keys.audit import record_event
@@ -439,8 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--idempotency-key", default=None, help="repeat-safe: the same key grants once")
     grant.set_defaults(handler=cmd_credits_grant)
 
-    from gateway.cli_projects import add_project_commands  # imports this module: loaded here
+    # Their own modules (cli_functions imports this one's helpers, so it is imported once they exist).
+    from gateway.cli_functions import add_function_commands
+    from gateway.cli_projects import add_project_commands
 
+    add_function_commands(commands, common)
     add_project_commands(commands, common)
     return parser
 

@@ -484,7 +484,7 @@ def _no_ring_answers(gateway: Gateway) -> None:
     environment = project["environments"][0]["id"]
     refused = api(gateway, "POST", f"/api/environments/{environment}/variables/", json={"key": "K", "value": "v"})
     error = error_of(refused, 503)
-    assert error["code"] == "secret_keys_not_configured" and "function_secret_keys" in error["message"]
+    assert error["code"] == "secret_keys_unavailable" and "function_secret_keys" in error["message"]
     assert ok(api(gateway, "GET", f"/api/environments/{environment}/variables/"))["variables"] == []
     empty_clone = api(
         gateway, "POST", f"/api/projects/{project['id']}/environments/", json={"name": "QA", "clone_from": environment}
