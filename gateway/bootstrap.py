@@ -7,6 +7,7 @@ race to bootstrap. The key is printed only when it is created: it is not stored 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 from billing.accounts import AccountExists, count_accounts, create_account
 from billing.money import credits_to_micro
@@ -58,9 +59,13 @@ Tollway is ready. Your account 'default' has {settings.bootstrap_credits} credit
 """
 
 
-async def prepare_and_announce(settings: Settings, *, as_json: bool) -> None:
+async def prepare_and_announce(
+    settings: Settings, *, as_json: bool, verify: Callable[[Settings], Awaitable[None]] | None = None
+) -> None:
     if settings.auto_migrate:
         await migrate(settings.database_url)
+    if verify is not None:
+        await verify(settings)
     key = await bootstrap(settings) if settings.bootstrap else None
     url = f"http://{settings.host}:{settings.port}"
     if as_json:

@@ -357,8 +357,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.server import run_server
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
-    asyncio.run(prepare_and_announce(settings, as_json=args.json))
-    check_keys_before_serving(settings)  # before any worker: the key file is made once
+    # The key check runs after migrating and before the banner: a refusal is the last word.
+    asyncio.run(prepare_and_announce(settings, as_json=args.json, verify=check_keys_before_serving))
     run_server(settings, config_path=args.config)
 
 
