@@ -16,6 +16,7 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody
 
 from billing.bounds import Email, Password
+from gateway.api.actions import change_member_role, invite_member, remove_account_member
 from gateway.api.deps import ACCESS_COOKIE, CSRF_HEADER, Caller, Injected, json_only, requires
 from gateway.api.openapi import MEMBER_AUTH, PUBLIC, errors
 from gateway.state import GatewayState
@@ -24,12 +25,11 @@ from keys.invitations import (
     TOKEN_PREFIX,
     InvitationView,
     accept_invitation,
-    create_invitation,
     invited_email,
     list_invitations,
     revoke_invitation,
 )
-from keys.members import MemberView, change_role, list_members, remove_member, user_by_email
+from keys.members import MemberView, list_members, user_by_email
 from keys.models import Role
 from keys.roles import Permission
 
@@ -108,16 +108,7 @@ def invitation_read(invitation: InvitationView) -> InvitationRead:
 
 
 async def _invite(gateway: GatewayState, caller: Caller, data: InvitationCreate) -> InvitationCreated:
-    async with gateway.sessionmaker() as session:
-        invitation, token = await create_invitation(
-            session,
-            caller.account_id,
-            email=data.email,
-            role=data.role,
-            actor_role=caller.role,
-            actor=caller.actor,
-            now=gateway.now(),
-        )
+    invitation, token = await invite_member(gateway, caller, data.email, data.role)
     # The same answer whether or not a user with this email exists anywhere.
     return InvitationCreated(
         **msgspec.structs.asdict(invitation_read(invitation)), token=token, accept_path=ACCEPT_PATH
@@ -161,11 +152,7 @@ class MembersController(Controller):
         member_id: FromPath[PathId],
         data: JSONBody[MemberUpdate],
     ) -> MemberRead:
-        async with gateway.sessionmaker() as session:
-            member = await change_role(
-                session, caller.account_id, member_id, data.role, actor_role=caller.role, actor=caller.actor
-            )
-        return member_read(member)
+        return member_read(await change_member_role(gateway, caller, member_id, data.role))
 
     @delete(
         "/{member_id:int}/",
@@ -177,8 +164,7 @@ class MembersController(Controller):
     async def remove_member(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], member_id: FromPath[PathId]
     ) -> None:
-        async with gateway.sessionmaker() as session:
-            await remove_member(session, caller.account_id, member_id, actor_role=caller.role, actor=caller.actor)
+        await remove_account_member(gateway, caller, member_id)
 
 
 class InvitationsController(Controller):
