@@ -25,12 +25,20 @@ from gateway.state import GatewayState
 from gateway.webhooks import check_webhook_url
 from keys.audit import record_event
 from keys.browser_tokens import MintedToken
-from keys.invitations import InvitationView, create_invitation
+from keys.invitations import (
+    Accepted,
+    InvitationView,
+    accept_invitation,
+    create_invitation,
+    invited_email,
+    revoke_invitation,
+)
 from keys.management import KeyCreate, KeyNotFound, KeyUpdate, create_key_with, delete_key, get_key, update_key
-from keys.members import MemberView, change_role, remove_member
+from keys.members import MemberView, change_role, remove_member, user_by_email
 from keys.models import ApiKey, Role
 from keys.restrictions import RestrictionError
 from keys.roles import Permission, require
+from keys.sessions import Principal
 
 __all__ = [
     "change_member_role",
@@ -38,7 +46,9 @@ __all__ = [
     "delete_account_key",
     "invite_member",
     "mint_browser_token",
+    "redeem_invitation",
     "remove_account_member",
+    "revoke_account_invitation",
     "set_low_credit_threshold",
     "update_account_key",
     "webhook_deliveries",
@@ -101,6 +111,32 @@ async def invite_member(state: GatewayState, caller: Caller, email: str, role: R
             actor=caller.actor,
             now=state.now(),
         )
+
+
+async def revoke_account_invitation(state: GatewayState, caller: Caller, invitation_id: int) -> None:
+    require(caller.role, Permission.MANAGE_MEMBERS)
+    async with state.sessionmaker() as session:
+        await revoke_invitation(
+            session, caller.account_id, invitation_id, actor_role=caller.role, actor=caller.actor, now=state.now()
+        )
+
+
+async def redeem_invitation(
+    state: GatewayState, token: str, password: str | None, signed_in: Principal | None
+) -> Accepted:
+    """Join the account an invitation is for. A session proves who is accepting; without one, a new
+    user's chosen password, or an existing user's own current password (checked, never set)."""
+    signed_in_id: int | None = None
+    if signed_in is not None:
+        signed_in_id, password = signed_in.user_id, None
+    elif password:
+        async with state.sessionmaker() as session:
+            email = await invited_email(session, token, state.now())
+            existing = await user_by_email(session, email) if email is not None else None
+        if existing is not None:
+            signed_in_id, password = await state.sessions.verify_user(existing.email, password), None
+    async with state.sessionmaker() as session:
+        return await accept_invitation(session, token, state.now(), signed_in_user_id=signed_in_id, password=password)
 
 
 async def change_member_role(state: GatewayState, caller: Caller, member_id: int, role: Role) -> MemberView:
