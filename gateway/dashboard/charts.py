@@ -60,9 +60,9 @@ class Chart:
 def _nice_max(value: int) -> int:
     if value <= 0:
         return 1
-    magnitude = 10 ** (len(str(value)) - 1)
-    for step in (1, 2, 2.5, 5, 10):
-        top = int(step * magnitude)
+    magnitude: int = 10 ** (len(str(value)) - 1)
+    for tenths in (10, 20, 25, 50, 100):  # 1, 2, 2.5, 5, 10 times the magnitude
+        top = tenths * magnitude // 10 or 1
         if top >= value:
             return top
     return 10 * magnitude
@@ -106,7 +106,7 @@ def stacked_chart(
         day = first + timedelta(days=offset)
         values = per_day.get(day, [0] * len(names))
         x = LEFT + offset * slot_width + (slot_width - bar_width) / 2
-        base = HEIGHT - BOTTOM
+        base = float(HEIGHT - BOTTOM)
         segments: list[Segment] = []
         for series, amount in enumerate(values):
             if amount <= 0:

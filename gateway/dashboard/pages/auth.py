@@ -11,7 +11,7 @@ from typing import Annotated, Any, cast
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
-from litestar.params import FromQuery, Parameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from billing.bounds import NO_CONTROL
@@ -58,7 +58,7 @@ async def _signed_in(request: Request[Any, Any, Any]) -> Viewer | None:
         return None
 
 
-NextPath = Annotated[str | None, Parameter(query="next", max_length=2000, pattern=NO_CONTROL)]
+NextPath = Annotated[str | None, QueryParameter(name="next", max_length=2000, pattern=NO_CONTROL)]
 
 
 class AuthPages(Controller):

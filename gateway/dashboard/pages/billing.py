@@ -12,14 +12,14 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromQuery, Parameter
 from litestar.response import Template
 
-from billing.bounds import NO_CONTROL
+from billing.bounds import INT64_MAX, NO_CONTROL
 from billing.models import Account
 from billing.money import format_credits
-from billing.reports import UsageFilter, ledger_page, usage_page, usage_series
+from billing.reports import SeriesBy, UsageFilter, ledger_page, usage_page, usage_series
 from gateway.api.actions import set_low_credit_threshold, webhook_deliveries, webhook_secret
 from gateway.api.deps import Injected
 from gateway.dashboard.charts import stacked_chart
-from gateway.dashboard.render import field_errors, is_htmx, page
+from gateway.dashboard.render import field_errors, is_htmx, page, see_other
 from gateway.dashboard.session import Viewer, read_form
 from gateway.state import GatewayState
 from gateway.validation import QueryId, QueryText
@@ -32,6 +32,8 @@ PAGE_SIZE = 50
 CHART_DAYS = 30  # the charts' range when none is asked for
 MAX_CHART_DAYS = 366
 DayText = Annotated[str | None, Parameter(max_length=10, pattern=NO_CONTROL)]
+# A select's "All" sends key_id= (empty): a digits-only text, read as an id when present.
+KeyIdText = Annotated[str | None, Parameter(max_length=19, pattern=r"^[0-9]*$")]
 
 
 async def _credits_page(
@@ -94,14 +96,14 @@ class CreditsPages(Controller):
         value = form.get("low_credits_threshold")
         text = value.strip()[:40] if isinstance(value, str) else ""
         try:
-            micro = await set_low_credit_threshold(gateway, viewer.caller, text)
+            await set_low_credit_threshold(gateway, viewer.caller, text)
         except (RestrictionError, KeyError_) as error:
             if getattr(error, "status_code", 400) == 403:
                 raise
             return await _credits_page(
                 request, gateway, viewer, None, errors=field_errors(error), threshold_text=text, status_code=422
             )
-        return await _credits_page(request, gateway, viewer, None, threshold_text=format_credits(micro))
+        return see_other(request, viewer, "/credits")
 
     @get("/webhook-secret")
     async def show_secret(
@@ -158,7 +160,7 @@ class UsagePages(Controller):
         request: Request[Any, Any, Any],
         gateway: Injected[GatewayState],
         viewer: Injected[Viewer],
-        key_id: FromQuery[QueryId] = None,
+        key_id: FromQuery[KeyIdText] = None,
         model: FromQuery[QueryText] = None,
         end_user: FromQuery[QueryText] = None,
         since: FromQuery[DayText] = None,
@@ -171,15 +173,16 @@ class UsagePages(Controller):
         today = gateway.now().astimezone(UTC).date()
         last = _day(until) or today
         first = _day(since) if since is not None else last - timedelta(days=CHART_DAYS - 1)
+        key = int(key_id) if key_id else None
         usage_filter = UsageFilter(
-            key_id,
+            key if key and key <= INT64_MAX else None,
             model or None,
             end_user or None,
             _midnight(first) if first else None,
             _midnight(last + timedelta(days=1)),
         )
         await gateway.meter.settled(account_id)
-        group_by = "key" if by == "key" else "model"
+        group_by: SeriesBy = "key" if by == "key" else "model"
         async with gateway.sessionmaker() as session:
             records = await usage_page(session, account_id, usage_filter, limit=PAGE_SIZE, before_id=before_id)
             keys = await list_keys(session, account_id)
@@ -216,7 +219,7 @@ class UsagePages(Controller):
                 ),
             ]
         filters = {
-            "key_id": key_id or "",
+            "key_id": key or "",
             "model": model or "",
             "end_user": end_user or "",
             "since": first.isoformat() if first else "",

@@ -55,6 +55,10 @@ def _text(form: FormMultiDict, name: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def _all(form: FormMultiDict, name: str) -> list[str]:
+    return [value for value in form.getall(name, []) if isinstance(value, str)]
+
+
 def _items(text: str) -> list[str]:
     return [item for item in _SPLIT.split(text) if item]
 
@@ -66,7 +70,7 @@ def key_fields(form: FormMultiDict, *, update: bool) -> dict[str, Any]:
         "name": _text(form, "name"),
         "description": _text(form, "description"),
         "is_active": form.get("is_active") == "on",
-        "allowed_categories": [c for c in form.getall("allowed_categories") if isinstance(c, str)],
+        "allowed_categories": _all(form, "allowed_categories"),
         "active_hours": _text(form, "active_hours") or cleared,
         "spending_period": _text(form, "spending_period") or SpendingPeriod.MONTHLY.value,
         "webhook_url": _text(form, "webhook_url") or cleared,
@@ -112,7 +116,7 @@ def _submitted(form: FormMultiDict) -> dict[str, Any]:
     """The form as sent, to show it again beside its errors."""
     values: dict[str, Any] = {name: _text(form, name) for name in form}
     values["is_active"] = form.get("is_active") == "on"
-    values["allowed_categories"] = [c for c in form.getall("allowed_categories") if isinstance(c, str)]
+    values["allowed_categories"] = _all(form, "allowed_categories")
     return values
 
 

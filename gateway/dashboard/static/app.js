@@ -167,6 +167,9 @@
     if (button) copy(button);
   });
   document.body.addEventListener("htmx:afterSwap", function (event) {
+    // An answer that swapped nothing (HX-Reswap: none, e.g. "saved, close the dialog") opens nothing.
+    var xhr = event.detail.xhr;
+    if (xhr && xhr.getResponseHeader("HX-Reswap") === "none") return;
     if (event.detail.target && event.detail.target.id === "modal-body") openModal();
   });
   document.body.addEventListener("htmx:load", function (event) { enhance(event.target); });
