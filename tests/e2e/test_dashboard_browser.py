@@ -343,11 +343,11 @@ def test_dashboard_screenshots_of_the_main_pages(dashboard: Dashboard) -> None:
         page.set_viewport_size(viewport)
         for name in MAIN_PAGES:
             page.goto(dashboard.url(f"/{name}"))
-            page.screenshot(path=str(target / f"{name}-{width_name}.png"), full_page=width_name == "desktop")
+            page.screenshot(path=str(target / f"{name}-{width_name}.png"))
     page.set_viewport_size(DESKTOP)
     page.emulate_media(color_scheme="dark")
     page.goto(dashboard.url("/usage"))
-    page.screenshot(path=str(target / "usage-desktop-dark.png"), full_page=True)
+    page.screenshot(path=str(target / "usage-desktop-dark.png"))
     page.goto(dashboard.url("/keys"))
     key_row(page, "sdk key").get_by_role("link", name="Settings").click()
     page.locator("dialog#modal[open]").wait_for()
