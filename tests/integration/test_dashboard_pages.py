@@ -5,6 +5,7 @@ session refresh, the first-run setup link, and the form errors that come from th
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, time, timedelta
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from litestar.routes import HTTPRoute
 
+from billing.models import UsageRecord
 from gateway.app import create_app
 from gateway.settings import Settings
 from keys.setup import create_setup_link
@@ -245,12 +247,47 @@ def test_dashboard_key_forms_show_the_services_messages_next_to_the_fields(gatew
     assert bad_limit.status_code == 422 and 'id="e-rpm_limit"' in bad_limit.text
     hours = owner.post("/keys/1/settings", {"name": "test key", "active_hours": "25:00-26:00"})
     assert hours.status_code == 422 and 'id="e-active_hours"' in hours.text
+    past = owner.post("/keys/1/settings", {"name": "test key", "expires_at": "2001-01-01T10:00"})
+    assert past.status_code == 422 and 'id="e-expires_at"' in past.text and "in the past" in past.text
+    later = owner.post("/keys/1/settings", {"name": "test key", "is_active": "on", "expires_at": "2099-05-01T10:30"})
+    assert later.status_code == 303
+    assert 'value="2099-05-01T10:30"' in owner.get("/keys/1/settings").text
     created = owner.post("/keys", {"name": "fresh", "allowed_models": "a/b, c/d", "is_active": "on"})
     assert created.status_code == 201
     key = re.search(r'value="(prx-[0-9a-f]+)"', created.text)
     assert key, created.text[:500]
     listed = owner.request("GET", "/api/keys/").json()["keys"]
     assert [k["allowed_models"] for k in listed if k["name"] == "fresh"] == [["a/b", "c/d"]]
+
+
+def test_dashboard_usage_charts_a_year_of_data(gateway: Gateway) -> None:
+    """A year of records: the charts get one bar per day from one grouped query each."""
+    owner = add_member(gateway, "owner@acme.test", "owner")
+    today = gateway.clock.now().date()
+
+    async def seed(session: Any) -> None:
+        for day in range(365, -1, -1):
+            for n in range(3):
+                session.add(
+                    UsageRecord(
+                        request_id=f"year-{day}-{n}",
+                        account_id=gateway.account_id,
+                        key_id=1,
+                        model=("fake/a", "fake/b", "fake/c")[n],
+                        credits_micro=1_000_000 * (n + 1),
+                        created_at=datetime.combine(today - timedelta(days=day), time(12, n), tzinfo=UTC),
+                    )
+                )
+        await session.commit()
+
+    gateway.run(_with_session(gateway.settings, seed))
+    since = (today - timedelta(days=365)).isoformat()
+    page = owner.get(f"/usage?since={since}")
+    assert page.status_code == 200
+    assert page.text.count('class="series-0"><title>') == 2 * 366  # both charts, every day
+    assert "Older requests" in page.text  # the table pages on the server
+    by_key = owner.get(f"/usage?since={since}&by=key&model=fake/b")
+    assert by_key.status_code == 200 and "Credits per day by key" in by_key.text
 
 
 def test_dashboard_team_keeps_the_last_owner_and_invites_with_a_role(gateway: Gateway) -> None:

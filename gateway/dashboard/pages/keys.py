@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -63,6 +63,13 @@ def _items(text: str) -> list[str]:
     return [item for item in _SPLIT.split(text) if item]
 
 
+def _utc_moment(text: str) -> str:
+    """A datetime-local value ("2027-01-01T10:00", seconds optional) as RFC 3339 in UTC."""
+    if len(text) == 10:  # a date alone: its start
+        return text + "T00:00:00Z"
+    return text + (":00Z" if len(text) == 16 else "Z")
+
+
 def key_fields(form: FormMultiDict, *, update: bool) -> dict[str, Any]:
     """The key form as the JSON body ``/api/keys`` takes: a blank field is no restriction."""
     cleared: Any = None if update else ""
@@ -79,7 +86,7 @@ def key_fields(form: FormMultiDict, *, update: bool) -> dict[str, Any]:
         data[name] = _items(_text(form, name))
     expires = _text(form, "expires_at")
     # datetime-local has no zone: the form says the time is UTC.
-    data["expires_at"] = (expires + ("Z" if len(expires) > 10 else "T00:00Z")) if expires else None
+    data["expires_at"] = _utc_moment(expires) if expires else None
     data["spending_limit"] = _text(form, "spending_limit") or None
     for name in ("rpm_limit", "tpm_limit"):
         data[name] = _text(form, name) or None
@@ -96,7 +103,7 @@ def _form_values(key: ApiKey | None) -> dict[str, Any]:
         "name": key.name,
         "description": key.description,
         "is_active": key.is_active,
-        "expires_at": key.expires_at.strftime("%Y-%m-%dT%H:%M") if key.expires_at else "",
+        "expires_at": _local_utc(key.expires_at),
         "allowed_categories": key.allowed_categories,
         "active_hours": key.active_hours,
         "spending_limit": _credits_text(key.spending_limit_micro),
@@ -106,6 +113,14 @@ def _form_values(key: ApiKey | None) -> dict[str, Any]:
         "webhook_url": key.webhook_url,
         **{name: "\n".join(getattr(key, name)) for name in LIST_FIELDS},
     }
+
+
+def _local_utc(moment: datetime | None) -> str:
+    """A stored time as the datetime-local field shows it, in UTC (SQLite hands back naive UTC)."""
+    if moment is None:
+        return ""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
 
 
 def _credits_text(micro: int | None) -> str:
