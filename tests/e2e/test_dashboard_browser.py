@@ -268,6 +268,25 @@ def test_dashboard_invite_a_viewer_who_sees_no_management_and_is_refused(dashboa
     assert owner_api.post(dashboard.url("/keys/"), form={"name": "no csrf"}, max_redirects=0).status == 403
 
 
+def test_dashboard_reads_and_writes_with_javascript_off(dashboard: Dashboard) -> None:
+    page = new_page(dashboard, java_script_enabled=False)
+    sign_in(page, dashboard.gateway.url, *OWNER)
+    for name in MAIN_PAGES:
+        page.goto(dashboard.url(f"/{name}"))
+        assert page.get_by_role("heading", level=1).inner_text() == name.capitalize()
+    assert page.locator("figure.chart svg").count() == 0  # on /team; the charts are on /usage
+    page.goto(dashboard.url("/usage"))
+    assert page.locator("figure.chart svg").count() == 2
+    page.goto(dashboard.url("/keys"))
+    key_row(page, "test key").get_by_role("link", name="Settings").click()  # a page of its own
+    page.wait_for_url(re.compile(r"/keys/\d+/settings$"))
+    page.get_by_label("Description").fill("edited without scripts")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url(re.compile(r"/keys$"))
+    assert "edited without scripts" in key_row(page, "test key").inner_text()
+    page.context.close()
+
+
 def _serious(page: Any) -> list[str]:
     page.add_script_tag(path=str(AXE))
     result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
