@@ -268,6 +268,16 @@ def test_dashboard_invite_a_viewer_who_sees_no_management_and_is_refused(dashboa
     assert owner_api.post(dashboard.url("/keys/"), form={"name": "no csrf"}, max_redirects=0).status == 403
 
 
+def test_dashboard_models_are_searched_as_you_type(dashboard: Dashboard) -> None:
+    page = dashboard.owner
+    page.goto(dashboard.url("/models"))
+    rows = page.locator("#models-rows tr")
+    assert rows.count() >= 3
+    page.get_by_label("Search").fill("lorem")  # htmx asks the server for the matching rows
+    page.wait_for_function("document.querySelectorAll('#models-rows tr').length === 1")
+    assert "demo/lorem" in rows.first.inner_text() and "text" in rows.first.inner_text()
+
+
 def test_dashboard_reads_and_writes_with_javascript_off(dashboard: Dashboard) -> None:
     page = new_page(dashboard, java_script_enabled=False)
     sign_in(page, dashboard.gateway.url, *OWNER)
@@ -280,10 +290,10 @@ def test_dashboard_reads_and_writes_with_javascript_off(dashboard: Dashboard) ->
     page.goto(dashboard.url("/keys"))
     key_row(page, "test key").get_by_role("link", name="Settings").click()  # a page of its own
     page.wait_for_url(re.compile(r"/keys/\d+/settings$"))
-    page.get_by_label("Description").fill("edited without scripts")
+    page.get_by_label("Description").fill("Used by the backend")
     page.get_by_role("button", name="Save").click()
     page.wait_for_url(re.compile(r"/keys$"))
-    assert "edited without scripts" in key_row(page, "test key").inner_text()
+    assert "Used by the backend" in key_row(page, "test key").inner_text()
     page.context.close()
 
 
