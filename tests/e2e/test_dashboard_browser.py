@@ -273,7 +273,7 @@ def test_dashboard_models_are_searched_as_you_type(dashboard: Dashboard) -> None
     page.goto(dashboard.url("/models"))
     rows = page.locator("#models-rows tr")
     assert rows.count() >= 3
-    page.get_by_label("Search").fill("lorem")  # htmx asks the server for the matching rows
+    page.get_by_role("searchbox", name="Search").fill("lorem")  # htmx asks the server for the matching rows
     page.wait_for_function("document.querySelectorAll('#models-rows tr').length === 1")
     assert "demo/lorem" in rows.first.inner_text() and "text" in rows.first.inner_text()
 
