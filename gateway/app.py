@@ -53,6 +53,7 @@ from gateway.api.v1 import (
 )
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
+from gateway.dashboard import dashboard_routes, template_config
 from gateway.db import create_engine, create_sessionmaker
 from gateway.errors import (
     DOMAIN_ERRORS,
@@ -233,7 +234,10 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             ),
             healthz,
             readyz,
+            # The dashboard's pages at / and its static files (gateway/dashboard/).
+            *dashboard_routes(settings),
         ],
+        template_config=template_config(),
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         openapi_config=openapi_config(),

@@ -162,6 +162,7 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("DELETE", "/api/invitations/{invitation_id:int}"): Seed(path={"invitation_id": "spare_invitation"}),
     ("POST", "/api/invitations/accept"): Seed(json={"token": "twinv_nope", "password": "fuzz-Passw0rd-x"}, auth="none"),
     ("GET", "/api/credits"): Seed(query={"limit": "10", "before_id": "5"}),
+    ("PUT", "/api/credits/threshold"): Seed(json={"low_credits_threshold": "250.5"}),
     ("GET", "/api/usage"): Seed(query={"key_id": "1", "model": FAKE_MODEL, "since": "2026-01-01T00:00:00Z"}),
     ("GET", "/api/usage/summary"): Seed(query={"group_by": "model", "until": "2030-01-01T00:00:00Z"}),
     ("GET", "/api/webhooks/deliveries"): Seed(query={"limit": "10"}),
