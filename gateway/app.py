@@ -31,6 +31,7 @@ from gateway.api.billing import CreditsController, UsageController, WebhooksCont
 from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
+from gateway.api.function_code import FunctionCodeController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
@@ -82,6 +83,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     WebhooksController,
     AuthController,
     AdminController,
+    FunctionCodeController,
 ]
 
 log = logging.getLogger("tollway")
