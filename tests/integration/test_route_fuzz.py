@@ -37,12 +37,14 @@ from litestar.routes import HTTPRoute
 from gateway.app import create_app
 from gateway.settings import ModelSettings, Settings
 from tests.conftest import _asyncpg_url, _create_database, _drop_database, run_in_thread
+from tests.fakes.function_rows import add_function, add_project, add_variable, fixed_keyring
 from tests.fakes.gateway_fixtures import (
     ADMIN_TOKEN,
     FAKE_MODEL,
     Backend,
     Gateway,
     _delete_redis_prefix,
+    _with_session,
     gateway_settings,
     start_gateway,
 )
@@ -174,6 +176,9 @@ SEEDS: dict[tuple[str, str], Seed] = {
         json={"input_per_mtok": "0.15", "output_per_mtok": "0.6"}, path={"slug": INSTRUCT}, auth="admin"
     ),
     ("DELETE", "/api/admin/models/{slug:path}"): Seed(path={"slug": INSTRUCT}, auth="admin"),
+    ("GET", "/api/functions/{function_id:str}/code/{platform:str}"): Seed(
+        path={"function_id": "code_function", "platform": "lambda"}, query={"download": "0"}
+    ),
 }
 
 # Routes whose bodies have the most structure get more examples.
@@ -346,7 +351,7 @@ def path_value(kind: str, seeded: Any) -> st.SearchStrategy[str]:
 
 
 @st.composite
-def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares: dict[str, int]) -> Request:
+def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares: dict[str, Any]) -> Request:
     def fill(value: Any) -> Any:
         return spares.get(value, value) if isinstance(value, str) else value
 
@@ -407,7 +412,7 @@ def _settings(backend: Backend, fake: FakeOpenAI) -> Settings:
 @dataclass
 class Target:
     gateway: Gateway
-    spares: dict[str, int]
+    spares: dict[str, Any]
 
 
 def _backend(name: str, tmp: Any) -> Generator[Backend, None, None]:
@@ -439,7 +444,29 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         backends.close()
 
 
-def _spares(gateway: Gateway) -> dict[str, int]:
+def _code_function(gateway: Gateway) -> str:
+    """A function with a secret mapping, written straight to the database, for Download Code."""
+
+    async def work(session: Any) -> str:
+        ring = fixed_keyring()
+        _project, environments = await add_project(session, gateway.account_id, "Fuzz code")
+        variable = await add_variable(session, ring, environments[0], "FUZZ_KEY", "fuzz-secret")
+        mapping = {
+            "variable_id": variable.id,
+            "inject_as": "header",
+            "key": "Authorization",
+            "template": "Bearer ${value}",
+        }
+        row, _token = await add_function(
+            session, ring, environments[0], "https://api.example.com/x", secret_mappings=[mapping]
+        )
+        await session.commit()
+        return row.id
+
+    return str(gateway.run(_with_session(gateway.settings, work)))
+
+
+def _spares(gateway: Gateway) -> dict[str, Any]:
     """Things the seeds may change or delete, so the caller's own key and account stay usable."""
     key = {"Authorization": f"Bearer {gateway.key}"}
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -456,6 +483,7 @@ def _spares(gateway: Gateway) -> dict[str, int]:
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
+        "code_function": _code_function(gateway),
     }
 
 
