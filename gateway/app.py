@@ -25,6 +25,7 @@ from billing.metering import Meter, settlement_writer
 from billing.tokens import warm_encodings
 from functions.directory import FunctionDirectory
 from functions.keyfile import load_keyring
+from functions.keyops import check_stored_keys
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
 from gateway.api.billing import CreditsController, UsageController, WebhooksController
@@ -32,10 +33,12 @@ from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
 from gateway.api.function_code import FunctionCodeController
+from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
 from gateway.api.openapi import V1_AUTH, openapi_config
+from gateway.api.projects import EnvironmentsController, ProjectsController, VariablesController
 from gateway.api.v1 import (
     create_completion,
     create_embeddings,
@@ -83,6 +86,10 @@ API_CONTROLLERS: list[type[Controller]] = [
     WebhooksController,
     AuthController,
     AdminController,
+    FunctionsController,
+    ProjectsController,
+    EnvironmentsController,
+    VariablesController,
     FunctionCodeController,
 ]
 
@@ -109,9 +116,6 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         sessionmaker = create_sessionmaker(engine)
-        counters = build_counter_store(settings.redis_url, settings.redis_prefix)
-        adapters = build_adapters(settings, env)
-        countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
         keyring = await asyncio.to_thread(
             load_keyring,
             settings.function_secret_keys,
@@ -124,6 +128,15 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 "database, without it no stored secret can be opened",
                 keyring.created_file,
             )
+        try:
+            # Encrypted data and no key to open it: refuse to start, never serve empty secrets.
+            await check_stored_keys(sessionmaker, keyring.ring)
+        except BaseException:
+            await engine.dispose()
+            raise
+        counters = build_counter_store(settings.redis_url, settings.redis_prefix)
+        adapters = build_adapters(settings, env)
+        countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
         # The components' clocks follow the state's, which tests may replace; read through a plain
         # closure (Litestar's app.state attribute lookup costs microseconds on the hot path).
         built: list[GatewayState] = []

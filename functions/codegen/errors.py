@@ -1,17 +1,20 @@
-"""Errors of Download Code; each carries its HTTP status and OpenAI ``error.code``.
+"""Errors of Download Code, in the proxy-functions tree (:mod:`functions.errors`), so the gateway
+renders them like the others. A message names a function id, a platform or a variable's key,
+never a secret or a token.
 
-The gateway renders them in the OpenAI error envelope (``gateway/errors.py`` DOMAIN_ERRORS).
-A message names a function id, a platform or a variable's key, never a secret or a token.
-
-    CodegenError                 400 invalid_request_error  invalid_request
-    ├── UnknownPlatform          404 not_found_error        unknown_platform
-    ├── FunctionNotFound         404 not_found_error        function_not_found
-    ├── UnusableVariableKey      400 invalid_request_error  invalid_variable_key
-    ├── FunctionUnresolved       400 invalid_request_error  function_unresolved
-    └── SecretsUnavailable       503 api_error              secret_keys_unavailable
+    FunctionsError (functions.errors)
+    ├── NotFound
+    │   ├── FunctionNotFound         404 function_not_found     (functions.errors)
+    │   └── UnknownPlatform          404 unknown_platform
+    ├── CodegenError                 400 invalid_request
+    │   ├── UnusableVariableKey      400 invalid_variable_key
+    │   └── FunctionUnresolved       400 function_unresolved
+    └── SecretsUnavailable           503 secret_keys_unavailable (functions.errors)
 """
 
 from __future__ import annotations
+
+from functions.errors import FunctionNotFound, FunctionsError, NotFound, SecretsUnavailable
 
 __all__ = [
     "CodegenError",
@@ -23,30 +26,12 @@ __all__ = [
 ]
 
 
-class CodegenError(Exception):
-    status_code = 400
-    type = "invalid_request_error"
-    code = "invalid_request"
-    retryable = False
-
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-class UnknownPlatform(CodegenError):
-    status_code = 404
-    type = "not_found_error"
+class UnknownPlatform(NotFound):
     code = "unknown_platform"
 
 
-class FunctionNotFound(CodegenError):
-    """Missing, or another account's: the two look the same, so an id reveals nothing."""
-
-    status_code = 404
-    type = "not_found_error"
-    code = "function_not_found"
+class CodegenError(FunctionsError):
+    """The function cannot be written out as code until it is changed."""
 
 
 class UnusableVariableKey(CodegenError):
@@ -59,9 +44,3 @@ class FunctionUnresolved(CodegenError):
     """A mapping names a variable that is gone: the code would silently lack that secret."""
 
     code = "function_unresolved"
-
-
-class SecretsUnavailable(CodegenError):
-    status_code = 503
-    type = "api_error"
-    code = "secret_keys_unavailable"

@@ -37,14 +37,13 @@ from litestar.routes import HTTPRoute
 from gateway.app import create_app
 from gateway.settings import ModelSettings, Settings
 from tests.conftest import _asyncpg_url, _create_database, _drop_database, run_in_thread
-from tests.fakes.function_rows import add_function, add_project, add_variable, fixed_keyring
+from tests.fakes.function_api import workspace
 from tests.fakes.gateway_fixtures import (
     ADMIN_TOKEN,
     FAKE_MODEL,
     Backend,
     Gateway,
     _delete_redis_prefix,
-    _with_session,
     gateway_settings,
     start_gateway,
 )
@@ -99,6 +98,26 @@ CHAT = {
     "stream": False,
     "stream_options": {"include_usage": True},
     "provider": {"order": ["fake"], "allow_fallbacks": True, "sort": "price"},
+}
+
+# A proxy function with every field set; "spare_variable" is filled in at start, at any depth.
+FUNCTION = {
+    "name": "fuzz function",
+    "description": "d",
+    "target_url": "https://api.example.com/v1/x?a=1",
+    "method": "POST",
+    "headers": {"Accept": "application/json"},
+    "secret_mappings": [
+        {"variable_id": "spare_variable", "inject_as": "header", "key": "Authorization", "template": "Bearer ${value}"},
+        {"variable_id": "spare_variable", "inject_as": "body", "key": "auth.token"},
+    ],
+    "allowed_origins": ["https://app.example.com", "*.example.com"],
+    "pass_through_body": False,
+    "body_template": {"a": {"b": [1, "x", None]}},
+    "rate_limit_per_minute": 60,
+    "forward_path": True,
+    "forward_query": False,
+    "timeout_ms": 1000,
 }
 
 # Keyed by the route table's (method, path); ``{spare_key}`` etc. are filled in at start.
@@ -176,13 +195,64 @@ SEEDS: dict[tuple[str, str], Seed] = {
         json={"input_per_mtok": "0.15", "output_per_mtok": "0.6"}, path={"slug": INSTRUCT}, auth="admin"
     ),
     ("DELETE", "/api/admin/models/{slug:path}"): Seed(path={"slug": INSTRUCT}, auth="admin"),
+    # Proxy functions (the spare function is deleted by the last of them).
+    ("GET", "/api/function-templates"): Seed(),
+    ("GET", "/api/environments/{environment_id:int}/functions"): Seed(
+        path={"environment_id": "spare_environment"}, query={"q": "fuzz", "limit": "10", "cursor": ""}
+    ),
+    ("POST", "/api/environments/{environment_id:int}/functions"): Seed(
+        json=FUNCTION, path={"environment_id": "spare_environment"}
+    ),
+    ("GET", "/api/functions/{function_id:str}"): Seed(path={"function_id": "spare_function"}),
+    ("PATCH", "/api/functions/{function_id:str}"): Seed(
+        json={**FUNCTION, "name": "fuzz renamed"}, path={"function_id": "spare_function"}
+    ),
+    ("POST", "/api/functions/{function_id:str}/enable"): Seed(path={"function_id": "spare_function"}),
+    ("POST", "/api/functions/{function_id:str}/disable"): Seed(path={"function_id": "spare_function"}),
+    ("POST", "/api/functions/{function_id:str}/regenerate-token"): Seed(path={"function_id": "spare_function"}),
+    ("GET", "/api/functions/{function_id:str}/token"): Seed(path={"function_id": "spare_function"}),
+    ("DELETE", "/api/functions/{function_id:str}"): Seed(path={"function_id": "spare_function"}),
+    # Projects, environments and variables (the delete seeds take spares of their own).
+    ("GET", "/api/projects"): Seed(),
+    ("POST", "/api/projects"): Seed(json={"name": "fuzz", "description": "d"}),
+    ("GET", "/api/projects/{project_id:int}"): Seed(path={"project_id": "spare_project"}),
+    ("PATCH", "/api/projects/{project_id:int}"): Seed(
+        json={"name": "spare", "description": "d"}, path={"project_id": "spare_project"}
+    ),
+    ("DELETE", "/api/projects/{project_id:int}"): Seed(path={"project_id": "spare_doomed_project"}),
+    ("GET", "/api/projects/{project_id:int}/environments"): Seed(path={"project_id": "spare_project"}),
+    ("POST", "/api/projects/{project_id:int}/environments"): Seed(
+        json={"name": "fuzz", "clone_from": "spare_project_environment"}, path={"project_id": "spare_project"}
+    ),
+    ("PATCH", "/api/environments/{environment_id:int}"): Seed(
+        json={"name": "Development"}, path={"environment_id": "spare_project_environment"}
+    ),
+    ("DELETE", "/api/environments/{environment_id:int}"): Seed(path={"environment_id": "spare_doomed_environment"}),
+    ("GET", "/api/environments/{environment_id:int}/variables"): Seed(
+        path={"environment_id": "spare_project_environment"}
+    ),
+    ("POST", "/api/environments/{environment_id:int}/variables"): Seed(
+        json={"key": "FUZZ_KEY", "value": "v", "is_secret": True, "description": "d"},
+        path={"environment_id": "spare_project_environment"},
+    ),
+    ("PATCH", "/api/variables/{variable_id:int}"): Seed(
+        json={"value": "v2", "description": "d"}, path={"variable_id": "spare_project_variable"}
+    ),
+    ("DELETE", "/api/variables/{variable_id:int}"): Seed(path={"variable_id": "spare_doomed_variable"}),
+    ("POST", "/api/variables/{variable_id:int}/reveal"): Seed(path={"variable_id": "spare_project_variable"}),
     ("GET", "/api/functions/{function_id:str}/code/{platform:str}"): Seed(
         path={"function_id": "code_function", "platform": "lambda"}, query={"download": "0"}
     ),
 }
 
 # Routes whose bodies have the most structure get more examples.
-WEIGHT = {("POST", "/v1/chat/completions"): 5, ("POST", "/api/keys"): 2, ("PATCH", "/api/keys/{key_id:int}"): 2}
+WEIGHT = {
+    ("POST", "/v1/chat/completions"): 5,
+    ("POST", "/api/keys"): 2,
+    ("PATCH", "/api/keys/{key_id:int}"): 2,
+    ("POST", "/api/environments/{environment_id:int}/functions"): 3,
+    ("PATCH", "/api/functions/{function_id:str}"): 3,
+}
 
 # /v1 routes whose 500s need the pipeline (the lead's files); see the report in the branch.
 V1_KNOWN_500: dict[tuple[str, str], str] = {}
@@ -247,6 +317,18 @@ FIELD_NAMES = [
     "account_id",
     "status",
     "per_unit_usd_variants",
+    "target_url",
+    "headers",
+    "secret_mappings",
+    "variable_id",
+    "inject_as",
+    "allowed_origins",
+    "body_template",
+    "template",
+    "key",
+    "value",
+    "is_secret",
+    "clone_from",
 ]
 
 scalars = st.one_of(
@@ -353,6 +435,10 @@ def path_value(kind: str, seeded: Any) -> st.SearchStrategy[str]:
 @st.composite
 def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares: dict[str, Any]) -> Request:
     def fill(value: Any) -> Any:
+        if isinstance(value, list):
+            return [fill(item) for item in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
         return spares.get(value, value) if isinstance(value, str) else value
 
     path = template
@@ -377,8 +463,7 @@ def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares
     if seed.json is None and method in ("GET", "DELETE"):
         return request
     seeded = msgspec.json.decode(msgspec.json.encode(seed.json)) if seed.json is not None else None
-    if isinstance(seeded, dict):
-        seeded = {k: fill(v) for k, v in seeded.items()}
+    seeded = fill(seeded)
     if draw(st.integers(0, 9)) == 0:
         request.content = draw(st.sampled_from(RAW_BODIES))
     else:
@@ -444,28 +529,6 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         backends.close()
 
 
-def _code_function(gateway: Gateway) -> str:
-    """A function with a secret mapping, written straight to the database, for Download Code."""
-
-    async def work(session: Any) -> str:
-        ring = fixed_keyring()
-        _project, environments = await add_project(session, gateway.account_id, "Fuzz code")
-        variable = await add_variable(session, ring, environments[0], "FUZZ_KEY", "fuzz-secret")
-        mapping = {
-            "variable_id": variable.id,
-            "inject_as": "header",
-            "key": "Authorization",
-            "template": "Bearer ${value}",
-        }
-        row, _token = await add_function(
-            session, ring, environments[0], "https://api.example.com/x", secret_mappings=[mapping]
-        )
-        await session.commit()
-        return row.id
-
-    return str(gateway.run(_with_session(gateway.settings, work)))
-
-
 def _spares(gateway: Gateway) -> dict[str, Any]:
     """Things the seeds may change or delete, so the caller's own key and account stay usable."""
     key = {"Authorization": f"Bearer {gateway.key}"}
@@ -478,12 +541,56 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
     ).json()
     invitation = httpx.post(gateway.url + "/api/invitations/", json={"email": "i@example.com"}, headers=key).json()
     account = httpx.post(gateway.url + "/api/admin/accounts/", json={"name": "spare"}, headers=admin).json()
+    functions = workspace(gateway, "Fuzz")
+    spare_function = httpx.post(
+        gateway.url + f"/api/environments/{functions.env}/functions/",
+        json={"name": "spare", "target_url": "https://api.example.com/x"},
+        headers=key,
+    ).json()
+    # Download Code's own function (the spare above is deleted by the last function seed).
+    mapping = {
+        "variable_id": functions.variable,
+        "inject_as": "header",
+        "key": "Authorization",
+        "template": "Bearer ${value}",
+    }
+    code_function = httpx.post(
+        gateway.url + f"/api/environments/{functions.env}/functions/",
+        json={"name": "code", "target_url": "https://api.example.com/x", "secret_mappings": [mapping]},
+        headers=key,
+    ).json()
     return {
         "spare_key": spare_key,
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
-        "code_function": _code_function(gateway),
+        "code_function": code_function["id"],
+        "spare_environment": functions.env,
+        "spare_variable": functions.variable,
+        "spare_function": spare_function["id"],
+        **_project_spares(gateway.url, key),
+    }
+
+
+def _project_spares(url: str, key: dict[str, str]) -> dict[str, int]:
+    """A project (its first environment and a variable there) the seeds change, and one
+    project, environment and variable the delete seeds may take."""
+    project = httpx.post(url + "/api/projects/", json={"name": "spare"}, headers=key).json()
+    doomed = httpx.post(url + "/api/projects/", json={"name": "doomed"}, headers=key).json()
+    development, staging = project["environments"][0]["id"], project["environments"][1]["id"]
+    variables = [
+        httpx.post(
+            url + f"/api/environments/{development}/variables/", json={"key": name, "value": "v"}, headers=key
+        ).json()["id"]
+        for name in ("SPARE", "DOOMED")
+    ]
+    return {
+        "spare_project": project["id"],
+        "spare_doomed_project": doomed["id"],
+        "spare_project_environment": development,
+        "spare_doomed_environment": staging,
+        "spare_project_variable": variables[0],
+        "spare_doomed_variable": variables[1],
     }
 
 
