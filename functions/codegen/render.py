@@ -27,6 +27,7 @@ from functions.codegen.errors import FunctionUnresolved, UnknownPlatform, Unusab
 from functions.codegen.platforms import PLATFORMS, Platform, PlatformSpec, Routing, base_path
 from functions.config import Injection, ResolvedFunction
 from functions.models import HttpMethod, InjectAs
+from functions.validation import normalise_origin
 
 __all__ = ["TOKEN_ENV", "EnvVar", "GeneratedCode", "file_slug", "generate", "js_literal", "platform_of"]
 
@@ -75,14 +76,23 @@ def file_slug(slug: str) -> str:
 
 
 def _too_large_message(max_body_bytes: int) -> str:
-    mib, kib = 1024 * 1024, 1024
-    if max_body_bytes % mib == 0:
-        size = f"{max_body_bytes // mib}MB"
-    elif max_body_bytes % kib == 0:
-        size = f"{max_body_bytes // kib}KB"
-    else:
-        size = f"{max_body_bytes} bytes"
-    return f"Request body too large (max {size})"
+    # The hosted runtime's words (functions/runtime.py).
+    limit = "1MB" if max_body_bytes == 1024 * 1024 else f"{max_body_bytes} bytes"
+    return f"Request body too large (max {limit})"
+
+
+def _origins(function: ResolvedFunction) -> list[str]:
+    """The allowed origins as the runtime compiles them: normalised (lower case, no default
+    port), an entry that is not a valid origin skipped (rows written by hand), duplicates out."""
+    found: list[str] = []
+    for entry in function.allowed_origins:
+        try:
+            origin = normalise_origin(entry)
+        except ValueError:
+            continue
+        if origin not in found:
+            found.append(origin)
+    return found
 
 
 def _env_names(function: ResolvedFunction) -> list[str]:
@@ -125,7 +135,7 @@ def _config(function: ResolvedFunction, max_body_bytes: int) -> dict[str, Any]:
             }
             for injection in function.injections
         ],
-        "allowedOrigins": list(function.allowed_origins),
+        "allowedOrigins": _origins(function),
         "passThroughBody": function.pass_through_body,
         "bodyTemplate": function.body_template,
         "forwardPath": function.forward_path,
@@ -158,7 +168,7 @@ def _comment(text: str) -> str:
 def _header(function: ResolvedFunction, spec: PlatformSpec, path: str, env: list[EnvVar], seconds: str) -> str:
     width = max(len(var.name) for var in env)
     env_lines = "\n".join(f"  {var.name.ljust(width)}  {var.description}" for var in env)
-    origins = ", ".join(js_literal(origin) for origin in function.allowed_origins) or "none (every call is refused)"
+    origins = ", ".join(js_literal(origin) for origin in _origins(function)) or "none (every call is refused)"
     limit = function.rate_limit_per_minute
     where = spec.rate_limiting.replace("<N>", str(limit or 60))
     rate = textwrap.fill(
@@ -181,11 +191,13 @@ def _header(function: ResolvedFunction, spec: PlatformSpec, path: str, env: list
         "Required environment variables (set them on the platform; this file holds no secret):",
         env_lines,
         "",
-        "Enforced as by Tollway's hosted runtime, in this order: CORS preflight (204, or 403), body size",
-        "(413), x-proxy-token compared in constant time (401), allowed origins (403; a call with no Origin",
-        'passes only with "*"), method (405); then the secrets are injected and the call forwarded with a',
-        f"{seconds} s timeout (504; 502 if the target cannot be reached). The target's status, body and",
-        'content type come back with the CORS headers. Errors are JSON: {"error": "..."}.',
+        "Enforced as by Tollway's hosted runtime, in this order: an extra path only if the function",
+        "forwards it (404), CORS preflight (204, or 403), body size (413), x-proxy-token compared in",
+        'constant time (401), allowed origins (403; a call with no Origin passes only with "*"), method',
+        "(405), the extra path's form (400); then the secrets are read (500 if one is not set), injected,",
+        f"and the call forwarded with a {seconds} s timeout (504; 502 if the target cannot be reached).",
+        "The target's status, body and content type come back with the CORS headers. Errors are JSON:",
+        '{"error": "..."}.',
         f"Allowed origins: {origins}",
         "",
         rate,

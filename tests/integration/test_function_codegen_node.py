@@ -155,6 +155,7 @@ async def _build(database_url: str, upstream: str) -> dict[str, Deployed]:
                     "pass_through_body": True,
                     "allowed_origins": ["*"],
                 },
+                "plain": {"target_url": f"{upstream}/plain", "method": "POST"},
                 "slow": {"target_url": f"{upstream}/slow", "method": "GET", "timeout_ms": 300},
                 "down": {"target_url": f"http://127.0.0.1:{closed_port}/x", "method": "GET"},
                 "closed": {"target_url": f"{upstream}/closed", "method": "POST", "allowed_origins": []},
@@ -253,16 +254,27 @@ def check_preflight_refused(answer: Answer) -> None:
     assert not any(name.startswith("access-control-") for name in answer.headers)
 
 
-def refused(status: int, message: str, *, cors: bool = True) -> Callable[[Answer], None]:
+def refused(status: int, message: str, origin: str | None = APP) -> Callable[[Answer], None]:
+    """A refusal with the CORS headers; ``origin``: the Access-Control-Allow-Origin it must carry
+    (the caller's origin echoed, ``*``, or None for none)."""
+
     def check(answer: Answer) -> None:
         assert (answer.status, answer.error()) == (status, message)
-        assert answer.headers["access-control-allow-methods"].endswith(", OPTIONS")  # CORS headers on errors
-        if cors:
-            assert answer.headers["access-control-allow-origin"] in (APP, "*")
-        else:
-            assert "access-control-allow-origin" not in answer.headers
+        assert answer.headers["access-control-allow-methods"].endswith(", OPTIONS")
+        assert answer.headers.get("access-control-allow-origin") == origin
+        assert answer.headers.get("vary") == ("Origin" if origin not in (None, "*") else None)
 
     return check
+
+
+def check_method(answer: Answer) -> None:
+    refused(405, "Method PUT not allowed. Expected POST")(answer)
+    assert answer.headers["allow"] == "POST, OPTIONS"
+
+
+def check_not_found(answer: Answer) -> None:
+    assert (answer.status, answer.error()) == (404, "Not found")
+    assert not any(name.startswith("access-control-") for name in answer.headers)
 
 
 def check_json_injection(answer: Answer) -> None:
@@ -277,6 +289,7 @@ def check_json_injection(answer: Answer) -> None:
     assert headers["authorization"] == f"Bearer {SECRETS['API_KEY']}"  # the secret over the static header
     assert headers["x-static"] == "static"
     assert headers["content-type"] == "application/json"
+    assert headers["user-agent"] == "Tollway"
     for private in ("cookie", "x-proxy-token", "origin", "x-client"):
         assert private not in headers, private
     assert json.loads(upstream_body(echo)) == {
@@ -289,14 +302,30 @@ FORM = b"a=1&b=two+three&c=%C3%BC"
 BINARY = bytes(range(256)) * 4
 
 
-def passed_through(body: bytes, content_type: str) -> Callable[[Answer], None]:
+ODD_JSON = b'{ "a" :  1,\n"b": [ ] }'
+
+
+def passed_through(body: bytes, content_type: str, *, secret: bool = True) -> Callable[[Answer], None]:
+    """The client's bytes went upstream untouched, with its content type."""
+
     def check(answer: Answer) -> None:
         echo = answer.echo()
         assert upstream_body(echo) == body
         assert upstream_headers(echo)["content-type"] == content_type
-        assert upstream_headers(echo)["authorization"] == f"Bearer {SECRETS['API_KEY']}"
+        if secret:
+            assert upstream_headers(echo)["authorization"] == f"Bearer {SECRETS['API_KEY']}"
 
     return check
+
+
+def check_text_plain_json(answer: Answer) -> None:
+    """A JSON object sent as text/plain (a "simple" request, no preflight) still gets the body secrets."""
+    echo = answer.echo()
+    assert upstream_headers(echo)["content-type"] == "application/json"
+    assert json.loads(upstream_body(echo)) == {
+        "message": "hi",
+        "credentials": {"token": f"tok-{SECRETS['BODY_KEY']}-${{value}}"},
+    }
 
 
 def check_status(answer: Answer) -> None:
@@ -314,7 +343,7 @@ def check_template(answer: Answer) -> None:
     echo = answer.echo()
     assert answer.headers["access-control-allow-origin"] == "*"
     assert "vary" not in answer.headers
-    assert echo["method"] == "PUT" and echo["query"] == ""  # the client's query is not forwarded here
+    assert (echo["method"], echo["path"], echo["query"]) == ("PUT", "/tpl", "")  # no client path or query here
     assert upstream_headers(echo)["content-type"] == "application/json"
     assert json.loads(upstream_body(echo)) == {"fixed": {"a": 1, "secret": SECRETS["BODY_KEY"]}, "list": [1, 2]}
 
@@ -347,26 +376,26 @@ CASES = [
         "origin_refused",
         "main",
         "POST",
-        refused(403, "Origin not allowed", cors=False),
+        refused(403, "Origin not allowed", "https://evil.test"),
         headers={"origin": "https://evil.test"},
     ),
-    Case("origin_missing", "main", "POST", refused(403, "Origin not allowed", cors=False)),
+    Case("origin_missing", "main", "POST", refused(403, "Origin not allowed", None)),
     Case(
         "origin_apex_not_pattern",
         "main",
         "POST",
-        refused(403, "Origin not allowed", cors=False),
+        refused(403, "Origin not allowed", "https://example.org"),
         headers={"origin": "https://example.org"},
     ),
     Case("origin_pattern", "main", "POST", check_pattern_origin, headers={"origin": "https://a.b.example.org"}),
-    Case("method", "main", "PUT", refused(405, "Method PUT not allowed. Expected POST"), headers=GOOD, body=b"{}"),
+    Case("method", "main", "PUT", check_method, headers=GOOD, body=b"{}"),
     Case(
         "json_injection",
         "main",
         "POST",
         check_json_injection,
         path="/customers/42%20b",
-        query="page=2",
+        query="page=2&api_key=from-the-caller",
         headers={
             **GOOD,
             "content-type": "application/json",
@@ -391,6 +420,22 @@ CASES = [
         passed_through(BINARY, "application/octet-stream"),
         headers={**GOOD, "content-type": "application/octet-stream"},
         body=BINARY,
+    ),
+    Case(
+        "text_plain_json_merged",
+        "main",
+        "POST",
+        check_text_plain_json,
+        headers={**GOOD, "content-type": "text/plain;charset=UTF-8"},  # what fetch sends for a string body
+        body=b'{"message": "hi"}',
+    ),
+    Case(
+        "json_without_secrets_untouched",
+        "plain",
+        "POST",
+        passed_through(ODD_JSON, "application/json; charset=utf-8", secret=False),
+        headers={"content-type": "application/json; charset=utf-8"},
+        body=ODD_JSON,
     ),
     Case("status", "main", "POST", check_status, query="status=418&ctype=text/plain", headers=GOOD, body=b"{}"),
     Case(
@@ -435,10 +480,30 @@ CASES = [
         headers={"content-type": "application/json"},
         body=b'{"ignored": true}',
     ),
-    Case("timeout", "slow", "GET", refused(504, "Gateway timeout: target API did not respond in time")),
-    Case("unreachable", "down", "GET", refused(502, "Failed to reach target API")),
-    Case("closed_no_origin", "closed", "POST", refused(403, "Origin not allowed", cors=False)),
-    Case("closed_origin", "closed", "POST", refused(403, "Origin not allowed", cors=False), headers=GOOD),
+    Case(
+        "extra_path_not_forwarded",
+        "template",
+        "PUT",
+        check_not_found,
+        path="/customers",
+        body=b"{}",
+        targets=("vercel", "netlify", "lambda-v1", "lambda-v2"),
+    ),
+    # A worker answers on its whole route: without forward_path its path is not looked at.
+    Case(
+        "worker_route_path",
+        "template",
+        "PUT",
+        check_template,
+        path="/api/send",
+        query="page=2",
+        body=b'{"ignored": true}',
+        targets=("cloudflare",),
+    ),
+    Case("timeout", "slow", "GET", refused(504, "Gateway timeout: target API did not respond in time", "*")),
+    Case("unreachable", "down", "GET", refused(502, "Failed to reach target API", "*")),
+    Case("closed_no_origin", "closed", "POST", refused(403, "Origin not allowed", None)),
+    Case("closed_origin", "closed", "POST", refused(403, "Origin not allowed"), headers=GOOD),
     Case("closed_preflight", "closed", "OPTIONS", check_preflight_refused, headers=GOOD),
     Case("hostile_config", "hostile", "GET", check_hostile, headers={"origin": "https://anywhere.test"}),
 ]

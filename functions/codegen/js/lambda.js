@@ -24,20 +24,27 @@ function lambdaQuery(event, v2) {
   return params.toString();
 }
 
-// The extra path: the greedy path parameter of a route like /proxy-x/{proxy+} (decoded by API
-// Gateway), or for a function URL the whole path.
+// Percent-encode one decoded path segment, leaving the characters a path may hold as they are.
+function encodeSegment(segment) {
+  return encodeURIComponent(segment).replace(/%(3A|40|2C|3B|3D|2B|24|26|21|27|28|29|2A)/gi, (escape) =>
+    decodeURIComponent(escape),
+  );
+}
+
+// The extra path, split on "/" and percent-encoded: the greedy path parameter of a route like
+// /proxy-x/{proxy+} (API Gateway hands it over decoded), or for a function URL the whole path.
 function lambdaSegments(event, v2) {
-  let rest = event.pathParameters && event.pathParameters.proxy;
-  const domain = (event.requestContext && event.requestContext.domainName) || "";
-  if (rest === undefined && v2 && domain.includes(".lambda-url.")) {
-    try {
-      rest = decodeURIComponent(event.rawPath || "");
-    } catch {
-      return null;
-    }
+  const proxy = event.pathParameters && event.pathParameters.proxy;
+  if (proxy !== undefined && proxy !== null) {
+    const rest = String(proxy).replace(/^\//, "");
+    return rest === "" ? [] : rest.split("/").map(encodeSegment);
   }
-  rest = (rest || "").replace(/^\/+/, "");
-  return rest === "" ? [] : rest.split("/");
+  const domain = (event.requestContext && event.requestContext.domainName) || "";
+  if (v2 && domain.includes(".lambda-url.")) {
+    const rest = String(event.rawPath || "").replace(/^\//, "");
+    return rest === "" ? [] : rest.split("/");
+  }
+  return [];
 }
 
 const TEXT_TYPES = /^(text\/|application\/(json|[\w.+-]*\+json|xml|[\w.+-]*\+xml|javascript|x-www-form-urlencoded))/i;

@@ -24,18 +24,16 @@ async function readLimited(request) {
   return body;
 }
 
-// The path after the function's own URL (basePath), split and decoded; null if malformed.
+// The path after the function's own URL (basePath), split on "/", percent-encoding kept. The
+// platform has already resolved any "." and ".." segments of the URL. A worker (basePath "")
+// answers on its whole route: its path is the extra path when the function forwards one, and
+// is not looked at otherwise (so a route like example.com/api/send* works as well).
 function segmentsAfter(pathname, basePath) {
   let rest = "";
-  if (basePath === "") rest = pathname;
+  if (basePath === "") rest = CONFIG.forwardPath ? pathname : "";
   else if (pathname === basePath || pathname.startsWith(basePath + "/")) rest = pathname.slice(basePath.length);
-  rest = rest.replace(/^\/+/, "");
-  if (rest === "") return [];
-  try {
-    return rest.split("/").map((segment) => decodeURIComponent(segment));
-  } catch {
-    return null;
-  }
+  rest = rest.replace(/^\//, "");
+  return rest === "" ? [] : rest.split("/");
 }
 
 async function serveRequest(request, getEnv, basePath) {
