@@ -32,6 +32,7 @@ from gateway.api.billing import CreditsController, UsageController, WebhooksCont
 from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
+from gateway.api.function_code import FunctionCodeController
 from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
@@ -90,6 +91,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     ProjectsController,
     EnvironmentsController,
     VariablesController,
+    FunctionCodeController,
 ]
 
 log = logging.getLogger("tollway")

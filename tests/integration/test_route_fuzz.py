@@ -241,6 +241,9 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ),
     ("DELETE", "/api/variables/{variable_id:int}"): Seed(path={"variable_id": "spare_doomed_variable"}),
     ("POST", "/api/variables/{variable_id:int}/reveal"): Seed(path={"variable_id": "spare_project_variable"}),
+    ("GET", "/api/functions/{function_id:str}/code/{platform:str}"): Seed(
+        path={"function_id": "code_function", "platform": "lambda"}, query={"download": "0"}
+    ),
 }
 
 # Routes whose bodies have the most structure get more examples.
@@ -545,11 +548,24 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
         json={"name": "spare", "target_url": "https://api.example.com/x"},
         headers=key,
     ).json()
+    # Download Code's own function (the spare above is deleted by the last function seed).
+    mapping = {
+        "variable_id": functions.variable,
+        "inject_as": "header",
+        "key": "Authorization",
+        "template": "Bearer ${value}",
+    }
+    code_function = httpx.post(
+        gateway.url + f"/api/environments/{functions.env}/functions/",
+        json={"name": "code", "target_url": "https://api.example.com/x", "secret_mappings": [mapping]},
+        headers=key,
+    ).json()
     return {
         "spare_key": spare_key,
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
+        "code_function": code_function["id"],
         "spare_environment": functions.env,
         "spare_variable": functions.variable,
         "spare_function": spare_function["id"],
