@@ -12,7 +12,6 @@ everywhere else.
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated
 
 import msgspec
@@ -20,22 +19,20 @@ from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from billing.bounds import NO_CONTROL
-from functions.crypto import KeyRing
 from functions.function_views import FunctionCreated, FunctionRead, function_read
 from functions.models import ProxyFunction
-from functions.service import (
-    copy_token,
-    create_function,
-    delete_function,
-    get_function,
-    list_functions,
-    regenerate_token,
-    set_enabled,
-    update_function,
-)
+from functions.service import copy_token, get_function, list_functions
 from functions.templates import FunctionTemplate, list_templates
-from functions.validation import FunctionCreate, FunctionRules, FunctionUpdate
+from functions.validation import FunctionCreate, FunctionUpdate
 from gateway.api.deps import Caller, Injected, requires
+from gateway.api.function_actions import (
+    create_proxy_function,
+    delete_proxy_function,
+    keyring_of,
+    regenerate_function_token,
+    toggle_proxy_function,
+    update_proxy_function,
+)
 from gateway.api.openapi import MEMBER_AUTH, errors
 from gateway.state import GatewayState
 from gateway.validation import Limit, PathId, QueryText
@@ -64,25 +61,6 @@ class FunctionToken(msgspec.Struct):
     url_path: str
     header: str
     token: str
-
-
-@functools.lru_cache(maxsize=8)
-def _rules(allow_hosts: tuple[str, ...], timeout_s: float) -> FunctionRules:
-    return FunctionRules.from_settings(allow_hosts, timeout_s)
-
-
-def rules_of(state: GatewayState) -> FunctionRules:
-    settings = state.settings
-    return _rules(tuple(settings.function_allow_hosts), settings.function_timeout_s)
-
-
-def keyring_of(state: GatewayState) -> KeyRing | None:
-    return state.functions.keyring if state.functions is not None else None
-
-
-def forget(state: GatewayState, function_id: str) -> None:
-    if state.functions is not None:
-        state.functions.forget(function_id)
 
 
 def token_answer(row: ProxyFunction, token: str) -> FunctionToken:
@@ -137,18 +115,7 @@ class FunctionsController(Controller):
         environment_id: FromPath[PathId],
         data: JSONBody[FunctionCreate],
     ) -> FunctionCreated:
-        async with gateway.sessionmaker() as session:
-            row, token = await create_function(
-                session,
-                caller.account_id,
-                environment_id,
-                data,
-                rules_of(gateway),
-                keyring_of(gateway),
-                gateway.now(),
-                actor=caller.actor,
-            )
-        forget(gateway, row.id)  # an earlier lookup of this id may have cached "absent"
+        row, token = await create_proxy_function(gateway, caller, environment_id, data)
         return FunctionCreated(**msgspec.structs.asdict(function_read(row)), token=token)
 
     @get(
@@ -177,12 +144,7 @@ class FunctionsController(Controller):
         function_id: FromPath[FunctionId],
         data: JSONBody[FunctionUpdate],
     ) -> FunctionRead:
-        async with gateway.sessionmaker() as session:
-            row = await update_function(
-                session, caller.account_id, function_id, data, rules_of(gateway), gateway.now(), actor=caller.actor
-            )
-        forget(gateway, row.id)
-        return function_read(row)
+        return function_read(await update_proxy_function(gateway, caller, function_id, data))
 
     @delete(
         "/functions/{function_id:str}/",
@@ -194,9 +156,7 @@ class FunctionsController(Controller):
     async def delete_function(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], function_id: FromPath[FunctionId]
     ) -> None:
-        async with gateway.sessionmaker() as session:
-            deleted = await delete_function(session, caller.account_id, function_id, actor=caller.actor)
-        forget(gateway, deleted)
+        await delete_proxy_function(gateway, caller, function_id)
 
     @post(
         "/functions/{function_id:str}/enable/",
@@ -223,10 +183,7 @@ class FunctionsController(Controller):
         return await self._toggle(gateway, caller, function_id, enabled=False)
 
     async def _toggle(self, gateway: GatewayState, caller: Caller, function_id: str, *, enabled: bool) -> FunctionRead:
-        async with gateway.sessionmaker() as session:
-            row = await set_enabled(session, caller.account_id, function_id, enabled, gateway.now(), actor=caller.actor)
-        forget(gateway, row.id)
-        return function_read(row)
+        return function_read(await toggle_proxy_function(gateway, caller, function_id, enabled=enabled))
 
     @post(
         "/functions/{function_id:str}/regenerate-token/",
@@ -238,11 +195,7 @@ class FunctionsController(Controller):
     async def regenerate_function_token(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], function_id: FromPath[FunctionId]
     ) -> FunctionToken:
-        async with gateway.sessionmaker() as session:
-            row, token = await regenerate_token(
-                session, caller.account_id, function_id, keyring_of(gateway), gateway.now(), actor=caller.actor
-            )
-        forget(gateway, row.id)  # the old token stops working in this process now
+        row, token = await regenerate_function_token(gateway, caller, function_id)
         return token_answer(row, token)
 
     @get(

@@ -10,14 +10,11 @@ process's function directory to forget them at once; other processes notice with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.datastructures import CacheControlHeader
 from litestar.params import FromPath, JSONBody
 
-from functions.crypto import KeyRing
 from functions.projects import (
     EnvironmentCreate,
     EnvironmentCreated,
@@ -26,28 +23,31 @@ from functions.projects import (
     ProjectCreate,
     ProjectRead,
     ProjectUpdate,
-    create_environment,
-    create_project,
-    delete_environment,
-    delete_project,
     get_project,
     list_environments,
     list_projects,
-    rename_environment,
-    update_project,
 )
 from functions.variables import (
     VariableCreate,
     VariableRead,
     VariableRevealed,
     VariableUpdate,
-    create_variable,
-    delete_variable,
     list_variables,
-    reveal_variable,
-    update_variable,
 )
 from gateway.api.deps import Caller, Injected, requires
+from gateway.api.function_actions import (
+    add_environment,
+    create_account_project,
+    create_environment_variable,
+    delete_account_environment,
+    delete_account_project,
+    delete_environment_variable,
+    keyring_of,
+    rename_account_environment,
+    reveal_environment_variable,
+    update_account_project,
+    update_environment_variable,
+)
 from gateway.api.openapi import MEMBER_AUTH, errors
 from gateway.state import GatewayState
 from gateway.validation import PathId
@@ -70,16 +70,6 @@ class VariableList(msgspec.Struct):
     variables: list[VariableRead]
 
 
-def _keyring(gateway: GatewayState) -> KeyRing | None:
-    return gateway.functions.keyring if gateway.functions is not None else None
-
-
-def _forget(gateway: GatewayState, function_ids: Iterable[str]) -> None:
-    if gateway.functions is not None:
-        for function_id in function_ids:
-            gateway.functions.forget(function_id)
-
-
 class ProjectsController(Controller):
     path = "/api/projects"
     tags = ["projects"]
@@ -94,8 +84,7 @@ class ProjectsController(Controller):
     async def create_project(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[ProjectCreate]
     ) -> ProjectRead:
-        async with gateway.sessionmaker() as session:
-            return await create_project(session, caller.account_id, data, actor=caller.actor)
+        return await create_account_project(gateway, caller, data)
 
     @get("/{project_id:int}/", guards=VIEW, operation_id="get_project", responses=errors(400, 401, 403, 404))
     async def get_project(
@@ -117,8 +106,7 @@ class ProjectsController(Controller):
         project_id: FromPath[PathId],
         data: JSONBody[ProjectUpdate],
     ) -> ProjectRead:
-        async with gateway.sessionmaker() as session:
-            return await update_project(session, caller.account_id, project_id, data, actor=caller.actor)
+        return await update_account_project(gateway, caller, project_id, data)
 
     @delete(
         "/{project_id:int}/",
@@ -130,9 +118,7 @@ class ProjectsController(Controller):
     async def delete_project(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], project_id: FromPath[PathId]
     ) -> None:
-        async with gateway.sessionmaker() as session:
-            removed = await delete_project(session, caller.account_id, project_id, actor=caller.actor)
-        _forget(gateway, removed)
+        await delete_account_project(gateway, caller, project_id)
 
     @get(
         "/{project_id:int}/environments/",
@@ -159,10 +145,7 @@ class ProjectsController(Controller):
         project_id: FromPath[PathId],
         data: JSONBody[EnvironmentCreate],
     ) -> EnvironmentCreated:
-        async with gateway.sessionmaker() as session:
-            return await create_environment(
-                session, _keyring(gateway), caller.account_id, project_id, data, actor=caller.actor
-            )
+        return await add_environment(gateway, caller, project_id, data)
 
 
 class EnvironmentsController(Controller):
@@ -183,8 +166,7 @@ class EnvironmentsController(Controller):
         environment_id: FromPath[PathId],
         data: JSONBody[EnvironmentUpdate],
     ) -> EnvironmentRead:
-        async with gateway.sessionmaker() as session:
-            return await rename_environment(session, caller.account_id, environment_id, data, actor=caller.actor)
+        return await rename_account_environment(gateway, caller, environment_id, data)
 
     @delete(
         "/{environment_id:int}/",
@@ -196,9 +178,7 @@ class EnvironmentsController(Controller):
     async def delete_environment(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], environment_id: FromPath[PathId]
     ) -> None:
-        async with gateway.sessionmaker() as session:
-            removed = await delete_environment(session, caller.account_id, environment_id, actor=caller.actor)
-        _forget(gateway, removed)
+        await delete_account_environment(gateway, caller, environment_id)
 
     @get(
         "/{environment_id:int}/variables/",
@@ -210,7 +190,7 @@ class EnvironmentsController(Controller):
         self, gateway: Injected[GatewayState], caller: Injected[Caller], environment_id: FromPath[PathId]
     ) -> VariableList:
         async with gateway.sessionmaker() as session:
-            return VariableList(await list_variables(session, _keyring(gateway), caller.account_id, environment_id))
+            return VariableList(await list_variables(session, keyring_of(gateway), caller.account_id, environment_id))
 
     @post(
         "/{environment_id:int}/variables/",
@@ -225,10 +205,7 @@ class EnvironmentsController(Controller):
         environment_id: FromPath[PathId],
         data: JSONBody[VariableCreate],
     ) -> VariableRead:
-        async with gateway.sessionmaker() as session:
-            return await create_variable(
-                session, _keyring(gateway), caller.account_id, environment_id, data, actor=caller.actor
-            )
+        return await create_environment_variable(gateway, caller, environment_id, data)
 
 
 class VariablesController(Controller):
@@ -249,12 +226,7 @@ class VariablesController(Controller):
         variable_id: FromPath[PathId],
         data: JSONBody[VariableUpdate],
     ) -> VariableRead:
-        async with gateway.sessionmaker() as session:
-            variable, mapped = await update_variable(
-                session, _keyring(gateway), caller.account_id, variable_id, data, actor=caller.actor
-            )
-        _forget(gateway, mapped)
-        return variable
+        return await update_environment_variable(gateway, caller, variable_id, data)
 
     @delete(
         "/{variable_id:int}/",
@@ -266,9 +238,7 @@ class VariablesController(Controller):
     async def delete_variable(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], variable_id: FromPath[PathId]
     ) -> None:
-        async with gateway.sessionmaker() as session:
-            mapped = await delete_variable(session, caller.account_id, variable_id, actor=caller.actor)
-        _forget(gateway, mapped)
+        await delete_environment_variable(gateway, caller, variable_id)
 
     @post(
         "/{variable_id:int}/reveal/",
@@ -281,5 +251,4 @@ class VariablesController(Controller):
     async def reveal_variable(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], variable_id: FromPath[PathId]
     ) -> VariableRevealed:
-        async with gateway.sessionmaker() as session:
-            return await reveal_variable(session, _keyring(gateway), caller.account_id, variable_id, actor=caller.actor)
+        return await reveal_environment_variable(gateway, caller, variable_id)
