@@ -51,10 +51,18 @@ def record_event(
 
 
 async def list_events(
-    session: AsyncSession, account_id: int, *, limit: int = 100, before_id: int | None = None
+    session: AsyncSession,
+    account_id: int,
+    *,
+    limit: int = 100,
+    before_id: int | None = None,
+    target_type: str | None = None,
 ) -> list[AuditEvent]:
-    """Newest first; page with ``before_id`` = the last id of the previous page."""
+    """Newest first; page with ``before_id`` = the last id of the previous page; ``target_type``
+    keeps only the events about one kind of thing (``function``, ``key``, ``variable``…)."""
     query = select(AuditEvent).where(AuditEvent.account_id == account_id)
+    if target_type:
+        query = query.where(AuditEvent.target_type == target_type)
     if before_id is not None:
         query = query.where(AuditEvent.id < before_id)
     return list(await session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit)))

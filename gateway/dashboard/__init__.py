@@ -21,11 +21,15 @@ from litestar.di import Provide
 from litestar.static_files import create_static_files_router
 
 from gateway.api.deps import DEPENDENCIES
+from gateway.dashboard.pages.audit import AuditPages
 from gateway.dashboard.pages.auth import AuthPages
 from gateway.dashboard.pages.billing import CreditsPages, UsagePages
+from gateway.dashboard.pages.functions import FunctionPages, NewFunctionPages
 from gateway.dashboard.pages.keys import KeysPages
 from gateway.dashboard.pages.models import ModelsPages
+from gateway.dashboard.pages.projects import EnvironmentPages, ProjectsPages
 from gateway.dashboard.pages.team import TeamPages
+from gateway.dashboard.pages.variables import VariablePages, VariablesPage
 from gateway.dashboard.render import STATIC_DIR, html_error, redirect_to_login, template_config
 from gateway.dashboard.session import NotSignedIn, provide_viewer
 from gateway.errors import DOMAIN_ERRORS
@@ -34,7 +38,22 @@ from keys.restrictions import RestrictionError
 
 __all__ = ["PAGES", "dashboard_routes", "template_config"]
 
-PAGES: list[type[Controller]] = [AuthPages, KeysPages, CreditsPages, UsagePages, ModelsPages, TeamPages]
+PAGES: list[type[Controller]] = [
+    AuthPages,
+    KeysPages,
+    CreditsPages,
+    UsagePages,
+    ModelsPages,
+    TeamPages,
+    # Proxy functions
+    ProjectsPages,
+    EnvironmentPages,
+    VariablesPage,
+    VariablePages,
+    NewFunctionPages,
+    FunctionPages,
+    AuditPages,
+]
 
 # Scripts and styles only from our own origin (htmx runs with eval off, see base.html), no
 # framing, and no referrer leaving the site (a setup or invitation token is in the URL).

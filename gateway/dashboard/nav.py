@@ -28,5 +28,7 @@ NAV: list[NavItem] = [
     NavItem("usage", "Usage", "/usage"),
     NavItem("credits", "Credits", "/credits"),
     NavItem("models", "Models", "/models"),
+    NavItem("projects", "Proxy functions", "/projects"),
     NavItem("team", "Team", "/team"),
+    NavItem("audit", "Audit log", "/audit", Permission.VIEW_AUDIT),
 ]

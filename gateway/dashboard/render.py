@@ -22,6 +22,7 @@ from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
 from billing.money import format_credits
+from functions.errors import FunctionsError
 from gateway.dashboard.nav import NAV, NavItem
 from gateway.dashboard.session import NotSignedIn, Viewer
 from gateway.errors import GatewayError
@@ -118,7 +119,7 @@ def field_errors(error: Exception) -> FieldErrors:
         found = _PATH.search(text)
         message = _PATH.sub("", text).strip(" -")
         return {found.group(1) if found else "_form": message}
-    if isinstance(error, KeyError_ | GatewayError):
+    if isinstance(error, KeyError_ | GatewayError | FunctionsError):
         return {error.param or "_form": error.message}
     return {"_form": str(error)}
 
@@ -172,6 +173,21 @@ def _when(moment: datetime | date | str | None) -> str:
     return moment.isoformat()
 
 
+def _ago(moment: datetime | str | None) -> str:
+    """A past moment relative to now ("3 hours ago"); the exact time goes in a title beside it."""
+    if moment is None or moment == "":
+        return "—"
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    seconds = max(0, int((datetime.now(UTC) - aware).total_seconds()))
+    for size, unit in ((86400 * 365, "year"), (86400 * 30, "month"), (86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"
+
+
 def _static_version() -> str:
     digest = hashlib.sha256()
     for path in sorted(STATIC_DIR.rglob("*")):
@@ -189,6 +205,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
         env = engine.engine
         env.filters["credits"] = _credits
         env.filters["when"] = _when
+        env.filters["ago"] = _ago
         env.globals["static"] = lambda name: f"/static/{name}?v={version}"
         env.trim_blocks = True
         env.lstrip_blocks = True

@@ -84,7 +84,7 @@ def add_member(gateway: Gateway, email: str, role: str) -> Visitor:
 
 
 def dashboard_post_routes() -> list[str]:
-    """Every POST route of the dashboard, with 1 for each path id."""
+    """Every POST route of the dashboard, with 1 for each numeric path id and a UUID for a string one."""
     app = create_app(Settings())
     paths = set()
     for route in app.routes:
@@ -93,7 +93,8 @@ def dashboard_post_routes() -> list[str]:
             and not route.path.startswith(("/api", "/v1", "/static"))
             and any("POST" in handler.http_methods for handler in route.route_handlers)
         ):
-            paths.add(re.sub(r"\{[a-z_]+:int\}", "1", route.path))
+            path = re.sub(r"\{[a-z_]+:int\}", "1", route.path)
+            paths.add(re.sub(r"\{[a-z_]+:str\}", "00000000-0000-4000-8000-000000000001", path))
     return sorted(paths)
 
 
@@ -147,6 +148,7 @@ def test_dashboard_every_write_needs_the_session_csrf_token(gateway: Gateway) ->
     owner = add_member(gateway, "owner@acme.test", "owner")
     routes = dashboard_post_routes()
     assert "/keys" in routes and "/team/invite" in routes and "/logout" in routes
+    assert "/functions/00000000-0000-4000-8000-000000000001/delete" in routes and "/variables/1/reveal" in routes
     for path in routes:
         if path in PUBLIC_FORMS:
             continue

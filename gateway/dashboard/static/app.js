@@ -68,18 +68,19 @@
   }
 
   function copy(button) {
-    var source = document.getElementById(button.dataset.copy);
-    if (!source) return;
-    var text = source.value !== undefined ? source.value : source.textContent;
+    var source = button.dataset.copy ? document.getElementById(button.dataset.copy) : null;
+    if (!source && button.dataset.copyValue === undefined) return;
+    var text = source ? (source.value !== undefined ? source.value : source.textContent) : button.dataset.copyValue;
     var done = function () {
+      if (button.dataset.copied) flash(button.dataset.copied);
       var label = button.textContent;
       button.textContent = "Copied";
       button.setAttribute("aria-live", "polite");
       setTimeout(function () { button.textContent = label; }, 1500);
     };
     if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(done, function () { source.select(); });
-    } else {
+      navigator.clipboard.writeText(text).then(done, function () { if (source) source.select(); });
+    } else if (source) {
       source.select();
       try { document.execCommand("copy"); done(); } catch (e) { /* selected for the user */ }
     }
@@ -157,14 +158,118 @@
     });
   }
 
+  // The ⋯ menus: a plain list of actions without scripts; here a menu button (Enter, Space or
+  // ArrowDown opens it, arrows move, Escape closes and returns focus, Tab leaves).
+  function setupMenus(scope) {
+    scope.querySelectorAll("[data-menu]").forEach(function (box) {
+      if (box.dataset.ready) return;
+      box.dataset.ready = "1";
+      var button = box.querySelector(".menu-button");
+      var list = box.querySelector(".menu-list");
+      var items = Array.prototype.slice.call(list.querySelectorAll(".menu-item"));
+      list.setAttribute("role", "menu");
+      list.querySelectorAll("li").forEach(function (li) { li.setAttribute("role", "none"); });
+      items.forEach(function (item) { item.setAttribute("role", "menuitem"); item.tabIndex = -1; });
+      box.classList.add("enhanced");
+      button.hidden = false;
+      function open(focusIndex) {
+        closeMenus(box);
+        box.classList.add("open");
+        button.setAttribute("aria-expanded", "true");
+        if (items.length) items[Math.max(0, Math.min(items.length - 1, focusIndex))].focus();
+      }
+      function close(refocus) {
+        box.classList.remove("open");
+        button.setAttribute("aria-expanded", "false");
+        if (refocus) button.focus();
+      }
+      box.menuClose = close;
+      button.addEventListener("click", function () {
+        if (box.classList.contains("open")) close(true); else open(0);
+      });
+      button.addEventListener("keydown", function (event) {
+        if (event.key === "ArrowDown") { event.preventDefault(); open(0); }
+        if (event.key === "ArrowUp") { event.preventDefault(); open(items.length - 1); }
+      });
+      list.addEventListener("keydown", function (event) {
+        var index = items.indexOf(document.activeElement);
+        if (event.key === "ArrowDown") { event.preventDefault(); items[(index + 1) % items.length].focus(); }
+        else if (event.key === "ArrowUp") { event.preventDefault(); items[(index - 1 + items.length) % items.length].focus(); }
+        else if (event.key === "Home") { event.preventDefault(); items[0].focus(); }
+        else if (event.key === "End") { event.preventDefault(); items[items.length - 1].focus(); }
+        else if (event.key === "Escape") { event.preventDefault(); close(true); }
+        else if (event.key === "Tab") { close(false); }
+      });
+      list.addEventListener("click", function () { close(false); });
+    });
+  }
+  function closeMenus(except) {
+    document.querySelectorAll("[data-menu].open").forEach(function (box) {
+      if (box !== except && box.menuClose) box.menuClose(false);
+    });
+  }
+
+  // Rows of a form (static headers, secret mappings): add a copy of the last row, remove one.
+  function setupRows(scope) {
+    scope.querySelectorAll("[data-rows]").forEach(function (set) {
+      if (set.dataset.ready) return;
+      set.dataset.ready = "1";
+      var list = set.querySelector(".row-list");
+      var add = set.querySelector("[data-add-row]");
+      var counter = list.children.length;
+      set.querySelectorAll("[data-remove-row]").forEach(function (b) { b.hidden = false; });
+      add.hidden = false;
+      add.addEventListener("click", function () {
+        var last = list.lastElementChild;
+        var row = last.cloneNode(true);
+        counter += 1;
+        row.querySelectorAll("[id]").forEach(function (el) { el.id = el.id.replace(/-\d+$/, "-" + counter); });
+        row.querySelectorAll("label[for]").forEach(function (el) { el.htmlFor = el.htmlFor.replace(/-\d+$/, "-" + counter); });
+        row.querySelectorAll("input:not([type=hidden])").forEach(function (el) { el.value = ""; });
+        row.querySelectorAll("input[type=hidden]").forEach(function (el) { el.value = ""; });
+        row.querySelectorAll("select").forEach(function (el) { el.selectedIndex = 0; });
+        list.append(row);
+        var first = row.querySelector("input, select");
+        if (first) first.focus();
+      });
+      set.addEventListener("click", function (event) {
+        var remove = event.target.closest("[data-remove-row]");
+        if (!remove) return;
+        var row = remove.closest("[data-row]");
+        if (list.children.length > 1) row.remove();
+        else row.querySelectorAll("input, select").forEach(function (el) { if (el.tagName === "SELECT") el.selectedIndex = 0; else el.value = ""; });
+        add.focus();
+      });
+    });
+  }
+
+  // A JSON box says "Invalid JSON" as you type (the server checks it again on save).
+  function setupJson(scope) {
+    scope.querySelectorAll("textarea[data-json]").forEach(function (area) {
+      if (area.dataset.ready) return;
+      area.dataset.ready = "1";
+      var message = area.parentElement.querySelector("[data-json-error]");
+      area.addEventListener("input", function () {
+        var bad = false;
+        if (area.value.trim()) { try { JSON.parse(area.value); } catch (e) { bad = true; } }
+        if (message) message.hidden = !bad;
+        if (bad) area.setAttribute("aria-invalid", "true"); else area.removeAttribute("aria-invalid");
+      });
+    });
+  }
+
   function enhance(scope) {
     setupChips(scope);
-    scope.querySelectorAll("[data-copy]").forEach(function (button) { button.hidden = false; });
+    setupMenus(scope);
+    setupRows(scope);
+    setupJson(scope);
+    scope.querySelectorAll("[data-copy], [data-copy-value]").forEach(function (button) { button.hidden = false; });
   }
 
   document.addEventListener("click", function (event) {
-    var button = event.target.closest("[data-copy]");
+    var button = event.target.closest("[data-copy], [data-copy-value]");
     if (button) copy(button);
+    if (!event.target.closest("[data-menu]")) closeMenus(null);
   });
   document.body.addEventListener("htmx:afterSwap", function (event) {
     // An answer that swapped nothing (HX-Reswap: none, e.g. "saved, close the dialog") opens nothing.
