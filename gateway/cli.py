@@ -299,6 +299,7 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
 
     from billing.grants import sync_after_change
     from billing.parking import ParkedNotFound, describe, is_refusal, replay_parked
+    from functions.ledger import INVOCATION_RECORDS
 
     settings = _settings(args)
     data = None
@@ -310,7 +311,9 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
         async with _money_stores(settings) as (engine, counters):
             try:
                 async with engine.begin() as connection:
-                    settlement = await replay_parked(connection, args.parked_id, data)
+                    settlement = await replay_parked(
+                        connection, args.parked_id, data, kinds={INVOCATION_RECORDS.name: INVOCATION_RECORDS}
+                    )
             except ParkedNotFound as error:
                 raise CommandError(str(error)) from error
             except (msgspec.DecodeError, msgspec.ValidationError) as error:
@@ -331,6 +334,28 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
         )
 
     asyncio.run(run())
+
+
+def cmd_functions_prune_invocations(args: argparse.Namespace) -> None:
+    """Delete proxy-function invocation rows older than ``--older-than-days`` (retention: 90)."""
+    from datetime import UTC, datetime, timedelta
+
+    from functions.analytics import prune_invocations
+
+    if args.older_than_days < 1:
+        raise CommandError("--older-than-days must be at least 1")
+    settings = _settings(args)
+    cutoff = datetime.now(UTC) - timedelta(days=args.older_than_days)
+
+    async def work(session: AsyncSession) -> None:
+        deleted = await prune_invocations(session, older_than=cutoff)
+        _emit(
+            args,
+            {"deleted": deleted, "older_than": cutoff.isoformat()},
+            f"deleted {deleted} invocations from before {cutoff.isoformat()}",
+        )
+
+    asyncio.run(_with_session(settings, work))
 
 
 def cmd_config_check(args: argparse.Namespace) -> None:
@@ -433,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("parked_id", type=int, help="the id reconcile names")
     replay.add_argument("--data-file", default=None, help="the settlement as corrected JSON (default: as parked)")
     replay.set_defaults(handler=cmd_billing_replay_parked)
+
+    functions = commands.add_parser("functions", parents=[common], help="proxy functions")
+    function_commands = functions.add_subparsers(dest="functions_command", required=True)
+    prune = function_commands.add_parser(
+        "prune-invocations", parents=[common], help="delete the invocation log past its retention"
+    )
+    prune.add_argument("--older-than-days", type=int, default=90, help="default 90 (the documented retention)")
+    prune.set_defaults(handler=cmd_functions_prune_invocations)
 
     credits = commands.add_parser("credits", parents=[common], help="manage credits")
     credit_commands = credits.add_subparsers(dest="credits_command", required=True)

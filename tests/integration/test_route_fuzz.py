@@ -37,12 +37,14 @@ from litestar.routes import HTTPRoute
 from gateway.app import create_app
 from gateway.settings import ModelSettings, Settings
 from tests.conftest import _asyncpg_url, _create_database, _drop_database, run_in_thread
+from tests.fakes.function_rows import add_project
 from tests.fakes.gateway_fixtures import (
     ADMIN_TOKEN,
     FAKE_MODEL,
     Backend,
     Gateway,
     _delete_redis_prefix,
+    _with_session,
     gateway_settings,
     start_gateway,
 )
@@ -174,6 +176,10 @@ SEEDS: dict[tuple[str, str], Seed] = {
         json={"input_per_mtok": "0.15", "output_per_mtok": "0.6"}, path={"slug": INSTRUCT}, auth="admin"
     ),
     ("DELETE", "/api/admin/models/{slug:path}"): Seed(path={"slug": INSTRUCT}, auth="admin"),
+    ("GET", "/api/projects/{project_id:int}/analytics"): Seed(
+        path={"project_id": "spare_project"},
+        query={"days": "7", "environment_id": "1", "function_id": "3f1c2b9e-0000-4000-8000-000000000001"},
+    ),
 }
 
 # Routes whose bodies have the most structure get more examples.
@@ -456,7 +462,19 @@ def _spares(gateway: Gateway) -> dict[str, int]:
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
+        "spare_project": gateway.run(_with_session(gateway.settings, _spare_project(gateway.account_id))),
     }
+
+
+def _spare_project(account_id: int) -> Any:
+    """A project of the caller's account for the analytics route (made in the database)."""
+
+    async def work(session: Any) -> int:
+        project, _environments = await add_project(session, account_id, "fuzz")
+        await session.commit()
+        return project.id
+
+    return work
 
 
 def send(gateway: Gateway, request: Request) -> httpx.Response:
