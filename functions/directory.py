@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -129,13 +129,21 @@ class FunctionDirectory:
         *,
         ttl_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        loader: Callable[[str], Awaitable[ResolvedFunction | None]] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._load = loader or self._load_from_database
         self._keyring = keyring
         self._ttl_s = ttl_s
         self._clock = clock
         self._entries: dict[str, tuple[float, ResolvedFunction | None]] = {}
         self._loading: dict[str, asyncio.Future[ResolvedFunction | None]] = {}
+        # Bumped by forget(): a load that started before a change must not cache what it read.
+        self._generation: dict[str, int] = {}
+
+    async def _load_from_database(self, function_id: str) -> ResolvedFunction | None:
+        async with self._sessionmaker() as session:
+            return await load_function(session, function_id, self._keyring)
 
     @property
     def keyring(self) -> KeyRing | None:
@@ -155,25 +163,36 @@ class FunctionDirectory:
         if loading is None:
             loading = asyncio.get_running_loop().create_future()
             self._loading[canonical] = loading
+            generation = self._generation.get(canonical, 0)
             try:
-                async with self._sessionmaker() as session:
-                    found = await load_function(session, canonical, self._keyring)
+                found = await self._load(canonical)
             except BaseException as error:
-                self._loading.pop(canonical, None)
+                if self._loading.get(canonical) is loading:
+                    del self._loading[canonical]
                 if not loading.done():
                     loading.set_exception(error)
                     loading.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
                 raise
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[canonical] = (now, found)
-            self._loading.pop(canonical, None)
+            if self._generation.get(canonical, 0) == generation:
+                self._entries[canonical] = (now, found)
+            if self._loading.get(canonical) is loading:
+                del self._loading[canonical]
             loading.set_result(found)
             return found
         return await asyncio.shield(loading)
 
     def forget(self, function_id: str) -> None:
+        """Called by the process that changed the function: its next request reloads, and a load
+        already in flight (which may have read the old row) is neither cached nor shared."""
         self._entries.pop(function_id, None)
+        self._loading.pop(function_id, None)
+        self._generation[function_id] = self._generation.get(function_id, 0) + 1
+        if len(self._generation) >= _MAX_ENTRIES:
+            self._generation.clear()  # bounded; losing counts only risks one stale cache fill
 
     def forget_all(self) -> None:
         self._entries.clear()
+        self._loading.clear()
+        self._generation.clear()

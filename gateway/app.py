@@ -34,6 +34,7 @@ from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
 from gateway.api.function_analytics import FunctionAnalyticsController
+from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
@@ -86,6 +87,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     AuthController,
     AdminController,
     FunctionAnalyticsController,
+    FunctionsController,
 ]
 
 log = logging.getLogger("tollway")

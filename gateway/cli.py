@@ -1,4 +1,5 @@
-"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys and credits.
+"""The ``tollway`` command line: serve, migrate, and operate accounts, members, keys, credits and
+proxy functions (``tollway functions …``, in gateway/cli_functions.py).
 
 Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
 non-zero exit code (2 for bad input or configuration, 1 for anything else).
@@ -336,28 +337,6 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
-def cmd_functions_prune_invocations(args: argparse.Namespace) -> None:
-    """Delete proxy-function invocation rows older than ``--older-than-days`` (retention: 90)."""
-    from datetime import UTC, datetime, timedelta
-
-    from functions.analytics import prune_invocations
-
-    if args.older_than_days < 1:
-        raise CommandError("--older-than-days must be at least 1")
-    settings = _settings(args)
-    cutoff = datetime.now(UTC) - timedelta(days=args.older_than_days)
-
-    async def work(session: AsyncSession) -> None:
-        deleted = await prune_invocations(session, older_than=cutoff)
-        _emit(
-            args,
-            {"deleted": deleted, "older_than": cutoff.isoformat()},
-            f"deleted {deleted} invocations from before {cutoff.isoformat()}",
-        )
-
-    asyncio.run(_with_session(settings, work))
-
-
 def cmd_config_check(args: argparse.Namespace) -> None:
     """Print the configuration ``serve`` would run with, secrets masked; exit 2 on any problem."""
     import os
@@ -459,14 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--data-file", default=None, help="the settlement as corrected JSON (default: as parked)")
     replay.set_defaults(handler=cmd_billing_replay_parked)
 
-    functions = commands.add_parser("functions", parents=[common], help="proxy functions")
-    function_commands = functions.add_subparsers(dest="functions_command", required=True)
-    prune = function_commands.add_parser(
-        "prune-invocations", parents=[common], help="delete the invocation log past its retention"
-    )
-    prune.add_argument("--older-than-days", type=int, default=90, help="default 90 (the documented retention)")
-    prune.set_defaults(handler=cmd_functions_prune_invocations)
-
     credits = commands.add_parser("credits", parents=[common], help="manage credits")
     credit_commands = credits.add_subparsers(dest="credits_command", required=True)
     grant = credit_commands.add_parser("grant", parents=[common], help="grant credits to an account")
@@ -475,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--reason", default="")
     grant.add_argument("--idempotency-key", default=None, help="repeat-safe: the same key grants once")
     grant.set_defaults(handler=cmd_credits_grant)
+
+    # Its own module (it imports this one's helpers, so it is imported once they exist).
+    from gateway.cli_functions import add_function_commands
+
+    add_function_commands(commands, common)
     return parser
 
 

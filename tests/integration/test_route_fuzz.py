@@ -37,14 +37,13 @@ from litestar.routes import HTTPRoute
 from gateway.app import create_app
 from gateway.settings import ModelSettings, Settings
 from tests.conftest import _asyncpg_url, _create_database, _drop_database, run_in_thread
-from tests.fakes.function_rows import add_project
+from tests.fakes.function_api import workspace
 from tests.fakes.gateway_fixtures import (
     ADMIN_TOKEN,
     FAKE_MODEL,
     Backend,
     Gateway,
     _delete_redis_prefix,
-    _with_session,
     gateway_settings,
     start_gateway,
 )
@@ -99,6 +98,26 @@ CHAT = {
     "stream": False,
     "stream_options": {"include_usage": True},
     "provider": {"order": ["fake"], "allow_fallbacks": True, "sort": "price"},
+}
+
+# A proxy function with every field set; "spare_variable" is filled in at start, at any depth.
+FUNCTION = {
+    "name": "fuzz function",
+    "description": "d",
+    "target_url": "https://api.example.com/v1/x?a=1",
+    "method": "POST",
+    "headers": {"Accept": "application/json"},
+    "secret_mappings": [
+        {"variable_id": "spare_variable", "inject_as": "header", "key": "Authorization", "template": "Bearer ${value}"},
+        {"variable_id": "spare_variable", "inject_as": "body", "key": "auth.token"},
+    ],
+    "allowed_origins": ["https://app.example.com", "*.example.com"],
+    "pass_through_body": False,
+    "body_template": {"a": {"b": [1, "x", None]}},
+    "rate_limit_per_minute": 60,
+    "forward_path": True,
+    "forward_query": False,
+    "timeout_ms": 1000,
 }
 
 # Keyed by the route table's (method, path); ``{spare_key}`` etc. are filled in at start.
@@ -176,14 +195,37 @@ SEEDS: dict[tuple[str, str], Seed] = {
         json={"input_per_mtok": "0.15", "output_per_mtok": "0.6"}, path={"slug": INSTRUCT}, auth="admin"
     ),
     ("DELETE", "/api/admin/models/{slug:path}"): Seed(path={"slug": INSTRUCT}, auth="admin"),
+    # Proxy functions (the spare function is deleted by the last of them).
+    ("GET", "/api/function-templates"): Seed(),
+    ("GET", "/api/environments/{environment_id:int}/functions"): Seed(
+        path={"environment_id": "spare_environment"}, query={"q": "fuzz", "limit": "10", "cursor": ""}
+    ),
+    ("POST", "/api/environments/{environment_id:int}/functions"): Seed(
+        json=FUNCTION, path={"environment_id": "spare_environment"}
+    ),
+    ("GET", "/api/functions/{function_id:str}"): Seed(path={"function_id": "spare_function"}),
+    ("PATCH", "/api/functions/{function_id:str}"): Seed(
+        json={**FUNCTION, "name": "fuzz renamed"}, path={"function_id": "spare_function"}
+    ),
+    ("POST", "/api/functions/{function_id:str}/enable"): Seed(path={"function_id": "spare_function"}),
+    ("POST", "/api/functions/{function_id:str}/disable"): Seed(path={"function_id": "spare_function"}),
+    ("POST", "/api/functions/{function_id:str}/regenerate-token"): Seed(path={"function_id": "spare_function"}),
+    ("GET", "/api/functions/{function_id:str}/token"): Seed(path={"function_id": "spare_function"}),
+    ("DELETE", "/api/functions/{function_id:str}"): Seed(path={"function_id": "spare_function"}),
     ("GET", "/api/projects/{project_id:int}/analytics"): Seed(
         path={"project_id": "spare_project"},
-        query={"days": "7", "environment_id": "1", "function_id": "3f1c2b9e-0000-4000-8000-000000000001"},
+        query={"days": "7", "environment_id": "spare_environment", "function_id": "spare_function"},
     ),
 }
 
 # Routes whose bodies have the most structure get more examples.
-WEIGHT = {("POST", "/v1/chat/completions"): 5, ("POST", "/api/keys"): 2, ("PATCH", "/api/keys/{key_id:int}"): 2}
+WEIGHT = {
+    ("POST", "/v1/chat/completions"): 5,
+    ("POST", "/api/keys"): 2,
+    ("PATCH", "/api/keys/{key_id:int}"): 2,
+    ("POST", "/api/environments/{environment_id:int}/functions"): 3,
+    ("PATCH", "/api/functions/{function_id:str}"): 3,
+}
 
 # /v1 routes whose 500s need the pipeline (the lead's files); see the report in the branch.
 V1_KNOWN_500: dict[tuple[str, str], str] = {}
@@ -248,6 +290,14 @@ FIELD_NAMES = [
     "account_id",
     "status",
     "per_unit_usd_variants",
+    "target_url",
+    "headers",
+    "secret_mappings",
+    "variable_id",
+    "inject_as",
+    "allowed_origins",
+    "body_template",
+    "template",
 ]
 
 scalars = st.one_of(
@@ -352,15 +402,19 @@ def path_value(kind: str, seeded: Any) -> st.SearchStrategy[str]:
 
 
 @st.composite
-def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares: dict[str, int]) -> Request:
+def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares: dict[str, Any]) -> Request:
     def fill(value: Any) -> Any:
+        if isinstance(value, list):
+            return [fill(item) for item in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
         return spares.get(value, value) if isinstance(value, str) else value
 
     path = template
     for name, kind in re.findall(r"\{(\w+):(\w+)\}", template):
         value = draw(path_value(kind, fill(seed.path[name])))
         path = path.replace(f"{{{name}:{kind}}}", value.lstrip("/") if kind == "path" else value)
-    query = dict(seed.query)
+    query = {name: str(fill(value)) for name, value in seed.query.items()}
     for name in draw(
         st.lists(st.sampled_from(sorted(seed.query)), max_size=2, unique=True) if seed.query else st.just([])
     ):
@@ -378,8 +432,7 @@ def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares
     if seed.json is None and method in ("GET", "DELETE"):
         return request
     seeded = msgspec.json.decode(msgspec.json.encode(seed.json)) if seed.json is not None else None
-    if isinstance(seeded, dict):
-        seeded = {k: fill(v) for k, v in seeded.items()}
+    seeded = fill(seeded)
     if draw(st.integers(0, 9)) == 0:
         request.content = draw(st.sampled_from(RAW_BODIES))
     else:
@@ -413,7 +466,7 @@ def _settings(backend: Backend, fake: FakeOpenAI) -> Settings:
 @dataclass
 class Target:
     gateway: Gateway
-    spares: dict[str, int]
+    spares: dict[str, Any]
 
 
 def _backend(name: str, tmp: Any) -> Generator[Backend, None, None]:
@@ -445,7 +498,7 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         backends.close()
 
 
-def _spares(gateway: Gateway) -> dict[str, int]:
+def _spares(gateway: Gateway) -> dict[str, Any]:
     """Things the seeds may change or delete, so the caller's own key and account stay usable."""
     key = {"Authorization": f"Bearer {gateway.key}"}
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -457,24 +510,22 @@ def _spares(gateway: Gateway) -> dict[str, int]:
     ).json()
     invitation = httpx.post(gateway.url + "/api/invitations/", json={"email": "i@example.com"}, headers=key).json()
     account = httpx.post(gateway.url + "/api/admin/accounts/", json={"name": "spare"}, headers=admin).json()
+    functions = workspace(gateway, "Fuzz")
+    spare_function = httpx.post(
+        gateway.url + f"/api/environments/{functions.env}/functions/",
+        json={"name": "spare", "target_url": "https://api.example.com/x"},
+        headers=key,
+    ).json()
     return {
         "spare_key": spare_key,
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
-        "spare_project": gateway.run(_with_session(gateway.settings, _spare_project(gateway.account_id))),
+        "spare_project": functions.project_id,
+        "spare_environment": functions.env,
+        "spare_variable": functions.variable,
+        "spare_function": spare_function["id"],
     }
-
-
-def _spare_project(account_id: int) -> Any:
-    """A project of the caller's account for the analytics route (made in the database)."""
-
-    async def work(session: Any) -> int:
-        project, _environments = await add_project(session, account_id, "fuzz")
-        await session.commit()
-        return project.id
-
-    return work
 
 
 def send(gateway: Gateway, request: Request) -> httpx.Response:
