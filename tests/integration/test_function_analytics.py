@@ -311,7 +311,7 @@ def test_function_analytics_counts_what_the_ledger_logged(gateway: Gateway) -> N
     settlement writer, then read by the analytics of the real app."""
     settings = gateway.settings
 
-    async def work() -> int:
+    async def work() -> tuple[int, str]:
         engine = create_engine(settings.database_url)
         sessionmaker = create_sessionmaker(engine)
         store: CounterStore = (
@@ -328,6 +328,9 @@ def test_function_analytics_counts_what_the_ledger_logged(gateway: Gateway) -> N
             assert function is not None
             # Its own key prefix: the gateway's writer must not take these calls before we look.
             meter = Meter(store, engine, sessionmaker, prefix=settings.redis_prefix + "e2e:", refresh_s=60.0)
+            priced = FunctionLedger(meter, price_micro=250_000)  # what an operator's price changes
+            ticket = await priced.admit(function, "req_e2e_paid")
+            await priced.finish(ticket, function, status=201, latency_ms=40, error_type=ErrorType.NONE, origin="")
             ledger = FunctionLedger(meter)
             for number, (status, error_type) in enumerate(
                 [(200, ErrorType.NONE), (200, ErrorType.NONE), (504, ErrorType.TIMEOUT)]
@@ -339,21 +342,31 @@ def test_function_analytics_counts_what_the_ledger_logged(gateway: Gateway) -> N
             await ledger.refused(
                 function, request_id="req_e2e_429", status=429, error_type=ErrorType.RATE_LIMITED, origin=""
             )
-            async with sessionmaker() as session:  # nothing yet: the writer has not run
-                assert await session.scalar(select(func.count()).select_from(FunctionInvocation)) == 0
+            async with sessionmaker() as session:  # nothing yet: the writer has not run (but the
+                # embedded store writes a priced call before it answers, as every settlement there)
+                written = await session.scalar(select(func.count()).select_from(FunctionInvocation))
+                assert written == (0 if settings.redis_url else 1)
             await meter.write_pending()
-            return project.id
+            return project.id, function.slug
         finally:
             await store.close()
             await engine.dispose()
 
-    project_id = gateway.run(work())
+    project_id, slug = gateway.run(work())
     body = analytics(gateway, project_id, days=1)
-    assert body["calls"] == 4
-    assert body["status_classes"] == {"2xx": 2, "3xx": 0, "4xx": 1, "5xx": 1, "other": 0}
-    assert body["latency_ms"] == {"p50": 20, "p95": 30, "calls": 3}
+    assert body["calls"] == 5
+    assert body["status_classes"] == {"2xx": 3, "3xx": 0, "4xx": 1, "5xx": 1, "other": 0}
+    # Forwarded: 10 20 30 40 → p50 = rank 2 → 20, p95 = rank 4 → 40.
+    assert body["latency_ms"] == {"p50": 20, "p95": 40, "calls": 4}
     assert body["error_types"] == [{"error_type": "rate_limited", "calls": 1}, {"error_type": "timeout", "calls": 1}]
-    assert body["month"]["invocations"] == 3
+    assert body["month"]["invocations"] == 4
+    # The priced call is in the account's usage, apart from any model's: only it, at its price.
+    usage = httpx.get(
+        gateway.url + "/api/usage/", params={"model": f"fn/{slug}"}, headers={"Authorization": f"Bearer {gateway.key}"}
+    ).json()["data"]
+    assert [(u["request_id"], u["provider"], u["credits_used"], u["key_id"]) for u in usage] == [
+        ("req_e2e_paid", "fn", "0.25", None)
+    ]
 
 
 def test_function_analytics_prune_keeps_the_retention_window(
