@@ -28,12 +28,13 @@ Retention: the log is meant to be kept 90 days (:data:`RETENTION_DAYS`);
 
 Speed: each query is one indexed range scan of the window, never of the whole log:
 (project_id, requested_at), (environment_id, requested_at) or (function_id, requested_at) for
-the scope, (account_id, requested_at) for the account's month (migration 0010). The series and
-the status classes come from one scan (grouped by bucket and class).
+the scope, (account_id, requested_at) for the account's month (migration 0010). The series, the
+status classes and the error types come from one scan (grouped by bucket, class and error type).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -219,7 +220,7 @@ async def project_analytics(session: AsyncSession, scope: Scope, *, days: int, n
     window = _window(now, days)
     where = [*scope.conditions(), _CALL.requested_at >= window.since, _CALL.requested_at < window.until]
     postgres = session.get_bind().dialect.name == "postgresql"
-    series, status_classes = await _series_and_classes(session, where, window, postgres)
+    breakdown = await _breakdown(session, where, window, postgres)
     top = await _counts_by_function(session, where, limit=TOP_FUNCTIONS)
     month_start = _month_start(now)
     month_where = [
@@ -244,12 +245,12 @@ async def project_analytics(session: AsyncSession, scope: Scope, *, days: int, n
         granularity="hour" if window.hourly else "day",
         since=window.since.isoformat(),
         until=window.until.isoformat(),
-        calls=sum(bucket.calls for bucket in series),
-        series=series,
-        status_classes=status_classes,
+        calls=sum(bucket.calls for bucket in breakdown.series),
+        series=breakdown.series,
+        status_classes=breakdown.status_classes,
         latency_ms=await _latency(session, [*where, _CALL.error_type.not_in(_REFUSED)], postgres),
         top_functions=[_function_calls(names, counted) for counted in top],
-        error_types=await _error_types(session, where),
+        error_types=breakdown.error_types,
         month=Month(
             period=month_start.strftime("%Y-%m"),
             invocations=sum(counted.calls for counted in month_functions),
@@ -269,10 +270,17 @@ _STATUS_CLASS = case(
 _ERROR_CLASSES = frozenset({"4xx", "5xx"})
 
 
-async def _series_and_classes(
+class _Breakdown(NamedTuple):
+    series: list[Bucket]
+    status_classes: StatusClasses
+    error_types: list[ErrorCount]
+
+
+async def _breakdown(
     session: AsyncSession, where: Sequence[ColumnElement[bool]], window: _Window, postgres: bool
-) -> tuple[list[Bucket], StatusClasses]:
-    """Calls per bucket and per status class, from one scan of the window."""
+) -> _Breakdown:
+    """Calls per bucket, per status class and per error type, from one scan of the window
+    (grouped by all three: at most buckets × 5 × error types rows)."""
     bucket: Any
     if postgres:
         bucket = func.date_trunc("hour" if window.hourly else "day", func.timezone("UTC", _CALL.requested_at))
@@ -280,28 +288,32 @@ async def _series_and_classes(
         # SQLite keeps the UTC wall time as text ("2026-11-30 18:30:00.123456").
         bucket = func.strftime("%Y-%m-%d %H:00:00" if window.hourly else "%Y-%m-%d 00:00:00", _CALL.requested_at)
     bucket, klass = bucket.label("bucket"), _STATUS_CLASS.label("class")
-    rows = await session.execute(select(bucket, klass, func.count()).where(*where).group_by(bucket, klass))
-    calls: dict[datetime, int] = {}
-    errors: dict[datetime, int] = {}
-    classes: dict[str, int] = {}
-    for start, name, count in rows:
-        moment = (start if isinstance(start, datetime) else datetime.fromisoformat(str(start))).replace(tzinfo=UTC)
-        calls[moment] = calls.get(moment, 0) + int(count)
-        if name in _ERROR_CLASSES:
-            errors[moment] = errors.get(moment, 0) + int(count)
-        classes[str(name)] = classes.get(str(name), 0) + int(count)
-    series = [
-        Bucket(start=start.isoformat(), calls=calls.get(start, 0), errors=errors.get(start, 0))
-        for start in window.starts()
-    ]
-    status_classes = StatusClasses(
-        s2xx=classes.get("2xx", 0),
-        s3xx=classes.get("3xx", 0),
-        s4xx=classes.get("4xx", 0),
-        s5xx=classes.get("5xx", 0),
-        other=classes.get("other", 0),
+    rows = await session.execute(
+        select(bucket, klass, _CALL.error_type, func.count()).where(*where).group_by(bucket, klass, _CALL.error_type)
     )
-    return series, status_classes
+    calls: Counter[datetime] = Counter()
+    errors: Counter[datetime] = Counter()
+    classes: Counter[str] = Counter()
+    error_types: Counter[str] = Counter()
+    for start, name, error_type, count in rows:
+        moment = (start if isinstance(start, datetime) else datetime.fromisoformat(str(start))).replace(tzinfo=UTC)
+        calls[moment] += int(count)
+        classes[str(name)] += int(count)
+        if name in _ERROR_CLASSES:
+            errors[moment] += int(count)
+        if error_type:
+            error_types[str(error_type)] += int(count)
+    return _Breakdown(
+        series=[Bucket(start=start.isoformat(), calls=calls[start], errors=errors[start]) for start in window.starts()],
+        status_classes=StatusClasses(
+            s2xx=classes["2xx"], s3xx=classes["3xx"], s4xx=classes["4xx"], s5xx=classes["5xx"], other=classes["other"]
+        ),
+        # Most first, then by name.
+        error_types=[
+            ErrorCount(error_type=name, calls=count)
+            for name, count in sorted(error_types.items(), key=lambda item: (-item[1], item[0]))
+        ],
+    )
 
 
 def nearest_rank(percent: int, count: int) -> int:
@@ -359,17 +371,6 @@ async def _counts_by_function(
         _Counted(str(function_id), int(environment_id), int(count))
         for function_id, environment_id, count in await session.execute(query)
     ]
-
-
-async def _error_types(session: AsyncSession, where: Sequence[ColumnElement[bool]]) -> list[ErrorCount]:
-    calls = func.count().label("calls")
-    rows = await session.execute(
-        select(_CALL.error_type, calls)
-        .where(*where, _CALL.error_type != "")
-        .group_by(_CALL.error_type)
-        .order_by(calls.desc(), _CALL.error_type)
-    )
-    return [ErrorCount(error_type=str(error_type), calls=int(count)) for error_type, count in rows]
 
 
 async def _names(session: AsyncSession, account_id: int, function_ids: set[str]) -> dict[str, tuple[str, str]]:
