@@ -23,19 +23,24 @@ settles or, if the process dies, by the hold's expiry), and refuses the call wit
 :meth:`~FunctionLedger.finish` settles it. PRODUCT.md charges ``/v1`` only for work the provider
 did; the same here, the price is charged when the target answered:
 
-=======================  ================  =============================================
-outcome                  ``error_type``    charged
-=======================  ================  =============================================
-target answered < 500    ``""``            the price
-target answered 5xx      ``target_error``  the price (the call was forwarded and answered)
-target unreachable       ``unreachable``   nothing (502: no work was done)
-target too slow          ``timeout``       nothing (504: no answer came)
-refused before admit     ``rate_limited``  nothing, and nothing was held
-                         ``payment_required``
-=======================  ================  =============================================
+=========================  ================  ===========================================
+outcome                    ``error_type``    charged
+=========================  ================  ===========================================
+target answered < 500      ``""``            the price
+target answered 5xx, or    ``target_error``  the price (the call was forwarded and
+its stream broke                             answered)
+target unreachable         ``unreachable``   nothing (502: no work was done)
+no answer in time          ``timeout``       nothing (the runtime's 504: no answer came)
+stream stalled after the   ``timeout``       the price (the status is the target's: it
+target answered                              had answered)
+refused before admit       ``rate_limited``  nothing, and nothing was held
+                           ``payment_required``
+=========================  ================  ===========================================
 
-A ``""`` error type with a status of 500 or more is an answer the runtime made itself (not the
-target's), so it is free too. A priced call's settlement is a usage record with ``model`` =
+The status tells the runtime's own answers from the target's: a ``timeout`` with 504 is the
+runtime's (no answer came), with any other status the target's (a stream that stalled midway);
+a ``""`` error type with a status of 500 or more is an answer the runtime made itself. Both are
+free. A priced call's settlement is a usage record with ``model`` =
 ``fn/<slug>``, ``provider`` = ``fn`` and ``upstream_model`` = the function's id, no key and no
 tokens: it shows in ``/api/usage/`` and the ledger (the debit's reason is that label) apart from
 every model's spending, and reconcile checks it like any other debit. Free calls leave no usage
@@ -272,7 +277,13 @@ class FunctionLedger:
 
 def _target_answered(status: int, error_type: ErrorType) -> bool:
     """Whether the target did the work (see the module's table)."""
-    return error_type == ErrorType.TARGET_ERROR or (error_type == ErrorType.NONE and status < 500)
+    if error_type == ErrorType.TARGET_ERROR:
+        return True
+    if error_type == ErrorType.NONE:
+        return status < 500
+    if error_type == ErrorType.TIMEOUT:
+        return status != 504
+    return False
 
 
 def _invocation(

@@ -266,12 +266,13 @@ async def test_function_ledger_charges_only_when_the_target_answered(books: Book
         "req_target_5xx": (503, ErrorType.TARGET_ERROR),
         "req_unreachable": (502, ErrorType.UNREACHABLE),
         "req_timeout": (504, ErrorType.TIMEOUT),
+        "req_stalled_stream": (200, ErrorType.TIMEOUT),  # the target had answered, then stalled
         "req_runtime_500": (500, ErrorType.NONE),  # an answer the runtime made, not the target
     }
     for request_id, (status, error_type) in outcomes.items():
         await _call(ledger, books.function, request_id, status=status, error_type=error_type)
     await meter.write_pending()
-    charged = {"req_ok", "req_client_error", "req_target_5xx"}
+    charged = {"req_ok", "req_client_error", "req_target_5xx", "req_stalled_stream"}
     assert {call.request_id: call.credits_micro for call in await books.calls()} == {
         request_id: PRICE if request_id in charged else 0 for request_id in outcomes
     }
@@ -281,10 +282,10 @@ async def test_function_ledger_charges_only_when_the_target_answered(books: Book
     assert usage["req_unreachable"] == (0, "unreachable") and usage["req_timeout"] == (0, "timeout")
     assert usage["req_target_5xx"] == (PRICE, "target_error") and len(usage) == len(outcomes)
     assert await books.debits() == {request_id: -PRICE for request_id in charged}
-    assert await books.balance() == OPENING - 3 * PRICE
+    assert await books.balance() == OPENING - 4 * PRICE
     assert await books.store.holds(meter.holds_key(books.account_id)) == {}
     await meter.refresh_balance(books.account_id, force=True)
-    assert await meter.available_micro(books.account_id) == OPENING - 3 * PRICE
+    assert await meter.available_micro(books.account_id) == OPENING - 4 * PRICE
     await books.assert_reconciles()
 
 
