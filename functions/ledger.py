@@ -40,11 +40,13 @@ refused before admit       ``rate_limited``  nothing, and nothing was held
 The status tells the runtime's own answers from the target's: a ``timeout`` with 504 is the
 runtime's (no answer came), with any other status the target's (a stream that stalled midway);
 a ``""`` error type with a status of 500 or more is an answer the runtime made itself. Both are
-free. A priced call's settlement is a usage record with ``model`` =
-``fn/<slug>``, ``provider`` = ``fn`` and ``upstream_model`` = the function's id, no key and no
-tokens: it shows in ``/api/usage/`` and the ledger (the debit's reason is that label) apart from
-every model's spending, and reconcile checks it like any other debit. Free calls leave no usage
-record: the invocation log is their record.
+free.
+
+A priced call's settlement is a usage record with ``model`` = ``fn/<slug>``, ``provider`` =
+``fn`` and ``upstream_model`` = the function's id, no key and no tokens: it shows in
+``/api/usage/`` and the ledger (the debit's reason is that label) apart from every model's
+spending, and reconcile checks it like any other debit. Free calls leave no usage record: the
+invocation log is their record.
 """
 
 from __future__ import annotations
