@@ -46,6 +46,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.models import Account
+from functions.errors import EnvironmentNotFound, ProjectNotFound
 from functions.invocations import ErrorType
 from functions.models import Environment, FunctionInvocation, Project, ProxyFunction
 
@@ -55,7 +56,6 @@ __all__ = [
     "RETENTION_DAYS",
     "Analytics",
     "Scope",
-    "ScopeNotFound",
     "project_analytics",
     "prune_invocations",
 ]
@@ -129,15 +129,6 @@ class Analytics(msgspec.Struct):
     retention_days: int = RETENTION_DAYS
 
 
-class ScopeNotFound(LookupError):
-    """The project (or its environment) is not one of this account's: another account's looks
-    the same as none at all."""
-
-    def __init__(self, what: Literal["project", "environment"]) -> None:
-        super().__init__(f"no such {what}")
-        self.what = what
-
-
 @dataclass(frozen=True, slots=True)
 class Scope:
     """Whose calls: one account's project, optionally one environment or one function of it."""
@@ -197,8 +188,8 @@ async def _check_scope(session: AsyncSession, scope: Scope) -> None:
     project = await session.scalar(
         select(Project.id).where(Project.id == scope.project_id, Project.account_id == scope.account_id)
     )
-    if project is None:
-        raise ScopeNotFound("project")
+    if project is None:  # another account's looks the same as none at all
+        raise ProjectNotFound(f"project {scope.project_id} not found", param="project_id")
     if scope.environment_id is not None:
         environment = await session.scalar(
             select(Environment.id).where(
@@ -208,12 +199,15 @@ async def _check_scope(session: AsyncSession, scope: Scope) -> None:
             )
         )
         if environment is None:
-            raise ScopeNotFound("environment")
+            raise EnvironmentNotFound(
+                f"environment {scope.environment_id} not found in project {scope.project_id}", param="environment_id"
+            )
 
 
 async def project_analytics(session: AsyncSession, scope: Scope, *, days: int, now: datetime) -> Analytics:
-    """The analytics of the module's table. Raises :class:`ScopeNotFound` for a project (or an
-    environment of it) that is not the account's, and ``ValueError`` for ``days`` out of 1–90."""
+    """The analytics of the module's table. Raises :class:`~functions.errors.ProjectNotFound` or
+    :class:`~functions.errors.EnvironmentNotFound` (404) for a project, or an environment of it,
+    that is not the account's, and ``ValueError`` for ``days`` out of 1–90."""
     if not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be between 1 and {MAX_DAYS}")
     await _check_scope(session, scope)

@@ -26,6 +26,7 @@ from billing.money import credits_to_micro
 from billing.tokens import warm_encodings
 from functions.directory import FunctionDirectory
 from functions.keyfile import load_keyring
+from functions.keyops import check_stored_keys
 from functions.ledger import FunctionLedger
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
@@ -39,6 +40,7 @@ from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
 from gateway.api.openapi import V1_AUTH, openapi_config
+from gateway.api.projects import EnvironmentsController, ProjectsController, VariablesController
 from gateway.api.v1 import (
     create_completion,
     create_embeddings,
@@ -88,6 +90,9 @@ API_CONTROLLERS: list[type[Controller]] = [
     AdminController,
     FunctionAnalyticsController,
     FunctionsController,
+    ProjectsController,
+    EnvironmentsController,
+    VariablesController,
 ]
 
 log = logging.getLogger("tollway")
@@ -113,9 +118,6 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         sessionmaker = create_sessionmaker(engine)
-        counters = build_counter_store(settings.redis_url, settings.redis_prefix)
-        adapters = build_adapters(settings, env)
-        countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
         keyring = await asyncio.to_thread(
             load_keyring,
             settings.function_secret_keys,
@@ -128,6 +130,15 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 "database, without it no stored secret can be opened",
                 keyring.created_file,
             )
+        try:
+            # Encrypted data and no key to open it: refuse to start, never serve empty secrets.
+            await check_stored_keys(sessionmaker, keyring.ring)
+        except BaseException:
+            await engine.dispose()
+            raise
+        counters = build_counter_store(settings.redis_url, settings.redis_prefix)
+        adapters = build_adapters(settings, env)
+        countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
         # The components' clocks follow the state's, which tests may replace; read through a plain
         # closure (Litestar's app.state attribute lookup costs microseconds on the hot path).
         built: list[GatewayState] = []

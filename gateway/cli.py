@@ -1,5 +1,6 @@
 """The ``tollway`` command line: serve, migrate, and operate accounts, members, keys, credits and
-proxy functions (``tollway functions …``, in gateway/cli_functions.py).
+proxy functions (``tollway functions …``, in gateway/cli_functions.py; projects, environments,
+variables and the secret key ring in gateway/cli_projects.py).
 
 Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
 non-zero exit code (2 for bad input or configuration, 1 for anything else).
@@ -27,6 +28,10 @@ from billing.accounts import (
 from billing.errors import AccountNotFound, IdempotencyConflict
 from billing.models import AccountStatus
 from billing.money import MoneyError, credits_to_micro, format_credits
+
+# Re-exported: the command modules beside this one raise them (gateway/cli_common.py says why).
+from gateway.cli_common import CommandError as CommandError
+from gateway.cli_common import ReconcileFailed as ReconcileFailed
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.settings import Settings, SettingsError, load_settings
 from keys.audit import record_event
@@ -37,14 +42,6 @@ from keys.service import create_key
 
 if TYPE_CHECKING:
     from billing.counters import CounterStore
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit code 2."""
-
-
-class ReconcileFailed(Exception):
-    """Reconcile found drift: exit code 1, the report itself already says what."""
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -359,10 +356,12 @@ def cmd_config_check(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.bootstrap import prepare_and_announce
+    from gateway.cli_projects import check_keys_before_serving
     from gateway.server import run_server
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     asyncio.run(prepare_and_announce(settings, as_json=args.json))
+    check_keys_before_serving(settings)  # before any worker: the key file is made once
     run_server(settings, config_path=args.config)
 
 
@@ -447,10 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--idempotency-key", default=None, help="repeat-safe: the same key grants once")
     grant.set_defaults(handler=cmd_credits_grant)
 
-    # Its own module (it imports this one's helpers, so it is imported once they exist).
+    # Their own modules (cli_functions imports this one's helpers, so it is imported once they exist).
     from gateway.cli_functions import add_function_commands
+    from gateway.cli_projects import add_project_commands
 
     add_function_commands(commands, common)
+    add_project_commands(commands, common)
     return parser
 
 

@@ -14,26 +14,16 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import FromPath, FromQuery, Parameter
 
-from functions.analytics import DEFAULT_DAYS, MAX_DAYS, Analytics, Scope, ScopeNotFound, project_analytics
+from functions.analytics import DEFAULT_DAYS, MAX_DAYS, Analytics, Scope, project_analytics
 from functions.directory import canonical_function_id
 from gateway.api.deps import Caller, Injected, requires
 from gateway.api.openapi import MEMBER_AUTH, errors
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import InvalidRequest
 from gateway.state import GatewayState
 from gateway.validation import PathId, QueryId, QueryText
 from keys.roles import Permission
 
 Days = Annotated[int, Parameter(ge=1, le=MAX_DAYS)]
-
-
-class ProjectNotFound(GatewayError):
-    status_code = 404
-    type = "not_found_error"
-    code = "project_not_found"
-
-
-class EnvironmentNotFound(ProjectNotFound):
-    code = "environment_not_found"
 
 
 class FunctionAnalyticsController(Controller):
@@ -66,10 +56,5 @@ class FunctionAnalyticsController(Controller):
                 raise InvalidRequest("function_id must be a function's id (a UUID)", param="function_id")
         scope = Scope(caller.account_id, project_id, environment_id, canonical)
         await gateway.meter.settled(caller.account_id)  # read your writes: calls that finished are in
-        try:
-            async with gateway.sessionmaker() as session:
-                return await project_analytics(session, scope, days=days, now=gateway.now())
-        except ScopeNotFound as error:
-            if error.what == "project":
-                raise ProjectNotFound("no such project in this account", param="project_id") from error
-            raise EnvironmentNotFound("no such environment in this project", param="environment_id") from error
+        async with gateway.sessionmaker() as session:
+            return await project_analytics(session, scope, days=days, now=gateway.now())

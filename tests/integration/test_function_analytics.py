@@ -257,7 +257,9 @@ def test_function_analytics_is_the_callers_account_only(gateway: Gateway) -> Non
     refused = api(gateway, path)
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "project_not_found"
     missing = api(gateway, "/api/projects/987654/analytics/")  # another's looks like none at all
-    assert (missing.status_code, missing.json()) == (404, refused.json())
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "project_not_found"
+    assert refused.json()["error"]["message"] == f"project {data.stranger_project_id} not found"
+    assert missing.json()["error"]["message"] == "project 987654 not found"
     other_environment = api(
         gateway,
         f"/api/projects/{data.project_id}/analytics/",

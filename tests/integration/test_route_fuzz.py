@@ -212,9 +212,37 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("POST", "/api/functions/{function_id:str}/regenerate-token"): Seed(path={"function_id": "spare_function"}),
     ("GET", "/api/functions/{function_id:str}/token"): Seed(path={"function_id": "spare_function"}),
     ("DELETE", "/api/functions/{function_id:str}"): Seed(path={"function_id": "spare_function"}),
+    # Projects, environments and variables (the delete seeds take spares of their own).
+    ("GET", "/api/projects"): Seed(),
+    ("POST", "/api/projects"): Seed(json={"name": "fuzz", "description": "d"}),
+    ("GET", "/api/projects/{project_id:int}"): Seed(path={"project_id": "spare_project"}),
+    ("PATCH", "/api/projects/{project_id:int}"): Seed(
+        json={"name": "spare", "description": "d"}, path={"project_id": "spare_project"}
+    ),
+    ("DELETE", "/api/projects/{project_id:int}"): Seed(path={"project_id": "spare_doomed_project"}),
+    ("GET", "/api/projects/{project_id:int}/environments"): Seed(path={"project_id": "spare_project"}),
+    ("POST", "/api/projects/{project_id:int}/environments"): Seed(
+        json={"name": "fuzz", "clone_from": "spare_project_environment"}, path={"project_id": "spare_project"}
+    ),
+    ("PATCH", "/api/environments/{environment_id:int}"): Seed(
+        json={"name": "Development"}, path={"environment_id": "spare_project_environment"}
+    ),
+    ("DELETE", "/api/environments/{environment_id:int}"): Seed(path={"environment_id": "spare_doomed_environment"}),
+    ("GET", "/api/environments/{environment_id:int}/variables"): Seed(
+        path={"environment_id": "spare_project_environment"}
+    ),
+    ("POST", "/api/environments/{environment_id:int}/variables"): Seed(
+        json={"key": "FUZZ_KEY", "value": "v", "is_secret": True, "description": "d"},
+        path={"environment_id": "spare_project_environment"},
+    ),
+    ("PATCH", "/api/variables/{variable_id:int}"): Seed(
+        json={"value": "v2", "description": "d"}, path={"variable_id": "spare_project_variable"}
+    ),
+    ("DELETE", "/api/variables/{variable_id:int}"): Seed(path={"variable_id": "spare_doomed_variable"}),
+    ("POST", "/api/variables/{variable_id:int}/reveal"): Seed(path={"variable_id": "spare_project_variable"}),
     ("GET", "/api/projects/{project_id:int}/analytics"): Seed(
         path={"project_id": "spare_project"},
-        query={"days": "7", "environment_id": "spare_environment", "function_id": "spare_function"},
+        query={"days": "7", "environment_id": "spare_project_environment", "function_id": "spare_function"},
     ),
 }
 
@@ -298,6 +326,10 @@ FIELD_NAMES = [
     "allowed_origins",
     "body_template",
     "template",
+    "key",
+    "value",
+    "is_secret",
+    "clone_from",
 ]
 
 scalars = st.one_of(
@@ -521,10 +553,32 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
-        "spare_project": functions.project_id,
         "spare_environment": functions.env,
         "spare_variable": functions.variable,
         "spare_function": spare_function["id"],
+        **_project_spares(gateway.url, key),
+    }
+
+
+def _project_spares(url: str, key: dict[str, str]) -> dict[str, int]:
+    """A project (its first environment and a variable there) the seeds change, and one
+    project, environment and variable the delete seeds may take."""
+    project = httpx.post(url + "/api/projects/", json={"name": "spare"}, headers=key).json()
+    doomed = httpx.post(url + "/api/projects/", json={"name": "doomed"}, headers=key).json()
+    development, staging = project["environments"][0]["id"], project["environments"][1]["id"]
+    variables = [
+        httpx.post(
+            url + f"/api/environments/{development}/variables/", json={"key": name, "value": "v"}, headers=key
+        ).json()["id"]
+        for name in ("SPARE", "DOOMED")
+    ]
+    return {
+        "spare_project": project["id"],
+        "spare_doomed_project": doomed["id"],
+        "spare_project_environment": development,
+        "spare_doomed_environment": staging,
+        "spare_project_variable": variables[0],
+        "spare_doomed_variable": variables[1],
     }
 
 
