@@ -35,6 +35,7 @@ from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
 from gateway.api.function_analytics import FunctionAnalyticsController
+from gateway.api.function_code import FunctionCodeController
 from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
@@ -56,6 +57,7 @@ from gateway.api.v1 import (
 )
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
+from gateway.dashboard import dashboard_routes, template_config
 from gateway.db import create_engine, create_sessionmaker
 from gateway.errors import (
     DOMAIN_ERRORS,
@@ -93,6 +95,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     ProjectsController,
     EnvironmentsController,
     VariablesController,
+    FunctionCodeController,
 ]
 
 log = logging.getLogger("tollway")
@@ -242,7 +245,10 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             ),
             healthz,
             readyz,
+            # The dashboard's pages at / and its static files (gateway/dashboard/).
+            *dashboard_routes(settings),
         ],
+        template_config=template_config(),
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         openapi_config=openapi_config(),

@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -250,6 +251,29 @@ def cmd_members_add(args: argparse.Namespace) -> None:
     asyncio.run(_with_session(settings, work))
 
 
+def cmd_members_setup_link(args: argparse.Namespace) -> None:
+    """A one-time link to the dashboard page where a new owner of the account chooses a sign-in."""
+    from gateway.bootstrap import setup_url
+    from keys.setup import SETUP_TTL, create_setup_link
+
+    settings = _settings(args)
+
+    async def work(session: AsyncSession) -> None:
+        try:
+            await get_account(session, args.account)
+        except AccountNotFound as error:
+            raise CommandError(str(error)) from error
+        token = await create_setup_link(session, args.account, datetime.now(UTC), actor="operator")
+        url = setup_url(settings, token)
+        _emit(
+            args,
+            {"account_id": args.account, "setup_url": url, "expires_in": int(SETUP_TTL.total_seconds())},
+            f"one-time owner setup link for account {args.account} (valid {SETUP_TTL.days} days): {url}",
+        )
+
+    asyncio.run(_with_session(settings, work))
+
+
 def cmd_billing_reconcile(args: argparse.Namespace) -> None:
     """Exit 1 when ledger, balances, usage records and counters disagree (see gateway.reconcile)."""
     from datetime import UTC, datetime
@@ -360,8 +384,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.server import run_server
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
-    asyncio.run(prepare_and_announce(settings, as_json=args.json))
-    check_keys_before_serving(settings)  # before any worker: the key file is made once
+    # The key check runs after migrating and before the banner: a refusal is the last word.
+    asyncio.run(prepare_and_announce(settings, as_json=args.json, verify=check_keys_before_serving))
     run_server(settings, config_path=args.config)
 
 
@@ -424,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the new user's password from the first line of stdin"
     )
     member_add.set_defaults(handler=cmd_members_add)
+    setup_link = member_commands.add_parser(
+        "setup-link", parents=[common], help="print a one-time dashboard link to set up a new owner"
+    )
+    setup_link.add_argument("--account", type=int, required=True)
+    setup_link.set_defaults(handler=cmd_members_setup_link)
 
     billing = commands.add_parser("billing", parents=[common], help="check the books")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)

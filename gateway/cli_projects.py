@@ -58,24 +58,20 @@ def load_ring(settings: Settings) -> KeyRing | None:
     return source.ring
 
 
-def check_keys_before_serving(settings: Settings) -> KeyRing | None:
-    """``tollway serve``: make the key file (once, before any worker races to) and refuse to
-    start when stored secrets name a key the ring lacks. Returns the ring."""
+async def check_keys_before_serving(settings: Settings) -> None:
+    """``tollway serve``, after migrating and before announcing anything: make the key file
+    (once, before any worker races to) and refuse to start when stored secrets name a key the
+    ring lacks."""
     from functions.keyops import check_stored_keys
     from gateway.db import create_engine, create_sessionmaker
 
-    ring = load_ring(settings)
-
-    async def check() -> None:
+    with _domain_errors():
+        ring = load_ring(settings)
         engine = create_engine(settings.database_url)
         try:
             await check_stored_keys(create_sessionmaker(engine), ring)
         finally:
             await engine.dispose()
-
-    with _domain_errors():
-        asyncio.run(check())
-    return ring
 
 
 def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[None]]) -> None:
@@ -339,7 +335,10 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> None:
 
 
 def cmd_secrets_check(args: argparse.Namespace) -> None:
-    ring = check_keys_before_serving(settings_of(args))
+    settings = settings_of(args)
+    asyncio.run(check_keys_before_serving(settings))
+    with _domain_errors():
+        ring = load_ring(settings)
     emit(
         args,
         {"ok": True, "current_key_id": ring.current if ring else None},

@@ -162,6 +162,7 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("DELETE", "/api/invitations/{invitation_id:int}"): Seed(path={"invitation_id": "spare_invitation"}),
     ("POST", "/api/invitations/accept"): Seed(json={"token": "twinv_nope", "password": "fuzz-Passw0rd-x"}, auth="none"),
     ("GET", "/api/credits"): Seed(query={"limit": "10", "before_id": "5"}),
+    ("PUT", "/api/credits/threshold"): Seed(json={"low_credits_threshold": "250.5"}),
     ("GET", "/api/usage"): Seed(query={"key_id": "1", "model": FAKE_MODEL, "since": "2026-01-01T00:00:00Z"}),
     ("GET", "/api/usage/summary"): Seed(query={"group_by": "model", "until": "2030-01-01T00:00:00Z"}),
     ("GET", "/api/webhooks/deliveries"): Seed(query={"limit": "10"}),
@@ -243,6 +244,9 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("GET", "/api/projects/{project_id:int}/analytics"): Seed(
         path={"project_id": "spare_project"},
         query={"days": "7", "environment_id": "spare_project_environment", "function_id": "spare_function"},
+    ),
+    ("GET", "/api/functions/{function_id:str}/code/{platform:str}"): Seed(
+        path={"function_id": "code_function", "platform": "lambda"}, query={"download": "0"}
     ),
 }
 
@@ -548,11 +552,24 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
         json={"name": "spare", "target_url": "https://api.example.com/x"},
         headers=key,
     ).json()
+    # Download Code's own function (the spare above is deleted by the last function seed).
+    mapping = {
+        "variable_id": functions.variable,
+        "inject_as": "header",
+        "key": "Authorization",
+        "template": "Bearer ${value}",
+    }
+    code_function = httpx.post(
+        gateway.url + f"/api/environments/{functions.env}/functions/",
+        json={"name": "code", "target_url": "https://api.example.com/x", "secret_mappings": [mapping]},
+        headers=key,
+    ).json()
     return {
         "spare_key": spare_key,
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
+        "code_function": code_function["id"],
         "spare_environment": functions.env,
         "spare_variable": functions.variable,
         "spare_function": spare_function["id"],
