@@ -2,7 +2,7 @@
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-12-01 09:00:00.000000
+Create Date: 2026-11-30 19:00:00.000000
 """
 
 from __future__ import annotations
