@@ -22,16 +22,19 @@ from litestar.logging.config import LoggingConfig
 
 from billing.counters import build_counter_store
 from billing.metering import Meter, settlement_writer
+from billing.money import credits_to_micro
 from billing.tokens import warm_encodings
 from functions.directory import FunctionDirectory
 from functions.keyfile import load_keyring
 from functions.keyops import check_stored_keys
+from functions.ledger import FunctionLedger
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
 from gateway.api.billing import CreditsController, UsageController, WebhooksController
 from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
+from gateway.api.function_analytics import FunctionAnalyticsController
 from gateway.api.function_code import FunctionCodeController
 from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
@@ -87,6 +90,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     WebhooksController,
     AuthController,
     AdminController,
+    FunctionAnalyticsController,
     FunctionsController,
     ProjectsController,
     EnvironmentsController,
@@ -186,6 +190,11 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         )
         state: GatewayState = app.state.gateway
         built.append(state)
+        # Proxy-function calls: logged through the meter's write-behind streams and, when the
+        # operator prices them, reserved and settled like any metered call (functions/ledger.py).
+        state.function_calls = FunctionLedger(
+            state.meter, price_micro=credits_to_micro(settings.function_invocation_credits), now=now
+        )
         await reload_catalogue(state)  # the operator's price overrides
         # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
         await asyncio.to_thread(warm_encodings)

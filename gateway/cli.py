@@ -321,6 +321,7 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
 
     from billing.grants import sync_after_change
     from billing.parking import ParkedNotFound, describe, is_refusal, replay_parked
+    from functions.ledger import INVOCATION_RECORDS
 
     settings = _settings(args)
     data = None
@@ -332,7 +333,9 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
         async with _money_stores(settings) as (engine, counters):
             try:
                 async with engine.begin() as connection:
-                    settlement = await replay_parked(connection, args.parked_id, data)
+                    settlement = await replay_parked(
+                        connection, args.parked_id, data, kinds={INVOCATION_RECORDS.name: INVOCATION_RECORDS}
+                    )
             except ParkedNotFound as error:
                 raise CommandError(str(error)) from error
             except (msgspec.DecodeError, msgspec.ValidationError) as error:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from billing.counters import CounterStore
 from billing.metering import Meter
 from functions.directory import FunctionDirectory
+from functions.invocations import InvocationLedger
 from gateway.catalog import CatalogModel, kind_of
 from gateway.pipeline.facts import request_facts
 from gateway.pipeline.geoip import CountryDatabase
@@ -53,6 +54,8 @@ class GatewayState:
     countries: CountryDatabase | None = None
     # Proxy functions, resolved and cached per process (the /fn hot path reads only this).
     functions: FunctionDirectory | None = None
+    # Each /fn call logged (and priced) behind the request (functions.ledger); built in the lifespan.
+    function_calls: InvocationLedger | None = None
     # The process's clocks, read through the state so a test can move time instead of waiting:
     # ``now`` is wall time (sessions, bt- token expiry, periods, webhooks), ``monotonic`` measures
     # durations (the key cache, the balance refresh). create_app wires components to both.

@@ -241,6 +241,10 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ),
     ("DELETE", "/api/variables/{variable_id:int}"): Seed(path={"variable_id": "spare_doomed_variable"}),
     ("POST", "/api/variables/{variable_id:int}/reveal"): Seed(path={"variable_id": "spare_project_variable"}),
+    ("GET", "/api/projects/{project_id:int}/analytics"): Seed(
+        path={"project_id": "spare_project"},
+        query={"days": "7", "environment_id": "spare_project_environment", "function_id": "spare_function"},
+    ),
     ("GET", "/api/functions/{function_id:str}/code/{platform:str}"): Seed(
         path={"function_id": "code_function", "platform": "lambda"}, query={"download": "0"}
     ),
@@ -446,7 +450,7 @@ def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares
     for name, kind in re.findall(r"\{(\w+):(\w+)\}", template):
         value = draw(path_value(kind, fill(seed.path[name])))
         path = path.replace(f"{{{name}:{kind}}}", value.lstrip("/") if kind == "path" else value)
-    query = dict(seed.query)
+    query = {name: str(fill(value)) for name, value in seed.query.items()}
     for name in draw(
         st.lists(st.sampled_from(sorted(seed.query)), max_size=2, unique=True) if seed.query else st.just([])
     ):
