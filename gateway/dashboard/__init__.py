@@ -21,6 +21,7 @@ from litestar.di import Provide
 from litestar.static_files import create_static_files_router
 
 from gateway.api.deps import DEPENDENCIES
+from gateway.dashboard.pages.analytics import AnalyticsPages
 from gateway.dashboard.pages.audit import AuditPages
 from gateway.dashboard.pages.auth import AuthPages
 from gateway.dashboard.pages.billing import CreditsPages, UsagePages
@@ -47,6 +48,7 @@ PAGES: list[type[Controller]] = [
     TeamPages,
     # Proxy functions
     ProjectsPages,
+    AnalyticsPages,
     EnvironmentPages,
     VariablesPage,
     VariablePages,

@@ -170,6 +170,9 @@ def test_dashboard_functions_the_server_refuses_what_a_role_may_not_do(gateway: 
     assert visitor.get(f"/functions/{function_id}/token").status_code == 200
     assert visitor.get(f"/functions/{function_id}/code").status_code == 200
     assert visitor.get("/audit").status_code == (200 if manager else 403)
+    analytics = visitor.get(f"/projects/{project_id}/analytics?environment_id={development}&days=7")
+    assert analytics.status_code == 200 and "Invocation trends (last 7 days)" in analytics.text
+    assert visitor.get(f"/projects/{project_id}/analytics?function_id={function_id}&days=90").status_code == 200
 
     refused = 303 if manager else 403
     attempts = {

@@ -144,6 +144,8 @@ class ProjectsPages(Controller):
             cursor=cursor or "",
             q=(q or "").strip(),
             origin=origin(request),
+            section="proxies",
+            analytics_available=True,
         )
 
     @get("/{project_id:int}/edit")
