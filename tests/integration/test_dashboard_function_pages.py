@@ -190,6 +190,9 @@ def test_dashboard_functions_the_server_refuses_what_a_role_may_not_do(gateway: 
     for path, form in attempts.items():
         answer = visitor.post(path, form)
         assert answer.status_code == refused, (role, path, answer.status_code, answer.text[:300])
+    # A refused role gets 403 even for a form the page would show errors for (never the form).
+    for path in (f"/functions/{function_id}/edit", f"/environments/{development}/variables", "/projects"):
+        assert visitor.post(path, {}).status_code == (422 if manager else 403), (role, path)
     assert visitor.post(f"/variables/{variable_id}/reveal", {}).status_code == (200 if manager else 403)
     assert visitor.post(f"/functions/{function_id}/regenerate", {}).status_code == (200 if manager else 403)
     for path in (

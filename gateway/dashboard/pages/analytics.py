@@ -66,7 +66,8 @@ class AnalyticsPages(Controller):
             )
             if environment is not None:
                 query = query.where(ProxyFunction.environment_id == environment.id)
-            functions = list((await session.execute(query.order_by(ProxyFunction.name).limit(500))).tuples())
+            rows = await session.execute(query.order_by(ProxyFunction.name).limit(500))
+            functions = [(str(fid), str(name)) for fid, name in rows]
             if chosen_function not in {fid for fid, _name in functions}:
                 chosen_function = None
             scope = Scope(account_id, project_id, environment.id if environment else None, chosen_function)

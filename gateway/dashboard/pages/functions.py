@@ -155,6 +155,7 @@ class NewFunctionPages(Controller):
         environment_id: FromPath[PathId],
     ) -> Response[Any]:
         form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.MANAGE_PROJECTS)  # before reading the fields: no form for a refused role
         values = submitted_values(form)
         fields, errors = form_fields(values)
         if not errors:
@@ -214,6 +215,7 @@ class FunctionPages(Controller):
         function_id: FromPath[FunctionId],
     ) -> Response[Any]:
         form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.MANAGE_PROJECTS)  # before reading the fields: no form for a refused role
         row = await self._row(gateway, viewer, function_id)
         values = submitted_values(form)
         fields, errors = form_fields(values)

@@ -79,6 +79,7 @@ class ProjectsPages(Controller):
         self, request: Request[Any, Any, Any], gateway: Injected[GatewayState], viewer: Injected[Viewer]
     ) -> Response[Any]:
         form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.MANAGE_PROJECTS)  # before reading the fields: no form for a refused role
         try:
             data = msgspec.convert(
                 {"name": text(form, "name"), "description": text(form, "description")}, ProjectCreate
@@ -179,6 +180,7 @@ class ProjectsPages(Controller):
         project_id: FromPath[PathId],
     ) -> Response[Any]:
         form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.MANAGE_PROJECTS)  # before reading the fields: no form for a refused role
         values = {"name": text(form, "name"), "description": text(form, "description")}
         try:
             data = msgspec.convert(values, ProjectUpdate)
@@ -273,6 +275,7 @@ class ProjectsPages(Controller):
         project_id: FromPath[PathId],
     ) -> Response[Any]:
         form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.MANAGE_PROJECTS)  # before reading the fields: no form for a refused role
         clone_text = text(form, "clone_from")
         values: dict[str, Any] = {
             "name": text(form, "name"),
@@ -329,6 +332,7 @@ class EnvironmentPages(Controller):
         environment_id: FromPath[PathId],
     ) -> Response[Any]:
         form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.MANAGE_PROJECTS)  # before reading the fields: no form for a refused role
         values = {"name": text(form, "name")}
         try:
             renamed = await rename_account_environment(

@@ -87,6 +87,7 @@ class VariablesPage(Controller):
         environment_id: FromPath[PathId],
     ) -> Response[Any]:
         form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.MANAGE_PROJECTS)  # before reading the fields: no form for a refused role
         values: dict[str, Any] = {
             "key": text(form, "key"),
             "value": form.get("value") if isinstance(form.get("value"), str) else "",
@@ -142,6 +143,7 @@ class VariablePages(Controller):
         variable_id: FromPath[PathId],
     ) -> Response[Any]:
         form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.MANAGE_PROJECTS)  # before reading the fields: no form for a refused role
         variable = await _variable(gateway, viewer, variable_id)
         value = form.get("value")
         fields: dict[str, Any] = {"description": text(form, "description")}
