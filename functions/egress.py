@@ -47,6 +47,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -256,7 +257,8 @@ class FunctionEgress:
 
     Built in the app's lifespan; the aiohttp session is made on the first call (aiohttp wants
     a running loop). ``resolver`` replaces the system resolver under the guard (tests play a
-    rebinding DNS with it); ``dns_cache_s`` is how long a checked answer is reused (0: never).
+    rebinding DNS with it, and ``ssl_context`` to trust their certificate); ``dns_cache_s`` is how
+    long a checked answer is reused (0: never).
     """
 
     def __init__(
@@ -267,13 +269,14 @@ class FunctionEgress:
         keepalive_s: float = 30.0,
         dns_cache_s: int = 10,
         resolver: ResolverFactory | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.policy = policy
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._dns_cache_s = dns_cache_s
         self._resolver = resolver
-        self._ssl = httpx.create_ssl_context()
+        self._ssl = ssl_context or httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
         self._transport = AiohttpTransport(client=self._make_session)
 

@@ -24,13 +24,17 @@ from billing.counters import build_counter_store
 from billing.metering import Meter, settlement_writer
 from billing.tokens import warm_encodings
 from functions.directory import FunctionDirectory
+from functions.egress import EgressPolicy, FunctionEgress
 from functions.keyfile import load_keyring
+from functions.ratelimit import RateLimiter
+from functions.runtime import FunctionRuntime
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
 from gateway.api.billing import CreditsController, UsageController, WebhooksController
 from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
+from gateway.api.function_runtime import FunctionTestController, function_runtime
 from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
@@ -84,6 +88,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     AuthController,
     AdminController,
     FunctionsController,
+    FunctionTestController,
 ]
 
 log = logging.getLogger("tollway")
@@ -172,6 +177,12 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         )
         state: GatewayState = app.state.gateway
         built.append(state)
+        state.function_client = FunctionEgress(EgressPolicy.from_settings(settings.function_allow_hosts))
+        state.function_runtime = FunctionRuntime(
+            state.function_client,
+            RateLimiter(counters, prefix=settings.redis_prefix, clock=lambda: now().timestamp()),
+            max_body_bytes=settings.function_max_body_bytes,
+        )
         await reload_catalogue(state)  # the operator's price overrides
         # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
         await asyncio.to_thread(warm_encodings)
@@ -191,6 +202,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         finally:
             for adapter in adapters.values():
                 await adapter.aclose()
+            await state.function_client.aclose()
             await counters.close()
             await engine.dispose()
             if countries is not None:
@@ -220,6 +232,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 return_dto=None,
                 guards=[path_params_first],
             ),
+            # Proxy functions: public, authenticated by each function's token (a raw ASGI mount).
+            function_runtime,
             healthz,
             readyz,
         ],
