@@ -295,6 +295,8 @@ class FunctionEgress:
             cookie_jar=aiohttp.DummyCookieJar(),  # shared by every tenant: never keep a cookie
             auto_decompress=False,
             trust_env=False,
+            # A body-less POST would otherwise go out as application/octet-stream.
+            skip_auto_headers=("Content-Type",),
         )
         return self._session
 

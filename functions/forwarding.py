@@ -101,14 +101,14 @@ class Plan:
             refusal = str(error)
         headers: dict[str, tuple[str, str]] = {name.lower(): (name, value) for name, value in function.headers.items()}
         for injection in function.injections:
-            if injection.inject_as is InjectAs.HEADER:
+            if injection.inject_as == InjectAs.HEADER:
                 headers[injection.key.lower()] = (injection.key, injection.value)
         headers.setdefault("accept-encoding", ("Accept-Encoding", "identity"))
         headers.setdefault("user-agent", ("User-Agent", "Tollway"))
         body_paths = tuple(
             (tuple(injection.key.split(".")), injection.value)
             for injection in function.injections
-            if injection.inject_as is InjectAs.BODY
+            if injection.inject_as == InjectAs.BODY
         )
         template: bytes | None = None
         fixed = function.body_template
@@ -125,7 +125,7 @@ class Plan:
             query=tuple(
                 (injection.key, injection.value)
                 for injection in function.injections
-                if injection.inject_as is InjectAs.QUERY
+                if injection.inject_as == InjectAs.QUERY
             ),
             body_paths=body_paths,
             template=template,

@@ -98,7 +98,8 @@ class Answer:
 
 
 def error_answer(status: int, message: str, headers: list[tuple[bytes, bytes]], **extra: object) -> Answer:
-    return Answer(status, [JSON_HEADER, *headers], _encode({"error": message, **extra}))
+    body = _encode({"error": message, **extra})
+    return Answer(status, [JSON_HEADER, (b"content-length", str(len(body)).encode()), *headers], body)
 
 
 def _rate_headers(decision: RateDecision | None) -> list[tuple[bytes, bytes]]:
