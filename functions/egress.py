@@ -194,6 +194,15 @@ class EgressPolicy:
     def from_settings(cls, allow_hosts: Iterable[str]) -> EgressPolicy:
         return cls(AllowedHosts.parse(allow_hosts))
 
+    def check_target(self, target_url: str) -> httpx.URL:
+        """The target URL parsed and checked (:meth:`check_url`); an unreadable one is refused too."""
+        try:
+            url = httpx.URL(target_url)
+        except (httpx.InvalidURL, TypeError) as error:
+            raise EgressRefused("the target URL is not valid") from error
+        self.check_url(url)
+        return url
+
     def check_url(self, url: httpx.URL) -> None:
         """What the URL shows: scheme, host text and a literal address. Raises :class:`EgressRefused`."""
         host = url.host

@@ -93,12 +93,9 @@ class Plan:
     def of(cls, function: ResolvedFunction, policy: EgressPolicy) -> Plan:
         refusal: str | None = None
         try:
-            url = httpx.URL(function.target_url)
-            policy.check_url(url)
-        except (httpx.InvalidURL, TypeError):
-            url, refusal = httpx.URL("https://invalid.invalid/"), "the target URL is not valid"
+            url = policy.check_target(function.target_url)
         except EgressRefused as error:
-            refusal = str(error)
+            url, refusal = httpx.URL("https://invalid.invalid/"), str(error)
         headers: dict[str, tuple[str, str]] = {name.lower(): (name, value) for name, value in function.headers.items()}
         for injection in function.injections:
             if injection.inject_as == InjectAs.HEADER:

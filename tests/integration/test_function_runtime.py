@@ -248,9 +248,7 @@ def test_function_runtime_ledger_sees_every_call_once(served: Served) -> None:
         ("admit", 0, ErrorType.NONE, ""),
         ("finish", 200, ErrorType.NONE, ORIGIN),
     ]
-    assert [(c.what, c.status, c.error_type) for c in ledger.of(ids[1])] == [
-        ("refused", 429, ErrorType.RATE_LIMITED)
-    ]
+    assert [(c.what, c.status, c.error_type) for c in ledger.of(ids[1])] == [("refused", 429, ErrorType.RATE_LIMITED)]
     assert ledger.of(ids[2]) == []  # envmanager: refusals before the rate limit are not counted
     target_error = served.function("/status/503").call("POST")
     assert [(c.what, c.error_type) for c in ledger.of(target_error.headers["x-request-id"])] == [
