@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ import httpx
 
 from functions.invocations import ErrorType
 from tests.fakes.function_calls import Served, make_function, served, third_party  # noqa: F401
-from tests.fakes.third_party import BINARY
+from tests.fakes.third_party import BINARY, SSE_FIRST
 
 ORIGIN = "https://app.example.com"
 CORS = "access-control-allow-origin"
@@ -261,3 +262,23 @@ def test_function_runtime_ledger_sees_every_call_once(served: Served) -> None:
     assert [(c.what, c.status, c.error_type) for c in ledger.of(broke.headers["x-request-id"])] == [
         ("refused", 402, ErrorType.PAYMENT_REQUIRED)
     ]
+
+
+def test_function_runtime_stream_finishes_when_the_client_goes_away(served: Served) -> None:
+    ledger = served.record_calls()
+    fn = served.function("/sse", method="GET")
+    with httpx.stream("GET", fn.url, headers={"x-proxy-token": fn.token}, timeout=30) as response:
+        request_id = response.headers["x-request-id"]
+        assert next(response.iter_raw()) == SSE_FIRST
+    # The client hung up while the target still holds its stream open: the call is finished
+    # now (the target's response closed), not when the target would have ended.
+    deadline = time.monotonic() + 15
+    while [c.what for c in ledger.of(request_id)] != ["admit", "finish"]:
+        assert time.monotonic() < deadline, ledger.of(request_id)
+        time.sleep(0.02)
+    assert not served.third_party.stream_finished.is_set()
+    finish = ledger.of(request_id)[1]
+    assert (finish.status, finish.error_type) == (200, ErrorType.NONE)
+    served.third_party.release_stream()
+    time.sleep(0.2)
+    assert [c.what for c in ledger.of(request_id)] == ["admit", "finish"]  # once
