@@ -247,8 +247,11 @@ class FunctionRuntime:
         return error_answer(413, self.too_large_message, self._cors(self.plan(function), call))
 
     def check(self, function: ResolvedFunction, call: Call, content_length: int | None) -> Answer | None:
-        """Steps 4–9a, before the body is read; None when the call may go on."""
+        """Steps 4–9a (and 2's extra path, for callers that did not check it), before the body
+        is read; None when the call may go on."""
         plan = self.plan(function)
+        if call.extra_path and not function.forward_path:  # step 2: as an unknown function
+            return error_answer(404, "Not found", [(REQUEST_ID_HEADER, call.request_id.encode())])
         if content_length is not None and content_length > self.max_body_bytes:
             return self.too_large(function, call)
         if not function.enabled:

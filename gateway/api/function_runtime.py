@@ -71,6 +71,7 @@ def _split_path(scope: Scope) -> tuple[bytes, bytes]:
     raw = cast(bytes | None, scope.get("raw_path"))
     if raw is None:  # a server without raw_path: the path Litestar left after the mount
         raw = PREFIX + quote(scope["path"]).encode()
+    raw = raw.split(b"?", 1)[0]  # some servers (httpx's ASGI transport) leave the query in it
     root = scope.get("root_path", "").encode()
     if root and raw.startswith(root):
         raw = raw[len(root) :]

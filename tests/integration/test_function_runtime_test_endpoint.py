@@ -67,6 +67,7 @@ def test_function_test_endpoint_shows_paths_queries_and_long_or_encoded_bodies(s
     assert result.json()["status"] == 200
     assert (served.third_party.last.path, served.third_party.last.query) == ("/base/items/42", "a=1&b=two")
     assert run_test(served, forwarding, path="../etc").json()["status"] == 400
+    assert run_test(served, served.function("/json"), path="more").json()["status"] == 404  # not forwarded
     big = run_test(served, served.function("/big")).json()
     assert big["truncated"] is True
     assert len(big["body"]) == 64 * 1024
