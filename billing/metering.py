@@ -8,6 +8,8 @@ Each job lives in its own module; :class:`Meter` wires them and is what the gate
 :mod:`billing.holds`           the hold record written beside each reservation (a typed Struct)
 :mod:`billing.writer`          write-behind: settlement streams drained into the database in
                                batches, poison entries parked, lost buffers replayed
+:mod:`billing.records`         other domains' rows riding the same streams (a proxy function's
+                               invocation), with the settlement of their cost
 :mod:`billing.refresh`         the balance mirror reloaded from the database every ``refresh_s``
 :mod:`billing.expiry`          holds of dead processes released (and checkpointed streams billed)
 :mod:`billing.mirror`          the mirror's fields and the generation guard every refresh obeys
@@ -32,6 +34,7 @@ from billing.expiry import ExpirySweep
 from billing.layout import CounterKeys
 from billing.ledger import Settlement
 from billing.mirror import BALANCE, GENERATION, HELD, PENDING
+from billing.records import Entry, RecordKind
 from billing.refresh import BalanceRefresher
 from billing.reservations import KeyLimits, LimitKind, Reservation, Reservations
 from billing.writer import SettlementWriter, writer_name
@@ -120,12 +123,14 @@ class Meter:
             account_id, amount_micro, request_id, limits=limits, tokens=tokens, now=now
         )
 
-    async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
-        """Bill the real cost once and release the hold; never raises for a served request."""
+    async def settle(self, reservation: Reservation, settlement: Entry) -> None:
+        """Bill the real cost once and release the hold; never raises for a served request.
+        ``settlement`` may be a record that carries it (:mod:`billing.records`)."""
         await self.reservations.settle(reservation, settlement)
 
-    async def record(self, settlement: Settlement) -> None:
-        """Record a request that held no credits (refused before reserving); never raises."""
+    async def record(self, settlement: Entry) -> None:
+        """Record a request that held no credits (refused before reserving), or a record that
+        cost nothing; never raises."""
         await self.reservations.record(settlement)
 
     async def checkpoint(self, reservation: Reservation, so_far: Settlement) -> None:
@@ -137,6 +142,10 @@ class Meter:
         return await self.reservations.key_spend_micro(account_id, key_id, period, now)
 
     # -- write-behind (billing.writer) ----------------------------------------------------------
+
+    def register(self, kind: RecordKind) -> None:
+        """Have the writer store records of ``kind`` (see :mod:`billing.records`)."""
+        self.writer.register(kind)
 
     @property
     def consumer(self) -> str:

@@ -10,7 +10,8 @@ operator replays it with ``tollway billing replay-parked``.
 
 Refusals are told apart by type, never by message: SQLAlchemy's ``DataError`` and
 ``IntegrityError``, or a driver error carrying SQLSTATE class 22 (data exception) or 23
-(integrity constraint violation): asyncpg's errors reach us wrapped as a plain ``DBAPIError``.
+(integrity constraint violation): asyncpg's errors reach us wrapped as a plain ``DBAPIError``;
+and a record no registered kind can store (:class:`billing.records.RecordRefused`).
 Everything else (connection loss, timeouts, serialization failures, a missing table) is an
 outage: the batch stays buffered.
 """
@@ -18,7 +19,7 @@ outage: the batch stays buffered.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -27,8 +28,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing.ledger import Settlement, write_settlements
 from billing.models import ParkedSettlement, utcnow
+from billing.records import Entry, RecordKind, RecordRefused, decode_entry, write_entries
 
 log = logging.getLogger("tollway.billing")
 
@@ -55,7 +56,7 @@ class Refused(msgspec.Struct, frozen=True):
 def is_refusal(error: BaseException) -> bool:
     """Whether the database refused the data itself (retrying the same rows cannot succeed),
     as opposed to being unreachable or failing for a reason of its own (retry later)."""
-    if isinstance(error, (DataError, IntegrityError)):
+    if isinstance(error, (DataError, IntegrityError, RecordRefused)):
         return True
     if isinstance(error, DBAPIError):
         return any(_sqlstate(cause)[:2] in _REFUSED_SQLSTATE_CLASSES for cause in _causes(error.orig))
@@ -130,16 +131,23 @@ class ParkedNotFound(LookupError):
     """No parked settlement with that id."""
 
 
-async def replay_parked(connection: AsyncConnection, parked_id: int, data: bytes | None = None) -> Settlement:
-    """Write a parked settlement (as parked, or as corrected in ``data``) and forget it, in the
-    caller's transaction; returns what was written. Idempotent on its request id, like every
-    settlement: one already written is not debited again. Raises :class:`ParkedNotFound`,
-    ``msgspec.ValidationError``/``DecodeError`` for data that is not a settlement, and the
-    database's refusal if the cause is not fixed yet (nothing is changed then)."""
+async def replay_parked(
+    connection: AsyncConnection,
+    parked_id: int,
+    data: bytes | None = None,
+    kinds: Mapping[str, RecordKind] | None = None,
+) -> Entry:
+    """Write a parked settlement or record (as parked, or as corrected in ``data``) and forget
+    it, in the caller's transaction; returns what was written. ``kinds``: the record kinds that
+    can be written (:mod:`billing.records`). Idempotent on its request id, like every settlement:
+    one already written is not debited again. Raises :class:`ParkedNotFound`,
+    ``msgspec.ValidationError``/``DecodeError`` for data that is not a settlement or a record,
+    :class:`~billing.records.RecordRefused` for a record of an unknown kind, and the database's
+    refusal if the cause is not fixed yet (nothing is changed then)."""
     row = (await connection.execute(select(_parked.c.data).where(_parked.c.id == parked_id))).first()
     if row is None:
         raise ParkedNotFound(f"no parked settlement with id {parked_id}")
-    settlement = msgspec.json.decode(data if data is not None else str(row[0]).encode(), type=Settlement)
-    await write_settlements(connection, [settlement])
+    entry = decode_entry(data if data is not None else str(row[0]).encode())
+    await write_entries(connection, [entry], kinds or {})
     await connection.execute(delete(_parked).where(_parked.c.id == parked_id))
-    return settlement
+    return entry

@@ -51,6 +51,7 @@ from billing.mirror import BALANCE, GENERATION, HELD
 from billing.models import UsageRecord
 from billing.money import format_credits
 from billing.periods import period_end, period_start
+from billing.records import Entry, Record
 from billing.refresh import BalanceRefresher
 from billing.writer import SettlementWriter
 
@@ -202,8 +203,12 @@ class Reservations:
             raise _refusal(checked[result.failed][0], result, amount_micro, now)
         return Reservation(request_id, account_id, hold, spend.ttl_ms if spend else 0)
 
-    async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
-        """Bill the real cost once and release the hold; never raises for a served request."""
+    async def settle(self, reservation: Reservation, entry: Entry) -> None:
+        """Bill the real cost once and release the hold; never raises for a served request.
+
+        ``entry``: the settlement, or a record (:mod:`billing.records`) that carries it."""
+        settlement = entry.settlement if isinstance(entry, Record) else entry
+        assert settlement is not None, "a record settling a reservation carries its settlement"
         hold = reservation.hold
         balance_key = self._keys.balance(reservation.account_id)
         always = [Adjust(balance_key, BALANCE, -settlement.cost_micro), Adjust(balance_key, GENERATION, 1)]
@@ -213,11 +218,12 @@ class Reservations:
             used = settlement.usage.input_tokens + settlement.usage.output_tokens
             always.append(Adjust(hold.tpm_key, COUNT, used))
         release = release_of(balance_key, hold)
-        await self._writer.buffer(settlement, self._keys.holds(reservation.account_id), if_held=release, always=always)
+        await self._writer.buffer(entry, self._keys.holds(reservation.account_id), if_held=release, always=always)
 
-    async def record(self, settlement: Settlement) -> None:
-        """Record a request that held no credits (refused before reserving); never raises."""
-        await self._writer.buffer(settlement, self._keys.holds(settlement.account_id), if_held=[], always=[])
+    async def record(self, entry: Entry) -> None:
+        """Record a request that held no credits (refused before reserving), or a record that
+        cost nothing; never raises."""
+        await self._writer.buffer(entry, self._keys.holds(entry.account_id), if_held=[], always=[])
 
     async def checkpoint(self, reservation: Reservation, so_far: Settlement) -> None:
         """Remember what a stream has cost so far, so that if its process dies the expiry bills

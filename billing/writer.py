@@ -14,6 +14,12 @@ A batch the database refuses for one entry's data (not an outage) is split until
 alone; the rest is written and the entry is parked (:mod:`billing.parking`), so one bad string
 never stops the writes of every other account.
 
+The streams also carry *records* (:mod:`billing.records`): rows of another domain (a proxy
+function's invocation) written behind the request in the same batch transaction, with the
+settlement of their cost when they have one. Their owner registers their kind
+(:meth:`SettlementWriter.register`). A record that cost nothing is not money: the embedded store
+leaves it to the background writer instead of writing it before the request answers.
+
 Entry points: :meth:`SettlementWriter.buffer` (the request path hands a settlement over),
 :meth:`SettlementWriter.write_pending` (one round), :meth:`SettlementWriter.running` (the
 background task for the app's lifetime), :meth:`SettlementWriter.settled` (read your writes).
@@ -38,18 +44,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from billing.counters import Adjust, CounterStore, CounterStoreUnavailable, Enqueue, QueuedSettlement
 from billing.errors import DATABASE_ERRORS, BillingUnavailable
 from billing.layout import CounterKeys
-from billing.ledger import Settlement, write_settlements
+from billing.ledger import Settlement
 from billing.mirror import GENERATION, PENDING, resync_mirrors
 from billing.parking import Refused, describe, is_refusal, park
+from billing.records import Entry, RecordKind, RecordRefused, decode_entry, encode_entry, write_entries
 
 log = logging.getLogger("tollway.billing")
 
 _WRITE_BATCH = 500  # settlements per stream per writer round
 _KEEP_UNWRITTEN_S = 120.0  # how long a process remembers what it buffered (see replay_unwritten)
 _STREAM_ACCOUNT = re.compile(r"\{a(\d+)\}:settled$")
-
-_settlement_encoder = msgspec.json.Encoder()
-_settlement_decoder = msgspec.json.Decoder(Settlement)
+# What a batch may fail with for one entry's data rather than an outage (see billing.parking).
+_REFUSABLE: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, RecordRefused)
 
 
 def writer_name() -> str:
@@ -85,41 +91,53 @@ class SettlementWriter:
         # What this process buffered and no writer here has written yet: if Redis loses its
         # data, these are rewritten from memory (request id → (monotonic time, data)).
         self._unwritten: dict[str, tuple[float, bytes]] = {}
+        self._kinds: dict[str, RecordKind] = {}
+
+    def register(self, kind: RecordKind) -> None:
+        """Have this writer store records of ``kind`` (before it starts: a record of a kind it
+        does not know is parked)."""
+        self._kinds[kind.name] = kind
 
     # -- handing settlements over (the request path) ------------------------------------------
 
-    def enqueue(self, settlement: Settlement, *, only_if_held: bool = False) -> Enqueue:
-        """The stream entry that buffers ``settlement``, for a release to append atomically."""
+    def enqueue(self, entry: Entry, *, only_if_held: bool = False) -> Enqueue:
+        """The stream entry that buffers ``entry`` (a settlement or a record), for a release to
+        append atomically."""
         return Enqueue(
-            stream=self._keys.stream(settlement.account_id),
-            pending_key=self._keys.balance(settlement.account_id),
+            stream=self._keys.stream(entry.account_id),
+            pending_key=self._keys.balance(entry.account_id),
             pending_field=PENDING,
-            data=_settlement_encoder.encode(settlement),
-            cost=settlement.cost_micro,
+            data=encode_entry(entry),
+            cost=entry.cost_micro,
             only_if_held=only_if_held,
         )
 
-    async def buffer(
-        self, settlement: Settlement, holds_key: str, *, if_held: list[Adjust], always: list[Adjust]
-    ) -> None:
-        """Release the hold and buffer the settlement in one atomic step, then hand it to a writer;
+    async def buffer(self, entry: Entry, holds_key: str, *, if_held: list[Adjust], always: list[Adjust]) -> None:
+        """Release the hold and buffer the entry in one atomic step, then hand it to a writer;
         never raises."""
-        enqueue = self.enqueue(settlement)
-        request_id = settlement.request_id
+        enqueue = self.enqueue(entry)
+        request_id = entry.request_id
         try:
             await self._store.release(holds_key, request_id, if_held=if_held, always=always, enqueue=enqueue)
         except CounterStoreUnavailable:
             # The counters cannot take it: write it to the database ourselves. The hold (if
             # any) stays until it expires; the mirror is re-read from the database then.
             log.exception("counters unavailable: writing a settlement directly", extra={"request_id": request_id})
-            await self._write_directly([settlement])
+            await self._write_directly([entry])
             return
-        await self.buffered(settlement.account_id, request_id, enqueue.data)
+        money = isinstance(entry, Settlement) or entry.settlement is not None
+        await self.buffered(entry.account_id, request_id, enqueue.data, money=money)
 
-    async def buffered(self, account_id: int, request_id: str, data: bytes) -> None:
-        """A settlement of ``account_id`` entered its stream: have it written."""
+    async def buffered(self, account_id: int, request_id: str, data: bytes, *, money: bool = True) -> None:
+        """An entry of ``account_id`` entered its stream: have it written. ``money``: it bills or
+        records a metered request (every settlement), as opposed to a record that cost nothing."""
         self._dirty.add(account_id)
         if not self._store.durable:
+            if not money:
+                # Nothing owed rides on it: the background writer takes it within a moment
+                # (a crash before then loses a log row, never a debit).
+                self._wake.set()
+                return
             # An in-process buffer dies with the process: write before answering. If the
             # database cannot take it now, the writer retries it in the background.
             with contextlib.suppress(BillingUnavailable):
@@ -142,49 +160,45 @@ class SettlementWriter:
 
     # -- writing to the database -------------------------------------------------------------
 
-    async def _commit(self, settlements: list[Settlement], unreadable: Sequence[Refused] = ()) -> int:
-        """Write the lot, idempotent on request ids; returns how many were new. One transaction
-        unless the database refuses an entry's data: then the rest is written and the entries
-        it refuses are parked. Raises ``DATABASE_ERRORS`` for an outage (nothing is parked)."""
+    async def _commit(self, entries: list[Entry], unreadable: Sequence[Refused] = ()) -> int:
+        """Write the lot, idempotent on request ids; returns how many rows were new. One
+        transaction unless the database refuses an entry's data: then the rest is written and the
+        entries it refuses are parked. Raises ``DATABASE_ERRORS`` for an outage (nothing is parked)."""
         refused = list(unreadable)
         try:
-            written = await self._write_batch(settlements)
-        except DATABASE_ERRORS as error:
+            written = await self._write_batch(entries)
+        except _REFUSABLE as error:
             if not is_refusal(error):
                 raise
-            written, more = await self._isolate(settlements)
+            written, more = await self._isolate(entries)
             refused += more
         if refused:
             await self._park(refused)
         return written
 
-    async def _write_batch(self, settlements: Sequence[Settlement]) -> int:
+    async def _write_batch(self, entries: Sequence[Entry]) -> int:
         async with self._engine.begin() as connection:
-            return await write_settlements(connection, settlements)
+            return await write_entries(connection, entries, self._kinds)
 
-    async def _isolate(self, settlements: Sequence[Settlement]) -> tuple[int, list[Refused]]:
+    async def _isolate(self, entries: Sequence[Entry]) -> tuple[int, list[Refused]]:
         """Bisect a refused batch: halves that the database takes are written, and an entry
         refused on its own is returned to be parked (log2(n) extra transactions per bad entry)."""
-        middle = len(settlements) // 2
+        middle = len(entries) // 2
         written, refused = 0, []
-        for half in (settlements[:middle], settlements[middle:]):
+        for half in (entries[:middle], entries[middle:]):
             if not half:
                 continue
             try:
                 written += await self._write_batch(half)
                 continue
-            except DATABASE_ERRORS as error:
+            except _REFUSABLE as error:
                 if not is_refusal(error):
                     raise
                 if len(half) == 1:
                     entry = half[0]
                     refused.append(
                         Refused(
-                            entry.account_id,
-                            entry.request_id,
-                            entry.cost_micro,
-                            _settlement_encoder.encode(entry),
-                            describe(error),
+                            entry.account_id, entry.request_id, entry.cost_micro, encode_entry(entry), describe(error)
                         )
                     )
                     continue
@@ -209,16 +223,15 @@ class SettlementWriter:
             async with self._engine.begin() as connection:
                 await park(connection, bare)
 
-    async def _write_directly(self, settlements: list[Settlement]) -> None:
+    async def _write_directly(self, entries: list[Entry]) -> None:
         try:
-            await self._commit(settlements)
+            await self._commit(entries)
         except DATABASE_ERRORS:
             # Neither store can take it: the one case a served request goes unrecorded;
             # reconcile shows the account's counters ahead of its ledger.
-            for settlement in settlements:
+            for entry in entries:
                 log.critical(
-                    "settlement lost: database and counters both unavailable",
-                    extra={"request_id": settlement.request_id},
+                    "settlement lost: database and counters both unavailable", extra={"request_id": entry.request_id}
                 )
 
     async def write_pending(self, *, accounts: list[int] | None = None, claim_stale: bool = False) -> int:
@@ -249,15 +262,15 @@ class SettlementWriter:
             batches = [(account_id, entries) for account_id, entries in zip(targets, claims, strict=True) if entries]
             if not batches:
                 return 0
-            settlements: list[Settlement] = []
+            decoded: list[Entry] = []
             unreadable: list[Refused] = []
             for account_id, entries in batches:
-                _decode_into(settlements, unreadable, account_id, entries)
+                _decode_into(decoded, unreadable, account_id, entries)
             try:
-                await self._commit(settlements, unreadable)
+                await self._commit(decoded, unreadable)
             except DATABASE_ERRORS as error:
                 self._dirty.update(account_id for account_id, _entries in batches)
-                log.warning("database unavailable: %d settlements stay buffered", len(settlements))
+                log.warning("database unavailable: %d settlements stay buffered", len(decoded))
                 raise BillingUnavailable("the credits database is unreachable") from error
             try:
                 await asyncio.gather(*(self._acknowledge(account_id, entries) for account_id, entries in batches))
@@ -265,13 +278,13 @@ class SettlementWriter:
                 # Written but not acknowledged: the next round writes them again, which writes nothing.
                 self._dirty.update(account_id for account_id, _entries in batches)
                 raise BillingUnavailable("the credit counters are unreachable") from error
-            for settlement in settlements:
-                self._unwritten.pop(settlement.request_id, None)
+            for entry in decoded:
+                self._unwritten.pop(entry.request_id, None)
             for account_id, entries in batches:
                 if len(entries) >= _WRITE_BATCH:
                     self._dirty.add(account_id)  # there is more
             await self._resync([account_id for account_id, _entries in batches])
-            return len(settlements) + len(unreadable)
+            return len(decoded) + len(unreadable)
 
     async def _acknowledge(self, account_id: int, entries: list[QueuedSettlement]) -> None:
         await self._store.ack_settlements(
@@ -296,10 +309,10 @@ class SettlementWriter:
         Raises :class:`BillingUnavailable` when the database cannot take them."""
         if not self._unwritten:
             return
-        # Encoded by this process from a Settlement: always readable.
-        settlements = [_settlement_decoder.decode(data) for _at, data in self._unwritten.values()]
+        # Encoded by this process from a settlement or a record: always readable.
+        entries = [decode_entry(data) for _at, data in self._unwritten.values()]
         try:
-            written = await self._commit(settlements)
+            written = await self._commit(entries)
         except DATABASE_ERRORS as error:
             raise BillingUnavailable("the credits database is unreachable; try again shortly") from error
         self._unwritten.clear()
@@ -394,11 +407,11 @@ class SettlementWriter:
 
 
 def _decode_into(
-    settlements: list[Settlement], unreadable: list[Refused], account_id: int, entries: list[QueuedSettlement]
+    decoded: list[Entry], unreadable: list[Refused], account_id: int, entries: list[QueuedSettlement]
 ) -> None:
     for entry in entries:
         try:
-            settlements.append(_settlement_decoder.decode(entry.data))
+            decoded.append(decode_entry(entry.data))
         except msgspec.DecodeError as error:
             # Not ours to guess at, and not to be dropped either: parked with its bytes, so
             # an operator sees it in reconcile, and acknowledged so it cannot block its stream.

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from functions.config import Injection, ResolvedFunction, SecretMapping, apply_template
 from functions.crypto import KeyRing, SecretKeyError, token_context, variable_context
-from functions.models import HttpMethod, ProxyFunction, Variable
+from functions.models import HttpMethod, InjectAs, ProxyFunction, Variable
 
 log = logging.getLogger("tollway.functions")
 _MAX_ENTRIES = 100_000
@@ -46,7 +46,7 @@ def resolve(row: ProxyFunction, variables: dict[int, Variable], keyring: KeyRing
     for item in row.secret_mappings:
         mapping = SecretMapping(
             variable_id=int(item["variable_id"]),
-            inject_as=item["inject_as"],
+            inject_as=InjectAs(item["inject_as"]),
             key=str(item["key"]),
             template=str(item.get("template") or ""),
         )

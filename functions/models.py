@@ -127,6 +127,9 @@ class FunctionInvocation(Base):
     __table_args__ = (
         Index("ix_function_invocations_account_time", "account_id", "requested_at"),
         Index("ix_function_invocations_function_time", "function_id", "requested_at"),
+        # Analytics read one project's (or environment's) calls over a window (migration 0010).
+        Index("ix_function_invocations_project_time", "project_id", "requested_at"),
+        Index("ix_function_invocations_environment_time", "environment_id", "requested_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)

@@ -22,10 +22,13 @@ from litestar.logging.config import LoggingConfig
 
 from billing.counters import build_counter_store
 from billing.metering import Meter, settlement_writer
+from billing.money import credits_to_micro
 from billing.tokens import warm_encodings
 from functions.directory import FunctionDirectory
 from functions.egress import EgressPolicy, FunctionEgress
 from functions.keyfile import load_keyring
+from functions.keyops import check_stored_keys
+from functions.ledger import FunctionLedger
 from functions.ratelimit import RateLimiter
 from functions.runtime import FunctionRuntime
 from gateway.api.admin import AdminController
@@ -34,12 +37,15 @@ from gateway.api.billing import CreditsController, UsageController, WebhooksCont
 from gateway.api.bodies import StrictBody, path_params_first
 from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
+from gateway.api.function_analytics import FunctionAnalyticsController
+from gateway.api.function_code import FunctionCodeController
 from gateway.api.function_runtime import FunctionTestController, function_runtime
 from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
 from gateway.api.openapi import V1_AUTH, openapi_config
+from gateway.api.projects import EnvironmentsController, ProjectsController, VariablesController
 from gateway.api.v1 import (
     create_completion,
     create_embeddings,
@@ -55,6 +61,7 @@ from gateway.api.v1 import (
 )
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
+from gateway.dashboard import dashboard_routes, template_config
 from gateway.db import create_engine, create_sessionmaker
 from gateway.errors import (
     DOMAIN_ERRORS,
@@ -87,7 +94,12 @@ API_CONTROLLERS: list[type[Controller]] = [
     WebhooksController,
     AuthController,
     AdminController,
+    FunctionAnalyticsController,
     FunctionsController,
+    ProjectsController,
+    EnvironmentsController,
+    VariablesController,
+    FunctionCodeController,
     FunctionTestController,
 ]
 
@@ -114,9 +126,6 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         sessionmaker = create_sessionmaker(engine)
-        counters = build_counter_store(settings.redis_url, settings.redis_prefix)
-        adapters = build_adapters(settings, env)
-        countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
         keyring = await asyncio.to_thread(
             load_keyring,
             settings.function_secret_keys,
@@ -129,6 +138,15 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 "database, without it no stored secret can be opened",
                 keyring.created_file,
             )
+        try:
+            # Encrypted data and no key to open it: refuse to start, never serve empty secrets.
+            await check_stored_keys(sessionmaker, keyring.ring)
+        except BaseException:
+            await engine.dispose()
+            raise
+        counters = build_counter_store(settings.redis_url, settings.redis_prefix)
+        adapters = build_adapters(settings, env)
+        countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
         # The components' clocks follow the state's, which tests may replace; read through a plain
         # closure (Litestar's app.state attribute lookup costs microseconds on the hot path).
         built: list[GatewayState] = []
@@ -183,6 +201,11 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             RateLimiter(counters, prefix=settings.redis_prefix, clock=lambda: now().timestamp()),
             max_body_bytes=settings.function_max_body_bytes,
         )
+        # Proxy-function calls: logged through the meter's write-behind streams and, when the
+        # operator prices them, reserved and settled like any metered call (functions/ledger.py).
+        state.function_calls = FunctionLedger(
+            state.meter, price_micro=credits_to_micro(settings.function_invocation_credits), now=now
+        )
         await reload_catalogue(state)  # the operator's price overrides
         # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
         await asyncio.to_thread(warm_encodings)
@@ -236,7 +259,10 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             function_runtime,
             healthz,
             readyz,
+            # The dashboard's pages at / and its static files (gateway/dashboard/).
+            *dashboard_routes(settings),
         ],
+        template_config=template_config(),
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         openapi_config=openapi_config(),

@@ -1,26 +1,43 @@
 """First run: migrate, create the ``default`` account and print a key a newcomer can use.
 
 Runs once in the ``serve`` command before any worker starts, so replicas and workers never
-race to bootstrap. The key is printed only when it is created: it is not stored anywhere.
+race to bootstrap. The key is printed only when it is created: it is not stored anywhere. Next
+to it goes the one-time dashboard setup link where the owner chooses their sign-in
+(:mod:`keys.setup`; only its hash is stored, and ``tollway members setup-link`` makes a new one).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from billing.accounts import AccountExists, count_accounts, create_account
 from billing.money import credits_to_micro
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.settings import Settings
 from keys.service import create_key
+from keys.setup import SETUP_TTL, create_setup_link
 
 DEFAULT_ACCOUNT = "default"
 
 
-async def bootstrap(settings: Settings) -> str | None:
-    """Create the default account and its first key if there is no account yet.
+@dataclass(frozen=True, slots=True)
+class Bootstrapped:
+    key: str  # the first key's plaintext
+    setup_token: str  # the owner's one-time dashboard setup token
 
-    Returns the new key's plaintext, or ``None`` when the database already had accounts.
+
+def setup_url(settings: Settings, token: str) -> str:
+    return f"http://{settings.host}:{settings.port}/setup?token={token}"
+
+
+async def bootstrap(settings: Settings) -> Bootstrapped | None:
+    """Create the default account, its first key and an owner setup link if there is no account yet.
+
+    Returns the new key's plaintext and the setup token, or ``None`` when the database already
+    had accounts.
     """
     engine = create_engine(settings.database_url)
     try:
@@ -35,18 +52,25 @@ async def bootstrap(settings: Settings) -> str | None:
             except AccountExists:
                 return None  # another replica bootstrapped first
             _key, plaintext = await create_key(session, account.id, "bootstrap key")
-            return plaintext
+            token = await create_setup_link(session, account.id, datetime.now(UTC), actor="bootstrap")
+            return Bootstrapped(plaintext, token)
     finally:
         await engine.dispose()
 
 
-def first_run_banner(settings: Settings, key: str) -> str:
+def first_run_banner(settings: Settings, key: str, setup_token: str | None = None) -> str:
     base = f"http://{settings.host}:{settings.port}/v1"
+    setup = (
+        f"\n  Dashboard: choose the owner's sign-in (one-time link, valid {SETUP_TTL.days} days):\n"
+        f"    {setup_url(settings, setup_token)}\n"
+        if setup_token
+        else ""
+    )
     return f"""
 Tollway is ready. Your account 'default' has {settings.bootstrap_credits} credits.
 
   API key (shown once, save it now):  {key}
-
+{setup}
   curl {base}/chat/completions \\
     -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
     -d '{{"model": "demo/echo", "messages": [{{"role": "user", "content": "Hello, Tollway"}}]}}'
@@ -58,14 +82,19 @@ Tollway is ready. Your account 'default' has {settings.bootstrap_credits} credit
 """
 
 
-async def prepare_and_announce(settings: Settings, *, as_json: bool) -> None:
+async def prepare_and_announce(
+    settings: Settings, *, as_json: bool, verify: Callable[[Settings], Awaitable[None]] | None = None
+) -> None:
     if settings.auto_migrate:
         await migrate(settings.database_url)
-    key = await bootstrap(settings) if settings.bootstrap else None
+    if verify is not None:
+        await verify(settings)
+    made = await bootstrap(settings) if settings.bootstrap else None
     url = f"http://{settings.host}:{settings.port}"
     if as_json:
-        print(json.dumps({"url": url, "key": key}), flush=True)
-    elif key:
-        print(first_run_banner(settings, key), flush=True)
+        setup = setup_url(settings, made.setup_token) if made else None
+        print(json.dumps({"url": url, "key": made.key if made else None, "setup_url": setup}), flush=True)
+    elif made:
+        print(first_run_banner(settings, made.key, made.setup_token), flush=True)
     else:
         print(f"Tollway listening on {url}/v1 (use a key from `tollway keys create`)", flush=True)

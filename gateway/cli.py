@@ -1,5 +1,6 @@
 """The ``tollway`` command line: serve, migrate, and operate accounts, members, keys, credits and
-proxy functions (``tollway functions …``, in gateway/cli_functions.py).
+proxy functions (``tollway functions …``, in gateway/cli_functions.py; projects, environments,
+variables and the secret key ring in gateway/cli_projects.py).
 
 Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
 non-zero exit code (2 for bad input or configuration, 1 for anything else).
@@ -13,6 +14,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -27,6 +29,10 @@ from billing.accounts import (
 from billing.errors import AccountNotFound, IdempotencyConflict
 from billing.models import AccountStatus
 from billing.money import MoneyError, credits_to_micro, format_credits
+
+# Re-exported: the command modules beside this one raise them (gateway/cli_common.py says why).
+from gateway.cli_common import CommandError as CommandError
+from gateway.cli_common import ReconcileFailed as ReconcileFailed
 from gateway.db import create_engine, create_sessionmaker, migrate
 from gateway.settings import Settings, SettingsError, load_settings
 from keys.audit import record_event
@@ -37,14 +43,6 @@ from keys.service import create_key
 
 if TYPE_CHECKING:
     from billing.counters import CounterStore
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit code 2."""
-
-
-class ReconcileFailed(Exception):
-    """Reconcile found drift: exit code 1, the report itself already says what."""
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -253,6 +251,29 @@ def cmd_members_add(args: argparse.Namespace) -> None:
     asyncio.run(_with_session(settings, work))
 
 
+def cmd_members_setup_link(args: argparse.Namespace) -> None:
+    """A one-time link to the dashboard page where a new owner of the account chooses a sign-in."""
+    from gateway.bootstrap import setup_url
+    from keys.setup import SETUP_TTL, create_setup_link
+
+    settings = _settings(args)
+
+    async def work(session: AsyncSession) -> None:
+        try:
+            await get_account(session, args.account)
+        except AccountNotFound as error:
+            raise CommandError(str(error)) from error
+        token = await create_setup_link(session, args.account, datetime.now(UTC), actor="operator")
+        url = setup_url(settings, token)
+        _emit(
+            args,
+            {"account_id": args.account, "setup_url": url, "expires_in": int(SETUP_TTL.total_seconds())},
+            f"one-time owner setup link for account {args.account} (valid {SETUP_TTL.days} days): {url}",
+        )
+
+    asyncio.run(_with_session(settings, work))
+
+
 def cmd_billing_reconcile(args: argparse.Namespace) -> None:
     """Exit 1 when ledger, balances, usage records and counters disagree (see gateway.reconcile)."""
     from datetime import UTC, datetime
@@ -300,6 +321,7 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
 
     from billing.grants import sync_after_change
     from billing.parking import ParkedNotFound, describe, is_refusal, replay_parked
+    from functions.ledger import INVOCATION_RECORDS
 
     settings = _settings(args)
     data = None
@@ -311,7 +333,9 @@ def cmd_billing_replay_parked(args: argparse.Namespace) -> None:
         async with _money_stores(settings) as (engine, counters):
             try:
                 async with engine.begin() as connection:
-                    settlement = await replay_parked(connection, args.parked_id, data)
+                    settlement = await replay_parked(
+                        connection, args.parked_id, data, kinds={INVOCATION_RECORDS.name: INVOCATION_RECORDS}
+                    )
             except ParkedNotFound as error:
                 raise CommandError(str(error)) from error
             except (msgspec.DecodeError, msgspec.ValidationError) as error:
@@ -356,10 +380,12 @@ def cmd_config_check(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.bootstrap import prepare_and_announce
+    from gateway.cli_projects import check_keys_before_serving
     from gateway.server import run_server
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
-    asyncio.run(prepare_and_announce(settings, as_json=args.json))
+    # The key check runs after migrating and before the banner: a refusal is the last word.
+    asyncio.run(prepare_and_announce(settings, as_json=args.json, verify=check_keys_before_serving))
     run_server(settings, config_path=args.config)
 
 
@@ -422,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the new user's password from the first line of stdin"
     )
     member_add.set_defaults(handler=cmd_members_add)
+    setup_link = member_commands.add_parser(
+        "setup-link", parents=[common], help="print a one-time dashboard link to set up a new owner"
+    )
+    setup_link.add_argument("--account", type=int, required=True)
+    setup_link.set_defaults(handler=cmd_members_setup_link)
 
     billing = commands.add_parser("billing", parents=[common], help="check the books")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)
@@ -444,10 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--idempotency-key", default=None, help="repeat-safe: the same key grants once")
     grant.set_defaults(handler=cmd_credits_grant)
 
-    # Its own module (it imports this one's helpers, so it is imported once they exist).
+    # Their own modules (cli_functions imports this one's helpers, so it is imported once they exist).
     from gateway.cli_functions import add_function_commands
+    from gateway.cli_projects import add_project_commands
 
     add_function_commands(commands, common)
+    add_project_commands(commands, common)
     return parser
 
 

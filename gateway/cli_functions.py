@@ -12,6 +12,9 @@ common fields as flags, or the API's JSON body whole with ``--body`` (flags win 
 
 A ``--secret`` is ``VARIABLE_ID`` (from a template: the hint at its position fills the rest) or
 ``VARIABLE_ID:KIND:KEY[:TEMPLATE]`` with KIND header, body or query.
+
+``tollway functions prune-invocations [--older-than-days 90]`` deletes the invocation log past
+its retention, for every account (functions/analytics.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -252,6 +255,26 @@ def cmd_functions_delete(args: argparse.Namespace) -> None:
 # -- parser ------------------------------------------------------------------------------------
 
 
+def cmd_functions_prune_invocations(args: argparse.Namespace) -> None:
+    """Delete proxy-function invocation rows older than ``--older-than-days`` (retention: 90)."""
+    from functions.analytics import prune_invocations
+
+    if args.older_than_days < 1:
+        raise CommandError("--older-than-days must be at least 1")
+    settings = _settings(args)
+    cutoff = _now() - timedelta(days=args.older_than_days)
+
+    async def work(session: AsyncSession) -> None:
+        deleted = await prune_invocations(session, older_than=cutoff)
+        _emit(
+            args,
+            {"deleted": deleted, "older_than": cutoff.isoformat()},
+            f"deleted {deleted} invocations from before {cutoff.isoformat()}",
+        )
+
+    asyncio.run(_with_session(settings, work))
+
+
 def add_function_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """``tollway functions …`` on the CLI's top-level subparsers (gateway/cli.py)."""
     functions = commands.add_parser("functions", parents=[common], help="manage proxy functions")
@@ -262,6 +285,12 @@ def add_function_commands(commands: Any, common: argparse.ArgumentParser) -> Non
         parser.add_argument("--account", type=int, required=True)
         parser.set_defaults(handler=handler)
         return parser
+
+    prune = sub.add_parser(
+        "prune-invocations", parents=[common], help="delete the invocation log past its retention (every account)"
+    )
+    prune.add_argument("--older-than-days", type=int, default=90, help="default 90, the documented retention")
+    prune.set_defaults(handler=cmd_functions_prune_invocations)
 
     listing = command("list", "list an environment's functions, newest first", cmd_functions_list)
     listing.add_argument("--environment", type=int, required=True)

@@ -6,7 +6,9 @@ Checks, per account:
    ``balance_after``;
 2. every debit has exactly one usage record with the same request id and cost, and every
    billed usage record has exactly one debit (no lost and no double debit);
-3. with Redis: the mirrored balance plus what its stream still buffers for the database
+3. every proxy-function invocation the log says was charged has its usage record at the same
+   cost (and so, by check 2, its one debit);
+4. with Redis: the mirrored balance plus what its stream still buffers for the database
    equals the database balance, no hold is negative, and each
    key's spend counter for its current period covers exactly what its usage records cost in
    that period (plus what the account holds in flight).
@@ -33,6 +35,7 @@ from billing.mirror import BALANCE, HELD, PENDING
 from billing.models import Account, LedgerEntry, LedgerKind, ParkedSettlement, UsageRecord
 from billing.money import format_credits
 from billing.periods import period_id, period_start
+from functions.models import FunctionInvocation
 from keys.models import ApiKey
 
 
@@ -118,6 +121,24 @@ async def _debit_checks(session: AsyncSession, account: Account, report: Reconci
         report.drift.append(f"account {account.id}: request {request_id} was served and billed but never debited")
 
 
+async def _invocation_checks(session: AsyncSession, account: Account, report: ReconcileReport) -> None:
+    """Only the mismatches come back: one indexed pass over the account's charged invocations."""
+    rows = await session.execute(
+        select(FunctionInvocation.request_id, FunctionInvocation.credits_micro, UsageRecord.credits_micro)
+        .outerjoin(UsageRecord, UsageRecord.request_id == FunctionInvocation.request_id)
+        .where(
+            FunctionInvocation.account_id == account.id,
+            FunctionInvocation.credits_micro > 0,
+            (UsageRecord.credits_micro.is_(None)) | (UsageRecord.credits_micro != FunctionInvocation.credits_micro),
+        )
+    )
+    for request_id, charged, billed in rows:
+        said = "no usage record" if billed is None else f"a usage record of {format_credits(billed)}"
+        report.drift.append(
+            f"account {account.id}: invocation {request_id} was charged {format_credits(charged)} but has {said}"
+        )
+
+
 async def _counter_checks(
     session: AsyncSession,
     account: Account,
@@ -187,6 +208,7 @@ async def reconcile(
             report.accounts += 1
             await _ledger_checks(session, account, report)
             await _debit_checks(session, account, report)
+            await _invocation_checks(session, account, report)
             if counters is not None:
                 await _counter_checks(session, account, counters, prefix, now, report)
     return report

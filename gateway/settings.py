@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from billing.money import MoneyError, credits_to_micro
 from billing.pricing import UsdPrices
 from providers.registry import KINDS, UnknownProviderKind, provider_kind
 
@@ -276,6 +277,10 @@ def validate_settings(settings: Settings) -> None:
             raise SettingsError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR") from error
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
     _decimal(settings.function_invocation_credits, "function_invocation_credits")
+    try:
+        credits_to_micro(settings.function_invocation_credits)
+    except MoneyError as error:
+        raise SettingsError(f"function_invocation_credits: {error}") from error
     for entry in settings.function_allow_hosts:
         try:
             ipaddress.ip_network(entry, strict=False)

@@ -57,8 +57,8 @@ class GatewayState:
     # Proxy functions, resolved and cached per process (the /fn hot path reads only this).
     functions: FunctionDirectory | None = None
     # The one outbound transport of every function's calls (SSRF-guarded, functions/egress.py),
-    # the runtime that serves /fn with it, and the invocation ledger (logging, pricing): None
-    # skips the ledger.
+    # the runtime that serves /fn with it, and each /fn call logged (and priced) behind the
+    # request (functions.ledger); all built in the lifespan.
     function_client: FunctionEgress | None = None
     function_runtime: FunctionRuntime | None = None
     function_calls: InvocationLedger | None = None

@@ -4,7 +4,8 @@ Who may call the rest of the management API is decided by the guards in :mod:`ga
 this controller issues and ends the sessions they accept.
 
 Cookies are HttpOnly (except the CSRF one, which the page must read), ``SameSite=Strict`` and
-``Secure`` unless the operator turns that off for plain-HTTP development.
+``Secure`` unless the operator turns that off for plain-HTTP development; see
+:mod:`gateway.api.session_cookies` for their paths.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from litestar.params import JSONBody
 from billing.bounds import Email, Id
 from gateway.api.deps import (
     ACCESS_COOKIE,
-    CSRF_COOKIE,
     CSRF_HEADER,
     REFRESH_COOKIE,
     Caller,
@@ -29,61 +29,15 @@ from gateway.api.deps import (
     signed_in_user,
 )
 from gateway.api.openapi import MEMBER_AUTH, PUBLIC, errors
+from gateway.api.session_cookies import session_cookies
 from gateway.state import GatewayState
 from keys.errors import SessionExpired
 from keys.roles import Permission
 from keys.sessions import IssuedSession, Principal
 
-_REFRESH_PATH = "/api/auth/"
-
 
 def _session_cookies(state: GatewayState, issued: IssuedSession | None) -> list[Cookie]:
-    secure = state.settings.session_cookie_secure
-    if issued is None:  # sign out: expire all three
-        return [
-            Cookie(
-                key=ACCESS_COOKIE, value="", path="/api", max_age=0, httponly=True, secure=secure, samesite="strict"
-            ),
-            Cookie(
-                key=REFRESH_COOKIE,
-                value="",
-                path=_REFRESH_PATH,
-                max_age=0,
-                httponly=True,
-                secure=secure,
-                samesite="strict",
-            ),
-            Cookie(key=CSRF_COOKIE, value="", path="/", max_age=0, secure=secure, samesite="strict"),
-        ]
-    return [
-        Cookie(
-            key=ACCESS_COOKIE,
-            value=issued.access_token,
-            path="/api",
-            max_age=issued.access_max_age_s,
-            httponly=True,
-            secure=secure,
-            samesite="strict",
-        ),
-        Cookie(
-            key=REFRESH_COOKIE,
-            value=issued.refresh_token,
-            path=_REFRESH_PATH,
-            max_age=issued.refresh_max_age_s,
-            httponly=True,
-            secure=secure,
-            samesite="strict",
-        ),
-        Cookie(
-            key=CSRF_COOKIE,
-            value=issued.csrf_token,
-            path="/",
-            max_age=issued.refresh_max_age_s,
-            httponly=False,
-            secure=secure,
-            samesite="strict",
-        ),
-    ]
+    return session_cookies(issued, secure=state.settings.session_cookie_secure)
 
 
 class UserRead(msgspec.Struct):
@@ -167,7 +121,7 @@ class AuthController(Controller):
     async def refresh(
         self, gateway: Injected[GatewayState], request: Request[Any, Any, Any]
     ) -> Response[SessionIssued]:
-        """A fresh session from the refresh cookie (sent only to /api/auth/) and the CSRF header."""
+        """A fresh session from the refresh cookie and the CSRF header."""
         refresh_token = request.cookies.get(REFRESH_COOKIE)
         if not refresh_token:
             raise SessionExpired("no session: sign in again")

@@ -3,18 +3,18 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime
 from typing import get_args
 
 import msgspec
-from litestar import Controller, get, post
-from litestar.params import FromQuery
-from sqlalchemy import select
+from litestar import Controller, get, post, put
+from litestar.params import FromQuery, JSONBody
 
-from billing.models import Account, LedgerEntry, WebhookDelivery, WebhookEvent
+from billing.bounds import Credits as CreditsAmount
+from billing.models import Account, LedgerEntry, WebhookDelivery
 from billing.money import format_credits
 from billing.reports import GroupBy, UsageFilter, ledger_page, usage_page, usage_summary
+from gateway.api.actions import set_low_credit_threshold, webhook_deliveries, webhook_secret
 from gateway.api.deps import Caller, Injected, requires
 from gateway.api.openapi import MEMBER_AUTH, errors
 from gateway.api.views import UsageRead, usage_read
@@ -40,6 +40,14 @@ class Credits(msgspec.Struct):
     low_credits_threshold: str
     ledger: list[LedgerRead]
     next_before_id: int | None  # pass as before_id for the next page; null on the last one
+
+
+class ThresholdUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    low_credits_threshold: CreditsAmount
+
+
+class ThresholdRead(msgspec.Struct):
+    low_credits_threshold: str
 
 
 class UsagePage(msgspec.Struct):
@@ -98,6 +106,20 @@ def _limit(value: int) -> int:
     return value
 
 
+def delivery_read(delivery: WebhookDelivery, event: str) -> DeliveryRead:
+    return DeliveryRead(
+        id=delivery.id,
+        event=event,
+        url=delivery.url,
+        status=delivery.status,
+        attempts=delivery.attempts,
+        last_status=delivery.last_status,
+        last_error=delivery.last_error,
+        next_attempt_at=delivery.next_attempt_at.isoformat(),
+        delivered_at=delivery.delivered_at.isoformat() if delivery.delivered_at else None,
+    )
+
+
 def ledger_read(entry: LedgerEntry) -> LedgerRead:
     return LedgerRead(
         id=entry.id,
@@ -135,6 +157,19 @@ class CreditsController(Controller):
             ledger=[ledger_read(e) for e in entries],
             next_before_id=entries[-1].id if len(entries) == limit else None,
         )
+
+    @put(
+        "/threshold/",
+        guards=[requires(Permission.BILLING)],
+        operation_id="set_low_credits_threshold",
+        responses=errors(400, 401, 403, 413),
+    )
+    async def set_threshold(
+        self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[ThresholdUpdate]
+    ) -> ThresholdRead:
+        """Set the balance below which the ``low_credits`` webhook fires (owners only)."""
+        micro = await set_low_credit_threshold(gateway, caller, data.low_credits_threshold)
+        return ThresholdRead(format_credits(micro))
 
 
 class UsageController(Controller):
@@ -215,7 +250,7 @@ class WebhooksController(Controller):
         responses=errors(401, 403),
     )
     async def secret(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> WebhookSecret:
-        return WebhookSecret(await _account_secret(gateway, caller.account_id, rotate=False))
+        return WebhookSecret(await webhook_secret(gateway, caller, rotate=False))
 
     @post(
         "/secret/rotate/",
@@ -225,7 +260,7 @@ class WebhooksController(Controller):
         responses=errors(401, 403),
     )
     async def rotate(self, gateway: Injected[GatewayState], caller: Injected[Caller]) -> WebhookSecret:
-        return WebhookSecret(await _account_secret(gateway, caller.account_id, rotate=True))
+        return WebhookSecret(await webhook_secret(gateway, caller, rotate=True))
 
     @get(
         "/deliveries/",
@@ -236,39 +271,5 @@ class WebhooksController(Controller):
     async def deliveries(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], limit: FromQuery[Limit] = 50
     ) -> DeliveryList:
-        async with gateway.sessionmaker() as session:
-            rows = (
-                await session.execute(
-                    select(WebhookDelivery, WebhookEvent.event)
-                    .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
-                    .where(WebhookEvent.account_id == caller.account_id)
-                    .order_by(WebhookDelivery.id.desc())
-                    .limit(_limit(limit))
-                )
-            ).all()
-        return DeliveryList(
-            [
-                DeliveryRead(
-                    id=delivery.id,
-                    event=event,
-                    url=delivery.url,
-                    status=delivery.status,
-                    attempts=delivery.attempts,
-                    last_status=delivery.last_status,
-                    last_error=delivery.last_error,
-                    next_attempt_at=delivery.next_attempt_at.isoformat(),
-                    delivered_at=delivery.delivered_at.isoformat() if delivery.delivered_at else None,
-                )
-                for delivery, event in rows
-            ]
-        )
-
-
-async def _account_secret(state: GatewayState, account_id: int, *, rotate: bool) -> str:
-    async with state.sessionmaker() as session:
-        account = await session.get(Account, account_id, with_for_update=True)
-        assert account is not None
-        if rotate or not account.webhook_secret:
-            account.webhook_secret = "whsec_" + secrets.token_hex(24)
-            await session.commit()
-        return account.webhook_secret
+        rows = await webhook_deliveries(gateway, caller, limit=_limit(limit))
+        return DeliveryList([delivery_read(delivery, event) for delivery, event in rows])

@@ -12,27 +12,17 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.bounds import NO_CONTROL, Id
 from billing.money import format_credits
+from gateway.api.actions import create_account_key, delete_account_key, mint_browser_token, update_account_key
 from gateway.api.deps import Caller, Injected, requires
 from gateway.api.openapi import MEMBER_AUTH, errors
 from gateway.state import GatewayState
 from gateway.validation import Limit, PathId, QueryId
-from gateway.webhooks import check_webhook_url
 from keys.audit import list_events, record_event
 from keys.browser_tokens import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
-from keys.management import (
-    KeyCreate,
-    KeyNotFound,
-    KeyUpdate,
-    create_key_with,
-    delete_key,
-    get_key,
-    list_keys,
-    update_key,
-)
+from keys.management import KeyCreate, KeyUpdate, get_key, list_keys
 from keys.models import ApiKey
 from keys.roles import Permission
 
@@ -153,10 +143,7 @@ class KeysController(Controller):
     async def create_key(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[KeyCreate]
     ) -> KeyCreated:
-        if isinstance(data.webhook_url, str):
-            check_webhook_url(data.webhook_url, allow_private=gateway.settings.webhook_allow_private)
-        async with gateway.sessionmaker() as session:
-            key, plaintext = await create_key_with(session, caller.account_id, data, gateway.now(), actor=caller.actor)
+        key, plaintext = await create_account_key(gateway, caller, data)
         read = await key_read(gateway, key)
         return KeyCreated(
             **msgspec.structs.asdict(read), key=plaintext, tollway=Note("Save this key. It will not be shown again.")
@@ -188,12 +175,7 @@ class KeysController(Controller):
         key_id: FromPath[PathId],
         data: JSONBody[KeyUpdate],
     ) -> KeyRead:
-        if isinstance(data.webhook_url, str):
-            check_webhook_url(data.webhook_url, allow_private=gateway.settings.webhook_allow_private)
-        async with gateway.sessionmaker() as session:
-            key, _before = await update_key(session, caller.account_id, key_id, data, gateway.now(), actor=caller.actor)
-        gateway.keys.forget_all()
-        return await key_read(gateway, key)
+        return await key_read(gateway, await update_account_key(gateway, caller, key_id, data))
 
     @delete(
         "/{key_id:int}/",
@@ -205,9 +187,7 @@ class KeysController(Controller):
     async def delete_key(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], key_id: FromPath[PathId]
     ) -> None:
-        async with gateway.sessionmaker() as session:
-            await delete_key(session, caller.account_id, key_id, actor=caller.actor)
-        gateway.keys.forget_all()
+        await delete_account_key(gateway, caller, key_id)
 
     @post(
         "/ephemeral/",
@@ -218,10 +198,7 @@ class KeysController(Controller):
     async def mint_token(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], data: JSONBody[EphemeralCreate]
     ) -> BrowserTokenCreated:
-        caller.require_token_parent(data.key_id)
-        async with gateway.sessionmaker() as session:
-            parent = await _own_active_key(session, caller.account_id, data.key_id)
-        minted = await gateway.tokens.mint(caller.account_id, parent.id, data.ttl)
+        minted = await mint_browser_token(gateway, caller, data.key_id, data.ttl)
         return BrowserTokenCreated(BrowserToken(minted.token, minted.expires_in, minted.expires_at))
 
     @post(
@@ -259,13 +236,6 @@ class KeysController(Controller):
                 target_id=key_id,
             )
             await session.commit()
-
-
-async def _own_active_key(session: AsyncSession, account_id: int, key_id: int) -> ApiKey:
-    key = await get_key(session, account_id, key_id)
-    if not key.is_active:
-        raise KeyNotFound(f"key {key_id} is disabled and cannot mint tokens")
-    return key
 
 
 class AuditController(Controller):

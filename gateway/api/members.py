@@ -16,6 +16,13 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody
 
 from billing.bounds import Email, Password
+from gateway.api.actions import (
+    change_member_role,
+    invite_member,
+    redeem_invitation,
+    remove_account_member,
+    revoke_account_invitation,
+)
 from gateway.api.deps import ACCESS_COOKIE, CSRF_HEADER, Caller, Injected, json_only, requires
 from gateway.api.openapi import MEMBER_AUTH, PUBLIC, errors
 from gateway.state import GatewayState
@@ -23,15 +30,12 @@ from gateway.validation import PathId
 from keys.invitations import (
     TOKEN_PREFIX,
     InvitationView,
-    accept_invitation,
-    create_invitation,
-    invited_email,
     list_invitations,
-    revoke_invitation,
 )
-from keys.members import MemberView, change_role, list_members, remove_member, user_by_email
+from keys.members import MemberView, list_members
 from keys.models import Role
 from keys.roles import Permission
+from keys.sessions import Principal
 
 ACCEPT_PATH = "/api/invitations/accept/"
 
@@ -108,16 +112,7 @@ def invitation_read(invitation: InvitationView) -> InvitationRead:
 
 
 async def _invite(gateway: GatewayState, caller: Caller, data: InvitationCreate) -> InvitationCreated:
-    async with gateway.sessionmaker() as session:
-        invitation, token = await create_invitation(
-            session,
-            caller.account_id,
-            email=data.email,
-            role=data.role,
-            actor_role=caller.role,
-            actor=caller.actor,
-            now=gateway.now(),
-        )
+    invitation, token = await invite_member(gateway, caller, data.email, data.role)
     # The same answer whether or not a user with this email exists anywhere.
     return InvitationCreated(
         **msgspec.structs.asdict(invitation_read(invitation)), token=token, accept_path=ACCEPT_PATH
@@ -161,11 +156,7 @@ class MembersController(Controller):
         member_id: FromPath[PathId],
         data: JSONBody[MemberUpdate],
     ) -> MemberRead:
-        async with gateway.sessionmaker() as session:
-            member = await change_role(
-                session, caller.account_id, member_id, data.role, actor_role=caller.role, actor=caller.actor
-            )
-        return member_read(member)
+        return member_read(await change_member_role(gateway, caller, member_id, data.role))
 
     @delete(
         "/{member_id:int}/",
@@ -177,8 +168,7 @@ class MembersController(Controller):
     async def remove_member(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], member_id: FromPath[PathId]
     ) -> None:
-        async with gateway.sessionmaker() as session:
-            await remove_member(session, caller.account_id, member_id, actor_role=caller.role, actor=caller.actor)
+        await remove_account_member(gateway, caller, member_id)
 
 
 class InvitationsController(Controller):
@@ -214,15 +204,7 @@ class InvitationsController(Controller):
     async def revoke_invitation(
         self, gateway: Injected[GatewayState], caller: Injected[Caller], invitation_id: FromPath[PathId]
     ) -> None:
-        async with gateway.sessionmaker() as session:
-            await revoke_invitation(
-                session,
-                caller.account_id,
-                invitation_id,
-                actor_role=caller.role,
-                actor=caller.actor,
-                now=gateway.now(),
-            )
+        await revoke_account_invitation(gateway, caller, invitation_id)
 
     @post(
         "/accept/",
@@ -238,22 +220,10 @@ class InvitationsController(Controller):
     ) -> Joined:
         """Join the account. A session cookie (with its CSRF header) proves who is accepting;
         without one, a new user's password, or an existing user's current one."""
-        signed_in: int | None = None
-        password = data.password
+        principal: Principal | None = None
         access = request.cookies.get(ACCESS_COOKIE)
         if access:
             principal = await gateway.sessions.authenticate(access)
             gateway.sessions.check_csrf(principal.session_id, request.headers.get(CSRF_HEADER))
-            signed_in, password = principal.user_id, None
-        elif password:
-            async with gateway.sessionmaker() as session:
-                email = await invited_email(session, data.token, gateway.now())
-                existing = await user_by_email(session, email) if email is not None else None
-            if existing is not None:
-                # Their own current password proves who they are; it is checked, never set.
-                signed_in, password = await gateway.sessions.verify_user(existing.email, password), None
-        async with gateway.sessionmaker() as session:
-            joined = await accept_invitation(
-                session, data.token, gateway.now(), signed_in_user_id=signed_in, password=password
-            )
+        joined = await redeem_invitation(gateway, data.token, data.password, principal)
         return Joined(joined.account_id, JoinedMember(joined.membership_id, joined.user_id, joined.email), joined.role)

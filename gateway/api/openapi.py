@@ -54,7 +54,7 @@ _WHY = {
     429: "A rate limit was reached; see Retry-After.",
     499: "The client disconnected before the answer was ready.",
     502: "The upstream provider failed or answered something unusable.",
-    503: "No provider is available for this model right now.",
+    503: "Something the request needs is unavailable: no provider for this model, or no secret key ring configured.",
     504: "The upstream provider did not answer in time.",
 }
 

@@ -58,6 +58,11 @@ def test_serve_first_run_bootstraps_and_prints_key_once(tmp_path: Path) -> None:
         key = re.search(r"prx-[0-9a-f]{48}", text)
         assert key is not None, text
         assert "curl" in text and "OpenAI(" in text and "500 credits" in text
+        # Next to the key: the one-time link where the owner chooses a dashboard sign-in.
+        setup = re.search(rf"http://127\.0\.0\.1:{port}/setup\?token=twinv_[\w-]+", text)
+        assert setup is not None, text
+        page = httpx.get(setup.group(0))
+        assert page.status_code == 200 and 'name="password_again"' in page.text
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(0), max_retries=0)
         stream = client.chat.completions.create(
             model="demo/lorem", messages=[{"role": "user", "content": "write"}], max_tokens=12, stream=True
@@ -87,6 +92,7 @@ def test_serve_two_workers_share_postgres_and_redis(tmp_path: Path, postgres_url
     process, lines = serve(tmp_path, port, "--config", str(config), "--json")
     try:
         announced = next(line for line in lines if '"key"' in line)
+        assert '"setup_url": "http://' in announced
         key = re.search(r"prx-[0-9a-f]{48}", announced)
         assert key is not None, "".join(lines)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(0), max_retries=3)

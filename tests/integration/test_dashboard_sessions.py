@@ -107,7 +107,8 @@ def test_login_sets_hardened_cookies_and_the_session_reaches_the_api(gateway: Ga
     for name in ("tw_session", "tw_refresh"):
         attributes = browser.attributes[name]
         assert attributes["httponly"] and attributes["secure"] and attributes["samesite"].lower() == "strict"
-    assert browser.attributes["tw_refresh"]["path"] == "/api/auth/"
+    # Path / : the server-rendered dashboard reads them (gateway/api/session_cookies.py).
+    assert browser.attributes["tw_session"]["path"] == browser.attributes["tw_refresh"]["path"] == "/"
     assert not browser.attributes["tw_csrf"]["httponly"]  # the page's script must read it
     claims = json.loads(base64.urlsafe_b64decode(browser.cookies["tw_session"].split(".")[1] + "=="))
     assert claims["acc"] == gateway.account_id and claims["exp"] - claims["iat"] == 900

@@ -162,6 +162,7 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("DELETE", "/api/invitations/{invitation_id:int}"): Seed(path={"invitation_id": "spare_invitation"}),
     ("POST", "/api/invitations/accept"): Seed(json={"token": "twinv_nope", "password": "fuzz-Passw0rd-x"}, auth="none"),
     ("GET", "/api/credits"): Seed(query={"limit": "10", "before_id": "5"}),
+    ("PUT", "/api/credits/threshold"): Seed(json={"low_credits_threshold": "250.5"}),
     ("GET", "/api/usage"): Seed(query={"key_id": "1", "model": FAKE_MODEL, "since": "2026-01-01T00:00:00Z"}),
     ("GET", "/api/usage/summary"): Seed(query={"group_by": "model", "until": "2030-01-01T00:00:00Z"}),
     ("GET", "/api/webhooks/deliveries"): Seed(query={"limit": "10"}),
@@ -217,6 +218,41 @@ SEEDS: dict[tuple[str, str], Seed] = {
         path={"function_id": "spare_local_function"},
     ),
     ("DELETE", "/api/functions/{function_id:str}"): Seed(path={"function_id": "spare_function"}),
+    # Projects, environments and variables (the delete seeds take spares of their own).
+    ("GET", "/api/projects"): Seed(),
+    ("POST", "/api/projects"): Seed(json={"name": "fuzz", "description": "d"}),
+    ("GET", "/api/projects/{project_id:int}"): Seed(path={"project_id": "spare_project"}),
+    ("PATCH", "/api/projects/{project_id:int}"): Seed(
+        json={"name": "spare", "description": "d"}, path={"project_id": "spare_project"}
+    ),
+    ("DELETE", "/api/projects/{project_id:int}"): Seed(path={"project_id": "spare_doomed_project"}),
+    ("GET", "/api/projects/{project_id:int}/environments"): Seed(path={"project_id": "spare_project"}),
+    ("POST", "/api/projects/{project_id:int}/environments"): Seed(
+        json={"name": "fuzz", "clone_from": "spare_project_environment"}, path={"project_id": "spare_project"}
+    ),
+    ("PATCH", "/api/environments/{environment_id:int}"): Seed(
+        json={"name": "Development"}, path={"environment_id": "spare_project_environment"}
+    ),
+    ("DELETE", "/api/environments/{environment_id:int}"): Seed(path={"environment_id": "spare_doomed_environment"}),
+    ("GET", "/api/environments/{environment_id:int}/variables"): Seed(
+        path={"environment_id": "spare_project_environment"}
+    ),
+    ("POST", "/api/environments/{environment_id:int}/variables"): Seed(
+        json={"key": "FUZZ_KEY", "value": "v", "is_secret": True, "description": "d"},
+        path={"environment_id": "spare_project_environment"},
+    ),
+    ("PATCH", "/api/variables/{variable_id:int}"): Seed(
+        json={"value": "v2", "description": "d"}, path={"variable_id": "spare_project_variable"}
+    ),
+    ("DELETE", "/api/variables/{variable_id:int}"): Seed(path={"variable_id": "spare_doomed_variable"}),
+    ("POST", "/api/variables/{variable_id:int}/reveal"): Seed(path={"variable_id": "spare_project_variable"}),
+    ("GET", "/api/projects/{project_id:int}/analytics"): Seed(
+        path={"project_id": "spare_project"},
+        query={"days": "7", "environment_id": "spare_project_environment", "function_id": "spare_function"},
+    ),
+    ("GET", "/api/functions/{function_id:str}/code/{platform:str}"): Seed(
+        path={"function_id": "code_function", "platform": "lambda"}, query={"download": "0"}
+    ),
 }
 
 # Routes whose bodies have the most structure get more examples.
@@ -299,6 +335,10 @@ FIELD_NAMES = [
     "allowed_origins",
     "body_template",
     "template",
+    "key",
+    "value",
+    "is_secret",
+    "clone_from",
 ]
 
 scalars = st.one_of(
@@ -415,7 +455,7 @@ def requests_for(draw: st.DrawFn, method: str, template: str, seed: Seed, spares
     for name, kind in re.findall(r"\{(\w+):(\w+)\}", template):
         value = draw(path_value(kind, fill(seed.path[name])))
         path = path.replace(f"{{{name}:{kind}}}", value.lstrip("/") if kind == "path" else value)
-    query = dict(seed.query)
+    query = {name: str(fill(value)) for name, value in seed.query.items()}
     for name in draw(
         st.lists(st.sampled_from(sorted(seed.query)), max_size=2, unique=True) if seed.query else st.just([])
     ):
@@ -522,15 +562,51 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
         json={"name": "local", "target_url": gateway.fake.url, "forward_path": True, "timeout_ms": 2000},  # type: ignore[attr-defined]
         headers=key,
     ).json()
+    # Download Code's own function (the spare above is deleted by the last function seed).
+    mapping = {
+        "variable_id": functions.variable,
+        "inject_as": "header",
+        "key": "Authorization",
+        "template": "Bearer ${value}",
+    }
+    code_function = httpx.post(
+        gateway.url + f"/api/environments/{functions.env}/functions/",
+        json={"name": "code", "target_url": "https://api.example.com/x", "secret_mappings": [mapping]},
+        headers=key,
+    ).json()
     return {
         "spare_local_function": local_function["id"],
         "spare_key": spare_key,
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
+        "code_function": code_function["id"],
         "spare_environment": functions.env,
         "spare_variable": functions.variable,
         "spare_function": spare_function["id"],
+        **_project_spares(gateway.url, key),
+    }
+
+
+def _project_spares(url: str, key: dict[str, str]) -> dict[str, int]:
+    """A project (its first environment and a variable there) the seeds change, and one
+    project, environment and variable the delete seeds may take."""
+    project = httpx.post(url + "/api/projects/", json={"name": "spare"}, headers=key).json()
+    doomed = httpx.post(url + "/api/projects/", json={"name": "doomed"}, headers=key).json()
+    development, staging = project["environments"][0]["id"], project["environments"][1]["id"]
+    variables = [
+        httpx.post(
+            url + f"/api/environments/{development}/variables/", json={"key": name, "value": "v"}, headers=key
+        ).json()["id"]
+        for name in ("SPARE", "DOOMED")
+    ]
+    return {
+        "spare_project": project["id"],
+        "spare_doomed_project": doomed["id"],
+        "spare_project_environment": development,
+        "spare_doomed_environment": staging,
+        "spare_project_variable": variables[0],
+        "spare_doomed_variable": variables[1],
     }
 
 

@@ -1,0 +1,32 @@
+"""The dashboard's navigation: one list of entries, in order, each shown to roles that may see it.
+
+This is the extension point for pages built elsewhere (the proxy-function pages): a module that
+adds pages appends its :class:`NavItem` to :data:`NAV` (and its controllers to
+``gateway.dashboard.PAGES``); nothing here names pages that do not exist yet, so no entry leads to
+a placeholder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keys.roles import Permission
+
+__all__ = ["NAV", "NavItem"]
+
+
+@dataclass(frozen=True, slots=True)
+class NavItem:
+    key: str  # what a page passes as ``active`` to mark its entry current
+    label: str
+    href: str
+    permission: Permission = Permission.VIEW  # shown only to roles that have it
+
+
+NAV: list[NavItem] = [
+    NavItem("keys", "Keys", "/keys"),
+    NavItem("usage", "Usage", "/usage"),
+    NavItem("credits", "Credits", "/credits"),
+    NavItem("models", "Models", "/models"),
+    NavItem("team", "Team", "/team"),
+]
