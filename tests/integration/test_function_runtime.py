@@ -11,6 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 
@@ -238,6 +239,7 @@ def test_function_runtime_target_breaking_mid_body_aborts_the_answer(served: Ser
 
 def test_function_runtime_ledger_sees_every_call_once(served: Served) -> None:
     ledger = served.record_calls()
+    served.gateway.clock.set_now(datetime.now(UTC).replace(second=0, microsecond=0))  # no minute ends mid-test
     fn = served.function("/json", rate_limit_per_minute=1, allowed_origins=[ORIGIN])
     ok = fn.call("POST", headers={"Origin": ORIGIN})
     limited = fn.call("POST", headers={"Origin": ORIGIN})

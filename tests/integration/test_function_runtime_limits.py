@@ -132,6 +132,7 @@ def test_function_runtime_regenerated_token_dies_in_another_instance_within_the_
 
 def test_function_runtime_no_secret_in_answers_or_logs(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    served.gateway.clock.set_now(minute_start())  # the rate-limited function's two calls share a minute
     secrets = {"API_KEY": SECRET, "QUERY_KEY": "qk_" + "3" * 20, "BODY_KEY": "bk_" + "4" * 20}
     mappings = [
         {"variable": "API_KEY", "inject_as": "header", "key": "Authorization", "template": "Bearer ${value}"},
