@@ -7,6 +7,7 @@ secret in any answer or log line."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -171,3 +172,37 @@ def test_function_runtime_no_secret_in_answers_or_logs(served: Served, caplog: p
     for value in everything_sent:
         assert value not in caplog.text
     assert served.third_party.last.headers["authorization"] == f"Bearer {SECRET}"  # they did go upstream
+
+
+def test_function_runtime_calls_reach_the_invocation_log(served: Served) -> None:
+    """With the real ledger (functions/ledger.py, as the app wires it): one log row per counted
+    call, written behind the request, with the runtime's status and error type."""
+    from sqlalchemy import select
+
+    from functions.models import FunctionInvocation
+    from tests.fakes.gateway_fixtures import _with_session
+
+    served.gateway.clock.set_now(minute_start())
+    fn = served.function("/json", rate_limit_per_minute=1)
+    answers = [fn.call("POST", headers={"Origin": "https://site.example"}), fn.call("POST"), fn.call("POST", token="x")]
+    unreachable = make_function(served.gateway, "http://127.0.0.1:1/").call("POST")
+    assert [a.status_code for a in answers] + [unreachable.status_code] == [200, 429, 401, 502]
+    wanted = {a.headers["x-request-id"] for a in (*answers[:2], unreachable)}
+
+    async def rows(session: object) -> list[FunctionInvocation]:
+        query = select(FunctionInvocation).where(FunctionInvocation.request_id.in_(wanted))
+        return list(await session.scalars(query))  # type: ignore[attr-defined]
+
+    deadline = time.monotonic() + 60
+    while True:
+        served.gateway.settled()
+        found: list[FunctionInvocation] = served.gateway.run(_with_session(served.gateway.settings, rows))
+        if len(found) == len(wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    by_id = {row.request_id: (row.status, row.error_type, row.origin) for row in found}
+    assert by_id == {
+        answers[0].headers["x-request-id"]: (200, "", "https://site.example"),
+        answers[1].headers["x-request-id"]: (429, "rate_limited", ""),
+        unreachable.headers["x-request-id"]: (502, "unreachable", ""),
+    }
