@@ -57,6 +57,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("tollway.functions")
 PREFIX = b"/fn"
 MAX_SHOWN_BYTES = 64 * 1024  # the test endpoint shows at most this much of the answer's body
+WATCH_FROM_BYTES = 256 * 1024  # longer answers (and streams) are cut when their client disconnects
 _NO_ID = error_answer(404, "Proxy ID is required", [])
 _NOT_FOUND = error_answer(404, "Not found", [])
 _UNAVAILABLE = error_answer(503, "Failed to resolve proxy configuration", [])
@@ -116,29 +117,29 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 async def _stream(send: Send, receive: Receive, forwarded: Forwarded) -> None:
     """The target's answer to the client, chunk by chunk, as it arrives."""
     await send({"type": "http.response.start", "status": forwarded.status, "headers": forwarded.headers})
-    left = forwarded.content_length
-    if left is not None:
-        # A known length ends with its last byte: no watcher needed, no empty closing message.
-        ended = False
-        async with contextlib.aclosing(forwarded.raw()) as chunks:
-            async for chunk in chunks:
-                left -= len(chunk)
-                ended = left <= 0
-                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-                if ended:
-                    break
-        if not ended:
-            if left > 0:
-                raise ConnectionError("the target's answer ended before its Content-Length")
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return
+    length = forwarded.content_length
 
     async def pump() -> None:
-        async for chunk in forwarded.raw():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        left = length
+        async with contextlib.aclosing(forwarded.raw()) as chunks:
+            async for chunk in chunks:
+                if left is None:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    continue
+                # A known length ends with its last byte: no empty closing message.
+                left -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+                if left <= 0:
+                    return
+        if left is not None and left > 0:
+            raise ConnectionError("the target's answer ended before its Content-Length")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    # A stream (SSE, chunked) may run for minutes: stop reading the target when the client goes.
+    if length is not None and length <= WATCH_FROM_BYTES:
+        await pump()  # a small answer: over before a disconnect would matter, no watcher task
+        return
+    # A stream (SSE, chunked) may run for minutes and a large body for long: stop reading the
+    # target when the client goes (the server would otherwise drop every chunk silently).
     await cancel_on_disconnect(receive, pump())
 
 
