@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -51,6 +50,7 @@ import msgspec
 
 from billing.bounds import Description, Id, Name
 from functions.config import VALUE_PLACEHOLDER
+from functions.egress import AllowedHosts, is_public_address, literal_ip
 from functions.errors import InvalidFunction
 from functions.models import HttpMethod, InjectAs
 
@@ -111,7 +111,6 @@ _HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*\Z")  # visible ASCII, space, tab: w
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")  # control characters and spaces
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
-_NUMERIC_HOST = re.compile(r"^[0-9a-fx.]+\Z")
 _SLUG_RUN = re.compile(r"[^a-z0-9]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -193,38 +192,6 @@ class FunctionUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @dataclass(frozen=True)
-class AllowedHosts:
-    """``function_allow_hosts`` parsed once: exact host names and IP networks a function may
-    target although they are not public https addresses (the tests' fakes on 127.0.0.1)."""
-
-    names: frozenset[str] = frozenset()
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-
-    @classmethod
-    def parse(cls, entries: Iterable[str]) -> AllowedHosts:
-        names: set[str] = set()
-        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for entry in entries:
-            try:
-                networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                names.add(entry.lower().rstrip("."))
-        return cls(frozenset(names), tuple(networks))
-
-    def allows(self, host: str) -> bool:
-        """Whether ``host`` (a name, or an address in any of its literal forms) is excepted."""
-        if host.lower().rstrip(".") in self.names:
-            return True
-        address = literal_ip(host)
-        if address is None:
-            return False
-        candidates = [address]
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            candidates.append(address.ipv4_mapped)
-        return any(candidate in network for candidate in candidates for network in self.networks)
-
-
-@dataclass(frozen=True)
 class FunctionRules:
     """The operator's settings the rules depend on (the service never reads the gateway's)."""
 
@@ -252,30 +219,6 @@ def check_name(name: str) -> str:
 
 
 # -- the target --------------------------------------------------------------------------------
-
-
-def literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host name literally is, in any form a URL parser accepts: dotted, IPv6
-    (brackets stripped), and the decimal, octal, hex and short IPv4 forms (``2130706433``,
-    ``0177.0.0.1``, ``0x7f.1``); None for a DNS name."""
-    text = host.strip("[]").lower()
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        pass
-    if _NUMERIC_HOST.match(text) and any(ch.isdigit() for ch in text):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(text))
-        except OSError:
-            return None
-    return None
-
-
-def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Globally routable and unicast; an IPv4-mapped IPv6 address is judged as its IPv4."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
 
 
 def target_url_problem(url: str, allowed: AllowedHosts) -> str | None:
@@ -311,7 +254,7 @@ def target_url_problem(url: str, allowed: AllowedHosts) -> str | None:
     if scheme == "http" and not excepted:
         return "must use https (http only for hosts listed in function_allow_hosts)"
     if not excepted:
-        if address is not None and not is_public(address):
+        if address is not None and not is_public_address(address):
             return (
                 "points at a private, loopback, link-local or multicast address (not allowed by function_allow_hosts)"
             )

@@ -25,9 +25,12 @@ from billing.metering import Meter, settlement_writer
 from billing.money import credits_to_micro
 from billing.tokens import warm_encodings
 from functions.directory import FunctionDirectory
+from functions.egress import EgressPolicy, FunctionEgress
 from functions.keyfile import load_keyring
 from functions.keyops import check_stored_keys
 from functions.ledger import FunctionLedger
+from functions.ratelimit import RateLimiter
+from functions.runtime import FunctionRuntime
 from gateway.api.admin import AdminController
 from gateway.api.auth import AuthController
 from gateway.api.billing import CreditsController, UsageController, WebhooksController
@@ -36,6 +39,7 @@ from gateway.api.chat import create_chat_completion
 from gateway.api.deps import DEPENDENCIES
 from gateway.api.function_analytics import FunctionAnalyticsController
 from gateway.api.function_code import FunctionCodeController
+from gateway.api.function_runtime import FunctionTestController, function_runtime
 from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
@@ -96,6 +100,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     EnvironmentsController,
     VariablesController,
     FunctionCodeController,
+    FunctionTestController,
 ]
 
 log = logging.getLogger("tollway")
@@ -190,6 +195,12 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         )
         state: GatewayState = app.state.gateway
         built.append(state)
+        state.function_client = FunctionEgress(EgressPolicy.from_settings(settings.function_allow_hosts))
+        state.function_runtime = FunctionRuntime(
+            state.function_client,
+            RateLimiter(counters, prefix=settings.redis_prefix, clock=lambda: now().timestamp()),
+            max_body_bytes=settings.function_max_body_bytes,
+        )
         # Proxy-function calls: logged through the meter's write-behind streams and, when the
         # operator prices them, reserved and settled like any metered call (functions/ledger.py).
         state.function_calls = FunctionLedger(
@@ -214,6 +225,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         finally:
             for adapter in adapters.values():
                 await adapter.aclose()
+            await state.function_client.aclose()
             await counters.close()
             await engine.dispose()
             if countries is not None:
@@ -243,6 +255,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 return_dto=None,
                 guards=[path_params_first],
             ),
+            # Proxy functions: public, authenticated by each function's token (a raw ASGI mount).
+            function_runtime,
             healthz,
             readyz,
             # The dashboard's pages at / and its static files (gateway/dashboard/).

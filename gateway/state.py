@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from billing.counters import CounterStore
 from billing.metering import Meter
 from functions.directory import FunctionDirectory
+from functions.egress import FunctionEgress
 from functions.invocations import InvocationLedger
+from functions.runtime import FunctionRuntime
 from gateway.catalog import CatalogModel, kind_of
 from gateway.pipeline.facts import request_facts
 from gateway.pipeline.geoip import CountryDatabase
@@ -54,7 +56,11 @@ class GatewayState:
     countries: CountryDatabase | None = None
     # Proxy functions, resolved and cached per process (the /fn hot path reads only this).
     functions: FunctionDirectory | None = None
-    # Each /fn call logged (and priced) behind the request (functions.ledger); built in the lifespan.
+    # The one outbound transport of every function's calls (SSRF-guarded, functions/egress.py),
+    # the runtime that serves /fn with it, and each /fn call logged (and priced) behind the
+    # request (functions.ledger); all built in the lifespan.
+    function_client: FunctionEgress | None = None
+    function_runtime: FunctionRuntime | None = None
     function_calls: InvocationLedger | None = None
     # The process's clocks, read through the state so a test can move time instead of waiting:
     # ``now`` is wall time (sessions, bt- token expiry, periods, webhooks), ``monotonic`` measures

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.models import Account, WebhookDelivery, WebhookEvent
 from billing.webhooks import MAX_ATTEMPTS, retry_delay, signature_header
+from functions.egress import is_public_address
 from keys.models import ApiKey
 from keys.restrictions import RestrictionError
 
@@ -46,9 +47,8 @@ _BATCH = 20
 
 
 def _private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global
+    # One classification for every outbound call the gateway makes (functions.egress).
+    return not is_public_address(address)
 
 
 def check_webhook_url(url: str, *, allow_private: bool) -> None:

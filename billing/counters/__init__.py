@@ -11,6 +11,7 @@ from billing.counters._base import (
     Enqueue,
     Hold,
     QueuedSettlement,
+    WindowHit,
     account_key,
     settlement_stream,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Hold",
     "QueuedSettlement",
     "RedisCounterStore",
+    "WindowHit",
     "account_key",
     "build_counter_store",
     "settlement_stream",

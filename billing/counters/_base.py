@@ -97,6 +97,15 @@ class ApplyResult(msgspec.Struct, frozen=True):
     cap: int | None = None
 
 
+class WindowHit(msgspec.Struct, frozen=True):
+    """Outcome of :meth:`CounterStore.hit_window`: whether the hit was counted, the window's count
+    after it (a refused hit leaves it unchanged) and how long the window has left."""
+
+    allowed: bool
+    count: int
+    ttl_ms: int
+
+
 class CounterStore(Protocol):
     """Atomic counters shared by every gateway process (Redis) or by one process (embedded)."""
 
@@ -133,6 +142,13 @@ class CounterStore(Protocol):
 
     async def adjust(self, adjustments: Sequence[Adjust]) -> None:
         """Apply unconditional deltas atomically in one round trip."""
+        ...
+
+    async def hit_window(self, key: str, limit: int, ttl_ms: int) -> WindowHit:
+        """Count one hit in the fixed window ``key`` unless ``limit`` hits are counted already,
+        atomically (a rate limit: check and count in one step, one round trip). The window is
+        made by its first hit and ends ``ttl_ms`` later; a refused hit counts nothing. The count
+        is the field ``hits`` of ``key``, so :meth:`get` reads it."""
         ...
 
     async def get(self, key: str, field: str) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from billing.counters._base import Adjust, ApplyResult, Check, Enqueue, Hold, QueuedSettlement
+from billing.counters._base import Adjust, ApplyResult, Check, Enqueue, Hold, QueuedSettlement, WindowHit
 
 
 class _Entry:
@@ -78,6 +78,23 @@ class EmbeddedCounterStore:
         if hold is not None:
             self._holds.setdefault(hold.key, {})[hold.field] = hold.value
         return ApplyResult(ok=True)
+
+    async def hit_window(self, key: str, limit: int, ttl_ms: int) -> WindowHit:
+        # No await between the read and the write: atomic on the event loop.
+        entry = self._live(key)
+        count = entry.fields.get("hits", 0) if entry is not None else 0
+        if count >= limit:
+            return WindowHit(allowed=False, count=count, ttl_ms=self._left_ms(entry))
+        entry = self._entry(key, ttl_ms)
+        if entry.expires_at is None:  # as Redis: a window without an expiry gets one
+            entry.expires_at = self._clock() + ttl_ms / 1000
+        entry.fields["hits"] = count + 1
+        return WindowHit(allowed=True, count=count + 1, ttl_ms=self._left_ms(entry))
+
+    def _left_ms(self, entry: _Entry | None) -> int:
+        if entry is None or entry.expires_at is None:
+            return 0
+        return max(0, round((entry.expires_at - self._clock()) * 1000))
 
     async def release(
         self,

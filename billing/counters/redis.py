@@ -25,6 +25,7 @@ from billing.counters._base import (
     Enqueue,
     Hold,
     QueuedSettlement,
+    WindowHit,
     settlement_stream,
 )
 
@@ -160,6 +161,22 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
+# KEYS[1] = the window; ARGV[1] = the limit, ARGV[2] = the window's length in ms (from its first
+# hit). A refused hit writes nothing. Returns {counted (0/1), count after, ms left}.
+_HIT_WINDOW = """
+local count = tonumber(redis.call('HGET', KEYS[1], 'hits') or '0')
+if count >= tonumber(ARGV[1]) then
+  return {0, count, redis.call('PTTL', KEYS[1])}
+end
+count = redis.call('HINCRBY', KEYS[1], 'hits', 1)
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {1, count, ttl}
+"""
+
 _GROUP = "writers"
 
 
@@ -230,6 +247,7 @@ class RedisCounterStore:
         self._set_if = client.register_script(_SET_IF)
         self._release = client.register_script(_RELEASE)
         self._update_hold = client.register_script(_UPDATE_HOLD)
+        self._hit_window = client.register_script(_HIT_WINDOW)
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 200, prefix: str = "tw:") -> RedisCounterStore:
@@ -305,6 +323,10 @@ class RedisCounterStore:
         for item in (*if_held, *always):
             args += [item.field, item.delta, item.ttl_ms]
         return bool(await self._call(lambda: self._scripts.run(self._release, keys, args)))
+
+    async def hit_window(self, key: str, limit: int, ttl_ms: int) -> WindowHit:
+        counted, count, ttl = await self._call(lambda: self._scripts.run(self._hit_window, [key], [limit, ttl_ms]))
+        return WindowHit(allowed=bool(counted), count=int(count), ttl_ms=max(int(ttl), 0))
 
     async def update_hold(self, holds_key: str, field: str, value: str) -> bool:
         return bool(await self._call(lambda: self._scripts.run(self._update_hold, [holds_key], [field, value])))

@@ -130,6 +130,50 @@ async def test_counter_store_ttl_set_on_creation_only(store: CounterStore, key: 
         await asyncio.sleep(0.05)
 
 
+async def test_counter_store_hit_window_counts_up_to_the_limit_and_refusals_count_nothing(
+    store: CounterStore, redis_prefix: str
+) -> None:
+    window = f"{redis_prefix}fn:abc:rl:1"
+    hits = [await store.hit_window(window, 3, 60_000) for _ in range(5)]
+    assert [(hit.allowed, hit.count) for hit in hits] == [(True, 1), (True, 2), (True, 3), (False, 3), (False, 3)]
+    assert all(0 < hit.ttl_ms <= 60_000 for hit in hits)
+    assert await store.get(window, "hits") == 3  # the refused hits left no trace
+    refused = await store.hit_window(f"{redis_prefix}fn:abc:rl:2", 0, 60_000)
+    assert (refused.allowed, refused.count) == (False, 0)
+
+
+async def test_counter_store_hit_window_is_atomic_under_concurrency(store: CounterStore, redis_prefix: str) -> None:
+    window = f"{redis_prefix}fn:abc:rl:1"
+    hits = await asyncio.gather(*(store.hit_window(window, 40, 60_000) for _ in range(150)))
+    assert sum(hit.allowed for hit in hits) == 40
+    assert sorted(hit.count for hit in hits if hit.allowed) == list(range(1, 41))
+    assert await store.get(window, "hits") == 40
+
+
+async def test_counter_store_hit_window_ends_after_its_ttl(store: CounterStore, redis_prefix: str) -> None:
+    window = f"{redis_prefix}fn:abc:rl:1"
+    if isinstance(store, EmbeddedCounterStore):
+        clock = FakeClock()
+        store = EmbeddedCounterStore(clock=clock)
+        assert (await store.hit_window(window, 1, 60_000)).allowed
+        clock.now += 30
+        refused = await store.hit_window(window, 1, 600_000)
+        assert (refused.allowed, refused.ttl_ms) == (False, 30_000)  # a later hit never extends it
+        clock.now += 31
+        assert (await store.hit_window(window, 1, 60_000)).allowed  # a new window
+        return
+    assert isinstance(store, RedisCounterStore)
+    assert (await store.hit_window(window, 1, 60_000)).allowed
+    assert not (await store.hit_window(window, 1, 600_000)).allowed
+    assert 0 < await store._client.pttl(window) <= 60_000
+    await store.delete(window)
+    assert (await store.hit_window(window, 1, 300)).allowed
+    deadline = time.monotonic() + 30
+    while not (await store.hit_window(window, 1, 300)).allowed:
+        assert time.monotonic() < deadline, "the window never ended"
+        await asyncio.sleep(0.05)
+
+
 async def test_counter_store_adjust_creates_and_adds(store: CounterStore, key: str) -> None:
     await store.adjust([Adjust(key, "held", 10), Adjust(key, "bal", -3), Adjust(key, "held", 5)])
     assert await store.get_all(key) == {"held": 15, "bal": -3}
@@ -162,6 +206,8 @@ async def test_counter_store_redis_down_fails_fast() -> None:
     started = time.monotonic()
     with pytest.raises(CounterStoreUnavailable):
         await store.apply([Check("k", "f", 1, limit=1)])
+    with pytest.raises(CounterStoreUnavailable):
+        await store.hit_window("k", 1, 1000)
     with pytest.raises(CounterStoreUnavailable):
         await store.ping()
     # Refused at once here; the bound only proves a dead Redis does not hang a request (its

@@ -212,6 +212,11 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("POST", "/api/functions/{function_id:str}/disable"): Seed(path={"function_id": "spare_function"}),
     ("POST", "/api/functions/{function_id:str}/regenerate-token"): Seed(path={"function_id": "spare_function"}),
     ("GET", "/api/functions/{function_id:str}/token"): Seed(path={"function_id": "spare_function"}),
+    # The server calls the function: one whose target is the fake upstream on 127.0.0.1.
+    ("POST", "/api/functions/{function_id:str}/test"): Seed(
+        json={"method": "POST", "path": "v1/models", "query": "a=1", "body": "{}", "content_type": "application/json"},
+        path={"function_id": "spare_local_function"},
+    ),
     ("DELETE", "/api/functions/{function_id:str}"): Seed(path={"function_id": "spare_function"}),
     # Projects, environments and variables (the delete seeds take spares of their own).
     ("GET", "/api/projects"): Seed(),
@@ -552,6 +557,11 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
         json={"name": "spare", "target_url": "https://api.example.com/x"},
         headers=key,
     ).json()
+    local_function = httpx.post(
+        gateway.url + f"/api/environments/{functions.env}/functions/",
+        json={"name": "local", "target_url": gateway.fake.url, "forward_path": True, "timeout_ms": 2000},  # type: ignore[attr-defined]
+        headers=key,
+    ).json()
     # Download Code's own function (the spare above is deleted by the last function seed).
     mapping = {
         "variable_id": functions.variable,
@@ -565,6 +575,7 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
         headers=key,
     ).json()
     return {
+        "spare_local_function": local_function["id"],
         "spare_key": spare_key,
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
