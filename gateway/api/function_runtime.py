@@ -19,15 +19,12 @@ aborted (the connection closed, never a clean end that would pass a truncated bo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, cast
 from urllib.parse import quote
 
-import msgspec
 from litestar import Controller, Request, asgi, post
 from litestar.params import FromPath, JSONBody, Parameter
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,11 +32,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from billing.bounds import NO_CONTROL
 from functions.config import ResolvedFunction
 from functions.directory import FunctionDirectory
-from functions.errors import FunctionNotFound, SecretsUnavailable
-from functions.models import HttpMethod
 from functions.runtime import Answer, Call, Forwarded, FunctionRuntime, error_answer
-from functions.service import copy_token, get_function
 from gateway.api.deps import Caller, Injected, requires
+from gateway.api.function_testing import FunctionTestRequest, FunctionTestResult, run_function_test
 from gateway.api.openapi import MEMBER_AUTH, errors
 from gateway.pipeline.metered import ClientGone, cancel_on_disconnect
 from gateway.request_id import request_id_of
@@ -56,7 +51,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("tollway.functions")
 PREFIX = b"/fn"
-MAX_SHOWN_BYTES = 64 * 1024  # the test endpoint shows at most this much of the answer's body
 WATCH_FROM_BYTES = 256 * 1024  # longer answers (and streams) are cut when their client disconnects
 _NO_ID = error_answer(404, "Proxy ID is required", [])
 _NOT_FOUND = error_answer(404, "Not found", [])
@@ -241,68 +235,6 @@ async def _answer(
 # -- the test endpoint -------------------------------------------------------------------------
 
 FunctionId = Annotated[str, Parameter(max_length=64, pattern=NO_CONTROL)]
-_MAX_TEST_BODY = 1024 * 1024
-_TEST_PATH = Annotated[str, msgspec.Meta(max_length=2000)]
-
-
-class FunctionTestRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A call for the server to make: ``method`` (the function's by default), ``path`` (the extra
-    path, for a function that forwards it), ``query`` (the client query string), ``body`` (sent
-    as ``content_type``) and ``token`` (the function's own when left out)."""
-
-    method: HttpMethod | None = None
-    path: _TEST_PATH = ""
-    query: _TEST_PATH = ""
-    body: Annotated[str, msgspec.Meta(max_length=_MAX_TEST_BODY)] | None = None
-    content_type: Annotated[str, msgspec.Meta(max_length=200, pattern=NO_CONTROL)] = "application/json"
-    token: Annotated[str, msgspec.Meta(max_length=200, pattern=NO_CONTROL)] | None = None
-
-
-class FunctionTestResult(msgspec.Struct):
-    """What the call got: status, time, the headers a browser would see, and the body as text
-    (pretty JSON when it is JSON), at most 64 KiB of it (``truncated``)."""
-
-    status: int
-    duration_ms: int
-    headers: dict[str, str]
-    body: str
-    truncated: bool
-
-
-def _shown_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    shown: dict[str, str] = {}
-    for name, value in headers:
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-        shown[key] = f"{shown[key]}, {text}" if key in shown else text
-    return shown
-
-
-def _shown_body(raw: bytes, content_type: str) -> str:
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json" or media.endswith("+json"):
-        try:
-            return msgspec.json.format(raw, indent=2).decode("utf-8", "replace")
-        except msgspec.DecodeError:
-            pass
-    return raw.decode("utf-8", "replace")
-
-
-async def _read_shown(forwarded: Forwarded, deadline_s: float) -> tuple[bytes, bool]:
-    """Up to :data:`MAX_SHOWN_BYTES` of the decoded body, within ``deadline_s`` (an endless
-    stream is shown as far as it got)."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(deadline_s):
-            async for chunk in forwarded.decoded():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_SHOWN_BYTES:
-                    break
-    except TimeoutError:
-        return b"".join(chunks), True
-    raw = b"".join(chunks)
-    return raw[:MAX_SHOWN_BYTES], size > MAX_SHOWN_BYTES
 
 
 class FunctionTestController(Controller):
@@ -329,45 +261,4 @@ class FunctionTestController(Controller):
         check of a real call (token, method, rate limit, SSRF guard, timeout, size); the call
         counts as an invocation. Its refusals are results (``status`` 401, 429, 502…), not
         errors of this endpoint."""
-        runtime, directory = gateway.function_runtime, gateway.functions
-        if runtime is None or directory is None:
-            raise SecretsUnavailable("proxy functions are not available in this process")
-        function = await directory.get(function_id)
-        if function is None or function.account_id != caller.account_id:
-            raise FunctionNotFound("no such function")
-        token = data.token
-        if token is None:
-            async with gateway.sessionmaker() as session:
-                row = await get_function(session, caller.account_id, function.id)
-            token = copy_token(row, directory.keyring)
-        body = b"" if data.body is None else data.body.encode()
-        call = Call(
-            method=(data.method or function.method).value,
-            origin=None,
-            token=token,
-            extra_path=quote(data.path.lstrip("/"), safe="/%!$&'()*+,;=:@-._~").encode(),
-            query=data.query.lstrip("?").encode(),
-            content_type=data.content_type if data.body is not None else None,
-            request_id=request_id_of(request.scope),
-            check_origin=False,
-        )
-        started = time.perf_counter()
-        outcome = runtime.check(function, call, len(body)) or await runtime.forward(
-            function, call, body, gateway.function_calls
-        )
-        if isinstance(outcome, Answer):
-            raw, truncated, headers, status = outcome.body, False, outcome.headers, outcome.status
-        else:
-            try:
-                raw, truncated = await _read_shown(outcome, function.timeout_s)
-            finally:
-                await outcome.close()
-            headers, status = outcome.headers, outcome.status
-        shown = _shown_headers(headers)
-        return FunctionTestResult(
-            status=status,
-            duration_ms=int((time.perf_counter() - started) * 1000),
-            headers=shown,
-            body=_shown_body(raw, shown.get("content-type", "")),
-            truncated=truncated,
-        )
+        return await run_function_test(gateway, caller, function_id, data, request_id_of(request.scope))

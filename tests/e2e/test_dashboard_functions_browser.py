@@ -3,11 +3,13 @@ real app (SQLite + embedded counters; tests/integration/test_dashboard_function_
 same pages on both backends without a browser).
 
 The tests run in file order and build on each other: the owner creates a project, adds a secret
-variable, creates a proxy function from the Brevo template, copies its URL and token from the
-page, downloads its code, disables it, regenerates its token; a viewer sees no management
-button and the server refuses the forced requests; axe-core checks every new page in both
-themes; the main pages are photographed at desktop and phone width into ``$TOLLWAY_SCREENSHOTS``;
-last, the function is deleted through its confirmation dialog.
+variable, creates a proxy function from the Brevo template pointed at the fake third-party API
+(tests/fakes/third_party.py, which records what it receives), copies its URL and token from the
+page, tests it from the Test drawer, downloads its code, disables it (``/fn`` refuses it),
+regenerates its token (the old one is refused, the new one works); a viewer sees no management
+button and the server refuses the forced requests; axe-core checks every new page (and the
+drawer with a result) in both themes; the main pages are photographed at desktop and phone
+width into ``$TOLLWAY_SCREENSHOTS``; last, the function is deleted through its confirmation dialog.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from tests.e2e.test_dashboard_browser import AXE, CHROMIUM, DESKTOP, PHONE, Dash
 from tests.fakes.gateway_fixtures import ADMIN_TOKEN, Backend, gateway_settings, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.servers import ThreadedServer
+from tests.fakes.third_party import ThirdParty, start_third_party
 
 pytestmark = pytest.mark.slow
 
 OWNER = ("owner@shop.test", "correct horse battery staple")
 VIEWER = ("viewer@shop.test", "a viewer's long passphrase")
 SECRET = "xkeysib-0123456789abcdef"
-TARGET = "https://127.0.0.1:9/v3/smtp/email"  # allowed by the test settings; never called here
+TARGET_PATH = "/v3/smtp/email"  # on the fake third-party API, which the test settings allow
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     fake = FakeOpenAI()
     upstream = ThreadedServer(fake).start()
     fake.url = upstream.url  # type: ignore[attr-defined]
+    third_party, third_party_server = start_third_party()
     directory = tmp_path_factory.mktemp("dashboard-fn")
     backend = Backend("sqlite", f"sqlite+aiosqlite:///{directory}/tollway.db", "", "dashfn:")
     settings = gateway_settings(backend, fake, session_cookie_secure=False)
@@ -55,12 +59,14 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
                 args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
             )
             try:
-                yield Dashboard(gateway, browser)
+                yield Dashboard(gateway, browser, shared={"third_party": third_party})
             finally:
                 browser.close()
     finally:
         server.stop()
         upstream.stop()
+        third_party.release_stream()
+        third_party_server.stop()
 
 
 def _member(dashboard: Dashboard, email: str, password: str, role: str) -> None:
@@ -106,7 +112,7 @@ def test_dashboard_functions_create_from_a_template(dashboard: Dashboard) -> Non
     page.wait_for_function("document.querySelectorAll('#template-cards li').length === 1")
     page.get_by_role("link", name=re.compile("^Brevo")).click()
     assert page.get_by_label("Target URL").input_value() == "https://api.brevo.com/v3/smtp/email"
-    page.get_by_label("Target URL").fill(TARGET)
+    page.get_by_label("Target URL").fill(dashboard.shared["third_party"].url + TARGET_PATH)
     page.get_by_label("Variable").first.select_option(label="BREVO_API_KEY")
     # A body template with a mistake: the page says so while typing.
     page.get_by_label("Pass the caller's body through as it is").uncheck()
@@ -148,6 +154,72 @@ def test_dashboard_functions_copy_url_and_token(dashboard: Dashboard) -> None:
     dashboard.shared["token"] = token
 
 
+def _fn_call(dashboard: Dashboard, token: str) -> httpx.Response:
+    """A direct call of the function, as a site's page would make it (the origins list has ``*``)."""
+    return httpx.post(
+        dashboard.url(f"/fn/{dashboard.shared['function']}"),
+        json={"to": [{"email": "direct@example.com"}]},
+        headers={"x-proxy-token": token},
+    )
+
+
+def _send_test(page: Any, body: str) -> Any:
+    """Open the Test drawer of Brevo, send ``body``, wait for the answer; the open dialog."""
+    page.get_by_role("link", name="Test Brevo").click()
+    drawer = page.locator("dialog#modal[open]")
+    drawer.get_by_role("heading", name="Test Proxy").wait_for()
+    drawer.get_by_label("Request body (JSON)").fill(body)
+    drawer.get_by_role("button", name="Send Test Request").click()
+    drawer.locator("#test-status").wait_for()
+    return drawer
+
+
+def test_dashboard_functions_test_drawer_calls_the_third_party(dashboard: Dashboard) -> None:
+    page = dashboard.owner
+    fake: ThirdParty = dashboard.shared["third_party"]
+    function_id = dashboard.shared["function"]
+    page.get_by_role("link", name="Test Brevo").click()
+    drawer = page.locator("dialog#modal[open]")
+    drawer.get_by_role("heading", name="Test Proxy").wait_for()
+    assert "drawer" in (drawer.get_attribute("class") or "")
+    box = drawer.bounding_box()
+    viewport = page.viewport_size
+    assert box and viewport and abs(box["x"] + box["width"] - viewport["width"]) <= 1  # held to the right edge
+    assert drawer.locator("#test-url").inner_text() == f"{dashboard.gateway.url}/fn/{function_id}"
+    assert "POST" in drawer.inner_text() and "x-proxy-token: ••••••••" in drawer.inner_text()
+    assert dashboard.shared["token"] not in page.content() and SECRET not in page.content()
+
+    # Not JSON: the drawer says so and sends nothing.
+    body = drawer.get_by_label("Request body (JSON)")
+    body.fill('{"to": ')
+    drawer.get_by_role("button", name="Send Test Request").click()
+    drawer.get_by_text("Invalid JSON in request body").wait_for()
+    assert body.get_attribute("aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "test-body"
+    assert fake.received == [] and drawer.locator("#test-status").count() == 0
+
+    body.fill('{"to": [{"email": "ada@example.com"}], "subject": "Hello"}')
+    assert drawer.get_by_text("Invalid JSON in request body").is_hidden()
+    drawer.get_by_role("button", name="Send Test Request").click()
+    drawer.locator("#test-status").wait_for()
+    assert drawer.locator("#test-status").inner_text() == "200 OK"
+    assert re.fullmatch(r"\d+ ms", drawer.locator("#test-duration").inner_text())
+    assert "application/json" in drawer.locator("#test-headers").inner_text()
+    shown = drawer.locator("#test-response").inner_text()
+    assert shown == '{\n  "ok": true,\n  "path": "/v3/smtp/email"\n}'  # the fake's answer, pretty
+    # What the fake received: the body as typed, and the secret the function injected.
+    assert len(fake.received) == 1
+    assert fake.last.method == "POST" and fake.last.path == TARGET_PATH
+    assert fake.last.json == {"to": [{"email": "ada@example.com"}], "subject": "Hello"}
+    assert fake.last.headers["api-key"] == SECRET
+    assert SECRET not in page.content() and dashboard.shared["token"] not in page.content()
+
+    # Escape closes it; focus goes back to the Test button of the row.
+    page.keyboard.press("Escape")
+    page.locator("dialog#modal[open]").wait_for(state="detached")
+    assert page.evaluate("document.activeElement.textContent") == "Test Brevo"
+
+
 def test_dashboard_functions_download_code(dashboard: Dashboard) -> None:
     page = dashboard.owner
     _open_menu(page, "Brevo").get_by_role("menuitem", name="Download Code").click()
@@ -169,6 +241,8 @@ def test_dashboard_functions_disable_and_regenerate_the_token(dashboard: Dashboa
     _open_menu(page, "Brevo").get_by_role("menuitem", name="Disable").click()
     page.locator("tr[data-function-id]", has_text="Disabled").wait_for()
     page.locator("#flash", has_text="rejects all incoming requests").wait_for()
+    refused = _fn_call(dashboard, dashboard.shared["token"])
+    assert refused.status_code == 404 and refused.json() == {"error": "Not found"}
 
     _open_menu(page, "Brevo").get_by_role("menuitem", name="Regenerate Token").click()
     dialog = page.locator("dialog#modal")
@@ -179,7 +253,7 @@ def test_dashboard_functions_disable_and_regenerate_the_token(dashboard: Dashboa
     new_token = dialog.locator("#function-token").input_value()
     assert re.fullmatch(r"[0-9a-f]{64}", new_token) and new_token != dashboard.shared["token"]
     dialog.get_by_role("button", name="Done").click()
-    dashboard.shared["token"] = new_token
+    old_token, dashboard.shared["token"] = dashboard.shared["token"], new_token
 
     # Edit: the form is pre-filled, with the code preview; enable it again from the menu.
     _open_menu(page, "Brevo").get_by_role("menuitem", name="Edit").click()
@@ -191,6 +265,16 @@ def test_dashboard_functions_disable_and_regenerate_the_token(dashboard: Dashboa
     _open_menu(page, "Brevo").get_by_role("menuitem", name="Enable").click()
     page.locator("tr[data-function-id]", has_text="Order confirmations").locator(".status.ok").wait_for()
 
+    # Active again: the token from before Regenerate is refused, the new one goes through.
+    fake: ThirdParty = dashboard.shared["third_party"]
+    received = len(fake.received)
+    old = _fn_call(dashboard, old_token)
+    assert old.status_code == 401 and "error" in old.json()
+    assert len(fake.received) == received
+    works = _fn_call(dashboard, new_token)
+    assert works.status_code == 200 and works.json() == {"ok": True, "path": TARGET_PATH}
+    assert fake.last.headers["api-key"] == SECRET and fake.last.json == {"to": [{"email": "direct@example.com"}]}
+
 
 def test_dashboard_functions_viewer_sees_no_management_and_is_refused(dashboard: Dashboard) -> None:
     _member(dashboard, *VIEWER, "viewer")
@@ -201,6 +285,7 @@ def test_dashboard_functions_viewer_sees_no_management_and_is_refused(dashboard:
         assert viewer.get_by_role("link", name=label, exact=True).count() == 0, label
     menu = _open_menu(viewer, "Brevo")
     assert menu.get_by_role("menuitem").all_inner_texts() == ["Copy Token", "Download Code"]
+    assert viewer.get_by_role("link", name="Test Brevo").is_visible()  # testing is for every role
     assert viewer.get_by_role("link", name="Audit log").count() == 0
 
     function_id = dashboard.shared["function"]
@@ -258,6 +343,9 @@ def test_dashboard_functions_pages_have_no_serious_accessibility_violations(dash
         page.locator("dialog#modal[open]").wait_for()
         found[f"project ({item} dialog)"] = _serious(page)
         page.keyboard.press("Escape")
+    _send_test(page, '{"subject": "axe"}')
+    found["project (Test drawer with a result)"] = _serious(page)
+    page.keyboard.press("Escape")
     page.emulate_media(color_scheme="light")
     assert {name: v for name, v in found.items() if v} == {}
 
@@ -282,7 +370,11 @@ def test_dashboard_functions_screenshots(dashboard: Dashboard) -> None:
     page.screenshot(path=str(target / "fn-project-menu-desktop-dark.png"))
     page.keyboard.press("Escape")
     page.emulate_media(color_scheme="light")
-    assert len(list(target.glob("fn-*.png"))) >= 13
+    _send_test(page, '{\n  "to": [{"email": "ada@example.com"}],\n  "subject": "Order #1042 confirmed"\n}')
+    page.locator("#test-response").scroll_into_view_if_needed()  # the answer's body in the picture
+    page.screenshot(path=str(target / "fn-test-drawer-desktop.png"))
+    page.keyboard.press("Escape")
+    assert len(list(target.glob("fn-*.png"))) >= 14
 
 
 def test_dashboard_functions_delete_with_confirmation(dashboard: Dashboard) -> None:

@@ -1,20 +1,27 @@
 """The proxy-function pages of the dashboard over real HTTP, without a browser, on both backends:
 projects, environments (never the last), variables (masked, reveal audited), functions (create
 from a template, edit, toggle, copy and regenerate the token, download code, delete), the audit
-log; the role checks the server makes whatever a page shows; the form errors of the services
-shown next to their fields."""
+log; the Test drawer (every role, against the fake third-party API); the role checks the server
+makes whatever a page shows; the form errors of the services shown next to their fields."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.fakes.gateway_fixtures import ADMIN_TOKEN, Gateway
+from tests.fakes.third_party import ThirdParty, running_third_party
 from tests.integration.test_dashboard_pages import PASSWORD, Visitor, add_member
 
 TARGET = "https://127.0.0.1:9/v3/smtp/email"
+
+
+@pytest.fixture
+def third_party() -> Iterator[ThirdParty]:
+    yield from running_third_party()
 
 
 def _project(owner: Visitor, name: str = "Shop") -> tuple[int, list[int]]:
@@ -235,3 +242,68 @@ def test_dashboard_functions_another_accounts_ids_are_not_found(gateway: Gateway
     ):
         assert stranger.post(path, {}).status_code == 404, path
     assert owner.get(f"/projects/{project_id}").status_code == 200
+
+
+def _stranger(gateway: Gateway) -> Visitor:
+    """The owner of another account, signed in."""
+    made = httpx.post(
+        gateway.url + "/api/admin/accounts/", json={"name": "other"}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert made.status_code == 201, made.text
+    added = httpx.post(
+        gateway.url + f"/api/admin/accounts/{made.json()['id']}/members/",
+        json={"email": "stranger@other.test", "password": PASSWORD, "role": "owner"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert added.status_code == 201, added.text
+    stranger = Visitor(gateway)
+    assert stranger.sign_in("stranger@other.test").status_code == 303
+    return stranger
+
+
+def test_dashboard_functions_test_drawer_works_for_a_viewer_and_not_across_accounts(
+    gateway: Gateway, third_party: ThirdParty
+) -> None:
+    owner = add_member(gateway, "owner@acme.test", "owner")
+    project_id, environments = _project(owner)
+    development = environments[0]
+    variable_id = _variable(owner, development, value="xkeysib-injected")
+    form = _function_form(variable_id, target_url=f"{third_party.url}/json", allowed_origins="https://shop.test")
+    assert owner.post(f"/environments/{development}/functions", form).status_code == 303
+    function_id = _function_id(owner, project_id, development, "mail")
+    token = re.search(r'value="([0-9a-f]{64})"', owner.get(f"/functions/{function_id}/token").text)
+    assert token
+
+    viewer = add_member(gateway, "viewer@acme.test", "viewer")
+    listing = viewer.get(f"/projects/{project_id}?env={development}").text
+    assert f'href="/functions/{function_id}/test"' in listing  # the quick action, for every role
+    drawer = viewer.get(f"/functions/{function_id}/test")
+    assert drawer.status_code == 200 and "Test Proxy" in drawer.text and "Send Test Request" in drawer.text
+    assert f"/fn/{function_id}" in drawer.text and "x-proxy-token: ••••••••" in drawer.text
+    assert token.group(1) not in drawer.text and "xkeysib-injected" not in drawer.text
+
+    # Not JSON: said next to the box, and nothing is sent.
+    bad = viewer.post(f"/functions/{function_id}/test", {"body": '{"to": '})
+    assert bad.status_code == 422 and "Invalid JSON in request body" in bad.text
+    assert third_party.received == []
+
+    # Without scripts: the whole drawer again, with the answer (the origin list does not matter).
+    sent = viewer.post(f"/functions/{function_id}/test", {"body": '{"to": "ada@example.com"}'})
+    assert sent.status_code == 200, sent.text[:500]
+    assert "200 OK" in sent.text and " ms<" in sent.text and "Send Test Request" in sent.text
+    assert "&#34;ok&#34;: true" in sent.text or "&quot;ok&quot;: true" in sent.text  # pretty JSON, escaped
+    assert third_party.last.method == "POST" and third_party.last.json == {"to": "ada@example.com"}
+    assert third_party.last.headers["api-key"] == "xkeysib-injected"
+    assert "xkeysib-injected" not in sent.text and token.group(1) not in sent.text
+    # htmx: only the result, for #test-result.
+    partial = viewer.post(f"/functions/{function_id}/test", {"body": ""}, headers={"HX-Request": "true"})
+    assert partial.status_code == 200 and 'id="test-status"' in partial.text
+    assert "Send Test Request" not in partial.text and "<html" not in partial.text
+    assert len(third_party.received) == 2
+
+    # Another account's function is not found, whatever the role there; CSRF is still checked.
+    stranger = _stranger(gateway)
+    assert stranger.get(f"/functions/{function_id}/test").status_code == 404
+    assert stranger.post(f"/functions/{function_id}/test", {"body": "{}"}).status_code == 404
+    assert viewer.post(f"/functions/{function_id}/test", {"body": "{}"}, csrf=False).status_code == 403
+    assert len(third_party.received) == 2

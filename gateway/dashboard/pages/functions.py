@@ -1,10 +1,13 @@
 """Proxy functions: the template picker and the create / edit form, and the row actions of the
-list (enable / disable, copy token, download code, regenerate token, delete). Writes go through
-:mod:`gateway.api.function_actions`, the functions ``/api/functions`` calls, which check the role
-whatever the page showed; copying the token and downloading code are for every role."""
+list (test, enable / disable, copy token, download code, regenerate token, delete). Writes go
+through :mod:`gateway.api.function_actions`, the functions ``/api/functions`` calls, which check
+the role whatever the page showed; testing (:mod:`gateway.api.function_testing`, what
+``POST /api/functions/{id}/test/`` calls), copying the token and downloading code are for every
+role."""
 
 from __future__ import annotations
 
+import http
 from typing import Annotated, Any
 
 import msgspec
@@ -30,6 +33,7 @@ from gateway.api.function_actions import (
     toggle_proxy_function,
     update_proxy_function,
 )
+from gateway.api.function_testing import FunctionTestRequest, FunctionTestResult, run_function_test
 from gateway.dashboard.pages._common import FORM_ERRORS, dialog, done, go, origin, user_error
 from gateway.dashboard.pages.function_form import (
     INJECT_AS,
@@ -41,6 +45,7 @@ from gateway.dashboard.pages.function_form import (
 )
 from gateway.dashboard.render import field_errors, is_htmx, page
 from gateway.dashboard.session import Viewer, read_form
+from gateway.request_id import request_id_of
 from gateway.state import GatewayState
 from gateway.validation import PathId, QueryText
 from keys.roles import Permission, require
@@ -51,6 +56,8 @@ FunctionId = Annotated[str, Parameter(max_length=64, pattern=NO_CONTROL)]
 PlatformName = Annotated[str | None, Parameter(max_length=32, pattern=NO_CONTROL)]
 CUSTOM = "custom"  # ?template=custom: the blank form ("Skip / Custom")
 TOKEN_HEADER = "x-proxy-token"
+INVALID_JSON = "Invalid JSON in request body"
+EXAMPLE_BODY = '{\n  "key": "value"\n}'
 
 
 def _list_url(row: ProxyFunction) -> str:
@@ -398,3 +405,77 @@ class FunctionPages(Controller):
             chosen=chosen,
             list_url=_list_url(row),
         )
+
+    def _test_drawer(
+        self,
+        request: Request[Any, Any, Any],
+        viewer: Viewer,
+        row: ProxyFunction,
+        *,
+        body: str,
+        result: FunctionTestResult | None = None,
+        error: str | None = None,
+        status_code: int = 200,
+    ) -> Template:
+        """The Test drawer; for htmx after a send, only its result (swapped into ``#test-result``)."""
+        sent = request.method == "POST"
+        return dialog(
+            request,
+            viewer,
+            "fragments/function_test_result.html" if sent and is_htmx(request) else "fragments/function_test.html",
+            title="Test Proxy",
+            status_code=status_code,
+            row=row,
+            proxy_url=f"{origin(request)}/fn/{row.id}",
+            header=TOKEN_HEADER,
+            body=body,
+            result=result,
+            status_text=_status_text(result.status) if result else "",
+            error=error,
+            list_url=_list_url(row),
+        )
+
+    @get("/{function_id:str}/test")
+    async def test_form(
+        self,
+        request: Request[Any, Any, Any],
+        gateway: Injected[GatewayState],
+        viewer: Injected[Viewer],
+        function_id: FromPath[FunctionId],
+    ) -> Template:
+        """Test: every role of the account may (envmanager.md §5); the token stays on the server."""
+        row = await self._row(gateway, viewer, function_id)
+        return self._test_drawer(request, viewer, row, body=EXAMPLE_BODY)
+
+    @post("/{function_id:str}/test", status_code=200)
+    async def test(
+        self,
+        request: Request[Any, Any, Any],
+        gateway: Injected[GatewayState],
+        viewer: Injected[Viewer],
+        function_id: FromPath[FunctionId],
+    ) -> Template:
+        """Send Test Request: the server calls the function as ``POST /api/functions/{id}/test/``
+        does (its own token, no origin check); a body that is not JSON is sent nowhere."""
+        form = await read_form(request, viewer)
+        row = await self._row(gateway, viewer, function_id)  # another account's function: 404
+        text = form.get("body")
+        body = text if isinstance(text, str) and row.method != "GET" else ""
+        if body.strip():
+            try:
+                msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                return self._test_drawer(request, viewer, row, body=body, error=INVALID_JSON, status_code=422)
+        try:  # decoded, never built: the API's bounds apply (a body of at most 1 MiB)
+            data = msgspec.convert({"body": body if body.strip() else None}, FunctionTestRequest)
+        except msgspec.ValidationError as problem:
+            return self._test_drawer(request, viewer, row, body="", error=str(problem), status_code=422)
+        result = await run_function_test(gateway, viewer.caller, row.id, data, request_id_of(request.scope))
+        return self._test_drawer(request, viewer, row, body=body, result=result)
+
+
+def _status_text(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""

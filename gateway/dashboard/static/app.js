@@ -34,6 +34,8 @@
   function openModal() {
     var dialog = modal();
     if (!dialog) return;
+    // Content that says it is a drawer (the Test panel) opens at the right edge.
+    dialog.classList.toggle("drawer", !!dialog.querySelector("[data-drawer]"));
     if (!dialog.open) {
       opener = document.activeElement;
       dialog.showModal();
@@ -276,6 +278,22 @@
     var xhr = event.detail.xhr;
     if (xhr && xhr.getResponseHeader("HX-Reswap") === "none") return;
     if (event.detail.target && event.detail.target.id === "modal-body") openModal();
+  });
+  // A form marked data-json-guard sends nothing while one of its JSON boxes is invalid.
+  document.body.addEventListener("htmx:beforeRequest", function (event) {
+    var form = event.detail.elt;
+    if (!form || !form.matches || !form.matches("form[data-json-guard]")) return;
+    var bad = null;
+    form.querySelectorAll("textarea[data-json]").forEach(function (area) {
+      if (bad || !area.value.trim()) return;
+      try { JSON.parse(area.value); } catch (e) { bad = area; }
+    });
+    if (!bad) return;
+    event.preventDefault();
+    var message = bad.parentElement.querySelector("[data-json-error]");
+    if (message) message.hidden = false;
+    bad.setAttribute("aria-invalid", "true");
+    bad.focus();
   });
   document.body.addEventListener("htmx:load", function (event) { enhance(event.target); });
   document.body.addEventListener("close-modal", closeModal);
