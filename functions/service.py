@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,11 +26,12 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from functions.crypto import KeyRing, SecretKeyError, token_context
+from functions.crypto import KeyRing, SecretKeyError
 from functions.directory import canonical_function_id, token_of
 from functions.errors import EnvironmentNotFound, FunctionExists, FunctionNotFound, InvalidFunction, SecretsUnavailable
 from functions.function_views import audit_view, utc
 from functions.models import Environment, HttpMethod, InjectAs, ProxyFunction, Variable
+from functions.sealing import new_token
 from functions.templates import FunctionTemplate, get_template
 from functions.validation import (
     FunctionCreate,
@@ -243,12 +242,11 @@ def _validated(fields: dict[str, Any], rules: FunctionRules) -> dict[str, Any]:
 
 
 def _new_token(keyring: KeyRing | None, account_id: int, function_id: str) -> tuple[str, str, str]:
-    """(token, sealed, sha256 hex)."""
+    """(token, sealed, sha256 hex), minted by :func:`functions.sealing.new_token` (as clones are);
+    without a ring the 503 says it is the function's token that cannot be sealed."""
     if keyring is None:
         raise SecretsUnavailable(NO_KEY_RING)
-    token = secrets.token_hex(32)
-    sealed = keyring.seal(token, context=token_context(account_id, function_id))
-    return token, sealed, hashlib.sha256(token.encode("ascii")).hexdigest()
+    return new_token(keyring, account_id, function_id)
 
 
 async def _commit_unique(session: AsyncSession) -> None:
