@@ -134,6 +134,34 @@ def _unit_price(served: CatalogModel) -> int:
     return price.worst_case_micro(1_000_000, 1_000_000)
 
 
+@dataclass(slots=True)
+class CallDeadline:
+    """One routed call's overall deadline, shared by all its attempts (retries and fallbacks).
+
+    It is the first deployment's ``deadline_s``, counted from the first attempt. Each attempt ends
+    at its own provider's deadline or at this one, whichever comes first, so retrying never makes
+    a call last longer than a single attempt was allowed to; a retry that would start with no
+    time left (or whose backoff would use up the rest) is not made, the last error stands.
+    ``at`` is on ``clock``'s scale, the one the pipeline's deadlines use (time.monotonic, as the
+    event loop's timers do)."""
+
+    at: float
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def starting(cls, deadline_s: float, clock: Callable[[], float] = time.monotonic) -> CallDeadline:
+        return cls(clock() + deadline_s, clock)
+
+    def attempt_window(self, deadline_s: float) -> tuple[float, float]:
+        """``(started, ends_at)`` for an attempt starting now under its provider's ``deadline_s``."""
+        started = self.clock()
+        return started, min(started + deadline_s, self.at)
+
+    def allows_retry_after(self, wait_s: float) -> bool:
+        """Whether an attempt waiting ``wait_s`` first would still start before the deadline."""
+        return self.clock() + wait_s < self.at
+
+
 def attempts(plan: Sequence[CatalogModel], limit: int) -> list[CatalogModel]:
     """``limit`` attempts over the plan in order, cycling when it is shorter (a lone deployment is retried)."""
     return list(itertools.islice(itertools.cycle(plan), limit))

@@ -34,7 +34,7 @@ from billing.money import format_credits, micro_to_usd
 from billing.webhooks import enqueue, rate_limit_event, spending_limit_event
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable
-from gateway.routing import ProviderPreferences, attempts, backoff_s
+from gateway.routing import CallDeadline, ProviderPreferences, attempts, backoff_s
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate, authorize_models
 from keys.errors import KeyError_
@@ -348,16 +348,19 @@ class MeteredCall:
         self._handed_over = True
 
     async def dispatch(self, call: Callable[[ProviderHandle, CatalogModel, float], Awaitable[R]]) -> R:
-        """Try the plan's deployments, retrying retryable failures with backoff, each attempt under
-        its provider's deadline. ``call(adapter, served, deadline_at)``. A stream is only retried
-        while opening, never once a byte of it could have reached the client."""
+        """Try the plan's deployments, retrying retryable failures with backoff, every attempt
+        under its provider's deadline and all of them under the call's one deadline
+        (gateway.routing.CallDeadline: retries never extend a call). ``call(adapter, served,
+        deadline_at)``. A stream is only retried while opening, never once a byte of it could
+        have reached the client."""
         state = self.state
         tries = attempts(self.admitted.plan, state.settings.retry_attempts)
+        deadline = CallDeadline.starting(state.deadline_s(tries[0].provider))
         for number, served in enumerate(tries, 1):
             self.served = served
             adapter = state.adapters[served.provider]
-            started = time.monotonic()
-            deadline_at = started + state.deadline_s(served.provider)
+            started, deadline_at = deadline.attempt_window(state.deadline_s(served.provider))
+            spent = False  # this attempt ran into the call's own deadline: nothing is left to retry in
             try:
                 try:
                     # asyncio's timeout, not anyio's scope: a third of the cost, and it composes
@@ -365,6 +368,7 @@ class MeteredCall:
                     async with asyncio.timeout(deadline_at - started):
                         outcome = await call(adapter, served, deadline_at)
                 except TimeoutError as error:
+                    spent = deadline_at >= deadline.at
                     raise UpstreamTimeout(
                         f"upstream {served.provider} did not answer within its deadline", provider=served.provider
                     ) from error
@@ -372,7 +376,10 @@ class MeteredCall:
                 if not error.retryable or number == len(tries):
                     raise
                 state.router.failed(served)
-                await anyio.sleep(backoff_s(number, state.settings.retry_backoff_s))
+                wait_s = backoff_s(number, state.settings.retry_backoff_s)
+                if spent or not deadline.allows_retry_after(wait_s):
+                    raise  # the retry would start at or past the call's deadline
+                await anyio.sleep(wait_s)
                 continue
             state.router.succeeded(served, time.monotonic() - started)
             return outcome
