@@ -274,6 +274,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             loggers={"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
             log_exceptions="never",
         ),
+        # Every route's ceiling (413 past it, in the OpenAI error shape); /api, chat and /fn
+        # keep smaller caps of their own under it.
+        request_max_body_size=settings.max_request_body_bytes,
         debug=False,
     )
 

@@ -139,7 +139,9 @@ def build_catalog(settings: Settings, overrides: Mapping[str, UsdPrices] | None 
     return catalog
 
 
-def provider_config(name: str, provider: ProviderSettings, env: Mapping[str, str]) -> ProviderConfig:
+def provider_config(
+    name: str, provider: ProviderSettings, env: Mapping[str, str], *, egress_proxy: str = ""
+) -> ProviderConfig:
     """What the registry builds ``name``'s adapter from: the settings with defaults and key resolved."""
     return ProviderConfig(
         name=name,
@@ -151,15 +153,18 @@ def provider_config(name: str, provider: ProviderSettings, env: Mapping[str, str
         connect_timeout_s=provider.connect_timeout_s,
         read_timeout_s=provider.read_timeout_s,
         max_connections=provider.max_connections,
+        proxy=egress_proxy,
     )
 
 
-def build_adapter(name: str, provider: ProviderSettings, env: Mapping[str, str]) -> ProviderHandle:
+def build_adapter(
+    name: str, provider: ProviderSettings, env: Mapping[str, str], *, egress_proxy: str = ""
+) -> ProviderHandle:
     try:
         kind = provider_kind(provider.kind)
     except UnknownProviderKind as error:
         raise SettingsError(f"providers.{name}: {error}") from error
-    return kind.build(provider_config(name, provider, env))
+    return kind.build(provider_config(name, provider, env, egress_proxy=egress_proxy))
 
 
 def build_adapters(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, ProviderHandle]:
@@ -169,5 +174,5 @@ def build_adapters(settings: Settings, env: Mapping[str, str] | None = None) -> 
     if settings.demo_provider:
         adapters[DEMO_PROVIDER] = provider_kind("demo").build(ProviderConfig(name=DEMO_PROVIDER, kind="demo"))
     for name, provider in settings.providers.items():
-        adapters[name] = build_adapter(name, provider, env)
+        adapters[name] = build_adapter(name, provider, env, egress_proxy=settings.egress_proxy)
     return adapters

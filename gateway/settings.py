@@ -156,6 +156,16 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Credits charged per invocation, as a decimal string ("0" = free): reserved and settled like
     # any metered call when set.
     function_invocation_credits: str = "0"
+    # --- ops (issue 14): hard-coded limits made settings -------------------------------------
+    # The largest request body any route accepts (Litestar's request_max_body_size; a larger one
+    # is a 413 in the OpenAI error shape). /api (api_max_body_bytes), chat (max_chat_body_bytes)
+    # and /fn (function_max_body_bytes) keep their own, smaller caps under this one.
+    max_request_body_bytes: PositiveInt = 10_000_000  # Litestar's own default, as before it was a setting
+    # An HTTP(S) proxy for every upstream provider call ("" = connect directly), e.g.
+    # http://user:password@proxy.internal:3128. Only this setting routes provider traffic through
+    # a proxy: HTTP(S)_PROXY in the environment is still ignored. Proxy functions (/fn) never use
+    # it (see docs/operations.md). Its password is masked wherever settings are printed.
+    egress_proxy: str = ""
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -276,6 +286,7 @@ def validate_settings(settings: Settings) -> None:
         except ValueError as error:
             raise SettingsError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR") from error
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
+    _check_egress_proxy(settings.egress_proxy)
     _decimal(settings.function_invocation_credits, "function_invocation_credits")
     try:
         credits_to_micro(settings.function_invocation_credits)
@@ -327,6 +338,21 @@ def validate_settings(settings: Settings) -> None:
                 raise SettingsError(f"{where}.provider names unknown provider {deployment.provider!r}")
 
 
+def _check_egress_proxy(url: str) -> None:
+    if not url:
+        return
+    parts = urlsplit(url)
+    # The URL itself is never echoed: it may carry the proxy's password.
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError("egress_proxy must be an http:// or https:// URL with a host (or empty for none)")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise SettingsError("egress_proxy has an invalid port") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise SettingsError("egress_proxy must be the proxy's address only (scheme, host, port), without a path")
+
+
 def sqlite_path(database_url: str) -> Path | None:
     """The file behind a SQLite URL (``None`` for other databases or in-memory SQLite)."""
     prefix = "sqlite+aiosqlite:///"
@@ -346,6 +372,8 @@ def sqlite_path(database_url: str) -> Path | None:
 # field whose name looks secret is added without being listed here or declared harmless there.
 SECRET_FIELDS = frozenset({"admin_token", "session_secret", "api_key", "headers", "function_secret_keys"})
 MASK = "********"
+# Settings that hold a URL without ending in _url: shown with their password masked, like *_url.
+URL_SECRET_FIELDS = frozenset({"egress_proxy"})
 
 
 def _mask_url(url: str) -> str:
@@ -366,7 +394,7 @@ def _mask_url(url: str) -> str:
 def _redact(name: str, value: Any) -> Any:
     if name in SECRET_FIELDS and value:
         return {key: MASK for key in value} if isinstance(value, dict) else MASK
-    if name.endswith("_url") and isinstance(value, str):
+    if (name.endswith("_url") or name in URL_SECRET_FIELDS) and isinstance(value, str):
         return _mask_url(value)
     if isinstance(value, dict):
         return {key: _redact(key, item) for key, item in value.items()}

@@ -59,7 +59,8 @@ class UpstreamHTTPError(ProviderError):
         self.detail = message
         self.upstream_status = upstream_status
         # Authentication failures are *our* upstream credentials, not the caller's: never 401.
-        if upstream_status in (401, 403):
+        # 407 is the operator's egress proxy refusing the gateway (egress_proxy), never the caller.
+        if upstream_status in (401, 403, 407):
             self.status_code = 502
             self.code = "upstream_auth_failed"
         elif upstream_status == 429:
@@ -79,7 +80,7 @@ class UpstreamHTTPError(ProviderError):
 
 def _public_message(provider: str, status: int) -> str:
     upstream = f"upstream {provider}" if provider else "the upstream"
-    if status in (401, 403):
+    if status in (401, 403, 407):
         return f"{upstream} rejected the gateway's credentials"
     if status == 429:
         return f"{upstream} is rate limiting requests ({status}); retry later"

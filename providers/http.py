@@ -8,6 +8,7 @@ timeout that applies per chunk read, i.e. an idle timeout for streams.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 import aiohttp
@@ -27,17 +28,44 @@ def build_client(
     read_timeout_s: float,
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
+    proxy: str = "",
 ) -> httpx.AsyncClient:
+    """``proxy``: the operator's ``egress_proxy`` URL ("" for none); see :func:`_proxy` for where
+    its credentials go (to the proxy alone)."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    headers = dict(headers)
+    aiohttp_proxy = None
+    if proxy and transport is None:
+        aiohttp_proxy, authorization = _proxy(proxy)
+        if authorization and not base_url.startswith("https://"):
+            # A plain-http upstream is asked through the proxy in absolute form, on the proxy's
+            # own connection: its Proxy-Authorization travels with each request (a hop-by-hop
+            # header the proxy consumes). aiohttp sends proxy_headers only on a CONNECT, and its
+            # proxy_auth, which would do this, is deprecated.
+            headers["Proxy-Authorization"] = authorization
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
-        headers=dict(headers),
+        headers=headers,
         timeout=httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=5.0),
         limits=limits,
-        # trust_env=False: an operator's HTTP(S)_PROXY must not silently reroute provider traffic.
-        transport=transport or AiohttpTransport(limits=limits, trust_env=False),
+        # trust_env=False: an operator's HTTP(S)_PROXY must not silently reroute provider traffic;
+        # a proxy is used only when configured as such (egress_proxy).
+        transport=transport or AiohttpTransport(limits=limits, trust_env=False, proxy=aiohttp_proxy),
         trust_env=False,
     )
+
+
+def _proxy(url: str) -> tuple[httpx.Proxy, str]:
+    """The proxy without credentials in its URL (so no error message can show them), and its
+    ``Proxy-Authorization`` value ("" without credentials). As a proxy header it is sent only in
+    the CONNECT that opens the tunnel to an https upstream, never inside the tunnel."""
+    parsed = httpx.URL(url)
+    authorization = ""
+    if parsed.username or parsed.password:
+        token = base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode("ascii")
+        authorization = f"Basic {token}"
+    headers = {"Proxy-Authorization": authorization} if authorization else {}
+    return httpx.Proxy(parsed.copy_with(username=None, password=None), headers=headers), authorization
 
 
 def _timed_out(error: httpx.HTTPError) -> bool:

@@ -47,6 +47,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 120.0
     max_connections: int = 200
+    proxy: str = ""  # the egress HTTP proxy's URL (credentials included), "" to connect directly
 
 
 ClientFactory = Callable[[], httpx.AsyncClient]
@@ -117,6 +118,7 @@ class ProviderKind:
                 read_timeout_s=config.read_timeout_s,
                 max_connections=config.max_connections,
                 transport=transport,
+                proxy=config.proxy,
             )
 
         handle = ProviderHandle.of(self.adapter(config, client))

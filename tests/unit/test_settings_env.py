@@ -20,6 +20,7 @@ STRING_SAMPLES = {
     "admin_token": "a" * 32,
     "session_secret": "s" * 32,
     "function_invocation_credits": "0.25",
+    "egress_proxy": "http://proxy.internal:3128",
 }
 # Fields whose type-derived sample would break their bounds (the cache TTL is at most 1 s).
 NUMBER_SAMPLES: dict[str, tuple[str, Any]] = {"function_cache_ttl_s": ("0.5", 0.5)}
