@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from tests.fakes.servers import free_port
 
+_AUTH = b"proxy-authorization"
+_REFUSED = b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _HOP_HEADERS = frozenset({b"proxy-authorization", b"proxy-connection", b"connection", b"keep-alive"})
 
 
@@ -60,10 +62,10 @@ class HttpProxy:
         request_line, *header_lines = head[:-4].split(b"\r\n")
         method, target, version = request_line.decode("latin-1").split(" ", 2)
         headers = [line.split(b":", 1) for line in header_lines if b":" in line]
-        auth = next((v.strip().decode("latin-1") for k, v in headers if k.strip().lower() == b"proxy-authorization"), "")
+        auth = next((v.strip().decode("latin-1") for k, v in headers if k.strip().lower() == _AUTH), "")
         self.requests.append(ProxiedRequest(method, target, auth))
         if self._expected is not None and auth != self._expected:
-            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            writer.write(_REFUSED)
             await writer.drain()
             writer.close()
             return

@@ -17,6 +17,7 @@ from tests.fakes.http_proxy import HttpProxy
 from tests.fakes.openai_upstream import FakeOpenAI
 
 PROXY_USER, PROXY_PASSWORD = "egress", "proxy-password-never-printed"
+PROXY_AUTHORIZATION = "Basic ZWdyZXNzOnByb3h5LXBhc3N3b3JkLW5ldmVyLXByaW50ZWQ="  # base64 of user:password
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -56,7 +57,7 @@ def test_egress_proxy_carries_every_upstream_call(
     assert [request.target for request in proxy.requests] == [upstream, upstream]
     assert {request.method for request in proxy.requests} == {"POST"}
     # The proxy saw its credentials; the provider never did, and no log line holds them.
-    assert {request.proxy_authorization for request in proxy.requests} == {"Basic ZWdyZXNzOnByb3h5LXBhc3N3b3JkLW5ldmVyLXByaW50ZWQ="}
+    assert {request.proxy_authorization for request in proxy.requests} == {PROXY_AUTHORIZATION}
     assert len(fake_openai.received) == 2
     assert all("proxy-authorization" not in request.headers for request in fake_openai.received)
     assert PROXY_PASSWORD not in caplog.text
@@ -84,7 +85,7 @@ def test_egress_proxy_tunnels_https_upstreams_with_connect(
     assert answer.status_code == 502
     host_port = fake_openai.url.removeprefix("http://")  # type: ignore[attr-defined]
     assert [(r.method, r.target, r.proxy_authorization) for r in proxy.requests] == [
-        ("CONNECT", host_port, "Basic ZWdyZXNzOnByb3h5LXBhc3N3b3JkLW5ldmVyLXByaW50ZWQ=")
+        ("CONNECT", host_port, PROXY_AUTHORIZATION)
     ]
     assert fake_openai.received == []
 

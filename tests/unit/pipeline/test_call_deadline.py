@@ -74,7 +74,13 @@ class DispatchState:
 
 def _served(provider: str) -> CatalogModel:
     return CatalogModel(
-        slug="m/m", provider=provider, upstream_model="m", category="text", price=None, max_output_tokens=1, context_length=1
+        slug="m/m",
+        provider=provider,
+        upstream_model="m",
+        category="text",
+        price=None,
+        max_output_tokens=1,
+        context_length=1,
     )
 
 
