@@ -134,7 +134,6 @@ def _unit_price(served: CatalogModel) -> int:
     return price.worst_case_micro(1_000_000, 1_000_000)
 
 
-@dataclass(slots=True)
 class CallDeadline:
     """One routed call's overall deadline, shared by all its attempts (retries and fallbacks).
 
@@ -143,19 +142,19 @@ class CallDeadline:
     a call last longer than a single attempt was allowed to; a retry that would start with no
     time left (or whose backoff would use up the rest) is not made, the last error stands.
     ``at`` is on ``clock``'s scale, the one the pipeline's deadlines use (time.monotonic, as the
-    event loop's timers do)."""
+    event loop's timers do). A plain slotted class: built once per request on the hot path."""
 
-    at: float
-    clock: Callable[[], float] = time.monotonic
+    __slots__ = ("at", "clock")
 
-    @classmethod
-    def starting(cls, deadline_s: float, clock: Callable[[], float] = time.monotonic) -> CallDeadline:
-        return cls(clock() + deadline_s, clock)
+    def __init__(self, deadline_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.at = clock() + deadline_s
 
     def attempt_window(self, deadline_s: float) -> tuple[float, float]:
         """``(started, ends_at)`` for an attempt starting now under its provider's ``deadline_s``."""
         started = self.clock()
-        return started, min(started + deadline_s, self.at)
+        ends_at = started + deadline_s
+        return started, ends_at if ends_at < self.at else self.at
 
     def allows_retry_after(self, wait_s: float) -> bool:
         """Whether an attempt waiting ``wait_s`` first would still start before the deadline."""

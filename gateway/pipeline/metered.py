@@ -355,7 +355,7 @@ class MeteredCall:
         have reached the client."""
         state = self.state
         tries = attempts(self.admitted.plan, state.settings.retry_attempts)
-        deadline = CallDeadline.starting(state.deadline_s(tries[0].provider))
+        deadline = CallDeadline(state.deadline_s(tries[0].provider))
         for number, served in enumerate(tries, 1):
             self.served = served
             adapter = state.adapters[served.provider]

@@ -33,7 +33,7 @@ class SteppedClock:
 
 def test_call_deadline_attempt_windows_end_at_the_call_deadline() -> None:
     clock = SteppedClock()
-    deadline = CallDeadline.starting(10.0, clock)
+    deadline = CallDeadline(10.0, clock)
     assert deadline.attempt_window(10.0) == (1000.0, 1010.0)
     clock.now = 1007.0  # the first attempt failed after 7 s
     assert deadline.attempt_window(10.0) == (1007.0, 1010.0)  # 3 s left, not another 10
@@ -42,7 +42,7 @@ def test_call_deadline_attempt_windows_end_at_the_call_deadline() -> None:
 
 def test_call_deadline_refuses_a_retry_whose_backoff_reaches_the_deadline() -> None:
     clock = SteppedClock()
-    deadline = CallDeadline.starting(10.0, clock)
+    deadline = CallDeadline(10.0, clock)
     clock.now = 1009.0
     assert deadline.allows_retry_after(0.5)
     assert not deadline.allows_retry_after(1.0)
