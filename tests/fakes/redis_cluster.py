@@ -64,6 +64,7 @@ class RedisCluster:
         self.server = server
         self.ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.slots: list[tuple[int, int, int]] = []  # (first, last, port) as the cluster assigned them
 
     @property
     def url(self) -> str:
@@ -126,7 +127,20 @@ class RedisCluster:
             raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
         # Every node must see the whole cluster before a client may route by it.
         self._wait(lambda port: "cluster_state:ok" in _cli(port, "cluster", "info"), "the cluster never formed")
+        for line in _cli(self.ports[0], "cluster", "nodes").splitlines():
+            fields = line.split()
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for assigned in fields[8:]:
+                first, _dash, last = assigned.partition("-")
+                self.slots.append((int(first), int(last or first), port))
         return self
+
+    def port_of(self, key: str) -> int:
+        """The port of the master that holds ``key``."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        return next(port for first, last, port in self.slots if first <= slot <= last)
 
     def _wait(self, ready: Callable[[int], bool], what: str) -> None:
         deadline = time.monotonic() + _START_S
