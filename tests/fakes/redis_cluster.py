@@ -3,7 +3,8 @@
 Started once per test session (a cluster takes a second or two to form) in a temporary
 directory and torn down after. Tests share it and keep apart by a key prefix of their own, as
 they do on the single Redis. Without ``redis-server`` / ``redis-cli`` the tests that ask for it
-skip, and fail under CI (as ``tests/conftest.py`` treats a missing Postgres or Redis).
+skip, and fail under CI (as ``tests/conftest.py`` treats a missing Postgres or Redis);
+``TOLLWAY_TEST_REDIS_SERVER`` names another server binary.
 
 The URL it yields uses Tollway's ``redis+cluster://`` scheme (see ``billing/counters/redis.py``).
 """
