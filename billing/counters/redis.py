@@ -255,10 +255,13 @@ class ScriptBatcher:
 class ClusterScriptBatcher(ScriptBatcher):
     """The batcher for Redis Cluster: one pipeline per node, sent side by side.
 
-    redis-py's cluster pipeline would route a mixed batch itself, but when sending to one node
-    fails it sends the batch again, and runs again every command whose reply was falsy (``0``
-    from a release that found no hold, from every adjust): those scripts would apply twice.
-    Split by node first, a failure touches only that node's callers, as on one server."""
+    redis-py's cluster pipeline would route a mixed batch itself, but when it cannot reach one
+    node it sends the whole batch again, and runs again every command whose reply was falsy
+    (``0`` from every adjust, from a release that found no hold): with a master down, one adjust
+    on a live master was applied eleven times (tests/integration/test_redis_cluster.py). Split
+    by node first, a retry resends only that node's calls, which did not run. (The retry also
+    closes the client's connections, so a call in flight on another node may be told it failed:
+    applied at most once, and a failed money call fails closed.)"""
 
     _client: RedisCluster
 

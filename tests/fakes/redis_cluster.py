@@ -60,9 +60,10 @@ def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
 class RedisCluster:
     """Three ``redis-server`` processes joined into one cluster (no replicas)."""
 
-    def __init__(self, directory: Path, server: str = "redis-server") -> None:
+    def __init__(self, directory: Path, server: str = "redis-server", node_timeout_ms: int = 5000) -> None:
         self.directory = directory
         self.server = server
+        self.node_timeout_ms = node_timeout_ms  # how long a silent node goes before the cluster fails it
         self.ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.slots: list[tuple[int, int, int]] = []  # (first, last, port) as the cluster assigned them
@@ -94,7 +95,7 @@ class RedisCluster:
                         "--cluster-config-file",
                         str(node / "nodes.conf"),
                         "--cluster-node-timeout",
-                        "5000",
+                        str(self.node_timeout_ms),
                         "--dir",
                         str(node),
                         "--save",

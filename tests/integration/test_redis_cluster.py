@@ -256,3 +256,54 @@ async def test_redis_cluster_scripts_reload_on_every_node_and_batches_split_by_n
         assert values == [2 * a for a in accounts]  # each applied exactly once per round
     finally:
         await store.close()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path, redis_cluster: RedisCluster) -> Iterator[RedisCluster]:
+    """A cluster of its own, to kill a master of; the cluster waits a minute before it fails a
+    silent node, so the live masters keep answering meanwhile (``redis_cluster``: the skip)."""
+    cluster = RedisCluster(tmp_path, redis_cluster.server, node_timeout_ms=60_000)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+async def test_redis_cluster_a_dead_master_fails_its_own_calls_and_applies_nothing_twice(
+    own_cluster: RedisCluster,
+) -> None:
+    """A master dies while a batch for accounts on every master is sent: its accounts' calls
+    fail closed (``CounterStoreUnavailable``) and no script runs twice. (Sent as one cluster
+    pipeline, redis-py retries the whole pipeline and reruns every script whose answer was 0:
+    one adjust applied eleven times here, and every caller told it failed.)"""
+    import redis.asyncio as aioredis
+
+    from billing.counters import CounterStoreUnavailable
+    from billing.counters.redis import _ADJUST
+
+    store = RedisCounterStore.from_url(own_cluster.url, prefix="tw:")
+    accounts = list(range(1, 10))
+    keys = [account_key("tw:", account, "balance") for account in accounts]
+    dead = own_cluster.ports[1]
+    try:
+        await store._client.initialize()  # the slots known; no connection to the dead one yet
+        for url in own_cluster.plain_urls:  # the script known everywhere (no NOSCRIPT round)
+            client = aioredis.Redis.from_url(url)
+            await client.script_load(_ADJUST)
+            await client.aclose()
+        own_cluster.processes[1].kill()
+        own_cluster.processes[1].wait(timeout=10)
+        results = await asyncio.gather(*(store.adjust([Adjust(key, "n", 1)]) for key in keys), return_exceptions=True)
+        for key, result in zip(keys, results, strict=True):
+            if own_cluster.port_of(key) == dead:
+                assert isinstance(result, CounterStoreUnavailable), key
+                continue
+            applied = await store.get(key, "n")
+            assert applied in (None, 1), (key, applied)  # at most once
+            if result is None:  # told it was applied: it was
+                assert applied == 1, key
+            else:
+                assert isinstance(result, CounterStoreUnavailable), (key, result)
+        assert any(result is None for result in results)  # the live masters still answered
+    finally:
+        await store.close()
