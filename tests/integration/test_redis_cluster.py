@@ -28,6 +28,7 @@ from tests.fakes.gateway_fixtures import ADMIN_TOKEN
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.redis_cluster import RedisCluster, delete_prefix
 from tests.fakes.servers import ThreadedServer
+from tests.integration import test_two_processes as two_processes
 from tests.integration.test_two_processes import _all_ledger, auth, reconciles, start_gateways, stop, wait_refused
 
 pytestmark = pytest.mark.slow
@@ -307,3 +308,31 @@ async def test_redis_cluster_a_dead_master_fails_its_own_calls_and_applies_nothi
         assert any(result is None for result in results)  # the live masters still answered
     finally:
         await store.close()
+
+
+# The two-process scenarios of test_two_processes.py, on the cluster (called through the module,
+# so that pytest does not collect them here a second time on the plain Redis).
+
+
+def test_redis_cluster_a_process_killed_mid_batch_loses_no_debit(
+    tmp_path: Path, postgres_url: str, redis_cluster_url: str, redis_prefix: str
+) -> None:
+    """The survivor's writer finds the dead writer's stream by scanning every master, takes over
+    its claimed entries and writes each exactly once."""
+    try:
+        two_processes.test_a_process_killed_mid_batch_loses_no_debit(
+            tmp_path, postgres_url, redis_cluster_url, redis_prefix
+        )
+    finally:
+        asyncio.run(delete_prefix(redis_cluster_url, redis_prefix))
+
+
+def test_redis_cluster_a_killed_process_does_not_hold_credits_forever(
+    tmp_path: Path, postgres_url: str, redis_cluster_url: str, redis_prefix: str
+) -> None:
+    try:
+        two_processes.test_a_killed_process_does_not_hold_credits_forever(
+            tmp_path, postgres_url, redis_cluster_url, redis_prefix
+        )
+    finally:
+        asyncio.run(delete_prefix(redis_cluster_url, redis_prefix))
