@@ -65,8 +65,7 @@ def cluster_gateways(
     upstream = ThreadedServer(fake).start()
     text = _config(postgres_url, redis_cluster_url, redis_prefix, upstream.url, fake.api_key)
     try:
-        # Migrations, imports and the tokenizer: ~20 s each on a loaded two-core machine.
-        urls, processes = start_gateways(text, tmp_path, start_s=120)
+        urls, processes = start_gateways(text, tmp_path)
         try:
             yield Gateways(urls, tmp_path / "tollway.toml", redis_cluster_url, redis_prefix)
         finally:

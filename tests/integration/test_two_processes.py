@@ -23,8 +23,10 @@ CHAT = {"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def start_gateways(
-    config_text: str, tmp_path: Path, count: int = 2, start_s: float = 30.0
+    config_text: str, tmp_path: Path, count: int = 2, start_s: float = 120.0
 ) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
+    """Start ``count`` ``tollway serve`` processes. ``start_s`` bounds their start, not a timing
+    claim: a gateway took 24 to 36 s to answer on a two-core machine loaded by a whole team."""
     config = tmp_path / "tollway.toml"
     config.write_text(config_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
