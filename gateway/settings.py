@@ -311,6 +311,15 @@ def validate_settings(settings: Settings) -> None:
             "more than one worker needs Redis: set redis_url (TOLLWAY_REDIS_URL); the embedded "
             "counter store lives in one process and cannot share budgets across workers"
         )
+    # Redis Cluster (redis_url = "redis+cluster://host:port", billing/counters/redis.py): every
+    # key of an account carries the hash tag {a<id>}, so a brace in the prefix would either put
+    # all accounts in one slot or split one account's keys across slots (scripts then fail).
+    if "{" in settings.redis_prefix or "}" in settings.redis_prefix:
+        raise SettingsError("redis_prefix must not contain { or }: Tollway puts the account in a hash tag")
+    if settings.redis_url.startswith(("redis+cluster://", "rediss+cluster://")) and urlsplit(
+        settings.redis_url
+    ).path.strip("/") not in ("", "0"):
+        raise SettingsError("redis_url: a Redis Cluster has only database 0 (drop the /N from the URL)")
     if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise SettingsError(
             "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://, "

@@ -3,15 +3,22 @@
 Scripts receive every key they touch in ``KEYS`` (Redis Cluster routes by them), and the
 keys of one account share a hash tag, so a script never spans slots. Connection failures
 become :class:`CounterStoreUnavailable` so money checks fail closed.
+
+A ``redis+cluster://`` (or ``rediss+cluster://``) URL selects Redis Cluster: the client learns
+the other nodes from the one named. What differs from one server is kept to three places, so
+the single-server path does no extra work per call: the script batcher splits each batch by
+node (:class:`ClusterScriptBatcher`), a script the node has not seen is loaded on every primary,
+and the settlement streams are found by scanning each primary (one ``SCAN`` sees one node).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -179,6 +186,16 @@ return {1, count, ttl}
 
 _GROUP = "writers"
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://host:port``)."""
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+_Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+
 
 class ScriptBatcher:
     """Sends the scripts that concurrent requests call in the same event-loop turn as one
@@ -186,9 +203,9 @@ class ScriptBatcher:
     on the server; only the round trip is shared. Measured here: ~110 µs of client CPU per
     script alone, ~30 µs each in a pipeline of four or more."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self._client = client
-        self._waiting: list[tuple[AsyncScript, Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
+        self._waiting: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -205,11 +222,13 @@ class ScriptBatcher:
         self._sending.add(task)  # a reference, so the task is not collected mid-flight
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[AsyncScript, Sequence[Any], Sequence[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[_Call]) -> None:
         try:
             pipe = self._client.pipeline(transaction=False)
             for script, keys, args, _result in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                # execute_command, not evalsha: redis-py's cluster pipeline refuses the method
+                # (scripts may be missing on a node; NOSCRIPT is handled below).
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             replies = await pipe.execute(raise_on_error=False)
         except BaseException as error:
             for *_call, result in batch:
@@ -233,14 +252,50 @@ class ScriptBatcher:
                 result.set_result(reply)
 
 
+class ClusterScriptBatcher(ScriptBatcher):
+    """The batcher for Redis Cluster: one pipeline per node, sent side by side.
+
+    redis-py's cluster pipeline would route a mixed batch itself, but when it cannot reach one
+    node it sends the whole batch again, and runs again every command whose reply was falsy
+    (``0`` from every adjust, from a release that found no hold): with a master down, one adjust
+    on a live master was applied eleven times (tests/integration/test_redis_cluster.py). Split
+    by node first, a retry resends only that node's calls, which did not run. (The retry also
+    closes the client's connections, so a call in flight on another node may be told it failed:
+    applied at most once, and a failed money call fails closed.)"""
+
+    _client: RedisCluster
+
+    def __init__(self, client: RedisCluster) -> None:
+        super().__init__(client)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        by_node: dict[str, list[_Call]] = {}
+        try:
+            await self._client.initialize()  # a no-op once the slots are known
+            for call in batch:
+                # Every key of one script shares the slot of its first (billing.layout).
+                node = self._client.get_node_from_key(call[1][0])
+                by_node.setdefault(node.name if node is not None else "", []).append(call)
+        except Exception as error:
+            for *_call, result in batch:
+                if not result.done():
+                    result.set_exception(error)
+            return
+        if len(by_node) == 1:
+            await super()._send(batch)
+            return
+        send = super()._send
+        await asyncio.gather(*(send(calls) for calls in by_node.values()))
+
+
 class RedisCounterStore:
     durable = True
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "tw:") -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, *, prefix: str = "tw:") -> None:
         self._client = client
         self._prefix = prefix
         self._groups_ready: set[str] = set()
-        self._scripts = ScriptBatcher(client)
+        self._scripts = ClusterScriptBatcher(client) if isinstance(client, RedisCluster) else ScriptBatcher(client)
         self._ack = client.register_script(_ACK)
         self._apply = client.register_script(_APPLY)
         self._adjust = client.register_script(_ADJUST)
@@ -251,7 +306,20 @@ class RedisCounterStore:
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 200, prefix: str = "tw:") -> RedisCounterStore:
-        """Build from a URL; connects lazily. Short timeouts so a dead Redis fails fast."""
+        """Build from a URL (``redis+cluster://`` for a cluster); connects lazily. Short timeouts
+        so a dead Redis fails fast."""
+        if is_cluster_url(url):
+            # max_connections is per node in a cluster client.
+            return cls(
+                RedisCluster.from_url(
+                    url.replace("+cluster://", "://", 1),
+                    socket_timeout=2,
+                    socket_connect_timeout=2,
+                    max_connections=max_connections,
+                    health_check_interval=30,
+                ),
+                prefix=prefix,
+            )
         client = aioredis.Redis.from_url(
             url,
             socket_timeout=2,
@@ -413,12 +481,30 @@ class RedisCounterStore:
 
     async def _stream_lengths(self) -> dict[str, int]:
         lengths: dict[str, int] = {}
-        pattern = settlement_stream(self._prefix, "*")  # every account's
-        async for key in self._client.scan_iter(match=pattern, count=1000, _type="STREAM"):
+        async for key in self._stream_keys():
             length = int(await self._client.xlen(key))
             if length:
                 lengths[_text(key)] = length
         return lengths
+
+    async def _stream_keys(self) -> AsyncIterator[bytes | str]:
+        pattern = settlement_stream(self._prefix, "*")  # every account's
+        if not isinstance(self._client, RedisCluster):
+            async for key in self._client.scan_iter(match=pattern, count=1000, _type="STREAM"):
+                yield key
+            return
+        # One SCAN sees one node's keys: walk every primary with a cursor of its own.
+        cluster = await self._client.initialize()
+        for node in cluster.get_primaries():
+            cursor = 0
+            while True:
+                reply: Any = await cluster.scan(cursor, match=pattern, count=1000, _type="STREAM", target_nodes=node)
+                cursors, keys = reply  # the cluster client answers {node name: cursor}, keys
+                cursor = int(cursors[node.name])
+                for key in keys:
+                    yield key
+                if cursor == 0:
+                    break
 
     async def settlement_streams(self) -> list[str]:
         return list(await self._call(self._stream_lengths))

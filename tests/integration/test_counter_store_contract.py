@@ -21,6 +21,7 @@ from billing.counters import (
     account_key,
     settlement_stream,
 )
+from tests.fakes.redis_cluster import delete_prefix
 
 
 class FakeClock:
@@ -31,10 +32,17 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[CounterStore]:
     if request.param == "embedded":
         yield EmbeddedCounterStore()
+        return
+    if request.param == "redis-cluster":
+        cluster_url = request.getfixturevalue("redis_cluster_url")
+        cluster_store = RedisCounterStore.from_url(cluster_url, prefix=redis_prefix)
+        yield cluster_store
+        await cluster_store.close()
+        await delete_prefix(cluster_url, redis_prefix)
         return
     redis_store = RedisCounterStore.from_url(request.getfixturevalue("redis_url"), prefix=redis_prefix)
     yield redis_store

@@ -143,3 +143,21 @@ def test_openai_compatible_presets_know_their_url_and_key_variable() -> None:
     assert ollama.effective_base_url == "http://127.0.0.1:11434/v1" and ollama.resolved_api_key({}) == ""
     custom = load_settings(env={}, providers={"g": {"kind": "groq", "base_url": "http://127.0.0.1:9/v1"}})
     assert custom.providers["g"].effective_base_url == "http://127.0.0.1:9/v1"
+
+
+def test_settings_accept_a_redis_cluster_url() -> None:
+    settings = load_settings(env={"TOLLWAY_REDIS_URL": "redis+cluster://10.0.0.5:7000", "TOLLWAY_WORKERS": "2"})
+    assert settings.redis_url == "redis+cluster://10.0.0.5:7000" and settings.uses_redis
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOLLWAY_REDIS_URL": "redis+cluster://10.0.0.5:7000/3"}, "only database 0"),
+        ({"TOLLWAY_REDIS_PREFIX": "tw:{x}:"}, "must not contain { or }"),
+        ({"TOLLWAY_REDIS_PREFIX": "tw{"}, "must not contain { or }"),
+    ],
+)
+def test_settings_refuse_what_breaks_cluster_hash_slots(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env=env)
