@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -153,18 +154,60 @@ class Side(NamedTuple):
     cpu_ms_c1: float
     p50_ms: float
     ttfb_ms: float | None
+    transactions_c1: float = 0.0  # database transactions per request at c=1 (Postgres only)
 
 
-def measure(pid: int, port: int, key: str, body: str, args: argparse.Namespace, *, stream: bool) -> Side:
+def _no_count() -> int:
+    return 0
+
+
+def measure(
+    pid: int,
+    port: int,
+    key: str,
+    body: str,
+    args: argparse.Namespace,
+    *,
+    stream: bool,
+    commits: Callable[[], int] = _no_count,
+) -> Side:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     before = cpu_s(pid)
     loaded = wrk_run(url, key, body, args.duration)
     cpu_c32 = (_settled_cpu(pid) - before) * 1000 / max(loaded.requests, 1)
-    before = cpu_s(pid)
+    before, committed = cpu_s(pid), commits()
     p50 = sequential_p50_ms(url, key, body, args.sequential)
     cpu_c1 = (_settled_cpu(pid) - before) * 1000 / args.sequential
+    transactions = (commits() - committed) / args.sequential
     ttfb = ttfb_p50_ms(port, key, body, args.ttfb) if stream else None
-    return Side(loaded.rps, cpu_c32, cpu_c1, p50, ttfb)
+    return Side(loaded.rps, cpu_c32, cpu_c1, p50, ttfb, transactions)
+
+
+def commit_counter(database: str) -> Callable[[], int]:
+    """Transactions committed in the benchmark's Postgres database so far (pg_stat_database),
+    after the statistics of the last ones were flushed: a count noise does not move."""
+
+    def committed() -> int:
+        time.sleep(11)  # an idle backend flushes its statistics within 10 s (PGSTAT_IDLE_INTERVAL)
+        out = subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-Atc",
+                f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{database}'",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        return int(out[-1])
+
+    return committed
 
 
 def side_by_side(floor: Side, gateway: Side, what: str) -> list[str]:
@@ -177,6 +220,8 @@ def side_by_side(floor: Side, gateway: Side, what: str) -> list[str]:
         f"| {what} sequential p50 (ms) | {floor.p50_ms:.2f} | {gateway.p50_ms:.2f} | "
         f"{gateway.p50_ms - floor.p50_ms:+.2f} |",
     ]
+    if gateway.transactions_c1:
+        rows.append(f"| {what} database transactions/request at c=1 | 0 | {gateway.transactions_c1:.3f} | |")
     if floor.ttfb_ms is not None and gateway.ttfb_ms is not None:
         rows.append(
             f"| {what} TTFB p50 (ms) | {floor.ttfb_ms:.2f} | {gateway.ttfb_ms:.2f} | "
@@ -192,12 +237,18 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=2000, help="requests one after another, for p50 and c=1 CPU")
     parser.add_argument("--ttfb", type=int, default=1000, help="streamed requests one after another, for TTFB")
     parser.add_argument(
+        "--count-transactions",
+        action="store_true",
+        help="Postgres: also count database transactions per request at c=1 (adds ~45 s of waiting)",
+    )
+    parser.add_argument(
         "--redis-db", type=int, default=int(os.environ.get("TOLLWAY_BENCH_REDIS_DB", "0")), help="Redis database"
     )
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request of the clients below
 
     work = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
+    commits = _no_count
     upstream_port, gateway_port = free_port(), free_port()
     if args.backend == "postgres":
         import asyncio
@@ -213,6 +264,8 @@ def main() -> None:
 
         asyncio.run(create())
         database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        if args.count_transactions:
+            commits = commit_counter(name)
         redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
     else:
         database_url, redis_url = f"sqlite+aiosqlite:///{work}/bench.db", ""
@@ -265,9 +318,11 @@ max_output_tokens = 16384
         sequential_p50_ms(floor, key, STREAM_BODY, count=200)
         direct = (wrk(upstream, key, BODY, args.duration), sequential_p50_ms(upstream, key, BODY, args.sequential))
         floor_chat = measure(floor_process.pid, floor_port, key, BODY, args, stream=False)
-        gateway_chat = measure(gateway_process.pid, gateway_port, key, BODY, args, stream=False)
+        gateway_chat = measure(gateway_process.pid, gateway_port, key, BODY, args, stream=False, commits=commits)
         floor_stream = measure(floor_process.pid, floor_port, key, STREAM_BODY, args, stream=True)
-        gateway_stream = measure(gateway_process.pid, gateway_port, key, STREAM_BODY, args, stream=True)
+        gateway_stream = measure(
+            gateway_process.pid, gateway_port, key, STREAM_BODY, args, stream=True, commits=commits
+        )
         rss = (rss_mib(floor_process.pid), rss_mib(gateway_process.pid))
     finally:
         for process in processes:
