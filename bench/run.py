@@ -239,7 +239,8 @@ def main() -> None:
     parser.add_argument(
         "--count-transactions",
         action="store_true",
-        help="Postgres: also count database transactions per request at c=1 (adds ~45 s of waiting)",
+        help="Postgres: also count committed database transactions per request at c=1, every commit of the "
+        "database included (the pool's connection checks may count too); adds ~45 s of waiting",
     )
     parser.add_argument(
         "--redis-db", type=int, default=int(os.environ.get("TOLLWAY_BENCH_REDIS_DB", "0")), help="Redis database"
