@@ -8,20 +8,25 @@ Per account one hash (``account_key(prefix, id, "balance")``) holds:
 ``pend``     what the account's settlement stream holds that the database has not taken
 ``gen``      bumped by everything that moves ``bal`` or ``pend`` (a settlement, an expiry,
              a writer's acknowledgement, a grant): the guard of every refresh
+``rs``       a random mark written with ``bal`` by every refresh and re-sync: a writer that
+             finds it unchanged across its batch knows no refresh set ``bal`` in between
 ===========  =====================================================================
 
 A refresh reads ``gen`` and ``pend``, then the database balance, then sets ``bal`` only if
 ``gen`` did not move. The one movement the guard cannot see is a writer's commit (the database
 balance drops before the writer's ack takes the same amount off ``pend``): a refresh that lands
 between the two sets ``bal`` low by that batch. So every writer re-syncs the mirrors of the
-accounts it wrote after its ack, and a grant bumps ``gen`` after its commit and re-syncs: the
-mirror converges without waiting for the account's next request.
+accounts it wrote after its ack (only those whose ``rs`` moved since its previous look: no
+refresh set the others' ``bal`` while the batch was between commit and ack), and a grant bumps
+``gen`` after its commit and re-syncs: the mirror converges without waiting for the account's
+next request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Iterable
 
 from sqlalchemy import select
@@ -36,6 +41,13 @@ BALANCE = "bal"
 HELD = "held"
 GENERATION = "gen"
 PENDING = "pend"
+REFRESHED = "rs"
+
+
+def refresh_mark() -> int:
+    """A fresh value for ``rs``: random, so that no two refreshes (in any process, before or
+    after the counter store lost its data) write the same one."""
+    return secrets.randbits(48)
 
 
 def balance_key(prefix: str, account_id: int) -> str:
@@ -49,14 +61,17 @@ async def resync_mirrors(
     account_ids: Iterable[int],
     *,
     attempts: int = 5,
+    mark: int | None = None,
 ) -> set[int]:
     """Set each loaded mirror to database balance − pending, under the generation guard, with
-    one database query for all of them; returns the accounts whose mirror was set.
+    one database query for all of them; returns the accounts whose mirror was set, which now
+    carry ``mark`` (default: a fresh one) as their ``rs``.
 
     A mirror that is not loaded is left alone: the request path loads it, after rewriting what
     the counter store may have lost. Raises what the store or the database raise."""
     todo = sorted(set(account_ids))
     done: set[int] = set()
+    mark = refresh_mark() if mark is None else mark
     for _attempt in range(attempts):
         # The generation and the pending sum first, then the balance (see the module docstring).
         fields = await asyncio.gather(*(store.get_all(balance_key(prefix, account_id)) for account_id in todo))
@@ -75,7 +90,7 @@ async def resync_mirrors(
             *(
                 store.set_if(
                     balance_key(prefix, account_id),
-                    {BALANCE: balances[account_id] - loaded[account_id].get(PENDING, 0)},
+                    {BALANCE: balances[account_id] - loaded[account_id].get(PENDING, 0), REFRESHED: mark},
                     GENERATION,
                     loaded[account_id].get(GENERATION),
                 )

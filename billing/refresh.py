@@ -25,7 +25,7 @@ from billing.counters import CounterStore, CounterStoreUnavailable
 from billing.errors import DATABASE_ERRORS, BillingUnavailable
 from billing.expiry import ExpirySweep
 from billing.layout import CounterKeys
-from billing.mirror import BALANCE, GENERATION, HELD, PENDING
+from billing.mirror import BALANCE, GENERATION, HELD, PENDING, REFRESHED, refresh_mark
 from billing.writer import SettlementWriter
 
 log = logging.getLogger("tollway.billing")
@@ -95,8 +95,12 @@ class BalanceRefresher:
                     await self._writer.replay_unwritten()
                 async with self._sessionmaker() as session:
                     balance = await account_balance(session, account_id)
+                # The mark tells writers a refresh set bal (see billing.mirror).
                 applied = await self._store.set_if(
-                    key, {BALANCE: balance - fields.get(PENDING, 0)}, GENERATION, fields.get(GENERATION)
+                    key,
+                    {BALANCE: balance - fields.get(PENDING, 0), REFRESHED: refresh_mark()},
+                    GENERATION,
+                    fields.get(GENERATION),
                 )
             except CounterStoreUnavailable as error:
                 raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error

@@ -45,7 +45,7 @@ from billing.counters import Adjust, CounterStore, CounterStoreUnavailable, Enqu
 from billing.errors import DATABASE_ERRORS, BillingUnavailable
 from billing.layout import CounterKeys
 from billing.ledger import Settlement
-from billing.mirror import GENERATION, PENDING, resync_mirrors
+from billing.mirror import GENERATION, PENDING, REFRESHED, refresh_mark, resync_mirrors
 from billing.parking import Refused, describe, is_refusal, park
 from billing.records import Entry, RecordKind, RecordRefused, decode_entry, encode_entry, write_entries
 
@@ -53,6 +53,7 @@ log = logging.getLogger("tollway.billing")
 
 _WRITE_BATCH = 500  # settlements per stream per writer round
 _KEEP_UNWRITTEN_S = 120.0  # how long a process remembers what it buffered (see replay_unwritten)
+_REMEMBERED_MARKS = 10_000  # accounts whose refresh mark a writer keeps (beyond: re-sync, then relearn)
 _STREAM_ACCOUNT = re.compile(r"\{a(\d+)\}:settled$")
 # What a batch may fail with for one entry's data rather than an outage (see billing.parking).
 _REFUSABLE: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, RecordRefused)
@@ -92,6 +93,9 @@ class SettlementWriter:
         # data, these are rewritten from memory (request id → (monotonic time, data)).
         self._unwritten: dict[str, tuple[float, bytes]] = {}
         self._kinds: dict[str, RecordKind] = {}
+        # Per account, the mirror's refresh mark (billing.mirror) as this writer last saw it
+        # after an ack: unchanged at the next ack, no refresh set the mirror during that batch.
+        self._marks: dict[int, int] = {}
 
     def register(self, kind: RecordKind) -> None:
         """Have this writer store records of ``kind`` (before it starts: a record of a kind it
@@ -294,9 +298,28 @@ class SettlementWriter:
     async def _resync(self, account_ids: list[int]) -> None:
         """After a commit and its ack: a refresh that read the pending sum before the commit and
         the balance after it set the mirror low by this batch; set it right now (see
-        :mod:`billing.mirror`). Best effort: the periodic refresh is the fallback."""
+        :mod:`billing.mirror`). Only where a refresh may have done so: an account whose refresh
+        mark did not move since this writer's previous look (after its previous ack, before this
+        commit) saw no refresh set its mirror in between, so its mirror is right and costs no
+        database query. Best effort: the periodic refresh is the fallback."""
         try:
-            await resync_mirrors(self._store, self._sessionmaker, self._keys.prefix, account_ids)
+            marks = await asyncio.gather(
+                *(self._store.get(self._keys.balance(account_id), REFRESHED) for account_id in account_ids)
+            )
+            stale = [
+                account_id
+                for account_id, mark in zip(account_ids, marks, strict=True)
+                if mark is None or self._marks.get(account_id) != mark
+            ]
+            if not stale:
+                return
+            for account_id in stale:
+                self._marks.pop(account_id, None)
+            mark = refresh_mark()
+            done = await resync_mirrors(self._store, self._sessionmaker, self._keys.prefix, stale, mark=mark)
+            if len(self._marks) + len(done) > _REMEMBERED_MARKS:
+                self._marks.clear()
+            self._marks.update(dict.fromkeys(done, mark))
         except CounterStoreUnavailable:
             log.warning("could not re-sync the balance mirrors after a write; the next refresh will")
         except DATABASE_ERRORS:
@@ -387,7 +410,8 @@ class SettlementWriter:
         clock = time.monotonic
         next_scan = clock()
         while True:
-            claim_stale = clock() >= next_scan
+            started = clock()
+            claim_stale = started >= next_scan
             try:
                 if claim_stale:
                     next_scan = clock() + scan_s
@@ -404,6 +428,10 @@ class SettlementWriter:
             if not self.has_buffered:
                 await self.wait_for_buffered(poll_s)
                 await asyncio.sleep(batch_window_s)
+            elif (rest := started + batch_window_s - clock()) > 0:
+                # More came in during the round: still one round per window, or at low load
+                # every settlement (arriving while the previous round runs) paid for its own.
+                await asyncio.sleep(rest)
 
 
 def _decode_into(

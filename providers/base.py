@@ -90,6 +90,9 @@ class ChatResult(msgspec.Struct):
 
     body: dict[str, Any]
     usage: Usage | None
+    # The upstream's own bytes of ``body`` when an adapter has them (OpenAI format): the gateway
+    # splices its member into them instead of re-encoding. Whoever changes ``body`` clears it.
+    raw: bytes | None = None
 
 
 class StreamChunk(msgspec.Struct):

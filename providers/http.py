@@ -157,5 +157,47 @@ class SSEStream:
         finally:
             await self._response.aclose()
 
+    async def batches(self) -> AsyncIterator[list[StreamChunk]]:
+        """The same chunks, grouped by the upstream read that completed them (never empty): a
+        gateway forwards a group as one write instead of one per event. Chunks translated
+        before an error event of the same read come out before the error."""
+        parser = SSEParser()
+        try:
+            async for raw in self._response.aiter_bytes():
+                batch: list[StreamChunk] = []
+                ended = False
+                try:
+                    for event in parser.feed(raw):
+                        if event.data == self._end_marker:
+                            ended = True
+                            break
+                        batch.extend(self._translate(event))
+                except ProviderError:
+                    if batch:
+                        yield batch
+                    raise
+                if batch:
+                    yield batch
+                if ended:
+                    return
+            batch = []
+            try:
+                for event in parser.close():
+                    if event.data == self._end_marker:
+                        break
+                    batch.extend(self._translate(event))
+                else:
+                    batch.extend(self._finish())
+            except ProviderError:
+                if batch:
+                    yield batch
+                raise
+            if batch:
+                yield batch
+        except httpx.HTTPError as error:
+            raise transport_error(error, self._provider) from error
+        finally:
+            await self._response.aclose()
+
     async def aclose(self) -> None:
         await self._response.aclose()

@@ -33,10 +33,11 @@ from gateway.pipeline.metered import (
     tollway_meta,
     upstream_body,
 )
+from gateway.pipeline.splice import with_member
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
-from providers.base import Capability, ChatCall, ChatResult, ChatStream, ProviderHandle, Usage
+from providers.base import Capability, ChatCall, ChatResult, ChatStream, ProviderHandle, StreamChunk, Usage
 from providers.errors import ProviderError
 
 __all__ = ["ChatBodyView", "chat_completions", "stream_response"]
@@ -211,9 +212,9 @@ async def chat_completions(
 
         usage, anomaly = await billable_usage(result.usage, counted)
         bill = await call.settle(usage, anomaly=anomaly)
-    result.body["_tollway"] = tollway_meta(state, admitted.ctx, call.served, usage, bill.cost_micro)
+    meta = tollway_meta(state, admitted.ctx, call.served, usage, bill.cost_micro)
     return Response(
-        content=_encoder.encode(result.body),
+        content=with_meta(result.raw, result.body, meta),
         media_type="application/json",
         headers={
             "X-Request-Id": request_id,
@@ -302,19 +303,24 @@ async def _stream_body(
     checkpointed = time.monotonic()
     try:
         try:
-            async for chunk in stream:
-                if chunk.text:
-                    meter.add(chunk.text)
+            # What one upstream read brought goes out as one write, the chunks' bytes untouched.
+            async for batch in _batches(stream):
+                out: list[bytes] = []
+                for chunk in batch:
+                    if chunk.text:
+                        meter.add(chunk.text)
+                    if chunk.usage is None:
+                        out += (b"data: ", chunk.data, b"\n\n")
+                        continue
+                    meter.reported = chunk.usage
+                    usage, _anomaly = await meter.billable()
+                    bill = call.settlement(usage, status_code=200)
+                    out.append(_sse(_with_meta(chunk.data, state, ctx, served, usage, bill)))
                 if time.monotonic() - checkpointed >= CHECKPOINT_S:
                     # If this process dies mid-stream, the reservation's expiry bills this much.
                     checkpointed = time.monotonic()
                     await call.checkpoint((await meter.billable())[0])
-                if chunk.usage is None:
-                    yield _sse(chunk.data)
-                    continue
-                meter.reported = chunk.usage
-                usage, _anomaly = await meter.billable()
-                yield _sse(_with_meta(chunk.data, state, ctx, served, usage, call.settlement(usage, status_code=200)))
+                yield b"".join(out)
         except ProviderError as error:
             status, error_code = error.status_code, error.code
             yield _sse(_error_chunk(error, ctx.request_id, served, object_name))
@@ -348,13 +354,34 @@ async def _stream_body(
                 )
 
 
+def with_meta(raw: bytes | None, body: dict[str, Any], meta: dict[str, Any]) -> bytes:
+    """The upstream's answer with ``_tollway`` added: spliced into its own bytes when it can be
+    (no second serialisation of the whole answer), else re-encoded."""
+    if raw is not None:
+        spliced = with_member(raw, body, "_tollway", _encoder.encode(meta))
+        if spliced is not None:
+            return spliced
+    body["_tollway"] = meta
+    return _encoder.encode(body)
+
+
+def _batches(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
+    grouped = getattr(stream, "batches", None)
+    return grouped() if grouped is not None else _one_by_one(stream)
+
+
+async def _one_by_one(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
+    async for chunk in stream:
+        yield [chunk]
+
+
 def _with_meta(
     data: bytes, state: GatewayState, ctx: CallContext, served: CatalogModel, usage: Usage, bill: Settlement
 ) -> bytes:
     chunk = msgspec.json.decode(data)
-    if isinstance(chunk, dict):
-        chunk["_tollway"] = tollway_meta(state, ctx, served, usage, bill.cost_micro)
-    return _encoder.encode(chunk)
+    if not isinstance(chunk, dict):
+        return _encoder.encode(chunk)
+    return with_meta(data, chunk, tollway_meta(state, ctx, served, usage, bill.cost_micro))
 
 
 def _usage_chunk(

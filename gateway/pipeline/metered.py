@@ -499,6 +499,27 @@ class DeadlineStream:
                 ) from error
             yield chunk
 
+    async def batches(self) -> AsyncIterator[list[StreamChunk]]:
+        """The chunks grouped by the upstream read that brought them, when the stream can tell
+        (:meth:`providers.http.SSEStream.batches`), else one by one; the deadline as above."""
+        grouped = getattr(self._stream, "batches", None)
+        if grouped is None:
+            async for chunk in self:
+                yield [chunk]
+            return
+        batches: AsyncIterator[list[StreamChunk]] = grouped()
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, self._deadline_at - time.monotonic())):
+                    batch = await batches.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as error:
+                raise UpstreamTimeout(
+                    f"upstream {self._provider} stream passed its deadline", provider=self._provider
+                ) from error
+            yield batch
+
     async def aclose(self) -> None:
         await self._stream.aclose()
 

@@ -59,7 +59,7 @@ class OpenAIAdapter:
             raise UpstreamBadResponse(f"upstream {self.name} sent invalid JSON", provider=self.name) from error
         if not isinstance(decoded, dict):
             raise UpstreamBadResponse(f"upstream {self.name} sent an unexpected body", provider=self.name)
-        return ChatResult(body=decoded, usage=usage_from_body(decoded))
+        return ChatResult(body=decoded, usage=usage_from_body(decoded), raw=response.content)
 
     async def open_stream(self, call: ChatCall) -> SSEStream:
         return await self.open_json_stream("/chat/completions", call.upstream_model, call.body)

@@ -1,0 +1,31 @@
+"""Adding the gateway's member to an upstream's JSON object without re-encoding it.
+
+The upstream's answer is already valid JSON (the adapter decoded it to read usage); re-encoding
+the whole object to add ``_tollway`` costs a full serialisation per request. Splicing the member's
+bytes in before the object's closing brace gives the same object. Whenever the bytes are not
+plainly one object that lacks the member, the caller re-encodes instead (:func:`with_member`
+returns ``None``).
+"""
+
+from __future__ import annotations
+
+_WHITESPACE = b" \t\r\n"
+
+
+def with_member(raw: bytes, decoded: object, name: str, value: bytes) -> bytes | None:
+    """``raw`` with the member ``"name": value`` added as its last; ``None`` when splicing
+    cannot be shown safe (the caller then re-encodes).
+
+    ``decoded`` is what ``raw`` decoded to (a successful decode: one JSON value and nothing but
+    whitespace around it), ``name`` a plain key (nothing JSON escapes), ``value`` encoded JSON.
+    Only an object that lacks ``name`` (however the upstream spelt it) is spliced: a key already
+    there is replaced by re-encoding, as a dict assignment would."""
+    if not isinstance(decoded, dict) or name in decoded:
+        return None
+    end = len(raw.rstrip(_WHITESPACE))
+    start = len(raw) - len(raw.lstrip(_WHITESPACE))
+    if end - start < 2 or raw[start] != 0x7B or raw[end - 1] != 0x7D:  # "{" … "}"
+        return None
+    member = b'"' + name.encode() + b'":' + value
+    comma = b"," if decoded else b""
+    return raw[: end - 1] + comma + member + raw[end - 1 :]
