@@ -147,9 +147,7 @@ def _startup_completions_before(lines: list[str], banner: str) -> int:
     return text[: text.index(banner)].count("Application startup complete")
 
 
-def test_startup_banner_comes_after_the_server_answers(
-    tmp_path: Path, stopping: list[subprocess.Popen[str]]
-) -> None:
+def test_startup_banner_comes_after_the_server_answers(tmp_path: Path, stopping: list[subprocess.Popen[str]]) -> None:
     served = _start(tmp_path, free_port(), "Tollway is ready")
     stopping.append(served.process)
     assert served.health_when_announced == 200
