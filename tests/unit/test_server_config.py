@@ -19,5 +19,5 @@ def test_server_config_takes_the_graceful_shutdown_window_and_level() -> None:
 
 @pytest.mark.parametrize(("variable", "value"), [("TOLLWAY_LOG_LEVEL", "trace"), ("TOLLWAY_GRACEFUL_SHUTDOWN_S", "-1")])
 def test_server_config_refuses_what_uvicorn_or_logging_cannot_take(variable: str, value: str) -> None:
-    with pytest.raises(SettingsError, match="log_level|GRACEFUL_SHUTDOWN_S"):
+    with pytest.raises(SettingsError, match=r"log_level|GRACEFUL_SHUTDOWN_S"):
         load_settings(env={variable: value})
