@@ -38,6 +38,7 @@ from gateway.cli_common import CommandError as CommandError
 from gateway.cli_common import ReconcileFailed as ReconcileFailed
 from gateway.cli_common import cli_engine, resolve_account
 from gateway.cli_keys import add_key_commands
+from gateway.cli_serve import cmd_serve
 from gateway.db import create_sessionmaker, migrate
 from gateway.preflight import STARTUP_FAILURE, StartupError
 from gateway.settings import Settings, SettingsError, load_settings
@@ -382,37 +383,6 @@ def cmd_config_check(args: argparse.Namespace) -> None:
         print(f"tollway: warning: {warning}", file=sys.stderr)
     if not report.ok:
         raise CommandError("configuration check failed:\n  " + "\n  ".join(report.errors))
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    """Bind, reach the database and Redis, migrate and bootstrap, then serve; the banner comes
-    once the server answers. Each failure before that is one line and exit code 3."""
-    import os
-
-    from gateway.bootstrap import announce, announce_failure, prepare
-    from gateway.cli_projects import check_keys_before_serving
-    from gateway.config_check import startup_warnings
-    from gateway.preflight import bind_socket
-    from gateway.server import run_server
-
-    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
-    for warning in startup_warnings(settings, os.environ):
-        print(f"tollway: warning: {warning}", file=sys.stderr, flush=True)
-    sock = bind_socket(settings)
-    try:
-        # The key check runs after migrating and before the banner: a refusal is the last word.
-        made = asyncio.run(prepare(settings, verify=check_keys_before_serving))
-        started = run_server(
-            settings,
-            sock,
-            on_started=lambda: announce(settings, made, as_json=args.json),
-            config_path=args.config,
-        )
-    finally:
-        sock.close()
-    if not started:
-        announce_failure(settings, made)
-        raise StartupError("the server did not start (the reason is logged above)")
 
 
 # --- parser ---------------------------------------------------------------------------------
