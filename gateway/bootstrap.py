@@ -4,6 +4,11 @@ Runs once in the ``serve`` command before any worker starts, so replicas and wor
 race to bootstrap. The key is printed only when it is created: it is not stored anywhere. Next
 to it goes the one-time dashboard setup link where the owner chooses their sign-in
 (:mod:`keys.setup`; only its hash is stored, and ``tollway members setup-link`` makes a new one).
+
+:func:`prepare` does the work before the server starts (the database and Redis are reached
+first, gateway/preflight.py); :func:`announce` prints the banner once the server answers, so
+it never names a URL that is not served yet. Should the server then fail to start, the key is
+still printed by :func:`announce_failure`: it exists and would otherwise be lost.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from datetime import UTC, datetime
 from billing.accounts import AccountExists, count_accounts, create_account
 from billing.money import credits_to_micro
 from gateway.db import create_engine, create_sessionmaker, migrate
-from gateway.settings import Settings
+from gateway.preflight import check_database, check_redis, database_location
+from gateway.settings import Settings, sqlite_path
 from keys.service import create_key
 from keys.setup import SETUP_TTL, create_setup_link
 
@@ -58,6 +64,12 @@ async def bootstrap(settings: Settings) -> Bootstrapped | None:
         await engine.dispose()
 
 
+def _database_line(settings: Settings) -> str:
+    if sqlite_path(settings.database_url) is not None:
+        return f"  Database: {database_location(settings)} (run other tollway commands from this directory)\n"
+    return f"  Database: {database_location(settings)}\n"
+
+
 def first_run_banner(settings: Settings, key: str, setup_token: str | None = None) -> str:
     base = f"http://{settings.host}:{settings.port}/v1"
     setup = (
@@ -67,10 +79,10 @@ def first_run_banner(settings: Settings, key: str, setup_token: str | None = Non
         else ""
     )
     return f"""
-Tollway is ready. Your account 'default' has {settings.bootstrap_credits} credits.
+Tollway is ready on {base}. Your account 'default' has {settings.bootstrap_credits} credits.
 
   API key (shown once, save it now):  {key}
-{setup}
+{setup}{_database_line(settings)}
   curl {base}/chat/completions \\
     -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
     -d '{{"model": "demo/echo", "messages": [{{"role": "user", "content": "Hello, Tollway"}}]}}'
@@ -82,19 +94,46 @@ Tollway is ready. Your account 'default' has {settings.bootstrap_credits} credit
 """
 
 
-async def prepare_and_announce(
-    settings: Settings, *, as_json: bool, verify: Callable[[Settings], Awaitable[None]] | None = None
-) -> None:
+async def prepare(
+    settings: Settings, *, verify: Callable[[Settings], Awaitable[None]] | None = None
+) -> Bootstrapped | None:
+    """Everything ``serve`` does before the server starts; raises
+    :class:`gateway.preflight.StartupError` when the database or Redis cannot be reached."""
+    await check_database(settings)
+    await check_redis(settings)
     if settings.auto_migrate:
         await migrate(settings.database_url)
     if verify is not None:
         await verify(settings)
-    made = await bootstrap(settings) if settings.bootstrap else None
+    return await bootstrap(settings) if settings.bootstrap else None
+
+
+def announce(settings: Settings, made: Bootstrapped | None, *, as_json: bool) -> None:
+    """The banner, printed once the server answers on its URL."""
     url = f"http://{settings.host}:{settings.port}"
     if as_json:
         setup = setup_url(settings, made.setup_token) if made else None
-        print(json.dumps({"url": url, "key": made.key if made else None, "setup_url": setup}), flush=True)
+        database = database_location(settings)
+        print(
+            json.dumps({"url": url, "key": made.key if made else None, "setup_url": setup, "database": database}),
+            flush=True,
+        )
     elif made:
         print(first_run_banner(settings, made.key, made.setup_token), flush=True)
     else:
-        print(f"Tollway listening on {url}/v1 (use a key from `tollway keys create`)", flush=True)
+        print(
+            f"Tollway listening on {url}/v1 (use a key from `tollway keys create`)\n{_database_line(settings)}",
+            end="",
+            flush=True,
+        )
+
+
+def announce_failure(settings: Settings, made: Bootstrapped | None) -> None:
+    """The server did not start, but a first key was made: print it, or it would be lost."""
+    if made is None:
+        return
+    print(
+        f"The server did not start, but the first key was created; it is shown once, save it now:\n"
+        f"  API key: {made.key}\n  Dashboard setup: {setup_url(settings, made.setup_token)}",
+        flush=True,
+    )

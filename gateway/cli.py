@@ -3,7 +3,10 @@ proxy functions (``tollway functions …``, in gateway/cli_functions.py; project
 variables and the secret key ring in gateway/cli_projects.py).
 
 Every command takes ``--json`` so scripts can read its output; errors go to stderr with a
-non-zero exit code (2 for bad input or configuration, 1 for anything else).
+non-zero exit code (2 for bad input or configuration, 3 when ``serve`` cannot start: a port in
+use, an unreachable database or Redis; 1 for anything else). Every account option takes an id or
+a name; commands other than ``serve`` and ``migrate`` refuse to create an embedded database that
+does not exist (gateway/cli_common.py says why).
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ from billing.money import MoneyError, credits_to_micro, format_credits
 # Re-exported: the command modules beside this one raise them (gateway/cli_common.py says why).
 from gateway.cli_common import CommandError as CommandError
 from gateway.cli_common import ReconcileFailed as ReconcileFailed
-from gateway.db import create_engine, create_sessionmaker, migrate
+from gateway.cli_common import cli_engine, resolve_account
+from gateway.cli_keys import add_key_commands
+from gateway.cli_serve import cmd_serve
+from gateway.db import create_sessionmaker, migrate
+from gateway.preflight import STARTUP_FAILURE, StartupError
 from gateway.settings import Settings, SettingsError, load_settings
 from keys.audit import record_event
 from keys.errors import KeyError_
@@ -53,7 +60,7 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 async def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[None]]) -> None:
-    engine = create_engine(settings.database_url)
+    engine = cli_engine(settings)
     try:
         async with create_sessionmaker(engine)() as session:
             await work(session)
@@ -67,7 +74,7 @@ async def _money_stores(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, 
     embedded store lives inside a running gateway: it follows the database on its refresh)."""
     from billing.counters import build_counter_store
 
-    engine = create_engine(settings.database_url)
+    engine = cli_engine(settings)
     counters = build_counter_store(settings.redis_url, settings.redis_prefix) if settings.uses_redis else None
     try:
         yield engine, counters
@@ -378,17 +385,6 @@ def cmd_config_check(args: argparse.Namespace) -> None:
         raise CommandError("configuration check failed:\n  " + "\n  ".join(report.errors))
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    from gateway.bootstrap import prepare_and_announce
-    from gateway.cli_projects import check_keys_before_serving
-    from gateway.server import run_server
-
-    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
-    # The key check runs after migrating and before the banner: a refusal is the last word.
-    asyncio.run(prepare_and_announce(settings, as_json=args.json, verify=check_keys_before_serving))
-    run_server(settings, config_path=args.config)
-
-
 # --- parser ---------------------------------------------------------------------------------
 
 
@@ -402,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
 
     parser = argparse.ArgumentParser(prog="tollway", description="OpenAI-compatible AI gateway", parents=[top])
+    parser.add_argument("--version", action="version", version=f"tollway {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
@@ -427,21 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=cmd_accounts_create)
     account_commands.add_parser("list", parents=[common], help="list accounts").set_defaults(handler=cmd_accounts_list)
     status = account_commands.add_parser("set-status", parents=[common], help="activate, suspend or ban")
-    status.add_argument("account", type=int)
+    status.add_argument("account", help="an account id or name")
     status.add_argument("status", choices=[s.value for s in AccountStatus])
     status.set_defaults(handler=cmd_accounts_set_status)
 
     keys = commands.add_parser("keys", parents=[common], help="manage prx- keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     key_create = key_commands.add_parser("create", parents=[common], help="create a key (shown once)")
-    key_create.add_argument("--account", type=int, required=True)
+    key_create.add_argument("--account", required=True, help="an account id or name")
     key_create.add_argument("--name", required=True)
     key_create.set_defaults(handler=cmd_keys_create)
+    add_key_commands(key_commands, common)
 
     members = commands.add_parser("members", parents=[common], help="manage dashboard users of an account")
     member_commands = members.add_subparsers(dest="members_command", required=True)
     member_add = member_commands.add_parser("add", parents=[common], help="add a user (created if new)")
-    member_add.add_argument("--account", type=int, required=True)
+    member_add.add_argument("--account", required=True, help="an account id or name")
     member_add.add_argument("--email", required=True)
     member_add.add_argument("--role", choices=[r.value for r in Role], default=Role.OWNER.value)
     member_add.add_argument(
@@ -451,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     setup_link = member_commands.add_parser(
         "setup-link", parents=[common], help="print a one-time dashboard link to set up a new owner"
     )
-    setup_link.add_argument("--account", type=int, required=True)
+    setup_link.add_argument("--account", required=True, help="an account id or name")
     setup_link.set_defaults(handler=cmd_members_setup_link)
 
     billing = commands.add_parser("billing", parents=[common], help="check the books")
@@ -469,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     credits = commands.add_parser("credits", parents=[common], help="manage credits")
     credit_commands = credits.add_subparsers(dest="credits_command", required=True)
     grant = credit_commands.add_parser("grant", parents=[common], help="grant credits to an account")
-    grant.add_argument("account", type=int)
+    grant.add_argument("account", help="an account id or name")
     grant.add_argument("amount", help="credits, e.g. 100 or 12.5 (negative to correct)")
     grant.add_argument("--reason", default="")
     grant.add_argument("--idempotency-key", default=None, help="repeat-safe: the same key grants once")
@@ -484,13 +482,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tollway")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _resolve_account_argument(args: argparse.Namespace) -> None:
+    """Every command's account (``--account`` or the positional one) as an id, from an id or a name."""
+    reference = getattr(args, "account", None)
+    if not isinstance(reference, str):
+        return
+
+    async def work(session: AsyncSession) -> None:
+        args.account = await resolve_account(session, reference)
+
+    asyncio.run(_with_session(_settings(args), work))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _resolve_account_argument(args)
         args.handler(args)
     except (CommandError, SettingsError) as error:
         print(f"tollway: {error}", file=sys.stderr)
         return 2
+    except StartupError as error:
+        print(f"tollway: {error}", file=sys.stderr)
+        return STARTUP_FAILURE
     except ReconcileFailed as error:
         print(f"tollway: {error}", file=sys.stderr)
         return 1

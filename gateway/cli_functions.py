@@ -282,7 +282,7 @@ def add_function_commands(commands: Any, common: argparse.ArgumentParser) -> Non
 
     def command(name: str, help_text: str, handler: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help_text)
-        parser.add_argument("--account", type=int, required=True)
+        parser.add_argument("--account", required=True, help="an account id or name")
         parser.set_defaults(handler=handler)
         return parser
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from functions.crypto import KeyRing, SecretKeyError
 from functions.errors import FunctionsError
 from functions.keyfile import load_keyring
-from gateway.cli_common import CommandError, ReconcileFailed, emit, settings_of, with_session
+from gateway.cli_common import CommandError, ReconcileFailed, emit, require_database, settings_of, with_session
 from gateway.settings import Settings, sqlite_path
 
 ACTOR = "operator:cli"
@@ -295,6 +295,7 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> None:
     from gateway.db import create_engine, create_sessionmaker
 
     settings = settings_of(args)
+    require_database(settings)  # before a key is added to a file beside a database that is not there
     added = None
     if args.new_key:
         if settings.function_secret_keys:
@@ -336,6 +337,7 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> None:
 
 def cmd_secrets_check(args: argparse.Namespace) -> None:
     settings = settings_of(args)
+    require_database(settings)
     asyncio.run(check_keys_before_serving(settings))
     with _domain_errors():
         ring = load_ring(settings)
@@ -364,7 +366,7 @@ def add_project_commands(commands: Any, common: argparse.ArgumentParser) -> None
         parser = parent.add_parser(name, parents=[common], help=help_)
         parser.set_defaults(handler=handler)
         if account:
-            parser.add_argument("--account", type=int, required=True)
+            parser.add_argument("--account", required=True, help="an account id or name")
         return parser
 
     projects = commands.add_parser("projects", parents=[common], help="manage proxy-function projects")

@@ -19,6 +19,7 @@ import msgspec
 
 from gateway.catalog import build_adapters, build_catalog
 from gateway.settings import Settings, SettingsError
+from providers.registry import KINDS
 
 
 class CheckReport(msgspec.Struct):
@@ -34,27 +35,63 @@ def check_settings(settings: Settings, env: Mapping[str, str]) -> CheckReport:
     """The problems ``settings`` would meet at startup or on its first request."""
     report = CheckReport()
     try:
-        catalog = build_catalog(settings)
+        report.errors.extend(unpriced_models(settings))
     except (SettingsError, ValueError) as error:
         report.errors.append(f"the model catalogue does not build: {error}")
-    else:
-        for slug, model in catalog.items():
-            for deployment in model.deployments:
-                if deployment.price is None:
-                    report.errors.append(
-                        f"models.{slug!r}: no price for {deployment.provider}/{deployment.upstream_model} "
-                        "(set input_per_mtok/output_per_mtok or per_unit_usd; an unpriced model cannot be called)"
-                    )
     try:
         adapters = build_adapters(settings, env)
     except SettingsError as error:
         report.errors.append(str(error))
     else:
         asyncio.run(_close(adapters.values()))
-    for name, provider in settings.providers.items():
-        if provider.api_key_env and not env.get(provider.api_key_env):
-            report.warnings.append(f"providers.{name}: ${provider.api_key_env} is not set; its calls will be refused")
+    report.warnings.extend(unset_key_variables(settings, env))
+    report.warnings.extend(demo_beside_real_providers(settings))
     return report
+
+
+def startup_warnings(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """What ``tollway serve`` warns of but serves anyway: ``config check`` refuses unpriced models,
+    a running gateway only hides them."""
+    try:
+        unpriced = unpriced_models(settings)
+    except (SettingsError, ValueError):
+        unpriced = []  # the lifespan builds the catalogue too, and fails with the reason
+    return [*unpriced, *unset_key_variables(settings, env), *demo_beside_real_providers(settings)]
+
+
+def unpriced_models(settings: Settings) -> list[str]:
+    """One line per configured deployment without a price: such a model is hidden from
+    ``/v1/models`` and refused, since its calls could not be charged."""
+    problems: list[str] = []
+    catalog = build_catalog(settings)
+    for slug, model in catalog.items():
+        for deployment in model.deployments:
+            if deployment.price is None:
+                problems.append(
+                    f"models.{slug!r}: no price for {deployment.provider}/{deployment.upstream_model}, so it is "
+                    "hidden and cannot be called (set input_per_mtok/output_per_mtok or per_unit_usd)"
+                )
+    return problems
+
+
+def unset_key_variables(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """Providers whose key comes from an environment variable that is not set."""
+    problems: list[str] = []
+    for name, provider in settings.providers.items():
+        kind = KINDS.get(provider.kind)
+        variable = provider.api_key_env or (kind.api_key_env if kind is not None else "")
+        if not provider.api_key and variable and not env.get(variable):
+            problems.append(f"providers.{name}: ${variable} is not set; its calls will be refused")
+    return problems
+
+
+def demo_beside_real_providers(settings: Settings) -> list[str]:
+    if not (settings.demo_provider and settings.providers):
+        return []
+    return [
+        f"demo_provider is on next to real providers ({', '.join(sorted(settings.providers))}): every key "
+        "can call the free demo/* models; set demo_provider = false (TOLLWAY_DEMO_PROVIDER=false)"
+    ]
 
 
 async def _close(adapters: Any) -> None:

@@ -14,13 +14,19 @@ Two of uvicorn's defaults are wrong for a gateway that enforces per-key IP rules
   adds one (``header_timeout_s``) and caps the bytes a request may send before its headers
   are complete. It does not bound how slowly a *body* arrives; a reverse proxy in front
   (nginx ``client_body_timeout``) covers that, as the README says.
+
+The CLI binds the listening socket itself before anything else (gateway/preflight.py) and hands
+it over; ``on_started`` runs only once the server answers requests (with several workers: once
+every worker has finished its startup), so the banner never announces a server that is not there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sys
+import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -30,11 +36,9 @@ from uvicorn.supervisors import Multiprocess
 from gateway.app import create_app
 from gateway.settings import Settings
 
-GRACEFUL_SHUTDOWN_S = 30  # open streams get this long to finish on SIGTERM
 KEEP_ALIVE_S = 5  # an idle connection between requests is closed after this long
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is refused (431), as nginx and Node do
 DEFAULT_HEADER_TIMEOUT_S = 10.0
-STARTUP_FAILURE = 3
 _HEADER_TIMEOUT_ATTRIBUTE = "tollway_header_timeout_s"
 
 
@@ -118,9 +122,11 @@ def server_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
         port=settings.port,
         loop="uvloop",
         http=DeadlineProtocol,
-        log_level=settings.log_level,
+        log_level=settings.log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # Open requests and streams get this long to finish on SIGTERM; uvicorn hands it to
+        # asyncio.wait_for, which takes a float although the annotation says int.
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
         timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         # Never let uvicorn rewrite the client address from X-Forwarded-For: only Tollway's
@@ -135,13 +141,76 @@ def server_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
     return config
 
 
-def run_server(settings: Settings, *, config_path: str | None = None) -> None:
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, calling ``on_started`` once its lifespan ran and it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_started()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, waiting for every worker to be ready before ``on_started``.
+
+    A worker that dies before it is ready stops them all: its cause (a lifespan error) is the
+    same for every worker, and restarting it in a loop would only hide it.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], on_started: Callable[[], None]) -> None:
+        super().__init__(config, sockets)
+        self._on_started = on_started
+        self.started = False
+
+    def run(self) -> None:
+        self.init_processes()
+        if self._wait_until_ready():
+            self.started = True
+            self._on_started()
+            while not self.should_exit.wait(0.5):
+                self.handle_signals()
+                self.keep_subprocess_alive()
+        self.terminate_all()
+        self.join_all()
+
+    def _wait_until_ready(self) -> bool:
+        pending = list(self.processes)
+        while pending:
+            self.handle_signals()
+            if self.should_exit.is_set():
+                return False
+            for process in list(pending):
+                if process.exitcode is not None:
+                    self.should_exit.set()
+                    return False
+                if process.is_ready(timeout=0.5):
+                    pending.remove(process)
+            time.sleep(self.POLL_S)
+        return True
+
+
+def run_server(
+    settings: Settings,
+    sock: socket.socket,
+    *,
+    on_started: Callable[[], None] = lambda: None,
+    config_path: str | None = None,
+) -> bool:
+    """Serve on ``sock`` until stopped. False when the server never started (the cause is
+    already logged by uvicorn)."""
     if settings.workers == 1:
-        server = uvicorn.Server(server_config(settings, create_app(settings)))
-        server.run()
-        if not server.started:
-            sys.exit(STARTUP_FAILURE)  # as uvicorn.run does: the port was taken, or startup failed
-        return
+        server = _AnnouncingServer(server_config(settings, create_app(settings)), on_started)
+        try:
+            server.run(sockets=[sock])
+        except SystemExit:  # uvicorn's way of saying the lifespan failed
+            return False
+        return server.started
     if config_path:
         os.environ["TOLLWAY_CONFIG"] = config_path
     os.environ["TOLLWAY_HOST"] = settings.host
@@ -151,5 +220,6 @@ def run_server(settings: Settings, *, config_path: str | None = None) -> None:
     os.environ["TOLLWAY_AUTO_MIGRATE"] = "false"
     os.environ["TOLLWAY_BOOTSTRAP"] = "false"
     config = server_config(settings, "gateway.app:app_from_environment", factory=True, workers=settings.workers)
-    # What uvicorn.run does for several workers, with our own Config object.
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    supervisor = _Supervisor(config, [sock], on_started)
+    supervisor.run()
+    return supervisor.started

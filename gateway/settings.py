@@ -30,6 +30,8 @@ _HOST_NAME = re.compile(
 )
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./tollway.db"
 DEMO_PROVIDER = "demo"
+# What both uvicorn and the standard library understand (uvicorn's "trace" is not a logging level).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class SettingsError(Exception):
@@ -117,7 +119,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # an entry another writer claimed may stay unacknowledged before it counts as abandoned.
     settlement_scan_s: float = 30.0
     settlement_claim_idle_s: float = 30.0
-    log_level: str = "info"
+    log_level: str = "info"  # one of LOG_LEVELS, any case
     # How long a client may take to send a request's headers (slow-header attacks; see server.py).
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     trusted_proxies: list[str] = []
@@ -166,6 +168,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # a proxy: HTTP(S)_PROXY in the environment is still ignored. Proxy functions (/fn) never use
     # it (see docs/operations.md). Its password is masked wherever settings are printed.
     egress_proxy: str = ""
+    # startup (issue 14): how long open requests and streams get to finish after SIGTERM before
+    # the server closes them.
+    graceful_shutdown_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -280,6 +285,8 @@ def _decimal(value: str, where: str) -> Decimal:
 def validate_settings(settings: Settings) -> None:
     """Cross-field checks msgspec cannot express; each error names the setting."""
     _decimal(settings.markup_percent, "markup_percent")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}")
     for proxy in settings.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)

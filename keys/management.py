@@ -28,7 +28,7 @@ from keys.restrictions import (
     parse_origins,
     parse_period,
 )
-from keys.secrets import display_prefix, hash_key, new_prx_key
+from keys.secrets import PRX_PREFIX, display_prefix, hash_key, looks_like_prx_key, new_prx_key
 
 # Every field is bounded by the column it lands in (billing.bounds): a NUL byte, a string past
 # its VARCHAR or a limit past its INTEGER is a 400 here, never a failed write later.
@@ -175,6 +175,31 @@ def changes_from(update: KeyCreate | KeyUpdate, now: datetime) -> dict[str, Any]
 
 async def list_keys(session: AsyncSession, account_id: int) -> list[ApiKey]:
     return list(await session.scalars(select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id)))
+
+
+async def list_all_keys(session: AsyncSession, account_id: int | None = None) -> list[ApiKey]:
+    """Every account's keys (the operator's view), or one account's."""
+    query = select(ApiKey).order_by(ApiKey.id)
+    if account_id is not None:
+        query = query.where(ApiKey.account_id == account_id)
+    return list(await session.scalars(query))
+
+
+async def find_keys(session: AsyncSession, reference: str) -> list[ApiKey]:
+    """The keys ``reference`` may mean, in any account: a key id, a display prefix (``prx-ab12``,
+    or its start), or a whole key (matched by its hash, as a leaked key is best named)."""
+    text = reference.strip()
+    if text.isdigit() and len(text) <= 18:
+        query = select(ApiKey).where(ApiKey.id == int(text))
+    elif looks_like_prx_key(text):
+        query = select(ApiKey).where(ApiKey.key_hash == hash_key(text))
+    else:
+        prefix = text if text.startswith(PRX_PREFIX) else PRX_PREFIX + text
+        # Nothing after prx- would match every key; more than a display prefix holds, none.
+        if len(prefix) <= len(PRX_PREFIX) or len(prefix) > len(display_prefix(prefix)):
+            return []
+        query = select(ApiKey).where(ApiKey.prefix.startswith(prefix, autoescape=True))
+    return list(await session.scalars(query.order_by(ApiKey.id)))
 
 
 async def get_key(session: AsyncSession, account_id: int, key_id: int) -> ApiKey:

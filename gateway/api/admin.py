@@ -1,4 +1,4 @@
-"""``/api/admin``: the operator's API (accounts, their status, credit grants).
+"""``/api/admin``: the operator's API (accounts, their status, credit grants, every account's keys).
 
 Authenticated by the operator token from config (``admin_token``), compared in constant
 time by the :func:`gateway.api.deps.operator_only` guard on the controller; with no token
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, patch, post, put
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy import func, select
 
 from billing.accounts import (
@@ -33,11 +33,11 @@ from gateway.api.views import model_view, usage_view
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.prices import load_overrides, store_override
 from gateway.state import GatewayState
-from gateway.validation import PathId, Slug
+from gateway.validation import PathId, QueryId, Slug
 from keys.audit import record_event
-from keys.management import KeyCreate, create_key_with
+from keys.management import KeyCreate, KeyNotFound, create_key_with, delete_key, list_all_keys
 from keys.members import add_member
-from keys.models import Role
+from keys.models import ApiKey, Role
 
 
 class AccountConflict(GatewayError):
@@ -115,6 +115,34 @@ class AdminKeyCreated(msgspec.Struct):
     name: str
     prefix: str
     key: str  # shown once
+
+
+class AdminKeyRead(msgspec.Struct):
+    """A key as the operator sees it: who holds it and its display prefix, never the key."""
+
+    id: int
+    account_id: int
+    name: str
+    prefix: str
+    is_active: bool
+    expires_at: str | None
+    created_at: str
+
+
+class AdminKeyList(msgspec.Struct):
+    keys: list[AdminKeyRead]
+
+
+def admin_key_read(key: ApiKey) -> AdminKeyRead:
+    return AdminKeyRead(
+        id=key.id,
+        account_id=key.account_id,
+        name=key.name,
+        prefix=key.prefix,
+        is_active=key.is_active,
+        expires_at=key.expires_at.isoformat() if key.expires_at else None,
+        created_at=key.created_at.isoformat(),
+    )
 
 
 class AdminMemberRead(msgspec.Struct):
@@ -272,6 +300,24 @@ class AdminController(Controller):
                 session, account_id, KeyCreate(name=data.name), gateway.now(), actor=OPERATOR
             )
         return AdminKeyCreated(key.id, account_id, key.name, key.prefix, plaintext)
+
+    @get("/keys/", operation_id="admin_list_keys", responses=errors(400, 401))
+    async def list_keys(self, gateway: Injected[GatewayState], account_id: FromQuery[QueryId] = None) -> AdminKeyList:
+        """Every account's keys (or one account's with ``?account_id=``): to find a leaked key by
+        its prefix and revoke it."""
+        async with gateway.sessionmaker() as session:
+            return AdminKeyList([admin_key_read(key) for key in await list_all_keys(session, account_id)])
+
+    @delete("/keys/{key_id:int}/", status_code=204, operation_id="admin_revoke_key", responses=errors(400, 401, 404))
+    async def revoke_key(self, gateway: Injected[GatewayState], key_id: FromPath[PathId]) -> None:
+        """Revoke (delete) any account's key; other processes stop accepting it within
+        ``key_cache_ttl_s``, this one at once."""
+        async with gateway.sessionmaker() as session:
+            key = await session.get(ApiKey, key_id)
+            if key is None:
+                raise KeyNotFound(f"no key with id {key_id}")
+            await delete_key(session, key.account_id, key_id, actor=OPERATOR)
+        gateway.keys.forget_all()
 
     @post(
         "/accounts/{account_id:int}/members/",

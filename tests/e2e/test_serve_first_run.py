@@ -38,11 +38,20 @@ def serve(workdir: Path, port: int, *args: str) -> tuple[subprocess.Popen[str], 
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process, lines
+                break
         except httpx.HTTPError:
             time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail("tollway serve did not come up:\n" + "".join(lines))
+    # The banner follows the server's readiness (with workers: every worker's), so it may come
+    # a moment after the first answer.
+    while time.monotonic() < deadline:
+        if any(line.startswith(("Tollway ", '{"url"')) for line in lines):
+            return process, lines
+        time.sleep(0.05)
     process.kill()
-    pytest.fail("tollway serve did not come up:\n" + "".join(lines))
+    pytest.fail("tollway serve announced nothing:\n" + "".join(lines))
 
 
 def stop(process: subprocess.Popen[str]) -> None:

@@ -62,12 +62,13 @@ def test_cli_grant_idempotency_key_grants_once(config: str, capsys: pytest.Captu
         (["accounts", "create", "acme", "--credits", "1.0000001"], "6 decimal places"),
         (["keys", "create", "--account", "999", "--name", "x"], "no account"),
         (["credits", "grant", "999", "5"], "no account"),
-        (["credits", "grant", "1", "0"], "zero"),
+        (["credits", "grant", "acme", "0"], "zero"),
     ],
 )
 def test_cli_errors_exit_2_with_message(
     config: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
+    assert main(["--config", config, "accounts", "create", "acme"]) == 0  # accounts are resolved first
     assert main(["--config", config, *argv]) == 2
     assert message in capsys.readouterr().err
 

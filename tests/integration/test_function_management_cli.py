@@ -159,6 +159,8 @@ def test_function_management_cli_errors_exit_2_with_the_rule(config: str, capsys
     assert "A proxy function with this name already exists" in fails(
         capsys, config, *blank, "https://api.example.com/y"
     )
-    other = ["functions", "create", "--account", "999", "--environment", str(ws.env), "--name", "X", "--target-url"]
+    assert main(["--config", config, "accounts", "create", "someone-else"]) == 0
+    other = ["functions", "create", "--account", "someone-else", "--environment", str(ws.env), "--name", "X"]
+    other.append("--target-url")
     assert "no environment" in fails(capsys, config, *other, "https://api.example.com/x")
     assert "needs a variable" in fails(capsys, config, *base, "--template", "openai")

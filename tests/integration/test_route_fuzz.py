@@ -190,6 +190,8 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("POST", "/api/admin/accounts/{account_id:int}/members"): Seed(
         json={"email": "o@example.com", "role": "owner"}, path={"account_id": "spare_account"}, auth="admin"
     ),
+    ("GET", "/api/admin/keys"): Seed(query={"account_id": "1"}, auth="admin"),
+    ("DELETE", "/api/admin/keys/{key_id:int}"): Seed(path={"key_id": "spare_admin_key"}, auth="admin"),
     ("GET", "/api/admin/models"): Seed(auth="admin"),
     ("GET", "/api/admin/anomalies"): Seed(auth="admin"),
     ("PUT", "/api/admin/models/{slug:path}"): Seed(
@@ -551,6 +553,9 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
     ).json()
     invitation = httpx.post(gateway.url + "/api/invitations/", json={"email": "i@example.com"}, headers=key).json()
     account = httpx.post(gateway.url + "/api/admin/accounts/", json={"name": "spare"}, headers=admin).json()
+    admin_key = httpx.post(
+        gateway.url + f"/api/admin/accounts/{account['id']}/keys/", json={"name": "spare"}, headers=admin
+    ).json()
     functions = workspace(gateway, "Fuzz")
     spare_function = httpx.post(
         gateway.url + f"/api/environments/{functions.env}/functions/",
@@ -580,6 +585,7 @@ def _spares(gateway: Gateway) -> dict[str, Any]:
         "spare_member": member["id"],
         "spare_invitation": invitation["id"],
         "spare_account": account["id"],
+        "spare_admin_key": admin_key["id"],
         "code_function": code_function["id"],
         "spare_environment": functions.env,
         "spare_variable": functions.variable,

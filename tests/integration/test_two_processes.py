@@ -64,7 +64,7 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.terminate()
     for process in processes:
         try:
-            # uvicorn gives open connections up to 30 s (GRACEFUL_SHUTDOWN_S) to finish.
+            # uvicorn gives open connections up to graceful_shutdown_s (30 s) to finish.
             process.wait(timeout=45)
         except subprocess.TimeoutExpired:
             process.kill()

@@ -15,6 +15,7 @@ from gateway.settings import MASK, SECRET_FIELDS, Settings, SettingsError, env_v
 # derived from its type, so a setting added tomorrow is covered without touching this test.
 STRING_SAMPLES = {
     "database_url": "sqlite+aiosqlite:///./elsewhere.db",
+    "log_level": "debug",
     "markup_percent": "12.5",
     "bootstrap_credits": "7",
     "admin_token": "a" * 32,
