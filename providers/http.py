@@ -8,7 +8,8 @@ timeout that applies per chunk read, i.e. an idle timeout for streams.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 
 import aiohttp
 import httpx
@@ -17,6 +18,17 @@ from httpx_aiohttp import AiohttpTransport
 from providers.base import StreamChunk
 from providers.errors import ProviderError, UpstreamTimeout, UpstreamUnavailable
 from providers.sse import SSEEvent, SSEParser
+
+# The headers the current request forwards to every upstream it calls (its request id, the
+# caller's trace context), set once per request by the gateway (gateway/request_id.py) and read
+# by each client as it sends: the adapters never see them, and a background call (a webhook,
+# a price reload) made outside a request forwards nothing.
+FORWARDED: ContextVar[Sequence[tuple[str, str]]] = ContextVar("tollway_forwarded_headers", default=())
+
+
+async def _forward_headers(request: httpx.Request) -> None:
+    for name, value in FORWARDED.get():
+        request.headers[name] = value
 
 
 def build_client(
@@ -37,6 +49,7 @@ def build_client(
         # trust_env=False: an operator's HTTP(S)_PROXY must not silently reroute provider traffic.
         transport=transport or AiohttpTransport(limits=limits, trust_env=False),
         trust_env=False,
+        event_hooks={"request": [_forward_headers]},
     )
 
 
