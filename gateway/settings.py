@@ -156,6 +156,18 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Credits charged per invocation, as a decimal string ("0" = free): reserved and settled like
     # any metered call when set.
     function_invocation_credits: str = "0"
+    # --- what an operator sees (README "Operating") ---
+    # "text" lines, or one JSON object per line with the request's fields (gateway/logs.py).
+    log_format: Literal["text", "json"] = "text"
+    # One line per /v1 request (logger tollway.access, INFO): ids, key prefix, account, model,
+    # provider, status, latency, credits.
+    access_log: bool = False
+    # Prometheus /metrics; on the main port it needs the operator token (admin_token), unless
+    # metrics_bind names a separate listener ("127.0.0.1:9464") that serves it without one.
+    metrics: bool = True
+    metrics_bind: str = ""
+    # OpenTelemetry traces (not built yet: setting it is refused rather than silently ignored).
+    otel_endpoint: str = ""
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -295,6 +307,15 @@ def validate_settings(settings: Settings) -> None:
         raise SettingsError("session_secret must be at least 32 characters (use a random secret)")
     if settings.geoip_database and not Path(settings.geoip_database).is_file():
         raise SettingsError(f"geoip_database: no such file {settings.geoip_database!r}")
+    if settings.metrics_bind:
+        metrics_address(settings.metrics_bind)
+        if settings.workers > 1:
+            raise SettingsError(
+                "metrics_bind serves one process's metrics: with several workers scrape /metrics on the "
+                "main port with the operator token, or run one worker per replica (README, Operating)"
+            )
+    if settings.otel_endpoint:
+        raise SettingsError("otel_endpoint: OpenTelemetry traces are not available in this version")
     if settings.workers > 1 and not settings.uses_redis:
         raise SettingsError(
             "more than one worker needs Redis: set redis_url (TOLLWAY_REDIS_URL); the embedded "
@@ -325,6 +346,15 @@ def validate_settings(settings: Settings) -> None:
                 deployment.provider == DEMO_PROVIDER and settings.demo_provider
             ):
                 raise SettingsError(f"{where}.provider names unknown provider {deployment.provider!r}")
+
+
+def metrics_address(bind: str) -> tuple[str, int]:
+    """``host:port`` of ``metrics_bind`` (``[::1]:9464`` for IPv6)."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"metrics_bind must be host:port, e.g. 127.0.0.1:9464, got {bind!r}")
+    return host, int(port)
 
 
 def sqlite_path(database_url: str) -> Path | None:
