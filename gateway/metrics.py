@@ -86,6 +86,7 @@ class _Children:
     input_tokens: Any
     output_tokens: Any
     credits: Any
+    upstream: Any
 
 
 class Telemetry:
@@ -160,6 +161,7 @@ class Telemetry:
                 self._tokens.labels(model, provider, "input"),
                 self._tokens.labels(model, provider, "output"),
                 self._credits.labels(model, provider),
+                self._upstream.labels(provider, model),
             )
         return children
 
@@ -186,7 +188,7 @@ class Telemetry:
             if settlement.cost_micro:
                 children.credits.inc(settlement.cost_micro)
             if upstream_s is not None:
-                self._upstream.labels(settlement.provider, settlement.model).observe(upstream_s)
+                children.upstream.observe(upstream_s)
             if broken:
                 self._upstream_errors.labels(settlement.provider, settlement.model, settlement.error_code).inc()
         if broken:

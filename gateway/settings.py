@@ -158,7 +158,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     function_invocation_credits: str = "0"
     # --- what an operator sees (README "Operating") ---
     # "text" lines, or one JSON object per line with the request's fields (gateway/logs.py).
-    log_format: Literal["text", "json"] = "text"
+    log_format: str = "text"
     # One line per /v1 request (logger tollway.access, INFO): ids, key prefix, account, model,
     # provider, status, latency, credits.
     access_log: bool = False
@@ -166,8 +166,6 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # metrics_bind names a separate listener ("127.0.0.1:9464") that serves it without one.
     metrics: bool = True
     metrics_bind: str = ""
-    # OpenTelemetry traces (not built yet: setting it is refused rather than silently ignored).
-    otel_endpoint: str = ""
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -307,6 +305,8 @@ def validate_settings(settings: Settings) -> None:
         raise SettingsError("session_secret must be at least 32 characters (use a random secret)")
     if settings.geoip_database and not Path(settings.geoip_database).is_file():
         raise SettingsError(f"geoip_database: no such file {settings.geoip_database!r}")
+    if settings.log_format not in ("text", "json"):
+        raise SettingsError(f"log_format must be text or json, got {settings.log_format!r}")
     if settings.metrics_bind:
         metrics_address(settings.metrics_bind)
         if settings.workers > 1:
@@ -314,8 +314,6 @@ def validate_settings(settings: Settings) -> None:
                 "metrics_bind serves one process's metrics: with several workers scrape /metrics on the "
                 "main port with the operator token, or run one worker per replica (README, Operating)"
             )
-    if settings.otel_endpoint:
-        raise SettingsError("otel_endpoint: OpenTelemetry traces are not available in this version")
     if settings.workers > 1 and not settings.uses_redis:
         raise SettingsError(
             "more than one worker needs Redis: set redis_url (TOLLWAY_REDIS_URL); the embedded "

@@ -24,7 +24,7 @@ Sample = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def scrape(url: str, headers: dict[str, str] | None = None) -> dict[Sample, float]:
-    response = httpx.get(url, headers=headers or OPERATOR)
+    response = httpx.get(url, headers=OPERATOR if headers is None else headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return {
@@ -40,10 +40,12 @@ def moved(before: dict[Sample, float], after: dict[Sample, float], name: str, **
     return after[key] - before.get(key, 0.0)
 
 
-def chat(gateway: Gateway, *, key: str | None = None, stream: bool = False, **headers: str) -> httpx.Response:
+def chat(
+    gateway: Gateway, *, key: str | None = None, stream: bool = False, headers: dict[str, str] | None = None
+) -> httpx.Response:
     auth = {"Authorization": f"Bearer {key or gateway.key}"} if key != "" else {}
     body: dict[str, Any] = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    return httpx.post(gateway.v1 + "/chat/completions", json=body, headers={**auth, **headers}, timeout=10)
+    return httpx.post(gateway.v1 + "/chat/completions", json=body, headers={**auth, **(headers or {})}, timeout=10)
 
 
 def test_metrics_counters_move_by_exactly_what_was_served(gateway: Gateway) -> None:
@@ -152,7 +154,7 @@ def test_json_access_log_line_has_the_request_fields_and_no_secret(json_gateway:
     )
     token = minted.json()["data"]["token"]
     assert token.startswith("bt-")
-    ok = chat(gateway, **{"X-Request-Id": "client-req-1"})
+    ok = chat(gateway, headers={"X-Request-Id": "client-req-1"})
     assert ok.status_code == 200
     assert chat(gateway, key=token).status_code == 200
     gateway.fake.fail_status, gateway.fake.fail_times = 500, 3  # every attempt fails: three lines
@@ -179,7 +181,7 @@ def test_json_access_log_line_has_the_request_fields_and_no_secret(json_gateway:
 
 
 def test_request_id_and_traceparent_kept_and_forwarded(gateway: Gateway) -> None:
-    answer = chat(gateway, **{"X-Request-Id": "order-42/attempt-1", "traceparent": TRACEPARENT})
+    answer = chat(gateway, headers={"X-Request-Id": "order-42/attempt-1", "traceparent": TRACEPARENT})
     assert answer.status_code == 200
     sent = gateway.fake.received[-1].headers
     assert sent["x-request-id"] == "order-42/attempt-1" == answer.headers["x-request-id"]
@@ -187,7 +189,7 @@ def test_request_id_and_traceparent_kept_and_forwarded(gateway: Gateway) -> None
     own = answer.headers["x-tollway-request-id"]
     assert own.startswith("req_") and answer.json()["_tollway"]["request_id"] == own
 
-    streamed = chat(gateway, stream=True, **{"X-Request-Id": "stream-7", "traceparent": TRACEPARENT})
+    streamed = chat(gateway, stream=True, headers={"X-Request-Id": "stream-7", "traceparent": TRACEPARENT})
     assert streamed.headers["x-request-id"] == "stream-7" == gateway.fake.received[-1].headers["x-request-id"]
 
     # Without one, the gateway's own id goes up and comes back; nothing invented for traceparent.
@@ -197,20 +199,20 @@ def test_request_id_and_traceparent_kept_and_forwarded(gateway: Gateway) -> None
 
     # Malformed ones are replaced (the id) or dropped (the trace context).
     for bad in ("has space", "x" * 129, "tab\there"):
-        odd = chat(gateway, **{"X-Request-Id": bad, "traceparent": "00-zz-00-01"})
+        odd = chat(gateway, headers={"X-Request-Id": bad, "traceparent": "00-zz-00-01"})
         assert odd.headers["x-request-id"].startswith("req_")
         assert gateway.fake.received[-1].headers["x-request-id"] == odd.headers["x-request-id"]
         assert "traceparent" not in gateway.fake.received[-1].headers
 
     # A refusal names the caller's id too.
-    refused = chat(gateway, key="prx-" + "0" * 48, **{"X-Request-Id": "refused-1"})
+    refused = chat(gateway, key="prx-" + "0" * 48, headers={"X-Request-Id": "refused-1"})
     assert (refused.status_code, refused.headers["x-request-id"]) == (401, "refused-1")
 
 
 def test_replayed_request_id_is_billed_every_time(gateway: Gateway) -> None:
     """The caller's id is for correlation only: reusing it never makes a settlement a duplicate."""
-    first = chat(gateway, **{"X-Request-Id": "same"})
-    second = chat(gateway, **{"X-Request-Id": "same"})
+    first = chat(gateway, headers={"X-Request-Id": "same"})
+    second = chat(gateway, headers={"X-Request-Id": "same"})
     own = {first.headers["x-tollway-request-id"], second.headers["x-tollway-request-id"]}
     assert len(own) == 2
     debits = gateway.debit_counts()

@@ -22,7 +22,6 @@ STRING_SAMPLES = {
     "function_invocation_credits": "0.25",
     "log_format": "json",
     "metrics_bind": "127.0.0.1:9464",
-    "otel_endpoint": "http://127.0.0.1:4318",
 }
 # Fields whose type-derived sample would break their bounds (the cache TTL is at most 1 s).
 NUMBER_SAMPLES: dict[str, tuple[str, Any]] = {"function_cache_ttl_s": ("0.5", 0.5)}
