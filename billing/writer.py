@@ -83,6 +83,8 @@ class SettlementWriter:
         self._sessionmaker = sessionmaker
         self._keys = keys
         self._clock = clock
+        # Age of the oldest settlement of the last batch written (read by the gateway's metrics).
+        self.lag_s: float | None = None
         self._claim_idle_ms = int(claim_idle_s * 1000)
         self.consumer = consumer or writer_name()
         # Accounts whose streams this process fed since its writer last drained them.
@@ -282,6 +284,7 @@ class SettlementWriter:
                 # Written but not acknowledged: the next round writes them again, which writes nothing.
                 self._dirty.update(account_id for account_id, _entries in batches)
                 raise BillingUnavailable("the credit counters are unreachable") from error
+            self.lag_s = _batch_lag_s(batches)  # for the operator's metrics
             for entry in decoded:
                 self._unwritten.pop(entry.request_id, None)
             for account_id, entries in batches:
@@ -432,6 +435,17 @@ class SettlementWriter:
                 # More came in during the round: still one round per window, or at low load
                 # every settlement (arriving while the previous round runs) paid for its own.
                 await asyncio.sleep(rest)
+
+
+def _batch_lag_s(batches: Sequence[tuple[int, list[QueuedSettlement]]]) -> float | None:
+    """How long the oldest entry of a written batch waited: Redis stream ids start with the
+    milliseconds they were added at; other stores' ids say nothing (``None``)."""
+    oldest = None
+    for _account_id, entries in batches:
+        head = entries[0].entry_id.partition("-")[0] if entries else ""
+        if head.isdigit() and (oldest is None or int(head) < oldest):
+            oldest = int(head)
+    return None if oldest is None else max(0.0, time.time() - oldest / 1000)
 
 
 def _decode_into(

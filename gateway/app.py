@@ -8,6 +8,7 @@ it stops, so importing this module (or building an app in a test) has no side ef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -44,6 +45,7 @@ from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
+from gateway.api.metrics import get_metrics, metrics_listener
 from gateway.api.openapi import V1_AUTH, openapi_config
 from gateway.api.projects import EnvironmentsController, ProjectsController, VariablesController
 from gateway.api.v1 import (
@@ -72,6 +74,8 @@ from gateway.errors import (
     handle_unexpected,
     handle_validation_error,
 )
+from gateway.logs import formatters
+from gateway.metrics import Telemetry
 from gateway.pipeline.geoip import CountryDatabase
 from gateway.prices import follow_price_changes, reload_catalogue
 from gateway.request_id import request_id_middleware
@@ -192,9 +196,15 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             functions=FunctionDirectory(
                 sessionmaker, keyring.ring, ttl_s=settings.function_cache_ttl_s, clock=monotonic
             ),
+            telemetry=Telemetry(
+                metrics=settings.metrics,
+                access=settings.access_log,
+                known_model=lambda slug: slug in built[0].catalog,
+            ),
         )
         state: GatewayState = app.state.gateway
         built.append(state)
+        state.telemetry.attach(state)
         state.function_client = FunctionEgress(EgressPolicy.from_settings(settings.function_allow_hosts))
         state.function_runtime = FunctionRuntime(
             state.function_client,
@@ -220,6 +230,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 follow_price_changes(state, counters),
                 deliver_webhooks(webhooks, settings.webhook_poll_s),
                 settlement_writer(state.meter, scan_s=settings.settlement_scan_s),
+                metrics_listener(state, settings.metrics_bind)
+                if settings.metrics and settings.metrics_bind
+                else contextlib.nullcontext(),
             ):
                 yield
         finally:
@@ -259,6 +272,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             function_runtime,
             healthz,
             readyz,
+            # Prometheus, behind the operator token (unless metrics_bind serves it elsewhere).
+            *([get_metrics] if settings.metrics and not settings.metrics_bind else []),
             # The dashboard's pages at / and its static files (gateway/dashboard/).
             *dashboard_routes(settings),
         ],
@@ -269,6 +284,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         # The request id first, so even CORS-decorated answers carry it.
         middleware=[request_id_middleware, cors_middleware(settings.cors_max_age_s)],
         logging_config=LoggingConfig(
+            formatters=formatters(settings.log_format),
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
             # httpx logs every upstream request at INFO: a formatted line per call on the hot path.
             loggers={"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},

@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from billing.bounds import NO_CONTROL, NO_NUL
 from billing.errors import BillingError
 from functions.errors import FunctionsError
-from gateway.request_id import request_id_of
+from gateway.request_id import correlation_id_of
 from keys.errors import KeyError_
 from keys.restrictions import RestrictionError
 from providers.errors import ProviderError, UpstreamHTTPError
@@ -137,9 +137,10 @@ def handle_domain_error(request: Request[Any, Any, Any], error: Exception) -> Re
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str:
-    """The id :mod:`gateway.request_id` gave this request: exception handlers run outside the
-    route middleware that sets the header on answers, so each error names it itself."""
-    return request_id_of(cast(dict[str, Any], request.scope))
+    """The id :mod:`gateway.request_id` gave this request (the caller's own, when it sent one):
+    exception handlers run outside the route middleware that sets the header on answers, so
+    each error names it itself."""
+    return correlation_id_of(cast(dict[str, Any], request.scope))
 
 
 _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}

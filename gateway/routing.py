@@ -122,6 +122,15 @@ class Router:
         healthy = [c for c in ranked if not self.cooling_down(c)]
         return healthy or ranked
 
+    def breakers(self) -> list[tuple[str, str, bool, int]]:
+        """Each deployment seen so far: provider, upstream model, whether its breaker is open
+        (being skipped) and its consecutive failures; read by the metrics at scrape time."""
+        now = self._clock()
+        return [
+            (provider, model, health.open_until > now, health.consecutive_failures)
+            for (provider, model), health in list(self._health.items())
+        ]
+
     def _latency(self, served: CatalogModel) -> float:
         latency = self._of(served).latency_s
         return latency if latency is not None else 0.0  # unmeasured first, so it gets measured

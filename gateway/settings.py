@@ -171,6 +171,16 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # startup (issue 14): how long open requests and streams get to finish after SIGTERM before
     # the server closes them.
     graceful_shutdown_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # --- what an operator sees (README "Operating") ---
+    # "text" lines, or one JSON object per line with the request's fields (gateway/logs.py).
+    log_format: str = "text"
+    # One line per /v1 request (logger tollway.access, INFO): ids, key prefix, account, model,
+    # provider, status, latency, credits.
+    access_log: bool = False
+    # Prometheus /metrics; on the main port it needs the operator token (admin_token), unless
+    # metrics_bind names a separate listener ("127.0.0.1:9464") that serves it without one.
+    metrics: bool = True
+    metrics_bind: str = ""
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -313,6 +323,15 @@ def validate_settings(settings: Settings) -> None:
         raise SettingsError("session_secret must be at least 32 characters (use a random secret)")
     if settings.geoip_database and not Path(settings.geoip_database).is_file():
         raise SettingsError(f"geoip_database: no such file {settings.geoip_database!r}")
+    if settings.log_format not in ("text", "json"):
+        raise SettingsError(f"log_format must be text or json, got {settings.log_format!r}")
+    if settings.metrics_bind:
+        metrics_address(settings.metrics_bind)
+        if settings.workers > 1:
+            raise SettingsError(
+                "metrics_bind serves one process's metrics: with several workers scrape /metrics on the "
+                "main port with the operator token, or run one worker per replica (README, Operating)"
+            )
     if settings.workers > 1 and not settings.uses_redis:
         raise SettingsError(
             "more than one worker needs Redis: set redis_url (TOLLWAY_REDIS_URL); the embedded "
@@ -367,6 +386,15 @@ def _check_egress_proxy(url: str) -> None:
         raise SettingsError("egress_proxy has an invalid port") from None
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise SettingsError("egress_proxy must be the proxy's address only (scheme, host, port), without a path")
+
+
+def metrics_address(bind: str) -> tuple[str, int]:
+    """``host:port`` of ``metrics_bind`` (``[::1]:9464`` for IPv6)."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"metrics_bind must be host:port, e.g. 127.0.0.1:9464, got {bind!r}")
+    return host, int(port)
 
 
 def sqlite_path(database_url: str) -> Path | None:

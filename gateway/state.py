@@ -19,6 +19,7 @@ from functions.egress import FunctionEgress
 from functions.invocations import InvocationLedger
 from functions.runtime import FunctionRuntime
 from gateway.catalog import CatalogModel, kind_of
+from gateway.metrics import Telemetry
 from gateway.pipeline.facts import request_facts
 from gateway.pipeline.geoip import CountryDatabase
 from gateway.routing import Router
@@ -70,6 +71,8 @@ class GatewayState:
     # Usage anomalies seen by this process (usage over the hold, usage that could not be
     # believed), by kind: each is also flagged on its usage record and logged.
     anomalies: Counter[str] = field(default_factory=Counter)
+    # Metrics and the access log of the request path (gateway/metrics.py); built by create_app.
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     def output_cap_field(self, provider: str) -> str:
         """The chat body field that caps output tokens for ``provider`` (its kind's, in the registry)."""

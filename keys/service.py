@@ -72,6 +72,7 @@ class KeyIdentity:
     tpm_limit: int | None = None
     webhook_url: str = ""
     via_token: bool = False
+    prefix: str = ""  # the key's display prefix (``prx-`` + 4), what logs may name
 
     @property
     def is_restricted(self) -> bool:
@@ -110,6 +111,7 @@ def identity_from_row(key: ApiKey, account_status: str) -> KeyIdentity:
         rpm_limit=key.rpm_limit,
         tpm_limit=key.tpm_limit,
         webhook_url=key.webhook_url,
+        prefix=key.prefix,
     )
 
 

@@ -9,7 +9,8 @@ timeout that applies per chunk read, i.e. an idle timeout for streams.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 
 import aiohttp
 import httpx
@@ -18,6 +19,17 @@ from httpx_aiohttp import AiohttpTransport
 from providers.base import StreamChunk
 from providers.errors import ProviderError, UpstreamTimeout, UpstreamUnavailable
 from providers.sse import SSEEvent, SSEParser
+
+# The headers the current request forwards to every upstream it calls (its request id, the
+# caller's trace context), set once per request by the gateway (gateway/request_id.py) and read
+# by each client as it sends: the adapters never see them, and a background call (a webhook,
+# a price reload) made outside a request forwards nothing.
+FORWARDED: ContextVar[Sequence[tuple[str, str]]] = ContextVar("tollway_forwarded_headers", default=())
+
+
+async def _forward_headers(request: httpx.Request) -> None:
+    for name, value in FORWARDED.get():
+        request.headers[name] = value
 
 
 def build_client(
@@ -52,6 +64,7 @@ def build_client(
         # a proxy is used only when configured as such (egress_proxy).
         transport=transport or AiohttpTransport(limits=limits, trust_env=False, proxy=aiohttp_proxy),
         trust_env=False,
+        event_hooks={"request": [_forward_headers]},
     )
 
 

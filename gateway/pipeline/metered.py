@@ -205,14 +205,20 @@ class Admission:
     async def __aenter__(self) -> Admission:
         started = time.perf_counter()
         state = self.state
-        identity = await authenticate(
-            self.headers.get("authorization"), state.keys, self._now, self.facts, state.tokens
-        )
+        try:
+            identity = await authenticate(
+                self.headers.get("authorization"), state.keys, self._now, self.facts, state.tokens
+            )
+        except BaseException as error:
+            state.telemetry.refused(error, None, "", started)  # metrics and access log: once
+            raise
         self._ctx = CallContext(self.request_id, started, identity, "")
         self._ctx.end_user_id = end_user_of(self.headers, None)
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
+        if error is not None and self._ctx is not None:
+            self.state.telemetry.refused(error, self._ctx.identity, self._slug, self._ctx.started)  # once
         if not isinstance(error, GatewayError | BillingError | KeyError_) or self._ctx is None:
             return
         state, identity = self.state, self._ctx.identity
@@ -262,6 +268,7 @@ class Admission:
             tokens=worst.tokens,
             now=self._now,
         )
+        self.state.telemetry.open_reservations += 1  # until Telemetry.finished
         return Admitted(self.ctx, plan, reservation, worst.amount_micro)
 
     async def reserve_output(
@@ -327,6 +334,7 @@ class MeteredCall:
         self.streamed = streamed
         self._settled = False
         self._handed_over = False
+        self._upstream_s: float | None = None  # the successful attempt's time, for the metrics
 
     async def __aenter__(self) -> MeteredCall:
         return self
@@ -373,6 +381,7 @@ class MeteredCall:
                         f"upstream {served.provider} did not answer within its deadline", provider=served.provider
                     ) from error
             except ProviderError as error:
+                state.telemetry.upstream_failed(served, error, time.monotonic() - started, number)  # once per failure
                 if not error.retryable or number == len(tries):
                     raise
                 state.router.failed(served)
@@ -381,7 +390,8 @@ class MeteredCall:
                     raise  # the retry would start at or past the call's deadline
                 await anyio.sleep(wait_s)
                 continue
-            state.router.succeeded(served, time.monotonic() - started)
+            self._upstream_s = time.monotonic() - started
+            state.router.succeeded(served, self._upstream_s)
             return outcome
         raise AssertionError("attempts() always yields at least one deployment")
 
@@ -447,6 +457,9 @@ class MeteredCall:
             self.state.anomalies[settlement.anomaly] += 1
         with anyio.CancelScope(shield=True):
             await self.state.meter.settle(self.admitted.reservation, settlement)
+        self.state.telemetry.finished(  # metrics and access log: once per admitted request
+            settlement, self.ctx.identity, self._upstream_s, stream_opened=self._handed_over
+        )
         return settlement
 
     async def checkpoint(self, so_far: Usage) -> None:

@@ -22,6 +22,8 @@ STRING_SAMPLES = {
     "session_secret": "s" * 32,
     "function_invocation_credits": "0.25",
     "egress_proxy": "http://proxy.internal:3128",
+    "log_format": "json",
+    "metrics_bind": "127.0.0.1:9464",
 }
 # Fields whose type-derived sample would break their bounds (the cache TTL is at most 1 s).
 NUMBER_SAMPLES: dict[str, tuple[str, Any]] = {"function_cache_ttl_s": ("0.5", 0.5)}
