@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sqlite3
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -114,6 +115,20 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         yield _asyncpg_url(postgres_server, name)
     finally:
         run_in_thread(_drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file migrated to head once per session, copied where a test needs a migrated one."""
+    from gateway.db import migrate
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "tollway.db"
+    run_in_thread(migrate(f"sqlite+aiosqlite:///{path}"))
+    # Alembic's engine does not set WAL; should that change, fold the log into the file we copy.
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+    return os.fspath(path)
 
 
 @pytest.fixture

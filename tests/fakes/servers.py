@@ -21,7 +21,15 @@ class ThreadedServer:
     """uvicorn serving ``app`` on its own event loop; ``stop()`` shuts it down gracefully."""
 
     def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
+        # Without a given port, listen on a socket bound here and handed to uvicorn: choosing a
+        # free port and binding it later leaves a gap in which another test process on the machine
+        # (a parallel worker, another checkout's suite) can take it.
+        self.socket: socket.socket | None = None
+        if port is None:
+            self.socket = socket.socket()
+            self.socket.bind(("127.0.0.1", 0))
+            port = int(self.socket.getsockname()[1])
+        self.port = port
         self.app = app  # what the server runs, for tests that swap its clocks (app.state.gateway.now)
         config = uvicorn.Config(
             app,
@@ -41,7 +49,7 @@ class ThreadedServer:
         return f"http://127.0.0.1:{self.port}"
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        asyncio.run(self.server.serve(sockets=[self.socket] if self.socket is not None else None))
 
     def start(self) -> ThreadedServer:
         self.thread.start()
@@ -55,3 +63,5 @@ class ThreadedServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+        if self.socket is not None:
+            self.socket.close()
