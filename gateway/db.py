@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.settings import sqlite_path
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
@@ -52,6 +54,10 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ign
 
 
 def alembic_config(database_url: str) -> Config:
+    # Alembic (and Mako under it) is imported here, not at the top: a server worker never
+    # migrates, and a few MiB per worker is what the import costs.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", database_url)
@@ -62,6 +68,8 @@ def alembic_config(database_url: str) -> Config:
 
 
 def _upgrade_with_lock(database_url: str, revision: str) -> None:
+    from alembic import command
+
     config = alembic_config(database_url)
     if database_url.startswith("postgresql"):
         # Replicas starting together must not migrate concurrently: serialise on an advisory lock.
@@ -78,6 +86,8 @@ async def _locked_upgrade(database_url: str, config: Config, revision: str) -> N
             try:
 
                 def upgrade(sync_connection: object) -> None:
+                    from alembic import command
+
                     config.attributes["connection"] = sync_connection
                     command.upgrade(config, revision)
 
@@ -99,4 +109,6 @@ async def migrate(database_url: str, revision: str = "head") -> None:
 
 
 def downgrade(database_url: str, revision: str) -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(database_url), revision)

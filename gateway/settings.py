@@ -156,6 +156,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Credits charged per invocation, as a decimal string ("0" = free): reserved and settled like
     # any metered call when set.
     function_invocation_credits: str = "0"
+    # Overload (gateway/overload.py): requests one process serves at once; past it a 503
+    # ``overloaded`` with Retry-After, so a burst is shed instead of queued. 0 = no cap.
+    max_in_flight_requests: Annotated[int, msgspec.Meta(ge=0)] = 1024
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
