@@ -42,15 +42,11 @@ _BODY = msgspec.json.encode(
         }
     }
 )
-_START = {
-    "type": "http.response.start",
-    "status": 503,
-    "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(_BODY)).encode()),
-        (b"retry-after", str(RETRY_AFTER_S).encode()),
-    ],
-}
+_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BODY)).encode()),
+    (b"retry-after", str(RETRY_AFTER_S).encode()),
+]
 
 
 class InFlightLimit:
@@ -83,6 +79,6 @@ class InFlightLimit:
 
 
 async def _refuse(scope: Scope, send: Send) -> None:
-    start = {**_START, "headers": [*_START["headers"], (HEADER, request_id_of(scope).encode())]}
-    await send(start)
+    headers = [*_HEADERS, (HEADER, request_id_of(scope).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": _BODY})
