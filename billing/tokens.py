@@ -4,8 +4,11 @@ The BPE rank files ship inside the package (``billing/encodings``) because tikto
 otherwise download them at first use, which an air-gapped gateway cannot do. Each file's
 SHA-256 is checked when it is loaded (once per process, lazily). Counts serve two purposes:
 the worst-case reservation before a call, and billing a stream whose provider never sent
-usage. For models that are not OpenAI's the count is an estimate; ``o200k_base`` is used
-because modern tokenizers are close to it in size.
+usage. Both are rare (a byte bound sizes ordinary reservations, and upstreams report usage), so
+neither tiktoken nor an encoding is loaded until a count is needed: an o200k encoding holds
+some 70 MiB of ranks a gateway that never counts should not carry. For models that are not
+OpenAI's the count is an estimate; ``o200k_base`` is used because modern tokenizers are close
+to it in size.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import math
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import tiktoken
+
+if TYPE_CHECKING:
+    import tiktoken
 
 ENDOFTEXT = "<|endoftext|>"
 FIM_PREFIX = "<|fim_prefix|>"
@@ -118,25 +123,33 @@ def load_ranks(path: Path, expected_sha256: str) -> dict[bytes, int]:
 
 
 _lock = threading.Lock()
+_loaded: set[str] = set()
 
 
 @functools.cache
 def get_encoding(name: str) -> tiktoken.Encoding:
-    """The named encoding, built once per process from the shipped file."""
+    """The named encoding, built once per process from the shipped file (blocking for a few
+    hundred ms the first time: see :func:`encoding_loaded`)."""
+    import tiktoken  # here, not at the top: loaded with the first count (module docstring)
+
     spec = ENCODINGS[name]
     with _lock:
-        return tiktoken.Encoding(
+        encoding = tiktoken.Encoding(
             name,
             pat_str=spec.pattern,
             mergeable_ranks=load_ranks(encoding_path(name), spec.sha256),
             special_tokens=spec.special_tokens,
         )
+        _loaded.add(name)
+        return encoding
 
 
-def warm_encodings() -> None:
-    """Load every shipped encoding now (blocking; call it in a thread at startup)."""
-    for name in ENCODINGS:
-        get_encoding(name)
+def encoding_loaded(model: str | None = None) -> bool:
+    """Whether counting for ``model`` (or, without one, for every model) needs no load first:
+    a caller on the event loop runs a count inline only then, and in a worker thread otherwise."""
+    if model is None:
+        return len(_loaded) == len(ENCODINGS)
+    return encoding_name_for_model(model) in _loaded
 
 
 @functools.lru_cache(maxsize=1024)

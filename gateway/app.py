@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 from litestar import Controller, Litestar
@@ -24,7 +25,6 @@ from litestar.logging.config import LoggingConfig
 from billing.counters import build_counter_store
 from billing.metering import Meter, settlement_writer
 from billing.money import credits_to_micro
-from billing.tokens import warm_encodings
 from functions.directory import FunctionDirectory
 from functions.egress import EgressPolicy, FunctionEgress
 from functions.keyfile import load_keyring
@@ -76,7 +76,7 @@ from gateway.errors import (
 )
 from gateway.logs import formatters
 from gateway.metrics import Telemetry
-from gateway.pipeline.geoip import CountryDatabase
+from gateway.overload import InFlightLimit
 from gateway.prices import follow_price_changes, reload_catalogue
 from gateway.request_id import request_id_middleware
 from gateway.routing import Router
@@ -87,6 +87,9 @@ from keys.browser_tokens import BrowserTokens
 from keys.restrictions import RestrictionError, parse_networks
 from keys.service import KeyResolver
 from keys.sessions import SessionService, load_signing_secret
+
+if TYPE_CHECKING:
+    from gateway.pipeline.geoip import CountryDatabase
 
 API_CONTROLLERS: list[type[Controller]] = [
     KeysController,
@@ -150,7 +153,12 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             raise
         counters = build_counter_store(settings.redis_url, settings.redis_prefix)
         adapters = build_adapters(settings, env)
-        countries = CountryDatabase(settings.geoip_database) if settings.geoip_database else None
+        countries: CountryDatabase | None = None
+        if settings.geoip_database:
+            # Here, not at the top: maxminddb's reader is memory a gateway without one need not hold.
+            from gateway.pipeline.geoip import CountryDatabase
+
+            countries = CountryDatabase(settings.geoip_database)
         # The components' clocks follow the state's, which tests may replace; read through a plain
         # closure (Litestar's app.state attribute lookup costs microseconds on the hot path).
         built: list[GatewayState] = []
@@ -217,8 +225,6 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             state.meter, price_micro=credits_to_micro(settings.function_invocation_credits), now=now
         )
         await reload_catalogue(state)  # the operator's price overrides
-        # Loading the BPE ranks takes a few hundred ms: do it before the first request, off the loop.
-        await asyncio.to_thread(warm_encodings)
         webhooks = WebhookWorker(
             sessionmaker,
             allow_private=settings.webhook_allow_private,
@@ -282,7 +288,11 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         openapi_config=openapi_config(),
         # The request id first, so even CORS-decorated answers carry it.
-        middleware=[request_id_middleware, cors_middleware(settings.cors_max_age_s)],
+        middleware=[
+            request_id_middleware,
+            InFlightLimit(settings.max_in_flight_requests),
+            cors_middleware(settings.cors_max_age_s),
+        ],
         logging_config=LoggingConfig(
             formatters=formatters(settings.log_format),
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},

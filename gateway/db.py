@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -19,9 +18,16 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.settings import sqlite_path
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK_ID = 7_210_114_111_108
+# The settlement writer's multi-row inserts are a new SQL text (and prepared statement, ~100 KiB)
+# for every batch size; at SQLAlchemy's default of 100 per pooled connection they grew a soak's
+# RSS by 35 MiB in 150 s (bench/RESULTS.md). The statements that repeat stay in a small LRU.
+PREPARED_STATEMENTS_PER_CONNECTION = 16
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -44,7 +50,13 @@ def create_engine(database_url: str) -> AsyncEngine:
         engine = create_async_engine(database_url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(
+        database_url,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        connect_args={"prepared_statement_cache_size": PREPARED_STATEMENTS_PER_CONNECTION},
+    )
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
@@ -52,6 +64,10 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ign
 
 
 def alembic_config(database_url: str) -> Config:
+    # Alembic (and Mako under it) is imported here, not at the top: a server worker never
+    # migrates, and a few MiB per worker is what the import costs.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", database_url)
@@ -62,6 +78,8 @@ def alembic_config(database_url: str) -> Config:
 
 
 def _upgrade_with_lock(database_url: str, revision: str) -> None:
+    from alembic import command
+
     config = alembic_config(database_url)
     if database_url.startswith("postgresql"):
         # Replicas starting together must not migrate concurrently: serialise on an advisory lock.
@@ -78,6 +96,8 @@ async def _locked_upgrade(database_url: str, config: Config, revision: str) -> N
             try:
 
                 def upgrade(sync_connection: object) -> None:
+                    from alembic import command
+
                     config.attributes["connection"] = sync_connection
                     command.upgrade(config, revision)
 
@@ -99,4 +119,6 @@ async def migrate(database_url: str, revision: str = "head") -> None:
 
 
 def downgrade(database_url: str, revision: str) -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(database_url), revision)

@@ -181,6 +181,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # metrics_bind names a separate listener ("127.0.0.1:9464") that serves it without one.
     metrics: bool = True
     metrics_bind: str = ""
+    # Overload (gateway/overload.py): requests one process serves at once; past it a 503
+    # ``overloaded`` with Retry-After, so a burst is shed instead of queued. 0 = no cap.
+    max_in_flight_requests: Annotated[int, msgspec.Meta(ge=0)] = 1024
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -21,7 +21,6 @@ from functions.runtime import FunctionRuntime
 from gateway.catalog import CatalogModel, kind_of
 from gateway.metrics import Telemetry
 from gateway.pipeline.facts import request_facts
-from gateway.pipeline.geoip import CountryDatabase
 from gateway.routing import Router
 from gateway.settings import Settings
 from keys.browser_tokens import BrowserTokens
@@ -31,6 +30,10 @@ from keys.service import KeyResolver
 from keys.sessions import SessionService
 from providers.base import ProviderHandle
 from providers.registry import output_cap_field
+
+if TYPE_CHECKING:
+    # maxminddb (and the multiprocessing it imports) only when a country database is configured.
+    from gateway.pipeline.geoip import CountryDatabase
 
 DEFAULT_DEADLINE_S = 600.0
 

@@ -21,7 +21,7 @@ from billing.errors import OutOfBudget, RateLimitExceeded
 from billing.estimates import OutputRequest, output_cap, tokens_worst_case
 from billing.ledger import Settlement
 from billing.money import format_credits
-from billing.tokens import chat_tokens_upper_bound, count_chat_tokens, count_text_tokens, prompt_fields
+from billing.tokens import chat_tokens_upper_bound, count_chat_tokens, count_text_tokens, encoding_loaded, prompt_fields
 from gateway.catalog import CatalogModel
 from gateway.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, validation_param
 from gateway.pipeline.metered import (
@@ -127,8 +127,9 @@ def _serves_chat(adapter: ProviderHandle) -> bool:
 
 async def count_tokens(text_bytes: int, count: Callable[[], int]) -> int:
     """Run a tiktoken count inline when it is small, in a worker thread when it is not: one
-    9 MB prompt must not stall every other request of the process."""
-    if text_bytes <= TOKENISE_INLINE_BYTES:
+    9 MB prompt must not stall every other request of the process. Encodings load with the
+    first count (billing/tokens.py), a few hundred ms: until they have, counts run in a thread."""
+    if text_bytes <= TOKENISE_INLINE_BYTES and encoding_loaded():
         return count()
     return await anyio.to_thread.run_sync(count)
 
