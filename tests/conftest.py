@@ -19,7 +19,7 @@ import pytest
 
 from tests.fakes.services import POSTGRES_ADMIN_URL, REDIS_URL, UNDER_CI
 
-pytest_plugins = ["tests.fakes.gateway_fixtures", "tests.fakes.redis_cluster"]
+pytest_plugins = ["tests.fakes.gateway_fixtures", "tests.fakes.redis_cluster", "tests.fakes.cli_runs"]
 
 T = TypeVar("T")
 

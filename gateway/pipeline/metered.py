@@ -498,40 +498,31 @@ class DeadlineStream:
         self._deadline_at = deadline_at
         self._provider = provider
 
-    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        chunks = self._stream.__aiter__()
-        while True:
-            try:
-                async with asyncio.timeout(max(0.0, self._deadline_at - time.monotonic())):  # per chunk: cheap
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError as error:
-                raise UpstreamTimeout(
-                    f"upstream {self._provider} stream passed its deadline", provider=self._provider
-                ) from error
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self._before_deadline(self._stream.__aiter__())
 
-    async def batches(self) -> AsyncIterator[list[StreamChunk]]:
+    def batches(self) -> AsyncIterator[list[StreamChunk]]:
         """The chunks grouped by the upstream read that brought them, when the stream can tell
         (:meth:`providers.http.SSEStream.batches`), else one by one; the deadline as above."""
         grouped = getattr(self._stream, "batches", None)
-        if grouped is None:
-            async for chunk in self:
-                yield [chunk]
-            return
-        batches: AsyncIterator[list[StreamChunk]] = grouped()
+        return self._one_by_one() if grouped is None else self._before_deadline(grouped())
+
+    async def _one_by_one(self) -> AsyncIterator[list[StreamChunk]]:
+        async for chunk in self:
+            yield [chunk]
+
+    async def _before_deadline(self, items: AsyncIterator[R]) -> AsyncIterator[R]:
         while True:
             try:
-                async with asyncio.timeout(max(0.0, self._deadline_at - time.monotonic())):
-                    batch = await batches.__anext__()
+                async with asyncio.timeout(max(0.0, self._deadline_at - time.monotonic())):  # per item: cheap
+                    item = await items.__anext__()
             except StopAsyncIteration:
                 return
             except TimeoutError as error:
                 raise UpstreamTimeout(
                     f"upstream {self._provider} stream passed its deadline", provider=self._provider
                 ) from error
-            yield batch
+            yield item
 
     async def aclose(self) -> None:
         await self._stream.aclose()

@@ -6,28 +6,14 @@ import io
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from gateway.cli import main
+from tests.fakes.cli_runs import run_json
 from tests.fakes.gateway_fixtures import Backend, gateway_settings, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
-
-
-@pytest.fixture
-def config(backend: Backend, tmp_path: Path) -> str:
-    path = tmp_path / "tollway.toml"
-    path.write_text(f'database_url = "{backend.database_url}"\nredis_url = "{backend.redis_url}"\n')
-    assert main(["--config", str(path), "migrate"]) == 0
-    return str(path)
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(list(argv)) == 0
-    return dict(json.loads(capsys.readouterr().out))
 
 
 def test_cli_accounts_keys_and_credits(config: str, capsys: pytest.CaptureFixture[str]) -> None:

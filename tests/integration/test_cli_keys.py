@@ -3,36 +3,13 @@ empty database made by accident. On both backends."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.cli import main
+from tests.fakes.cli_runs import refused, run_json
 from tests.fakes.gateway_fixtures import Backend
-
-
-@pytest.fixture
-def config(backend: Backend, tmp_path: Path) -> str:
-    path = tmp_path / "tollway.toml"
-    path.write_text(f'database_url = "{backend.database_url}"\nredis_url = "{backend.redis_url}"\n')
-    assert main(["--config", str(path), "migrate"]) == 0
-    return str(path)
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(list(argv)) == 0, capsys.readouterr().err
-    return dict(json.loads(capsys.readouterr().out))
-
-
-def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    capsys.readouterr()
-    assert main(list(argv)) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    return captured.err
 
 
 def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
