@@ -332,8 +332,8 @@ def validate_settings(settings: Settings) -> None:
         metrics_address(settings.metrics_bind)
         if settings.workers > 1:
             raise SettingsError(
-                "metrics_bind serves one process's metrics: with several workers scrape /metrics on the "
-                "main port with the operator token, or run one worker per replica (README, Operating)"
+                "metrics_bind serves one process's metrics and each worker counts its own: run one "
+                "worker per replica and scrape each replica (README, Operating)"
             )
     if settings.workers > 1 and not settings.uses_redis:
         raise SettingsError(
