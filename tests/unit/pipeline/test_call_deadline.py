@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 
 from gateway.catalog import CatalogModel
+from gateway.metrics import Telemetry
 from gateway.pipeline.metered import Admitted, CallContext, MeteredCall
 from gateway.routing import CallDeadline, Router
 from gateway.settings import ProviderSettings, Settings
@@ -67,6 +68,7 @@ class DispatchState:
         )
         self.adapters = {name: cast(ProviderHandle, object()) for name in deadlines}
         self.router = Router(breaker_failures=100, breaker_cooldown_s=1.0)
+        self.telemetry = Telemetry()  # metrics off: dispatch reports each failed attempt to it
 
     def deadline_s(self, provider: str) -> float:
         return self.settings.providers[provider].deadline_s
