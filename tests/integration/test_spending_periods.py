@@ -1,4 +1,9 @@
-"""A key's daily limit rolls over at UTC midnight (an injected clock stands in for the night)."""
+"""A key's daily limit rolls over at UTC midnight (an injected clock stands in for the night).
+
+The night is set in the future on purpose: usage records are stamped by the writer's wall clock
+when they are written, and a spend counter rebuilt from them sums the records since the period
+began. An injected night in the past would see every record written "today" as its new day's
+spend (the test failed on the first run after the real date passed the injected one)."""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ class Clock:
 @pytest.fixture
 def clocked(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, Clock]]:
     gateway, server = start_gateway(gateway_settings(backend, fake_openai), fake_openai)
-    clock = Clock(datetime(2026, 11, 30, 23, 59, 0, tzinfo=UTC))
+    clock = Clock(datetime(2099, 12, 31, 23, 59, 0, tzinfo=UTC))
     state: Any = server.app.state.gateway  # the app the server runs
     state.now = clock
     try:
@@ -56,7 +61,7 @@ def test_daily_limit_rolls_over_at_utc_midnight(clocked: tuple[Gateway, Clock]) 
     ]  # 2 × 0.00615 spent of 0.035; a third may cost 0.0252 (40 output tokens)
     view = httpx.get(gateway.url + f"/api/keys/{key['id']}/", headers=headers).json()
     assert view["spending_current"] == "0.0123"
-    clock.moment = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)  # a new UTC day
+    clock.moment = datetime(2100, 1, 1, 0, 0, 5, tzinfo=UTC)  # a new UTC day
     assert call().status_code == 200
     view = httpx.get(gateway.url + f"/api/keys/{key['id']}/", headers=headers).json()
     assert view["spending_current"] == "0.00615"
