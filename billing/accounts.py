@@ -29,7 +29,7 @@ async def create_account(session: AsyncSession, name: str, *, email: str = "", c
         await session.rollback()
         raise AccountExists(f"an account named {name!r} exists already") from error
     if credits_micro:
-        await _move_credits(session, account.id, LedgerKind.GRANT, credits_micro, "opening credits", None)
+        await move_credits(session, account.id, LedgerKind.GRANT, credits_micro, "opening credits", None)
     await session.commit()
     await session.refresh(account)
     return account
@@ -59,7 +59,7 @@ async def grant_credits(
         existing = await _entry_for_key(session, account_id, idempotency_key)
         if existing is not None:
             return _same_or_conflict(existing, amount_micro, reason, kind)
-    entry = await _move_credits(session, account_id, kind, amount_micro, reason, idempotency_key)
+    entry = await move_credits(session, account_id, kind, amount_micro, reason, idempotency_key)
     try:
         await session.commit()
     except IntegrityError:
@@ -96,7 +96,7 @@ def _same_or_conflict(existing: LedgerEntry, amount_micro: int, reason: str, kin
     return existing
 
 
-async def _move_credits(
+async def move_credits(
     session: AsyncSession,
     account_id: int,
     kind: LedgerKind,

@@ -55,6 +55,11 @@ class LedgerKind(enum.StrEnum):
     GRANT = "grant"
     DEBIT = "debit"
     REFUND = "refund"
+    # Credits bought through a payment provider, and taken back by its refund or chargeback
+    # (billing/payments/): kinds of their own, so an operator's idempotency keys never collide
+    # with a provider's event ids and the revenue report reads purchases alone.
+    PURCHASE = "purchase"
+    REVERSAL = "reversal"
 
 
 class Account(Base):
@@ -89,6 +94,40 @@ class LedgerEntry(Base):
     balance_after_micro: Mapped[int] = mapped_column(BigInteger)
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
     reason: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PaymentKind(enum.StrEnum):
+    PURCHASE = "purchase"
+    REVERSAL = "reversal"
+
+
+class Payment(Base):
+    """One payment provider event that moved credits: a purchase or its reversal (refund,
+    chargeback). ``(provider, event_id)`` is unique, so a provider's retried or replayed webhook
+    — to any process — finds the row and grants nothing more; the row and its ledger entry are
+    written in one transaction. ``reference`` is the provider's id for the purchase (a checkout
+    session, an order), which a later reversal names. Money paid is in the currency's minor
+    unit (cents), as the providers report it; credits are micro-credits, signed like the ledger."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        UniqueConstraint("provider", "event_id"),
+        Index("ix_payments_provider_reference", "provider", "reference"),
+        Index("ix_payments_account_created", "account_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    reference: Mapped[str] = mapped_column(String(200), default="")
+    package_id: Mapped[str] = mapped_column(String(64), default="")
+    credits_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(String(3), default="")
+    ledger_entry_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from billing.money import MoneyError, credits_to_micro
+from billing.payments.packages import CreditPackage, PackageError
 from billing.pricing import UsdPrices
 from providers.registry import KINDS, UnknownProviderKind, provider_kind
 
@@ -184,6 +185,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Overload (gateway/overload.py): requests one process serves at once; past it a 503
     # ``overloaded`` with Retry-After, so a burst is shed instead of queued. 0 = no cap.
     max_in_flight_requests: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    # Selling credits (billing/payments/): the packages on sale, and credits every new account
+    # gets once when it signs up (not the bootstrap account: bootstrap_credits is its own).
+    credit_packages: list[CreditPackage] = []
+    signup_credits: str = "0"
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -295,6 +300,23 @@ def _decimal(value: str, where: str) -> Decimal:
     return parsed
 
 
+def _check_credit_packages(packages: list[CreditPackage], signup_credits: str) -> None:
+    seen: set[str] = set()
+    for package in packages:
+        if package.id in seen:
+            raise SettingsError(f"credit_packages: package id {package.id!r} appears twice")
+        seen.add(package.id)
+        try:
+            package.check()
+        except PackageError as error:
+            raise SettingsError(f"credit_packages: {error}") from error
+    try:
+        if credits_to_micro(signup_credits) < 0:
+            raise SettingsError("signup_credits must not be negative")
+    except MoneyError as error:
+        raise SettingsError(f"signup_credits: {error}") from error
+
+
 def validate_settings(settings: Settings) -> None:
     """Cross-field checks msgspec cannot express; each error names the setting."""
     _decimal(settings.markup_percent, "markup_percent")
@@ -306,6 +328,7 @@ def validate_settings(settings: Settings) -> None:
         except ValueError as error:
             raise SettingsError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR") from error
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
+    _check_credit_packages(settings.credit_packages, settings.signup_credits)
     _check_egress_proxy(settings.egress_proxy)
     _decimal(settings.function_invocation_credits, "function_invocation_credits")
     try:
