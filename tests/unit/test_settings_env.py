@@ -24,6 +24,7 @@ STRING_SAMPLES = {
     "egress_proxy": "http://proxy.internal:3128",
     "log_format": "json",
     "metrics_bind": "127.0.0.1:9464",
+    "signup_credits": "250",
 }
 # Fields whose type-derived sample would break their bounds (the cache TTL is at most 1 s).
 NUMBER_SAMPLES: dict[str, tuple[str, Any]] = {"function_cache_ttl_s": ("0.5", 0.5)}
@@ -31,6 +32,7 @@ TABLE_SAMPLES: dict[str, tuple[str, Any]] = {
     "providers": ('{"up": {"kind": "openai", "api_key": "sk-x"}}', "openai"),
     "models": ('{"demo/echo": {"provider": "demo", "upstream_model": "echo"}}', "echo"),
     "function_secret_keys": ('{"k2027": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}', "k2027"),
+    "credit_packages": ('[{"id": "starter", "name": "Starter", "credits": "12000", "price": "9.00"}]', "starter"),
 }
 
 
