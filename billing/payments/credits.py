@@ -28,7 +28,14 @@ from billing.models import LedgerKind, Payment, PaymentKind
 from billing.payments.packages import CreditPackage, find_package
 from billing.payments.provider import Paid, PurchaseNotFound, Reversed, UnknownPackage
 
-__all__ = ["PaymentOutcome", "apply_paid", "apply_reversed", "record_purchase", "record_reversal"]
+__all__ = [
+    "PaymentOutcome",
+    "apply_paid",
+    "apply_reversed",
+    "record_purchase",
+    "record_reversal",
+    "refunded_money",
+]
 
 log = logging.getLogger("tollway.billing.payments")
 
@@ -99,15 +106,22 @@ async def record_reversal(session: AsyncSession, provider: str, notice: Reversed
     )
     if purchase is None:
         raise PurchaseNotFound(f"no purchase {notice.reference!r} at {provider} (yet): retry later")
-    taken = await session.scalar(
-        select(func.coalesce(func.sum(Payment.credits_micro), 0)).where(
-            Payment.provider == provider,
-            Payment.reference == notice.reference,
-            Payment.kind == PaymentKind.REVERSAL.value,
+    taken_row = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(Payment.credits_micro), 0),
+                func.coalesce(func.sum(Payment.amount_minor), 0),
+            ).where(
+                Payment.provider == provider,
+                Payment.reference == notice.reference,
+                Payment.kind == PaymentKind.REVERSAL.value,
+            )
         )
-    )
+    ).one()
+    taken, refunded_before = int(taken_row[0]), -int(taken_row[1])  # earlier reversals are stored negative
     target = reversal_target(purchase.credits_micro, purchase.amount_minor, notice.refunded_total_minor)
-    take = max(0, target + int(taken or 0))  # earlier reversals are stored negative
+    take = max(0, target + taken)
+    money = refunded_money(purchase.amount_minor, notice.refunded_total_minor, refunded_before)
     balance_after: int | None = None
     entry_id: int | None = None
     if take:
@@ -124,7 +138,7 @@ async def record_reversal(session: AsyncSession, provider: str, notice: Reversed
             reference=notice.reference,
             package_id=purchase.package_id,
             credits_micro=-take,
-            amount_minor=-(notice.refunded_total_minor or purchase.amount_minor) if take else 0,
+            amount_minor=-money,
             currency=purchase.currency,
             ledger_entry_id=entry_id,
         )
@@ -147,6 +161,14 @@ def reversal_target(credits_micro: int, paid_minor: int, refunded_total_minor: i
     if refunded_total_minor is None or paid_minor <= 0 or refunded_total_minor >= paid_minor:
         return credits_micro
     return credits_micro * max(0, refunded_total_minor) // paid_minor
+
+
+def refunded_money(paid_minor: int, refunded_total_minor: int | None, refunded_before_minor: int) -> int:
+    """The money this reversal gives back: the provider's running total (all of it when unknown),
+    never more than was paid, less what earlier reversals of the purchase recorded. Stored as an
+    increment, so the revenue report sums reversals without counting a running total twice."""
+    total = paid_minor if refunded_total_minor is None else min(max(0, refunded_total_minor), paid_minor)
+    return max(0, total - refunded_before_minor)
 
 
 async def apply_paid(

@@ -166,3 +166,22 @@ async def test_record_reversal_before_its_purchase_asks_for_a_retry(sessions: as
     late = await reverse(sessions, Reversed(event_id="evt_early", reference="pi_1", refunded_total_minor=900))
     assert late.credits_micro == -12_000 * CREDIT
     assert await books(sessions, account) == (0, 0, 2)
+
+
+async def test_record_reversal_stores_the_money_each_reversal_gave_back(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Providers report a running total; each reversal row holds its increment, so the refunds of
+    one purchase add up to what was refunded (never the running totals summed)."""
+    account = await new_account(sessions)
+    await purchase(sessions, paid(account))
+    for event_id, total in (("evt_r1", 300), ("evt_r2", 300), ("evt_r3", 700)):
+        await reverse(sessions, Reversed(event_id=event_id, reference="pi_1", refunded_total_minor=total))
+    chargeback = Reversed(event_id="evt_cb", reference="pi_1", refunded_total_minor=None, reason="chargeback")
+    await reverse(sessions, chargeback)
+    async with sessions() as session:
+        amounts = list(
+            await session.scalars(select(Payment.amount_minor).where(Payment.kind == "reversal").order_by(Payment.id))
+        )
+    assert amounts == [-300, 0, -400, -200]
+    assert (await books(sessions, account))[0] == 0
