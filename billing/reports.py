@@ -1,4 +1,5 @@
-"""Read-side queries for an account's money: its ledger and its usage, paged and grouped.
+"""Read-side queries for an account's money: its ledger (with the receipts of its purchases) and
+its usage, paged and grouped; and the operator's revenue by month and package.
 
 Pages go newest first by id (``before_id`` = the last id of the previous page), which stays
 stable while new rows arrive. Summaries group in the database; days are UTC calendar days.
@@ -6,15 +7,16 @@ stable while new rows arrive. Summaries group in the database; days are UTC cale
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Date, cast, func, select
+from sqlalchemy import ColumnElement, Date, case, cast, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.models import LedgerEntry, UsageRecord
+from billing.models import LedgerEntry, Payment, PaymentKind, UsageRecord
 
 GroupBy = Literal["day", "model", "key", "end_user"]
 MAX_PAGE = 500
@@ -155,3 +157,99 @@ async def last_used_by_key(session: AsyncSession, account_id: int) -> dict[int, 
             moment = last if isinstance(last, datetime) else datetime.fromisoformat(str(last))
             found[int(key_id)] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class RevenueRow:
+    """One month, package and currency of the operator's takings. Money is in the currency's
+    minor unit (cents); credits in micro-credits; refunds and reversed credits as positive
+    amounts. ``net_minor`` = gross − refunded."""
+
+    month: str  # "2026-11", the UTC calendar month
+    package_id: str
+    currency: str
+    purchases: int
+    gross_minor: int
+    refunded_minor: int
+    net_minor: int
+    credits_sold_micro: int
+    credits_reversed_micro: int
+
+
+def _utc_month(session: AsyncSession) -> Any:
+    """The UTC calendar month of a payment as ``YYYY-MM`` text, as the database computes it."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", Payment.created_at), "YYYY-MM")
+    return func.strftime("%Y-%m", Payment.created_at)  # SQLite stores UTC text
+
+
+_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
+
+
+def month_start(month: str) -> datetime:
+    """``"2026-11"`` → 2026-11-01T00:00Z; raises ValueError for anything else."""
+    if not _MONTH.fullmatch(month):  # ASCII digits only: int() would take "२०२६" too
+        raise ValueError(f"a month is YYYY-MM, got {month!r}")
+    year, number = int(month[:4]), int(month[5:])
+    if not (1 <= year <= 9998 and 1 <= number <= 12):
+        raise ValueError(f"no such month: {month!r}")
+    return datetime(year, number, 1, tzinfo=UTC)
+
+
+def _next_month(start: datetime) -> datetime:
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+
+
+async def revenue_report(
+    session: AsyncSession, *, first: str | None = None, last: str | None = None
+) -> list[RevenueRow]:
+    """Revenue by UTC month, package and currency over every account, from ``first`` to ``last``
+    (``YYYY-MM``, both included; open when ``None``). A refund or chargeback counts in the month
+    it happened, not the month of its purchase (what the provider paid out that month). One
+    grouped query; the sums are integers on both databases."""
+    month = _utc_month(session)
+    purchase = Payment.kind == PaymentKind.PURCHASE.value
+    reversal = Payment.kind == PaymentKind.REVERSAL.value
+    query = select(
+        month.label("revenue_month"),
+        Payment.package_id,
+        Payment.currency,
+        func.coalesce(func.sum(case((purchase, 1), else_=0)), 0).label("purchases"),
+        func.coalesce(func.sum(case((purchase, Payment.amount_minor), else_=0)), 0).label("gross"),
+        func.coalesce(func.sum(case((reversal, -Payment.amount_minor), else_=0)), 0).label("refunded"),
+        func.coalesce(func.sum(case((purchase, Payment.credits_micro), else_=0)), 0).label("sold"),
+        func.coalesce(func.sum(case((reversal, -Payment.credits_micro), else_=0)), 0).label("reversed"),
+    )
+    if first is not None:
+        query = query.where(Payment.created_at >= month_start(first))
+    if last is not None:
+        query = query.where(Payment.created_at < _next_month(month_start(last)))
+    # Grouped by the label: Postgres would not see two renderings of the month expression, each
+    # with its own bound parameters, as one expression.
+    groups: tuple[Any, ...] = (literal_column("revenue_month"), Payment.package_id, Payment.currency)
+    rows = await session.execute(query.group_by(*groups).order_by(*groups))
+    return [
+        RevenueRow(
+            month=str(row.revenue_month),
+            package_id=row.package_id,
+            currency=row.currency,
+            purchases=int(row.purchases),
+            gross_minor=int(row.gross),
+            refunded_minor=int(row.refunded),
+            net_minor=int(row.gross) - int(row.refunded),
+            credits_sold_micro=int(row.sold),
+            credits_reversed_micro=int(row.reversed),
+        )
+        for row in rows
+    ]
+
+
+async def receipts_for(session: AsyncSession, account_id: int, entry_ids: Sequence[int]) -> dict[int, Payment]:
+    """The payments behind these ledger entries (purchases and reversals), by ledger entry id;
+    only the account's own, so one account never reads another's receipts."""
+    if not entry_ids:
+        return {}
+    rows = await session.scalars(
+        select(Payment).where(Payment.account_id == account_id, Payment.ledger_entry_id.in_(list(entry_ids)))
+    )
+    return {int(payment.ledger_entry_id): payment for payment in rows if payment.ledger_entry_id is not None}

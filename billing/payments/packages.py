@@ -10,7 +10,7 @@ import msgspec
 
 from billing.money import MoneyError, credits_to_micro
 
-__all__ = ["CreditPackage", "PackageError", "find_package", "price_to_minor"]
+__all__ = ["CreditPackage", "PackageError", "find_package", "format_minor", "price_to_minor"]
 
 # ISO 4217 codes; every currency the providers sell in has two decimals except these.
 _ZERO_DECIMAL = frozenset({"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV"})
@@ -77,3 +77,14 @@ def find_package(packages: list[CreditPackage], package_id: str) -> CreditPackag
         if package.id == package_id:
             return package
     return None
+
+
+def format_minor(amount_minor: int, currency: str) -> str:
+    """``900`` USD → ``"9.00"``, ``-300`` → ``"-3.00"``, ``900`` JPY → ``"900"``: receipts and
+    reports show money as the provider's checkout did, from the integer they store."""
+    places = 0 if currency.upper() in _ZERO_DECIMAL else 2
+    sign = "-" if amount_minor < 0 else ""
+    if not places:
+        return f"{sign}{abs(amount_minor)}"
+    whole, cents = divmod(abs(amount_minor), 10**places)
+    return f"{sign}{whole}.{cents:0{places}d}"

@@ -11,9 +11,10 @@ from litestar import Controller, get, post, put
 from litestar.params import FromQuery, JSONBody
 
 from billing.bounds import Credits as CreditsAmount
-from billing.models import Account, LedgerEntry, WebhookDelivery
+from billing.models import Account, LedgerEntry, Payment, WebhookDelivery
 from billing.money import format_credits
-from billing.reports import GroupBy, UsageFilter, ledger_page, usage_page, usage_summary
+from billing.payments.packages import format_minor
+from billing.reports import GroupBy, UsageFilter, ledger_page, receipts_for, usage_page, usage_summary
 from gateway.api.actions import set_low_credit_threshold, webhook_deliveries, webhook_secret
 from gateway.api.deps import Caller, Injected, requires
 from gateway.api.openapi import MEMBER_AUTH, errors
@@ -24,6 +25,19 @@ from gateway.validation import Limit, QueryId, QueryText, Slug
 from keys.roles import Permission
 
 
+class ReceiptRead(msgspec.Struct):
+    """The payment behind a ``purchase`` or ``reversal`` entry: the money, as the provider took
+    (or gave back) it. ``amount_paid_minor`` is in the currency's minor unit (cents), negative for
+    a refund or chargeback; ``amount_paid`` is the same as a decimal string."""
+
+    provider: str
+    package_id: str
+    amount_paid_minor: int
+    amount_paid: str
+    currency: str
+    reference: str  # the provider's id for the purchase (a checkout session, an order)
+
+
 class LedgerRead(msgspec.Struct):
     id: int
     kind: str
@@ -32,6 +46,7 @@ class LedgerRead(msgspec.Struct):
     request_id: str | None
     reason: str
     created_at: str
+    receipt: ReceiptRead | None = None  # purchases and reversals only
 
 
 class Credits(msgspec.Struct):
@@ -120,7 +135,18 @@ def delivery_read(delivery: WebhookDelivery, event: str) -> DeliveryRead:
     )
 
 
-def ledger_read(entry: LedgerEntry) -> LedgerRead:
+def receipt_read(payment: Payment) -> ReceiptRead:
+    return ReceiptRead(
+        provider=payment.provider,
+        package_id=payment.package_id,
+        amount_paid_minor=payment.amount_minor,
+        amount_paid=format_minor(payment.amount_minor, payment.currency),
+        currency=payment.currency,
+        reference=payment.reference,
+    )
+
+
+def ledger_read(entry: LedgerEntry, payment: Payment | None = None) -> LedgerRead:
     return LedgerRead(
         id=entry.id,
         kind=entry.kind,
@@ -129,6 +155,7 @@ def ledger_read(entry: LedgerEntry) -> LedgerRead:
         request_id=entry.request_id,
         reason=entry.reason,
         created_at=entry.created_at.isoformat(),
+        receipt=receipt_read(payment) if payment is not None else None,
     )
 
 
@@ -145,16 +172,20 @@ class CreditsController(Controller):
         limit: FromQuery[Limit] = 50,
         before_id: FromQuery[QueryId] = None,
     ) -> Credits:
+        """The balance and the ledger, newest first. Entries of kind ``purchase`` (credits bought
+        through a payment provider) and ``reversal`` (taken back by its refund or chargeback)
+        carry a ``receipt``: the money paid or given back, in the currency's minor unit."""
         await gateway.meter.settled(caller.account_id)  # read your writes: requests that finished are in
         async with gateway.sessionmaker() as session:
             account = await session.get(Account, caller.account_id)
             assert account is not None
             entries = await ledger_page(session, caller.account_id, limit=_limit(limit), before_id=before_id)
+            receipts = await receipts_for(session, caller.account_id, [e.id for e in entries])
         return Credits(
             balance=format_credits(account.balance_micro),
             available=format_credits(await gateway.meter.available_micro(caller.account_id)),
             low_credits_threshold=format_credits(account.low_credit_threshold_micro),
-            ledger=[ledger_read(e) for e in entries],
+            ledger=[ledger_read(e, receipts.get(e.id)) for e in entries],
             next_before_id=entries[-1].id if len(entries) == limit else None,
         )
 
