@@ -61,3 +61,28 @@ async def sync_after_change(
         log.warning("credit counters unreachable: account %d's mirror follows on its next refresh", account_id)
     except DATABASE_ERRORS:
         log.warning("credits database unreachable: account %d's mirror follows on its next refresh", account_id)
+
+
+# The sign-up grant's idempotency key: one per account (keys are per account), so however often
+# the grant is retried for an account, it is granted once.
+SIGNUP_KEY = "signup-credits"
+SIGNUP_REASON = "sign-up credits"
+
+
+async def grant_signup_credits(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    counters: CounterStore | None,
+    prefix: str,
+    account_id: int,
+    amount_micro: int,
+) -> LedgerEntry | None:
+    """The ``signup_credits`` a new account gets once (``None`` when the setting is 0).
+
+    Called where a customer's account is made (the admin API's and the CLI's account creation),
+    never for the bootstrap account, whose opening credits are ``bootstrap_credits``. Through
+    :func:`grant` with a fixed idempotency key: a retry returns the first entry."""
+    if amount_micro <= 0:
+        return None
+    return await grant(
+        sessionmaker, counters, prefix, account_id, amount_micro, reason=SIGNUP_REASON, idempotency_key=SIGNUP_KEY
+    )

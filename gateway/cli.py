@@ -32,6 +32,7 @@ from billing.accounts import (
 from billing.errors import AccountNotFound, IdempotencyConflict
 from billing.models import AccountStatus
 from billing.money import MoneyError, credits_to_micro, format_credits
+from gateway.cli_billing import add_billing_commands
 
 # Re-exported: the command modules beside this one raise them (gateway/cli_common.py says why).
 from gateway.cli_common import CommandError as CommandError
@@ -122,18 +123,28 @@ def cmd_accounts_create(args: argparse.Namespace) -> None:
     if credits < 0:
         raise CommandError("--credits cannot be negative")
 
-    async def work(session: AsyncSession) -> None:
-        try:
-            account = await create_account(session, args.name, email=args.email, credits_micro=credits)
-        except AccountExists as error:
-            raise CommandError(str(error)) from error
+    async def run() -> None:
+        from billing.grants import grant_signup_credits
+
+        async with _money_stores(settings) as (engine, counters):
+            sessions = create_sessionmaker(engine)
+            async with sessions() as session:
+                try:
+                    account = await create_account(session, args.name, email=args.email, credits_micro=credits)
+                except AccountExists as error:
+                    raise CommandError(str(error)) from error
+            # A new customer account, as through the admin API: the sign-up grant, once.
+            signup = credits_to_micro(settings.signup_credits)
+            if await grant_signup_credits(sessions, counters, settings.redis_prefix, account.id, signup):
+                async with sessions() as session:
+                    account = await get_account(session, account.id)
         _emit(
             args,
             _account_json(account),
             f"created account {account.id} ({account.name}) with {format_credits(account.balance_micro)} credits",
         )
 
-    asyncio.run(_with_session(settings, work))
+    asyncio.run(run())
 
 
 def cmd_accounts_list(args: argparse.Namespace) -> None:
@@ -463,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("parked_id", type=int, help="the id reconcile names")
     replay.add_argument("--data-file", default=None, help="the settlement as corrected JSON (default: as parked)")
     replay.set_defaults(handler=cmd_billing_replay_parked)
+    add_billing_commands(billing_commands, common)
 
     credits = commands.add_parser("credits", parents=[common], help="manage credits")
     credit_commands = credits.add_subparsers(dest="credits_command", required=True)

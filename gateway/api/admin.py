@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, patch, post, put
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy import func, select
 
 from billing.accounts import (
@@ -24,9 +24,11 @@ from billing.accounts import (
 )
 from billing.bounds import MAX_LIST_ITEMS, NO_CONTROL, CreditsText, Email, Item, Name, Password, Reason, ShortText
 from billing.grants import grant as grant_and_sync
+from billing.grants import grant_signup_credits
 from billing.models import Account, AccountStatus, LedgerEntry, LedgerKind, UsageRecord
 from billing.money import MoneyError, credits_to_micro, format_credits
 from billing.pricing import UsdPrices
+from billing.reports import RevenueRow, month_start, revenue_report
 from gateway.api.deps import OPERATOR, Injected, operator_only
 from gateway.api.openapi import ADMIN_AUTH, errors
 from gateway.api.views import model_view, usage_view
@@ -133,6 +135,20 @@ class AdminKeyList(msgspec.Struct):
     keys: list[AdminKeyRead]
 
 
+def revenue_line(row: RevenueRow) -> RevenueLine:
+    return RevenueLine(
+        month=row.month,
+        package_id=row.package_id,
+        currency=row.currency,
+        purchases=row.purchases,
+        gross_minor=row.gross_minor,
+        refunded_minor=row.refunded_minor,
+        net_minor=row.net_minor,
+        credits_sold=format_credits(row.credits_sold_micro),
+        credits_reversed=format_credits(row.credits_reversed_micro),
+    )
+
+
 def admin_key_read(key: ApiKey) -> AdminKeyRead:
     return AdminKeyRead(
         id=key.id,
@@ -155,6 +171,42 @@ class AdminMemberRead(msgspec.Struct):
 
 class AdminModelList(msgspec.Struct):
     models: list[dict[str, Any]]  # /v1/models' entries, plus "price_override": bool
+
+
+class RevenueLine(msgspec.Struct):
+    """One UTC month, package and currency. Money in the currency's minor unit (cents), credits
+    as decimal strings; ``refunded`` and ``credits_reversed`` are positive amounts given back."""
+
+    month: str
+    package_id: str
+    currency: str
+    purchases: int
+    gross_minor: int
+    refunded_minor: int
+    net_minor: int
+    credits_sold: str
+    credits_reversed: str
+
+
+class RevenueReport(msgspec.Struct):
+    first_month: str | None
+    last_month: str | None
+    data: list[RevenueLine]
+
+
+# A month as YYYY-MM in the query (``from`` and ``to`` are the names a caller writes).
+MonthFrom = Annotated[str | None, QueryParameter(name="from", max_length=7, pattern=NO_CONTROL)]
+MonthTo = Annotated[str | None, QueryParameter(name="to", max_length=7, pattern=NO_CONTROL)]
+
+
+def _month(value: str | None, param: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        month_start(value)
+    except ValueError as error:
+        raise InvalidRequest(str(error), param=param) from error
+    return value
 
 
 class Anomalies(msgspec.Struct):
@@ -221,6 +273,8 @@ class AdminController(Controller):
 
     @post("/accounts/", status_code=201, operation_id="admin_create_account", responses=errors(400, 401, 409, 413))
     async def create_account(self, gateway: Injected[GatewayState], data: JSONBody[AccountCreate]) -> AccountRead:
+        """A new customer account: its opening ``credits``, then the configured ``signup_credits``
+        once (a ledger grant of its own, reason "sign-up credits")."""
         credits = _credits(data.credits, "credits")
         if credits < 0:
             raise InvalidRequest("credits cannot be negative", param="credits")
@@ -229,6 +283,12 @@ class AdminController(Controller):
                 account = await create_account(session, data.name, email=data.email, credits_micro=credits)
             except AccountExists as error:
                 raise AccountConflict(str(error), param="name") from error
+        signup = credits_to_micro(gateway.settings.signup_credits)
+        if await grant_signup_credits(
+            gateway.sessionmaker, gateway.counters, gateway.settings.redis_prefix, account.id, signup
+        ):
+            async with gateway.sessionmaker() as session:
+                account = await get_account(session, account.id)
         return account_read(account)
 
     @patch("/accounts/{account_id:int}/", operation_id="admin_update_account", responses=errors(400, 401, 404, 413))
@@ -370,6 +430,19 @@ class AdminController(Controller):
     @delete("/models/{slug:path}", status_code=204, operation_id="admin_clear_price", responses=errors(400, 401))
     async def clear_price(self, gateway: Injected[GatewayState], slug: FromPath[Slug]) -> None:
         await store_override(gateway, slug.lstrip("/"), None)
+
+    @get("/revenue/", operation_id="admin_revenue_report", responses=errors(400, 401))
+    async def revenue(
+        self, gateway: Injected[GatewayState], first: MonthFrom = None, last: MonthTo = None
+    ) -> RevenueReport:
+        """Revenue by UTC month, package and currency over every account, ``from`` and ``to``
+        (YYYY-MM) included; a refund counts in the month it happened."""
+        first, last = _month(first, "from"), _month(last, "to")
+        if first is not None and last is not None and first > last:
+            raise InvalidRequest("from is after to", param="from")
+        async with gateway.sessionmaker() as session:
+            rows = await revenue_report(session, first=first, last=last)
+        return RevenueReport(first, last, [revenue_line(row) for row in rows])
 
     @get("/anomalies/", operation_id="admin_list_anomalies", responses=errors(401))
     async def list_anomalies(self, gateway: Injected[GatewayState]) -> Anomalies:

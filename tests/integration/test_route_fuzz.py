@@ -194,6 +194,7 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("DELETE", "/api/admin/keys/{key_id:int}"): Seed(path={"key_id": "spare_admin_key"}, auth="admin"),
     ("GET", "/api/admin/models"): Seed(auth="admin"),
     ("GET", "/api/admin/anomalies"): Seed(auth="admin"),
+    ("GET", "/api/admin/revenue"): Seed(query={"from": "2026-01", "to": "2026-12"}, auth="admin"),
     ("PUT", "/api/admin/models/{slug:path}"): Seed(
         json={"input_per_mtok": "0.15", "output_per_mtok": "0.6"}, path={"slug": INSTRUCT}, auth="admin"
     ),
