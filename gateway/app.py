@@ -64,6 +64,7 @@ from gateway.api.v1 import (
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
 from gateway.dashboard import dashboard_routes, template_config
+from gateway.dashboard.nav import BILLING_PATH
 from gateway.db import create_engine, create_sessionmaker
 from gateway.errors import (
     DOMAIN_ERRORS,
@@ -230,6 +231,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             allow_private=settings.webhook_allow_private,
             retry_base_s=settings.webhook_retry_base_s,
             now=now,
+            billing_url=settings.public_url.rstrip("/") + BILLING_PATH if settings.public_url else "",
         )
         try:
             async with (

@@ -136,6 +136,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     webhook_allow_private: bool = False
     webhook_poll_s: float = 1.0
     webhook_retry_base_s: float = 10.0
+    # Where users reach this gateway (``https://ai.example.com``): absolute links the gateway
+    # sends out, such as the low_credits webhook's ``billing_url``. Unset: no such links (pages
+    # link relative to the host they were served from).
+    public_url: str = ""
     retry_attempts: PositiveInt = 3
     retry_backoff_s: float = 0.05
     breaker_failures: PositiveInt = 3
@@ -328,6 +332,7 @@ def validate_settings(settings: Settings) -> None:
         except ValueError as error:
             raise SettingsError(f"trusted_proxies: {proxy!r} is not an IP address or CIDR") from error
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
+    _check_public_url(settings.public_url)
     _check_credit_packages(settings.credit_packages, settings.signup_credits)
     _check_egress_proxy(settings.egress_proxy)
     _decimal(settings.function_invocation_credits, "function_invocation_credits")
@@ -397,6 +402,14 @@ def validate_settings(settings: Settings) -> None:
                 deployment.provider == DEMO_PROVIDER and settings.demo_provider
             ):
                 raise SettingsError(f"{where}.provider names unknown provider {deployment.provider!r}")
+
+
+def _check_public_url(url: str) -> None:
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise SettingsError(f"public_url must be an http:// or https:// URL with a host (no query), got {url!r}")
 
 
 def _check_egress_proxy(url: str) -> None:

@@ -121,8 +121,12 @@ class WebhookWorker:
         now: Callable[[], datetime],
         client: httpx.AsyncClient | None = None,
         resolver: Resolver = system_resolver,
+        billing_url: str = "",
     ) -> None:
         self._sessionmaker = sessionmaker
+        # Added to low_credits deliveries (from settings.public_url): where the user buys more.
+        # At delivery, not in the stored event: the settlement writer that records it knows no URLs.
+        self._billing_url = billing_url
         self._allow_private = allow_private
         self._resolver = resolver
         self._retry_base_s = retry_base_s
@@ -198,7 +202,10 @@ class WebhookWorker:
             event = await session.get(WebhookEvent, delivery.event_id)
             assert event is not None
             secret = await self._secret(session, event.account_id)
-            body = msgspec.json.encode(event.payload)
+            payload = event.payload
+            if event.event == "low_credits" and self._billing_url:
+                payload = {**payload, "billing_url": self._billing_url}
+            body = msgspec.json.encode(payload)
             status, error = 0, ""
             try:
                 timestamp = int(time.time())

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from keys.roles import Permission
 
-__all__ = ["NAV", "NavItem"]
+__all__ = ["BILLING_PATH", "NAV", "NavItem"]
+
+# The Billing page: linked from the low-credit banner and the low_credits webhook (billing_url).
+BILLING_PATH = "/billing"
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,6 +121,7 @@ def test_low_credits_fires_once_per_crossing_signed_and_retried(hooked: Gateway,
     wait_for(lambda: receiver.events("low_credits"))
     (event,) = receiver.events("low_credits")
     assert event["event"] == "low_credits" and event["user_email"] == "ops@acme.test"
+    assert "billing_url" not in event  # public_url is not set: no absolute link to give
     assert float(event["credits_balance"]) < 100
     headers, body = receiver.received[0]
     secret = api(hooked, "GET", "/api/webhooks/secret/").json()["secret"]
@@ -172,3 +173,25 @@ def test_private_webhook_urls_are_refused_by_default(gateway: Gateway) -> None:
         api(gateway, "PATCH", f"/api/keys/{key_id}/", json={"webhook_url": "https://hooks.example.com/x"}).status_code
         == 200
     )
+
+
+def test_low_credits_links_to_the_billing_page_when_public_url_is_set(
+    backend: Backend, fake_openai: FakeOpenAI, receiver: Receiver
+) -> None:
+    settings = gateway_settings(
+        backend,
+        fake_openai,
+        webhook_allow_private=True,
+        webhook_poll_s=0.05,
+        public_url="https://ai.example.com/",
+    )
+    gateway, server = start_gateway(settings, fake_openai, credits_micro=THRESHOLD + 10_000)
+    try:
+        key_id = api(gateway, "GET", "/api/keys/").json()["keys"][0]["id"]
+        assert api(gateway, "PATCH", f"/api/keys/{key_id}/", json={"webhook_url": receiver.url}).status_code == 200
+        assert chat(gateway).status_code == 200
+        wait_for(lambda: receiver.events("low_credits"))
+        (event,) = receiver.events("low_credits")
+        assert event["billing_url"] == "https://ai.example.com/billing"
+    finally:
+        server.stop()

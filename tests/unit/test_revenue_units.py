@@ -1,4 +1,4 @@
-"""The pieces of receipts and the revenue report that need no database: money in minor units
+"""The pieces of receipts, the revenue report and billing links that need no database: money in minor units
 shown as the checkout showed it, months parsed strictly, refunds stored as increments."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 from billing.payments.credits import refunded_money
 from billing.payments.packages import format_minor, price_to_minor
 from billing.reports import month_start
+from gateway.settings import Settings, SettingsError, validate_settings
 
 
 def test_format_minor_speaks_the_currencys_minor_unit() -> None:
@@ -42,3 +43,10 @@ def test_refunded_money_is_the_increment_of_a_running_total() -> None:
     assert refunded_money(900, 5000, 0) == 900  # never more than was paid
     assert refunded_money(900, -5, 0) == 0
     assert refunded_money(0, None, 0) == 0  # a free package
+
+
+def test_public_url_must_be_an_absolute_http_url() -> None:
+    validate_settings(Settings(public_url="https://ai.example.com/tollway"))
+    for bad in ("ai.example.com", "ftp://ai.example.com", "https://", "https://ai.example.com/?a=1", "/billing"):
+        with pytest.raises(SettingsError, match="public_url"):
+            validate_settings(Settings(public_url=bad))
