@@ -185,7 +185,7 @@ def test_low_credits_links_to_the_billing_page_when_public_url_is_set(
         webhook_poll_s=0.05,
         public_url="https://ai.example.com/",
     )
-    gateway, server = start_gateway(settings, fake_openai, credits_micro=THRESHOLD + 10_000)
+    gateway, server = start_gateway(settings, fake_openai, credits_micro=THRESHOLD + 1_000)  # one call crosses
     try:
         key_id = api(gateway, "GET", "/api/keys/").json()["keys"][0]["id"]
         assert api(gateway, "PATCH", f"/api/keys/{key_id}/", json={"webhook_url": receiver.url}).status_code == 200

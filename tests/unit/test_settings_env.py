@@ -25,6 +25,7 @@ STRING_SAMPLES = {
     "log_format": "json",
     "metrics_bind": "127.0.0.1:9464",
     "signup_credits": "250",
+    "public_url": "https://ai.example.com",
 }
 # Fields whose type-derived sample would break their bounds (the cache TTL is at most 1 s).
 NUMBER_SAMPLES: dict[str, tuple[str, Any]] = {"function_cache_ttl_s": ("0.5", 0.5)}
