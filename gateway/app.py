@@ -47,6 +47,7 @@ from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
 from gateway.api.metrics import get_metrics, metrics_listener
 from gateway.api.openapi import V1_AUTH, openapi_config
+from gateway.api.payments import PaymentsController, receive_payment_webhook
 from gateway.api.projects import EnvironmentsController, ProjectsController, VariablesController
 from gateway.api.v1 import (
     create_completion,
@@ -78,6 +79,7 @@ from gateway.errors import (
 from gateway.logs import formatters
 from gateway.metrics import Telemetry
 from gateway.overload import InFlightLimit
+from gateway.payment_providers import build_payment_providers
 from gateway.prices import follow_price_changes, reload_catalogue
 from gateway.request_id import request_id_middleware
 from gateway.routing import Router
@@ -109,6 +111,7 @@ API_CONTROLLERS: list[type[Controller]] = [
     VariablesController,
     FunctionCodeController,
     FunctionTestController,
+    PaymentsController,
 ]
 
 log = logging.getLogger("tollway")
@@ -214,6 +217,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         state: GatewayState = app.state.gateway
         built.append(state)
         state.telemetry.attach(state)
+        state.payments = build_payment_providers(settings, env)
         state.function_client = FunctionEgress(EgressPolicy.from_settings(settings.function_allow_hosts))
         state.function_runtime = FunctionRuntime(
             state.function_client,
@@ -246,6 +250,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         finally:
             for adapter in adapters.values():
                 await adapter.aclose()
+            for payment_provider in state.payments.values():
+                await payment_provider.aclose()
             await state.function_client.aclose()
             await counters.close()
             await engine.dispose()
@@ -276,6 +282,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 return_dto=None,
                 guards=[path_params_first],
             ),
+            # Payment providers' webhooks: public, authenticated by each provider's signature.
+            receive_payment_webhook,
             # Proxy functions: public, authenticated by each function's token (a raw ASGI mount).
             function_runtime,
             healthz,

@@ -46,6 +46,7 @@ def check_settings(settings: Settings, env: Mapping[str, str]) -> CheckReport:
         asyncio.run(_close(adapters.values()))
     report.warnings.extend(unset_key_variables(settings, env))
     report.warnings.extend(demo_beside_real_providers(settings))
+    report.warnings.extend(payment_secrets(settings, env))
     return report
 
 
@@ -56,7 +57,12 @@ def startup_warnings(settings: Settings, env: Mapping[str, str]) -> list[str]:
         unpriced = unpriced_models(settings)
     except (SettingsError, ValueError):
         unpriced = []  # the lifespan builds the catalogue too, and fails with the reason
-    return [*unpriced, *unset_key_variables(settings, env), *demo_beside_real_providers(settings)]
+    return [
+        *unpriced,
+        *unset_key_variables(settings, env),
+        *demo_beside_real_providers(settings),
+        *payment_secrets(settings, env),
+    ]
 
 
 def unpriced_models(settings: Settings) -> list[str]:
@@ -82,6 +88,32 @@ def unset_key_variables(settings: Settings, env: Mapping[str, str]) -> list[str]
         variable = provider.api_key_env or (kind.api_key_env if kind is not None else "")
         if not provider.api_key and variable and not env.get(variable):
             problems.append(f"providers.{name}: ${variable} is not set; its calls will be refused")
+    return problems
+
+
+def payment_secrets(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """A payment provider Tollway talks to without the secret it needs: its webhooks are all
+    refused (400, nothing granted), or the Buy button answers 503."""
+    problems: list[str] = []
+    payments = settings.payments
+    for name in payments.configured():
+        table = payments.stripe if name == "stripe" else payments.lemonsqueezy
+        api_key, webhook_secret = table.resolved(env)
+        if not webhook_secret:
+            where = f"${table.webhook_secret_env}" if table.webhook_secret_env else "webhook_secret"
+            problems.append(
+                f"payments.{name}: {where} is not set; every {name} webhook will be refused and no purchase granted"
+            )
+        if name == payments.checkout_provider and not api_key:
+            where = f"${table.api_key_env}" if table.api_key_env else "api_key"
+            problems.append(f"payments.{name}: {where} is not set; Buy credits will answer 503")
+    if payments.checkout_provider and not any(
+        package.provider_price_ids.get(payments.checkout_provider) for package in settings.credit_packages
+    ):
+        problems.append(
+            f"payments.checkout_provider is {payments.checkout_provider} but no credit package has a "
+            f"provider_price_ids.{payments.checkout_provider}: nothing can be bought"
+        )
     return problems
 
 

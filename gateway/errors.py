@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from billing.bounds import NO_CONTROL, NO_NUL
 from billing.errors import BillingError
+from billing.payments.provider import PaymentError
 from functions.errors import FunctionsError
 from gateway.request_id import correlation_id_of
 from keys.errors import KeyError_
@@ -103,7 +104,14 @@ def decode_body(raw: bytes, type_: type[T]) -> T:
 TOO_DEEP = "request body is not valid JSON: it nests too deeply"
 
 
-DOMAIN_ERRORS: tuple[type[Exception], ...] = (GatewayError, KeyError_, BillingError, ProviderError, FunctionsError)
+DOMAIN_ERRORS: tuple[type[Exception], ...] = (
+    GatewayError,
+    KeyError_,
+    BillingError,
+    ProviderError,
+    FunctionsError,
+    PaymentError,
+)
 
 
 def handle_restriction_error(request: Request[Any, Any, Any], error: RestrictionError) -> Response[bytes]:

@@ -100,6 +100,80 @@ class ModelSettings(UsdPrices, forbid_unknown_fields=True, frozen=True):
         return own + list(self.deployments)
 
 
+PAYMENT_PROVIDERS = ("stripe", "lemonsqueezy")
+
+
+class StripeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Stripe Checkout (billing/payments/stripe.py): the secret API key opens checkouts, the
+    endpoint's signing secret (``whsec_…``) verifies its webhooks; each from the file or the
+    environment variable named by ``*_env``."""
+
+    api_key: str = ""
+    api_key_env: str = ""
+    webhook_secret: str = ""
+    webhook_secret_env: str = ""
+    api_base: str = "https://api.stripe.com"
+
+    def resolved(self, env: Mapping[str, str]) -> tuple[str, str]:
+        """The API key and the webhook secret (``""`` when unset)."""
+        return _from_env(self.api_key, self.api_key_env, env), _from_env(
+            self.webhook_secret, self.webhook_secret_env, env
+        )
+
+
+class LemonSqueezySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """LemonSqueezy (billing/payments/lemonsqueezy.py): the API key and store open checkouts, the
+    webhook's signing secret verifies its deliveries."""
+
+    api_key: str = ""
+    api_key_env: str = ""
+    store_id: str = ""
+    webhook_secret: str = ""
+    webhook_secret_env: str = ""
+    api_base: str = "https://api.lemonsqueezy.com"
+
+    def resolved(self, env: Mapping[str, str]) -> tuple[str, str]:
+        return _from_env(self.api_key, self.api_key_env, env), _from_env(
+            self.webhook_secret, self.webhook_secret_env, env
+        )
+
+
+class PaymentSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Selling credits: which provider opens checkouts (``""``: none, the Buy button answers
+    503), where the buyer returns (unset: the dashboard's Billing page on the host the request
+    came to), how old a signed webhook may be, and each provider's credentials. A provider whose
+    table has a key or a secret also receives webhooks, checkout provider or not (refunds of
+    earlier purchases keep arriving after a switch)."""
+
+    checkout_provider: Literal["stripe", "lemonsqueezy", ""] = ""
+    success_url: str = ""
+    cancel_url: str = ""
+    webhook_tolerance_s: Annotated[int, msgspec.Meta(gt=0, le=86400)] = 300
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 20.0
+    stripe: StripeSettings = msgspec.field(default_factory=StripeSettings)
+    lemonsqueezy: LemonSqueezySettings = msgspec.field(default_factory=LemonSqueezySettings)
+
+    def configured(self) -> list[str]:
+        """The providers Tollway talks to: the checkout provider and any with a key or secret."""
+        tables: dict[str, StripeSettings | LemonSqueezySettings] = {
+            "stripe": self.stripe,
+            "lemonsqueezy": self.lemonsqueezy,
+        }
+        return [
+            name
+            for name, table in tables.items()
+            if name == self.checkout_provider
+            or table.api_key
+            or table.api_key_env
+            or table.webhook_secret
+            or table.webhook_secret_env
+        ]
+
+
+def _from_env(value: str, variable: str, env: Mapping[str, str]) -> str:
+    return value or (env.get(variable, "") if variable else "")
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = ""
@@ -193,6 +267,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # gets once when it signs up (not the bootstrap account: bootstrap_credits is its own).
     credit_packages: list[CreditPackage] = []
     signup_credits: str = "0"
+    # The payment providers that sell them (docs/operations.md, Payments).
+    payments: PaymentSettings = msgspec.field(default_factory=PaymentSettings)
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 
@@ -334,6 +410,7 @@ def validate_settings(settings: Settings) -> None:
     _decimal(settings.bootstrap_credits, "bootstrap_credits")
     _check_public_url(settings.public_url)
     _check_credit_packages(settings.credit_packages, settings.signup_credits)
+    _check_payments(settings.payments)
     _check_egress_proxy(settings.egress_proxy)
     _decimal(settings.function_invocation_credits, "function_invocation_credits")
     try:
@@ -412,6 +489,24 @@ def _check_public_url(url: str) -> None:
         raise SettingsError(f"public_url must be an http:// or https:// URL with a host (no query), got {url!r}")
 
 
+def _check_http_url(value: str, where: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{where} must be an http:// or https:// URL with a host, got {value!r}")
+
+
+def _check_payments(payments: PaymentSettings) -> None:
+    _check_http_url(payments.stripe.api_base, "payments.stripe.api_base")
+    _check_http_url(payments.lemonsqueezy.api_base, "payments.lemonsqueezy.api_base")
+    for name in ("success_url", "cancel_url"):
+        if getattr(payments, name):
+            _check_http_url(getattr(payments, name), f"payments.{name}")
+    if payments.checkout_provider == "lemonsqueezy" and not payments.lemonsqueezy.store_id:
+        raise SettingsError("payments.lemonsqueezy.store_id is required when checkout_provider is lemonsqueezy")
+    if payments.lemonsqueezy.store_id and not payments.lemonsqueezy.store_id.isdigit():
+        raise SettingsError("payments.lemonsqueezy.store_id must be the store's number (Settings → Stores)")
+
+
 def _check_egress_proxy(url: str) -> None:
     if not url:
         return
@@ -453,7 +548,9 @@ def sqlite_path(database_url: str) -> Path | None:
 # as a provider's extra headers, which may carry credentials) has each value masked, and every
 # ``*_url`` keeps its shape but loses its password. tests/unit/test_settings_env.py fails when a
 # field whose name looks secret is added without being listed here or declared harmless there.
-SECRET_FIELDS = frozenset({"admin_token", "session_secret", "api_key", "headers", "function_secret_keys"})
+SECRET_FIELDS = frozenset(
+    {"admin_token", "session_secret", "api_key", "headers", "function_secret_keys", "webhook_secret"}
+)
 MASK = "********"
 # Settings that hold a URL without ending in _url: shown with their password masked, like *_url.
 URL_SECRET_FIELDS = frozenset({"egress_proxy"})

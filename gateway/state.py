@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.counters import CounterStore
 from billing.metering import Meter
+from billing.payments.provider import PaymentProvider
 from functions.directory import FunctionDirectory
 from functions.egress import FunctionEgress
 from functions.invocations import InvocationLedger
@@ -76,6 +77,8 @@ class GatewayState:
     anomalies: Counter[str] = field(default_factory=Counter)
     # Metrics and the access log of the request path (gateway/metrics.py); built by create_app.
     telemetry: Telemetry = field(default_factory=Telemetry)
+    # The payment providers that sell credits and send webhooks, by name (gateway/payment_providers.py).
+    payments: dict[str, PaymentProvider] = field(default_factory=dict)
 
     def output_cap_field(self, provider: str) -> str:
         """The chat body field that caps output tokens for ``provider`` (its kind's, in the registry)."""

@@ -256,6 +256,10 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ("GET", "/api/functions/{function_id:str}/code/{platform:str}"): Seed(
         path={"function_id": "code_function", "platform": "lambda"}, query={"download": "0"}
     ),
+    # Buying credits (a key acts as an admin: the checkout refuses it before reading the body;
+    # tests/integration/test_payment_webhooks.py throws hostile bodies at it as an owner).
+    ("GET", "/api/billing/packages"): Seed(),
+    ("POST", "/api/billing/checkout"): Seed(json={"package": "starter"}),
 }
 
 # Routes whose bodies have the most structure get more examples.

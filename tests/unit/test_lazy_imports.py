@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Each is megabytes of RSS that the ordinary request path never uses: tiktoken and its encodings
 # (counts are rare: billing/tokens.py), Alembic and Mako (a server worker never migrates),
-# maxminddb (only with a country database), httpx's command line (click, rich, pygments).
-DEFERRED = ["tiktoken", "alembic", "mako", "maxminddb", "rich", "pygments"]
+# maxminddb (only with a country database), httpx's command line (click, rich, pygments), the
+# Stripe library (only when Stripe sells credits).
+DEFERRED = ["tiktoken", "alembic", "mako", "maxminddb", "rich", "pygments", "stripe"]
 
 PROGRAM = """
 import json, sys

@@ -34,6 +34,10 @@ TABLE_SAMPLES: dict[str, tuple[str, Any]] = {
     "models": ('{"demo/echo": {"provider": "demo", "upstream_model": "echo"}}', "echo"),
     "function_secret_keys": ('{"k2027": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}', "k2027"),
     "credit_packages": ('[{"id": "starter", "name": "Starter", "credits": "12000", "price": "9.00"}]', "starter"),
+    "payments": (
+        '{"checkout_provider": "stripe", "stripe": {"api_key_env": "STRIPE_SECRET_KEY"}}',
+        "STRIPE_SECRET_KEY",
+    ),
 }
 
 
@@ -115,7 +119,7 @@ def test_settings_env_bad_value_names_the_variable(variable: str, value: str, ne
 # Fields whose names look secret but hold none; anything else matching SECRET_LOOKING must be in
 # SECRET_FIELDS, so `tollway config check` cannot print a new secret by accident.
 SECRET_LOOKING = re.compile(r"secret|token|password|passwd|api_key|credential|private_key|signing|_key$")
-HARMLESS = {"max_output_tokens", "api_key_env", "function_secret_key_file"}  # a path, not a key
+HARMLESS = {"max_output_tokens", "api_key_env", "function_secret_key_file", "webhook_secret_env"}  # names, not keys
 
 
 def _struct_fields(cls: type[msgspec.Struct]) -> set[str]:
@@ -159,3 +163,35 @@ def test_settings_env_unknown_provider_kind_names_the_known_ones() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(env={"TOLLWAY_PROVIDERS": '{"x": {"kind": "nope"}}'})
     assert "unknown provider kind 'nope'" in str(caught.value) and "openai" in str(caught.value)
+
+
+def test_settings_redacted_masks_payment_secrets() -> None:
+    settings = load_settings(
+        env={},
+        payments={
+            "checkout_provider": "lemonsqueezy",
+            "stripe": {"api_key": "sk_live_1", "webhook_secret": "whsec_2"},
+            "lemonsqueezy": {"api_key": "ls_3", "store_id": "30883", "webhook_secret": "ls_4"},
+        },
+    )
+    shown = redacted(settings)["payments"]
+    assert shown["stripe"]["api_key"] == shown["stripe"]["webhook_secret"] == MASK
+    assert shown["lemonsqueezy"]["webhook_secret"] == MASK and shown["lemonsqueezy"]["store_id"] == "30883"
+    assert not {"sk_live_1", "whsec_2", "ls_3", "ls_4"} & set(msgspec.json.encode(shown).decode().split('"'))
+
+
+@pytest.mark.parametrize(
+    ("payments", "needle"),
+    [
+        ({"checkout_provider": "paypal"}, "checkout_provider"),
+        ({"checkout_provider": "lemonsqueezy"}, "payments.lemonsqueezy.store_id"),
+        ({"lemonsqueezy": {"store_id": "my-store"}}, "payments.lemonsqueezy.store_id"),
+        ({"stripe": {"api_base": "api.stripe.com"}}, "payments.stripe.api_base"),
+        ({"success_url": "/billing"}, "payments.success_url"),
+        ({"webhook_tolerance_s": 0}, "webhook_tolerance_s"),
+    ],
+)
+def test_settings_payment_errors_name_the_setting(payments: dict[str, Any], needle: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={}, payments=payments)
+    assert needle in str(caught.value)
