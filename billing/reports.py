@@ -253,3 +253,9 @@ async def receipts_for(session: AsyncSession, account_id: int, entry_ids: Sequen
         select(Payment).where(Payment.account_id == account_id, Payment.ledger_entry_id.in_(list(entry_ids)))
     )
     return {int(payment.ledger_entry_id): payment for payment in rows if payment.ledger_entry_id is not None}
+
+
+async def payments_page(session: AsyncSession, account_id: int, *, limit: int) -> Sequence[Payment]:
+    """The account's purchases and reversals, newest first (the Billing page's receipts)."""
+    query = select(Payment).where(Payment.account_id == account_id)
+    return (await session.scalars(query.order_by(Payment.id.desc()).limit(min(limit, MAX_PAGE)))).all()

@@ -24,7 +24,7 @@ from gateway.api.deps import DEPENDENCIES
 from gateway.dashboard.pages.analytics import AnalyticsPages
 from gateway.dashboard.pages.audit import AuditPages
 from gateway.dashboard.pages.auth import AuthPages
-from gateway.dashboard.pages.billing import CreditsPages, UsagePages
+from gateway.dashboard.pages.billing import BillingPages, CreditsPages, UsagePages
 from gateway.dashboard.pages.functions import FunctionPages, NewFunctionPages
 from gateway.dashboard.pages.keys import KeysPages
 from gateway.dashboard.pages.models import ModelsPages
@@ -43,6 +43,7 @@ PAGES: list[type[Controller]] = [
     AuthPages,
     KeysPages,
     CreditsPages,
+    BillingPages,
     UsagePages,
     ModelsPages,
     TeamPages,

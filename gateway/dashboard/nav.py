@@ -30,6 +30,7 @@ NAV: list[NavItem] = [
     NavItem("keys", "Keys", "/keys"),
     NavItem("usage", "Usage", "/usage"),
     NavItem("credits", "Credits", "/credits"),
+    NavItem("billing", "Billing", BILLING_PATH),
     NavItem("models", "Models", "/models"),
     NavItem("projects", "Proxy functions", "/projects"),
     NavItem("team", "Team", "/team"),

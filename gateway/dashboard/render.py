@@ -22,8 +22,9 @@ from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
 from billing.money import format_credits
+from billing.payments.packages import format_minor
 from functions.errors import FunctionsError
-from gateway.dashboard.nav import NAV, NavItem
+from gateway.dashboard.nav import BILLING_PATH, NAV, NavItem
 from gateway.dashboard.session import NotSignedIn, Viewer
 from gateway.errors import GatewayError
 from keys.errors import KeyError_
@@ -206,6 +207,8 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
         env.filters["credits"] = _credits
         env.filters["when"] = _when
         env.filters["ago"] = _ago
+        env.filters["money"] = format_minor  # minor units (cents) as the checkout showed them
+        env.globals["billing_path"] = BILLING_PATH
         env.globals["static"] = lambda name: f"/static/{name}?v={version}"
         env.trim_blocks = True
         env.lstrip_blocks = True

@@ -90,7 +90,7 @@ def dashboard_post_routes() -> list[str]:
     for route in app.routes:
         if (
             isinstance(route, HTTPRoute)
-            and not route.path.startswith(("/api", "/v1", "/static"))
+            and not route.path.startswith(("/api", "/v1", "/static", "/webhooks"))  # providers sign those
             and any("POST" in handler.http_methods for handler in route.route_handlers)
         ):
             path = re.sub(r"\{[a-z_]+:int\}", "1", route.path)

@@ -1,6 +1,8 @@
-"""Credits (balance, ledger, low-credit threshold, webhook secret and deliveries) and Usage (a
-filterable, paged table and charts over time). Reads use the same report queries as ``/api/credits``
-and ``/api/usage`` (:mod:`billing.reports`); writes go through :mod:`gateway.api.actions`."""
+"""Credits (balance, ledger, low-credit threshold, webhook secret and deliveries), Billing (the
+packages on sale, Buy credits, the account's purchases) and Usage (a filterable, paged table and
+charts over time). Reads use the same report queries as ``/api/credits`` and ``/api/usage``
+(:mod:`billing.reports`); writes go through :mod:`gateway.api.actions`, a checkout through the
+same service as ``POST /api/billing/checkout/`` (:mod:`billing.payments.service`)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,18 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromQuery, Parameter
-from litestar.response import Template
+from litestar.response import Redirect, Template
 
 from billing.bounds import INT64_MAX, NO_CONTROL
 from billing.models import Account
 from billing.money import format_credits
-from billing.reports import SeriesBy, UsageFilter, ledger_page, usage_page, usage_series
+from billing.payments.provider import PaymentProvider
+from billing.payments.service import checkout_provider, open_checkout
+from billing.reports import SeriesBy, UsageFilter, ledger_page, payments_page, usage_page, usage_series
 from gateway.api.actions import set_low_credit_threshold, webhook_deliveries, webhook_secret
 from gateway.api.deps import Injected
 from gateway.dashboard.charts import stacked_chart
+from gateway.dashboard.nav import BILLING_PATH
 from gateway.dashboard.render import field_errors, is_htmx, page, see_other
 from gateway.dashboard.session import Viewer, read_form
 from gateway.state import GatewayState
@@ -71,6 +76,80 @@ async def _credits_page(
         else format_credits(account.low_credit_threshold_micro),
         status_code=status_code,
     )
+
+
+def _purchasable(state: GatewayState) -> tuple[PaymentProvider | None, set[str]]:
+    """The checkout provider, and the packages it sells (a package needs its price id there)."""
+    provider = checkout_provider(state.payments, state.settings.payments.checkout_provider)
+    if provider is None:
+        return None, set()
+    return provider, {p.id for p in state.settings.credit_packages if p.provider_price_ids.get(provider.name)}
+
+
+class BillingPages(Controller):
+    """Buying credits: a plain form per package posts to ``/billing/checkout``, which opens the
+    checkout at the provider and answers 303 to its page, so it works without JavaScript. The
+    buyer comes back to ``/billing?checkout=success`` (or ``cancelled``); the credits arrive with
+    the provider's webhook, so the page says so instead of promising them."""
+
+    path = BILLING_PATH
+    tags = ["dashboard"]
+    include_in_schema = False
+
+    @get("/", name="dashboard:billing")
+    async def billing(
+        self,
+        request: Request[Any, Any, Any],
+        gateway: Injected[GatewayState],
+        viewer: Injected[Viewer],
+        checkout: FromQuery[QueryText] = None,
+    ) -> Template:
+        require(viewer.caller.role, Permission.VIEW)
+        account_id = viewer.caller.account_id
+        await gateway.meter.settled(account_id)
+        async with gateway.sessionmaker() as session:
+            account = await session.get(Account, account_id)
+            assert account is not None
+            payments = await payments_page(session, account_id, limit=PAGE_SIZE)
+        provider, purchasable = _purchasable(gateway)
+        packages = gateway.settings.credit_packages
+        return page(
+            request,
+            viewer,
+            "billing.html",
+            title="Billing",
+            active="billing",
+            account=account,
+            packages=packages,
+            package_names={p.id: p.name for p in packages},
+            provider=provider.name if provider is not None else "",
+            purchasable=purchasable,
+            payments=payments,
+            checkout=checkout if checkout in ("success", "cancelled") else "",
+        )
+
+    @post("/checkout", status_code=303)
+    async def checkout(
+        self, request: Request[Any, Any, Any], gateway: Injected[GatewayState], viewer: Injected[Viewer]
+    ) -> Response[Any]:
+        form = await read_form(request, viewer)
+        require(viewer.caller.role, Permission.BILLING)
+        package = form.get("package")
+        base = str(request.base_url).rstrip("/") + BILLING_PATH
+        settings = gateway.settings.payments
+        session = await open_checkout(
+            checkout_provider(gateway.payments, settings.checkout_provider),
+            gateway.settings.credit_packages,
+            package.strip()[:64] if isinstance(package, str) else "",
+            account_id=viewer.caller.account_id,
+            customer_email=viewer.principal.email,
+            success_url=settings.success_url or f"{base}?checkout=success",
+            cancel_url=settings.cancel_url or f"{base}?checkout=cancelled",
+        )
+        # The provider's hosted page, in the top window (htmx would fetch it: send it there).
+        if is_htmx(request):
+            return Response(None, status_code=204, headers={"HX-Redirect": session.url}, cookies=viewer.cookies)
+        return Redirect(session.url, status_code=303, cookies=viewer.cookies)
 
 
 class CreditsPages(Controller):
