@@ -9,15 +9,17 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromQuery, Parameter
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from billing.bounds import INT64_MAX, NO_CONTROL
 from billing.models import Account
 from billing.money import format_credits
-from billing.payments.provider import PaymentProvider
+from billing.payments.packages import find_package
+from billing.payments.provider import CheckoutFailed, PaymentProvider
 from billing.payments.service import checkout_provider, open_checkout
 from billing.reports import SeriesBy, UsageFilter, ledger_page, payments_page, usage_page, usage_series
 from gateway.api.actions import set_low_credit_threshold, webhook_deliveries, webhook_secret
@@ -88,9 +90,12 @@ def _purchasable(state: GatewayState) -> tuple[PaymentProvider | None, set[str]]
 
 class BillingPages(Controller):
     """Buying credits: a plain form per package posts to ``/billing/checkout``, which opens the
-    checkout at the provider and answers 303 to its page, so it works without JavaScript. The
-    buyer comes back to ``/billing?checkout=success`` (or ``cancelled``); the credits arrive with
-    the provider's webhook, so the page says so instead of promising them."""
+    checkout at the provider and answers a page that sends the browser on to the provider's
+    checkout (a meta refresh, and a link), so it works without JavaScript. Not a 303: the
+    dashboard's CSP has ``form-action 'self'``, which Chromium enforces on a form submission's
+    redirects, so a 303 to the provider is blocked. The buyer comes back to
+    ``/billing?checkout=success`` (or ``cancelled``); the credits arrive with the provider's
+    webhook, so the page says so instead of promising them."""
 
     path = BILLING_PATH
     tags = ["dashboard"]
@@ -128,28 +133,39 @@ class BillingPages(Controller):
             checkout=checkout if checkout in ("success", "cancelled") else "",
         )
 
-    @post("/checkout", status_code=303)
+    @post("/checkout", status_code=200)
     async def checkout(
         self, request: Request[Any, Any, Any], gateway: Injected[GatewayState], viewer: Injected[Viewer]
-    ) -> Response[Any]:
+    ) -> Template:
         form = await read_form(request, viewer)
         require(viewer.caller.role, Permission.BILLING)
-        package = form.get("package")
+        value = form.get("package")
+        package_id = value.strip()[:64] if isinstance(value, str) else ""
         base = str(request.base_url).rstrip("/") + BILLING_PATH
         settings = gateway.settings.payments
+        provider = checkout_provider(gateway.payments, settings.checkout_provider)
         session = await open_checkout(
-            checkout_provider(gateway.payments, settings.checkout_provider),
+            provider,
             gateway.settings.credit_packages,
-            package.strip()[:64] if isinstance(package, str) else "",
+            package_id,
             account_id=viewer.caller.account_id,
             customer_email=viewer.principal.email,
             success_url=settings.success_url or f"{base}?checkout=success",
             cancel_url=settings.cancel_url or f"{base}?checkout=cancelled",
         )
-        # The provider's hosted page, in the top window (htmx would fetch it: send it there).
-        if is_htmx(request):
-            return Response(None, status_code=204, headers={"HX-Redirect": session.url}, cookies=viewer.cookies)
-        return Redirect(session.url, status_code=303, cookies=viewer.cookies)
+        if urlsplit(session.url).scheme not in ("https", "http"):  # a link we render: never javascript:
+            raise CheckoutFailed("the payment provider answered without a checkout page")
+        assert provider is not None  # open_checkout refused otherwise
+        return page(
+            request,
+            viewer,
+            "checkout_redirect.html",
+            title="Continue to checkout",
+            active="billing",
+            checkout_url=session.url,
+            provider=provider.name,
+            package=find_package(gateway.settings.credit_packages, package_id),
+        )
 
 
 class CreditsPages(Controller):
