@@ -284,3 +284,47 @@ def test_payment_lemonsqueezy_checkout_order_and_refund(
     assert ignored.status_code == 200 and ignored.json()["outcome"] == "ignored"
     assert payments_count(ls_gateway) == 3
     reconcile_clean(ls_gateway, tmp_path)
+
+
+HOSTILE_CHECKOUTS = [
+    b"",
+    b"null",
+    b"[" * 100_000,
+    b'{"package": "star\\u0000ter"}',
+    b'{"package": 5}',
+    b'{"package": ["starter"]}',
+    b'{"package": "' + b"x" * 100_000 + b'"}',
+    b'{"package": "starter", "account_id": 1}',
+    b'{"package": 1e400}',
+    b"\xff\xfe",
+]
+
+
+def test_payment_hostile_requests_are_refused_in_the_error_shape(
+    stripe_gateway: Gateway, payment_fakes: Providers
+) -> None:
+    owner = Owner(stripe_gateway)
+    for body in HOSTILE_CHECKOUTS:
+        response = owner.post("/api/billing/checkout/", content=body, headers={"Content-Type": "application/json"})
+        assert 400 <= response.status_code < 500, (body[:40], response.text)
+        assert response.json()["error"]["code"] != "internal_error"
+    assert payment_fakes.stripe.received == []  # none of them reached the provider
+    too_big = httpx.post(stripe_gateway.url + "/webhooks/payments/stripe", content=b"{" * (1024 * 1024 + 1))
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    garbage = httpx.post(
+        stripe_gateway.url + "/webhooks/payments/stripe",
+        content=b"\x00\xff" * 100,
+        headers={b"Stripe-Signature": "t=\xe9,v1=\xff".encode("latin-1")},
+    )
+    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "invalid_signature"
+    long_name = httpx.post(stripe_gateway.url + "/webhooks/payments/" + "p" * 5000, content=b"{}")
+    assert long_name.status_code in (400, 404) and "error" in long_name.json()
+
+
+def test_payment_lemonsqueezy_checkout_failure_is_502_without_its_words(
+    ls_gateway: Gateway, payment_fakes: Providers
+) -> None:
+    payment_fakes.lemonsqueezy.fail_status = 500
+    failed = Owner(ls_gateway).post("/api/billing/checkout/", json={"package": "pro"})
+    assert failed.status_code == 502 and failed.json()["error"]["code"] == "checkout_failed"
+    assert lemonsqueezy_api.API_KEY not in failed.text and "Server Error" not in failed.text

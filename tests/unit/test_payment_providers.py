@@ -244,3 +244,24 @@ def test_payment_providers_answer_any_body_with_a_payment_error_or_a_notice(
     except PaymentError:
         return
     assert isinstance(notice, Paid | Reversed | Ignored)
+
+
+def test_payment_startup_warnings_name_missing_secrets_and_unsellable_setups() -> None:
+    from gateway.config_check import startup_warnings
+    from gateway.settings import load_settings
+
+    settings = load_settings(
+        env={},
+        payments={
+            "checkout_provider": "stripe",
+            "stripe": {"api_key_env": "STRIPE_SECRET_KEY", "webhook_secret_env": "STRIPE_WEBHOOK_SECRET"},
+            "lemonsqueezy": {"webhook_secret": "set"},
+        },
+    )
+    warned = "\n".join(startup_warnings(settings, {}))
+    assert "$STRIPE_WEBHOOK_SECRET is not set" in warned and "$STRIPE_SECRET_KEY is not set" in warned
+    assert "no credit package has a provider_price_ids.stripe" in warned
+    assert "lemonsqueezy" not in warned  # its secret is there, and it opens no checkouts
+    quiet = startup_warnings(settings, {"STRIPE_SECRET_KEY": "sk", "STRIPE_WEBHOOK_SECRET": "whsec"})
+    about_payments = [warning for warning in quiet if "payments" in warning]
+    assert len(about_payments) == 1 and "no credit package" in about_payments[0]  # only that remains
