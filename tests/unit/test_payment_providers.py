@@ -76,7 +76,9 @@ def test_stripe_unpaid_session_unknown_event_and_foreign_refund_are_ignored() ->
     foreign["data"]["object"]["metadata"] = {}
     won = json.loads(fake.dispute_lost_event(session))
     won["data"]["object"]["status"] = "won"
-    for event in (unpaid, foreign, won, json.loads(stripe_api.other_event())):
+    not_ours = json.loads(fake.completed_event(session))
+    not_ours["data"]["object"]["metadata"] = {"order": "a t-shirt"}
+    for event in (unpaid, foreign, won, not_ours, json.loads(stripe_api.other_event())):
         body = json.dumps(event).encode()
         assert isinstance(stripe_provider().parse_webhook(stripe_headers(body), body, NOW), Ignored)
 
@@ -139,6 +141,7 @@ def test_stripe_body_changed_after_signing_and_wrong_secret_are_refused() -> Non
     "mutate",
     [
         lambda e: e["data"]["object"]["metadata"].pop("account_id"),
+        lambda e: e["data"]["object"]["metadata"].update(account_id="0"),
         lambda e: e["data"]["object"]["metadata"].update(account_id="-1"),
         lambda e: e["data"]["object"]["metadata"].update(account_id="99999999999999999999"),
         lambda e: e["data"]["object"].update(amount_total=2**64),
