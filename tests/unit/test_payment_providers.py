@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -268,3 +269,36 @@ def test_payment_startup_warnings_name_missing_secrets_and_unsellable_setups() -
     quiet = startup_warnings(settings, {"STRIPE_SECRET_KEY": "sk", "STRIPE_WEBHOOK_SECRET": "whsec"})
     about_payments = [warning for warning in quiet if "payments" in warning]
     assert len(about_payments) == 1 and "no credit package" in about_payments[0]  # only that remains
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "payments"
+
+
+def test_payment_golden_bodies_in_the_providers_documented_shape_parse() -> None:
+    """Events as the providers' references document them (tests/golden/payments/), not as our
+    fakes make them: the adapters read what a real delivery holds."""
+    completed = (GOLDEN / "stripe_checkout_session_completed.json").read_bytes()
+    refunded = (GOLDEN / "stripe_charge_refunded.json").read_bytes()
+    order = (GOLDEN / "lemonsqueezy_order_created.json").read_bytes()
+    stripe = stripe_provider()
+    assert stripe.parse_webhook(stripe_headers(completed), completed, NOW) == Paid(
+        event_id="cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY",
+        reference="pi_3QbZzjLkdIwHu7ix1kOqTL8H",
+        account_id=42,
+        package_id="starter",
+        price_id="price_1QbZxKLkdIwHu7ixStarter",
+        amount_minor=900,
+        currency="USD",
+    )
+    assert stripe.parse_webhook(stripe_headers(refunded), refunded, NOW) == Reversed(
+        event_id="evt_3QbZzjLkdIwHu7ix1H1d2Vq9", reference="pi_3QbZzjLkdIwHu7ix1kOqTL8H", refunded_total_minor=300
+    )
+    assert ls_provider().parse_webhook(ls_headers(order), order, NOW) == Paid(
+        event_id="order_created:4321",
+        reference="4321",
+        account_id=42,
+        package_id="starter",
+        price_id="85474",
+        amount_minor=900,
+        currency="USD",
+    )
