@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 
 from billing.models import Payment
 from tests.fakes import lemonsqueezy_api, stripe_api
-from tests.fakes.gateway_fixtures import Backend, Gateway, _with_session
+from tests.fakes.gateway_fixtures import Backend, Gateway, _with_session, gateway_settings, start_gateway
 from tests.fakes.lemonsqueezy_api import FakeLemonSqueezy
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.payments import CREDIT, Owner, Providers, selling_gateway
+from tests.fakes.payments import CREDIT, PACKAGES, Owner, Providers, selling_gateway
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.stripe_api import FakeStripe
 
@@ -239,12 +239,20 @@ def test_payment_checkout_errors(stripe_gateway: Gateway, payment_fakes: Provide
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "payment_provider_not_found"
 
 
-def test_payment_checkout_without_a_provider_is_503(gateway: Gateway) -> None:
-    owner = Owner(gateway)
-    response = owner.post("/api/billing/checkout/", json={"package": "starter"})
-    assert response.status_code == 404  # no packages configured at all
-    webhook = httpx.post(gateway.url + "/webhooks/payments/stripe", content=b"{}")
-    assert webhook.status_code == 404
+def test_payment_checkout_without_a_provider_is_503(backend: Backend, fake_openai: FakeOpenAI) -> None:
+    settings = gateway_settings(backend, fake_openai, credit_packages=PACKAGES)  # packages, no provider
+    gateway, server = start_gateway(settings, fake_openai, credits_micro=0)
+    try:
+        owner = Owner(gateway)
+        unavailable = owner.post("/api/billing/checkout/", json={"package": "starter"})
+        assert unavailable.status_code == 503 and unavailable.json()["error"]["code"] == "payments_not_configured"
+        assert owner.post("/api/billing/checkout/", json={"package": "platinum"}).status_code == 404
+        listed = owner.get("/api/billing/packages/").json()
+        assert listed["checkout_provider"] == "" and not any(p["purchasable"] for p in listed["data"])
+        webhook = httpx.post(gateway.url + "/webhooks/payments/stripe", content=b"{}")
+        assert webhook.status_code == 404 and webhook.json()["error"]["code"] == "payment_provider_not_found"
+    finally:
+        server.stop()
 
 
 def test_payment_lemonsqueezy_checkout_order_and_refund(
