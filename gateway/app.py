@@ -45,6 +45,7 @@ from gateway.api.functions import FunctionsController
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import AuditController, KeysController
 from gateway.api.members import InvitationsController, MembersController
+from gateway.api.messages import count_message_tokens_route, create_message_route
 from gateway.api.metrics import get_metrics, metrics_listener
 from gateway.api.openapi import V1_AUTH, openapi_config
 from gateway.api.payments import PaymentsController, receive_payment_webhook
@@ -129,6 +130,8 @@ V1_HANDLERS = [
     list_models,
     retrieve_model,
     get_generation,
+    create_message_route,
+    count_message_tokens_route,
 ]
 
 

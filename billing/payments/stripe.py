@@ -10,7 +10,7 @@ Webhooks (``Stripe-Signature: t=…,v1=…``): the library checks the HMAC; the 
 checked here against the injected ``now``, since the library reads the wall clock. Then:
 
     checkout.session.completed (payment_status paid),
-    checkout.session.async_payment_succeeded        → Paid
+    checkout.session.async_payment_succeeded        → Paid (sessions carrying our metadata)
     charge.refunded (a charge carrying our metadata) → Reversed (running amount_refunded)
     charge.dispute.closed with status lost           → Reversed (all of it)
     anything else                                    → Ignored
@@ -200,7 +200,9 @@ class StripeProvider:
     def _notice(self, event: _Event) -> Notice:
         if event.type in _PAID_EVENTS:
             session = _session.decode(event.data.object)
-            if session.payment_status != "paid":
+            # Unpaid (a delayed method: its async_payment_succeeded follows), or a session some
+            # other product of the Stripe account opened (no package in its metadata).
+            if session.payment_status != "paid" or "package_id" not in session.metadata:
                 return Ignored(event.id, event.type)
             return _paid(session)
         if event.type == "charge.refunded":

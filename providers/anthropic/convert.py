@@ -286,11 +286,16 @@ def usage_from_view(view: UsageView | None) -> Usage:
 
 
 def openai_usage(usage: Usage) -> dict[str, Any]:
+    details: dict[str, int] = {"cached_tokens": usage.cached_input_tokens}
+    if usage.cache_write_tokens:
+        # OpenAI's usage has no cache writes; named as OpenRouter names them, so a client (and
+        # /v1/messages, which answers in Anthropic's usage) can tell them from fresh input.
+        details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": details,
     }
 
 

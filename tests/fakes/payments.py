@@ -93,10 +93,10 @@ class Owner:
             self.cookies.update({name: morsel.value for name, morsel in parsed.items()})
         self.csrf = login.json()["csrf_token"]
 
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+    def post(self, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
         cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        headers = {"Cookie": cookie, "X-CSRF-Token": self.csrf}
-        return httpx.post(self.gateway.url + path, headers=headers, timeout=30, **kwargs)
+        sent = {"Cookie": cookie, "X-CSRF-Token": self.csrf, **(headers or {})}
+        return httpx.post(self.gateway.url + path, headers=sent, timeout=30, **kwargs)
 
     def get(self, path: str) -> httpx.Response:
         cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())

@@ -90,7 +90,7 @@ async def test_anthropic_complete(fake: tuple[FakeAnthropic, str], adapter: Anth
         "prompt_tokens": 31,
         "completion_tokens": 5,
         "total_tokens": 36,
-        "prompt_tokens_details": {"cached_tokens": 7},
+        "prompt_tokens_details": {"cached_tokens": 7, "cache_write_tokens": 3},
     }
     assert result.usage == Usage(input_tokens=31, output_tokens=5, cached_input_tokens=7, cache_write_tokens=3)
     [received] = upstream.received

@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 
 from billing.models import Payment
 from tests.fakes import lemonsqueezy_api, stripe_api
-from tests.fakes.gateway_fixtures import Backend, Gateway, _with_session
+from tests.fakes.gateway_fixtures import Backend, Gateway, _with_session, gateway_settings, start_gateway
 from tests.fakes.lemonsqueezy_api import FakeLemonSqueezy
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.payments import CREDIT, Owner, Providers, selling_gateway
+from tests.fakes.payments import CREDIT, PACKAGES, Owner, Providers, selling_gateway
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.stripe_api import FakeStripe
 
@@ -239,12 +239,20 @@ def test_payment_checkout_errors(stripe_gateway: Gateway, payment_fakes: Provide
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "payment_provider_not_found"
 
 
-def test_payment_checkout_without_a_provider_is_503(gateway: Gateway) -> None:
-    owner = Owner(gateway)
-    response = owner.post("/api/billing/checkout/", json={"package": "starter"})
-    assert response.status_code == 404  # no packages configured at all
-    webhook = httpx.post(gateway.url + "/webhooks/payments/stripe", content=b"{}")
-    assert webhook.status_code == 404
+def test_payment_checkout_without_a_provider_is_503(backend: Backend, fake_openai: FakeOpenAI) -> None:
+    settings = gateway_settings(backend, fake_openai, credit_packages=PACKAGES)  # packages, no provider
+    gateway, server = start_gateway(settings, fake_openai, credits_micro=0)
+    try:
+        owner = Owner(gateway)
+        unavailable = owner.post("/api/billing/checkout/", json={"package": "starter"})
+        assert unavailable.status_code == 503 and unavailable.json()["error"]["code"] == "payments_not_configured"
+        assert owner.post("/api/billing/checkout/", json={"package": "platinum"}).status_code == 404
+        listed = owner.get("/api/billing/packages/").json()
+        assert listed["checkout_provider"] == "" and not any(p["purchasable"] for p in listed["data"])
+        webhook = httpx.post(gateway.url + "/webhooks/payments/stripe", content=b"{}")
+        assert webhook.status_code == 404 and webhook.json()["error"]["code"] == "payment_provider_not_found"
+    finally:
+        server.stop()
 
 
 def test_payment_lemonsqueezy_checkout_order_and_refund(
@@ -284,3 +292,47 @@ def test_payment_lemonsqueezy_checkout_order_and_refund(
     assert ignored.status_code == 200 and ignored.json()["outcome"] == "ignored"
     assert payments_count(ls_gateway) == 3
     reconcile_clean(ls_gateway, tmp_path)
+
+
+HOSTILE_CHECKOUTS = [
+    b"",
+    b"null",
+    b"[" * 100_000,
+    b'{"package": "star\\u0000ter"}',
+    b'{"package": 5}',
+    b'{"package": ["starter"]}',
+    b'{"package": "' + b"x" * 100_000 + b'"}',
+    b'{"package": "starter", "account_id": 1}',
+    b'{"package": 1e400}',
+    b"\xff\xfe",
+]
+
+
+def test_payment_hostile_requests_are_refused_in_the_error_shape(
+    stripe_gateway: Gateway, payment_fakes: Providers
+) -> None:
+    owner = Owner(stripe_gateway)
+    for body in HOSTILE_CHECKOUTS:
+        response = owner.post("/api/billing/checkout/", content=body, headers={"Content-Type": "application/json"})
+        assert 400 <= response.status_code < 500, (body[:40], response.text)
+        assert response.json()["error"]["code"] != "internal_error"
+    assert payment_fakes.stripe.received == []  # none of them reached the provider
+    too_big = httpx.post(stripe_gateway.url + "/webhooks/payments/stripe", content=b"{" * (1024 * 1024 + 1))
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    garbage = httpx.post(
+        stripe_gateway.url + "/webhooks/payments/stripe",
+        content=b"\x00\xff" * 100,
+        headers={b"Stripe-Signature": "t=\xe9,v1=\xff".encode("latin-1")},
+    )
+    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "invalid_signature"
+    long_name = httpx.post(stripe_gateway.url + "/webhooks/payments/" + "p" * 5000, content=b"{}")
+    assert long_name.status_code in (400, 404) and "error" in long_name.json()
+
+
+def test_payment_lemonsqueezy_checkout_failure_is_502_without_its_words(
+    ls_gateway: Gateway, payment_fakes: Providers
+) -> None:
+    payment_fakes.lemonsqueezy.fail_status = 500
+    failed = Owner(ls_gateway).post("/api/billing/checkout/", json={"package": "pro"})
+    assert failed.status_code == 502 and failed.json()["error"]["code"] == "checkout_failed"
+    assert lemonsqueezy_api.API_KEY not in failed.text and "Server Error" not in failed.text

@@ -100,6 +100,29 @@ CHAT = {
     "provider": {"order": ["fake"], "allow_fallbacks": True, "sort": "price"},
 }
 
+# An Anthropic Messages request with every block type the translation reads.
+MESSAGES = {
+    "model": FAKE_MODEL,
+    "max_tokens": 20,
+    "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hi"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]},
+    ],
+    "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+    "tool_choice": {"type": "auto"},
+    "stop_sequences": ["END"],
+    "metadata": {"user_id": "u-1"},
+    "stream": False,
+}
+
 # A proxy function with every field set; "spare_variable" is filled in at start, at any depth.
 FUNCTION = {
     "name": "fuzz function",
@@ -123,6 +146,8 @@ FUNCTION = {
 # Keyed by the route table's (method, path); ``{spare_key}`` etc. are filled in at start.
 SEEDS: dict[tuple[str, str], Seed] = {
     ("POST", "/v1/chat/completions"): Seed(json=CHAT),
+    ("POST", "/v1/messages"): Seed(json=MESSAGES),
+    ("POST", "/v1/messages/count_tokens"): Seed(json={k: v for k, v in MESSAGES.items() if k != "max_tokens"}),
     ("POST", "/v1/completions"): Seed(
         json={"model": INSTRUCT, "prompt": ["Say", "hello"], "max_tokens": 5, "n": 1, "best_of": 1, "user": "u"}
     ),
@@ -265,6 +290,7 @@ SEEDS: dict[tuple[str, str], Seed] = {
 # Routes whose bodies have the most structure get more examples.
 WEIGHT = {
     ("POST", "/v1/chat/completions"): 5,
+    ("POST", "/v1/messages"): 3,
     ("POST", "/api/keys"): 2,
     ("PATCH", "/api/keys/{key_id:int}"): 2,
     ("POST", "/api/environments/{environment_id:int}/functions"): 3,

@@ -102,7 +102,9 @@ def test_api_routes_schema_documents_every_route_with_auth_and_errors() -> None:
         assert errors, f"{where}: no error responses documented"
         for status, response in errors.items():
             ref = response["content"]["application/json"]["schema"]["$ref"]
-            assert ref == "#/components/schemas/ErrorEnvelope", f"{where} {status}"
+            # /v1/messages answers errors in Anthropic's envelope (gateway/api/messages.py).
+            envelope = "AnthropicError" if path.startswith("/v1/messages") else "ErrorEnvelope"
+            assert ref == f"#/components/schemas/{envelope}", f"{where} {status}"
         security = operation["security"]
         if path.startswith("/api/admin"):
             assert security == [{"operatorToken": []}], where
@@ -128,6 +130,8 @@ def test_api_routes_schema_documents_v1_request_bodies() -> None:
         "/v1/audio/speech": "SpeechRequest",
         "/v1/audio/transcriptions": "TranscriptionForm",
         "/v1/videos": "VideoForm",
+        "/v1/messages": "MessagesRequest",
+        "/v1/messages/count_tokens": "CountTokensRequest",
     }
     for path, name in expected.items():
         (media,) = paths[path]["post"]["requestBody"]["content"].values()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,7 +77,9 @@ def test_stripe_unpaid_session_unknown_event_and_foreign_refund_are_ignored() ->
     foreign["data"]["object"]["metadata"] = {}
     won = json.loads(fake.dispute_lost_event(session))
     won["data"]["object"]["status"] = "won"
-    for event in (unpaid, foreign, won, json.loads(stripe_api.other_event())):
+    not_ours = json.loads(fake.completed_event(session))
+    not_ours["data"]["object"]["metadata"] = {"order": "a t-shirt"}
+    for event in (unpaid, foreign, won, not_ours, json.loads(stripe_api.other_event())):
         body = json.dumps(event).encode()
         assert isinstance(stripe_provider().parse_webhook(stripe_headers(body), body, NOW), Ignored)
 
@@ -139,6 +142,7 @@ def test_stripe_body_changed_after_signing_and_wrong_secret_are_refused() -> Non
     "mutate",
     [
         lambda e: e["data"]["object"]["metadata"].pop("account_id"),
+        lambda e: e["data"]["object"]["metadata"].update(account_id="0"),
         lambda e: e["data"]["object"]["metadata"].update(account_id="-1"),
         lambda e: e["data"]["object"]["metadata"].update(account_id="99999999999999999999"),
         lambda e: e["data"]["object"].update(amount_total=2**64),
@@ -244,3 +248,57 @@ def test_payment_providers_answer_any_body_with_a_payment_error_or_a_notice(
     except PaymentError:
         return
     assert isinstance(notice, Paid | Reversed | Ignored)
+
+
+def test_payment_startup_warnings_name_missing_secrets_and_unsellable_setups() -> None:
+    from gateway.config_check import startup_warnings
+    from gateway.settings import load_settings
+
+    settings = load_settings(
+        env={},
+        payments={
+            "checkout_provider": "stripe",
+            "stripe": {"api_key_env": "STRIPE_SECRET_KEY", "webhook_secret_env": "STRIPE_WEBHOOK_SECRET"},
+            "lemonsqueezy": {"webhook_secret": "set"},
+        },
+    )
+    warned = "\n".join(startup_warnings(settings, {}))
+    assert "$STRIPE_WEBHOOK_SECRET is not set" in warned and "$STRIPE_SECRET_KEY is not set" in warned
+    assert "no credit package has a provider_price_ids.stripe" in warned
+    assert "lemonsqueezy" not in warned  # its secret is there, and it opens no checkouts
+    quiet = startup_warnings(settings, {"STRIPE_SECRET_KEY": "sk", "STRIPE_WEBHOOK_SECRET": "whsec"})
+    about_payments = [warning for warning in quiet if "payments" in warning]
+    assert len(about_payments) == 1 and "no credit package" in about_payments[0]  # only that remains
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "payments"
+
+
+def test_payment_golden_bodies_in_the_providers_documented_shape_parse() -> None:
+    """Events as the providers' references document them (tests/golden/payments/), not as our
+    fakes make them: the adapters read what a real delivery holds."""
+    completed = (GOLDEN / "stripe_checkout_session_completed.json").read_bytes()
+    refunded = (GOLDEN / "stripe_charge_refunded.json").read_bytes()
+    order = (GOLDEN / "lemonsqueezy_order_created.json").read_bytes()
+    stripe = stripe_provider()
+    assert stripe.parse_webhook(stripe_headers(completed), completed, NOW) == Paid(
+        event_id="cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY",
+        reference="pi_3QbZzjLkdIwHu7ix1kOqTL8H",
+        account_id=42,
+        package_id="starter",
+        price_id="price_1QbZxKLkdIwHu7ixStarter",
+        amount_minor=900,
+        currency="USD",
+    )
+    assert stripe.parse_webhook(stripe_headers(refunded), refunded, NOW) == Reversed(
+        event_id="evt_3QbZzjLkdIwHu7ix1H1d2Vq9", reference="pi_3QbZzjLkdIwHu7ix1kOqTL8H", refunded_total_minor=300
+    )
+    assert ls_provider().parse_webhook(ls_headers(order), order, NOW) == Paid(
+        event_id="order_created:4321",
+        reference="4321",
+        account_id=42,
+        package_id="starter",
+        price_id="85474",
+        amount_minor=900,
+        currency="USD",
+    )
