@@ -48,6 +48,7 @@ from gateway.api.members import InvitationsController, MembersController
 from gateway.api.metrics import get_metrics, metrics_listener
 from gateway.api.openapi import V1_AUTH, openapi_config
 from gateway.api.projects import EnvironmentsController, ProjectsController, VariablesController
+from gateway.api.responses import create_response_handler
 from gateway.api.v1 import (
     create_completion,
     create_embeddings,
@@ -125,6 +126,7 @@ V1_HANDLERS = [
     list_models,
     retrieve_model,
     get_generation,
+    create_response_handler,
 ]
 
 
