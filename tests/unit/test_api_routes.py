@@ -128,6 +128,7 @@ def test_api_routes_schema_documents_v1_request_bodies() -> None:
         "/v1/audio/speech": "SpeechRequest",
         "/v1/audio/transcriptions": "TranscriptionForm",
         "/v1/videos": "VideoForm",
+        "/v1/responses": "ResponseCreateRequest",
     }
     for path, name in expected.items():
         (media,) = paths[path]["post"]["requestBody"]["content"].values()
