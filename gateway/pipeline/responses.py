@@ -13,7 +13,7 @@ the Responses stream still settles exactly once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, NoReturn
 
 import msgspec
@@ -33,7 +33,7 @@ from providers.dialects.responses import (
 )
 from providers.dialects.responses_stream import ResponsesStreamTranslator
 
-__all__ = ["create_response", "response_id_for"]
+__all__ = ["create_response", "response_id_for", "translated_events"]
 
 _encoder = msgspec.json.Encoder()
 
@@ -69,7 +69,7 @@ async def create_response(
     created_at = int(state.now().timestamp())
     answer = await chat_completions(state, headers, facts, _encoder.encode(chat), request_id)
     if isinstance(answer, Stream):
-        return _as_events(answer, request, response_id, created_at)
+        return _as_event_stream(answer, request, response_id, created_at)
     body = msgspec.json.decode(answer.content)
     translated = response_from_chat(body, request, response_id, created_at)
     return Response(
@@ -79,14 +79,19 @@ async def create_response(
     )
 
 
-def _as_events(chat: Stream, request: ResponsesRequest, response_id: str, created_at: int) -> Stream:
+def _as_event_stream(chat: Stream, request: ResponsesRequest, response_id: str, created_at: int) -> Stream:
     inner = chat.iterator
     assert isinstance(inner, AsyncIterator), "the chat pipeline streams an async generator"
     translator = ResponsesStreamTranslator(request, response_id, created_at)
-    return Stream(content=_events(inner, translator), media_type="text/event-stream", headers=dict(chat.headers))
+    return Stream(
+        content=translated_events(inner, translator), media_type="text/event-stream", headers=dict(chat.headers)
+    )
 
 
-async def _events(inner: AsyncIterator[str | bytes], translator: ResponsesStreamTranslator) -> AsyncIterator[bytes]:
+async def translated_events(
+    inner: AsyncIterator[str | bytes], translator: ResponsesStreamTranslator
+) -> AsyncGenerator[bytes, None]:
+    """The Responses events of a chat stream; closing it closes ``inner`` (which settles)."""
     try:
         async for data in inner:
             out = translator.feed(data.encode() if isinstance(data, str) else data)

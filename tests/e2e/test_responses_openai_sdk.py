@@ -201,7 +201,12 @@ def test_responses_plain_billed_exactly(upstreams: tuple[Gateway, dict[str, Targ
     gateway, targets = upstreams
     target = targets[kind]
     raw = sdk(gateway).responses.with_raw_response.create(
-        model=target.model, input="Say hello", instructions="Be brief.", metadata={"team": "a"}
+        model=target.model,
+        input="Say hello",
+        instructions="Be brief.",
+        metadata={"team": "a"},
+        text={"format": {"type": "json_object"}},
+        max_output_tokens=100,
     )
     response = raw.parse()
     assert response.output_text == target.text
@@ -213,6 +218,11 @@ def test_responses_plain_billed_exactly(upstreams: tuple[Gateway, dict[str, Targ
     cost = target.cost(response.usage.input_tokens, response.usage.output_tokens)
     _billed_once(gateway, [cost])
     assert meta["credits_used"] == raw.headers["x-tollway-credits-used"]
+    sent = target.received[-1].body
+    assert "metadata" not in sent and "store" not in sent  # nothing the upstream would store
+    if kind == "openai":
+        assert sent["response_format"] == {"type": "json_object"} and sent["max_completion_tokens"] == 100
+        assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -202,3 +202,14 @@ def test_responses_stream_split_at_any_offsets(name: str, cuts: list[int]) -> No
     bounds = [0, *sorted(min(cut, len(chat)) for cut in cuts), len(chat)]
     expected = (GOLDEN / f"{name}.responses.sse").read_bytes()
     assert translate([chat[a:b] for a, b in itertools.pairwise(bounds)]) == expected
+
+
+def test_responses_stream_cut_by_the_cap_ends_incomplete() -> None:
+    chat = (
+        (GOLDEN / "stream_text.chat.sse").read_bytes().replace(b'"finish_reason":"stop"', b'"finish_reason":"length"')
+    )
+    parsed = events(translate([chat]))
+    assert parsed[-1][0] == "response.incomplete"
+    final = parsed[-1][1]["response"]
+    assert final["status"] == "incomplete" and final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["output"][0]["status"] == "incomplete"
