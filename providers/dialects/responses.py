@@ -137,10 +137,11 @@ def _content_parts(content: list[dict[str, Any]], where: str) -> list[dict[str, 
     for index, part in enumerate(content):
         at = f"{where}[{index}]"
         kind = part.get("type")
-        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-            parts.append({"type": "text", "text": part["text"]})
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            parts.append({"type": "text", "text": part["refusal"]})
+        if kind in ("input_text", "output_text", "text", "refusal"):
+            text = part.get("refusal" if kind == "refusal" else "text")
+            if not isinstance(text, str):
+                raise ResponsesRequestError(f"a {kind} part needs its text as a string", param=at)
+            parts.append({"type": "text", "text": text})
         elif kind == "input_image":
             url = part.get("image_url")
             if not isinstance(url, str) or not url:

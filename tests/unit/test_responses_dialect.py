@@ -121,6 +121,7 @@ def test_responses_string_input_and_function_output_parts() -> None:
         ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file"}]}]}, "input[0].content[0].type"),
         ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}, None),
         ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "input[0]"),
+        ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0]"),
         ({"model": "m", "input": [{"type": "function_call_output", "call_id": 5, "output": "x"}]}, "input[0]"),
         ({"model": "m", "input": ["bare string"]}, "input[0]"),
         ({"model": "m", "input": [{"role": "system", "content": "only instructions"}]}, "input"),
