@@ -50,6 +50,7 @@ from gateway.api.metrics import get_metrics, metrics_listener
 from gateway.api.openapi import V1_AUTH, openapi_config
 from gateway.api.payments import PaymentsController, receive_payment_webhook
 from gateway.api.projects import EnvironmentsController, ProjectsController, VariablesController
+from gateway.api.responses import create_response_handler
 from gateway.api.v1 import (
     create_completion,
     create_embeddings,
@@ -132,6 +133,7 @@ V1_HANDLERS = [
     get_generation,
     create_message_route,
     count_message_tokens_route,
+    create_response_handler,
 ]
 
 

@@ -112,6 +112,28 @@ class VideoForm(msgspec.Struct, omit_defaults=True):
     size: str | None = None
 
 
+class ResponseCreateRequest(msgspec.Struct, omit_defaults=True):
+    """OpenAI's Responses API, stateless: ``store`` must be false (or absent) and
+    ``previous_response_id``, ``conversation``, ``background`` are refused."""
+
+    model: str
+    input: str | list[dict[str, Any]]  # messages (input_text / input_image), function_call(_output) items
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None  # function tools only
+    tool_choice: str | dict[str, Any] | None = None
+    text: dict[str, Any] | None = None  # text.format: text, json_object or json_schema
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    parallel_tool_calls: bool | None = None
+    stream: bool = False
+    store: bool | None = None  # false or absent: true is refused
+    metadata: dict[str, str] | None = None  # accepted, not stored
+    user: str | None = None
+    models: list[str] | None = None  # fallbacks, tried in order
+    provider: ProviderPreferences | None = None
+
+
 V1_BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     ChatCompletionRequest,
     CompletionRequest,
@@ -120,6 +142,7 @@ V1_BODY_TYPES: tuple[type[msgspec.Struct], ...] = (
     SpeechRequest,
     TranscriptionForm,
     VideoForm,
+    ResponseCreateRequest,
 )
 
 

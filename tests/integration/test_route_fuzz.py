@@ -121,6 +121,31 @@ MESSAGES = {
     "stop_sequences": ["END"],
     "metadata": {"user_id": "u-1"},
     "stream": False,
+# A Responses request with every field the translation reads set.
+RESPONSES = {
+    "model": FAKE_MODEL,
+    "instructions": "Be brief.",
+    "input": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "hi"},
+                {"type": "input_image", "image_url": "https://example.com/a.png"},
+            ],
+        },
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+    ],
+    "tools": [{"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}, "strict": False}],
+    "tool_choice": "auto",
+    "text": {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object"}}},
+    "max_output_tokens": 5,
+    "temperature": 0.5,
+    "top_p": 1,
+    "parallel_tool_calls": True,
+    "store": False,
+    "metadata": {"k": "v"},
+    "user": "u",
 }
 
 # A proxy function with every field set; "spare_variable" is filled in at start, at any depth.
@@ -163,6 +188,7 @@ SEEDS: dict[tuple[str, str], Seed] = {
     ),
     ("POST", "/v1/videos"): Seed(form={"model": SORA, "prompt": "dawn", "seconds": "4", "size": "720x1280"}),
     ("GET", "/v1/videos/{video_id:str}"): Seed(path={"video_id": "video_123"}),
+    ("POST", "/v1/responses"): Seed(json=RESPONSES),
     ("GET", "/v1/videos/{video_id:str}/content"): Seed(path={"video_id": "video_123"}, query={"variant": "video"}),
     ("GET", "/v1/models"): Seed(),
     ("GET", "/v1/models/{slug:path}"): Seed(path={"slug": FAKE_MODEL}),

@@ -132,6 +132,7 @@ def test_api_routes_schema_documents_v1_request_bodies() -> None:
         "/v1/videos": "VideoForm",
         "/v1/messages": "MessagesRequest",
         "/v1/messages/count_tokens": "CountTokensRequest",
+        "/v1/responses": "ResponseCreateRequest",
     }
     for path, name in expected.items():
         (media,) = paths[path]["post"]["requestBody"]["content"].values()
