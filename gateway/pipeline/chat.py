@@ -229,6 +229,7 @@ async def chat_completions(
         headers={
             "X-Request-Id": request_id,
             "X-Tollway-Credits-Used": format_credits(bill.cost_micro),
+            **admitted.reservation.rate_headers,
             **extra_headers,
         },
     )
@@ -269,6 +270,7 @@ def stream_response(
             "X-Request-Id": admitted.ctx.request_id,
             "X-Tollway-Credits-Reserved": format_credits(admitted.amount_micro),
             "Cache-Control": "no-cache",
+            **admitted.reservation.rate_headers,
         },
     )
 

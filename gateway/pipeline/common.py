@@ -116,7 +116,11 @@ def json_reply(
     return Response(
         content=_encoder.encode(body),
         media_type="application/json",
-        headers={"X-Request-Id": admitted.ctx.request_id, "X-Tollway-Credits-Used": format_credits(cost)},
+        headers={
+            "X-Request-Id": admitted.ctx.request_id,
+            "X-Tollway-Credits-Used": format_credits(cost),
+            **admitted.reservation.rate_headers,
+        },
     )
 
 
