@@ -44,6 +44,12 @@ class ProviderError(Exception):
                 self.headers[ours] = value
         return self
 
+    def retry_after_s(self) -> float:
+        """How long the upstream asked to be left alone (0 when it did not say)."""
+        if "retry-after-ms" in self.headers:
+            return float(self.headers["retry-after-ms"]) / 1000
+        return float(self.headers.get("Retry-After", 0))
+
 
 class UpstreamTimeout(ProviderError):
     status_code = 504

@@ -386,6 +386,10 @@ class MeteredCall:
                     raise
                 state.router.failed(served)
                 wait_s = backoff_s(number, state.settings.retry_backoff_s)
+                if tries[number].provider == served.provider:
+                    # The same upstream again: never sooner than it asked (Retry-After); past the
+                    # deadline, the client gets the error and the header instead.
+                    wait_s = max(wait_s, error.retry_after_s())
                 if spent or not deadline.allows_retry_after(wait_s):
                     raise  # the retry would start at or past the call's deadline
                 await anyio.sleep(wait_s)
