@@ -51,6 +51,7 @@ from billing.mirror import BALANCE, GENERATION, HELD
 from billing.models import UsageRecord
 from billing.money import format_credits
 from billing.periods import period_end, period_start
+from billing.ratelimits import REQUESTS, TOKENS, window_headers
 from billing.records import Entry, Record
 from billing.refresh import BalanceRefresher
 from billing.writer import SettlementWriter
@@ -87,6 +88,8 @@ class Reservation(msgspec.Struct, frozen=True):
     account_id: int
     hold: HoldRecord  # as written beside the reservation (checkpoints extend it)
     spend_ttl_ms: int = 0
+    # The key's x-ratelimit-* headers after this reservation (empty without rpm/tpm limits).
+    rate_headers: dict[str, str] = {}
 
 
 #: One limit of a reservation: its kind and its check (a plain tuple: built four times a request).
@@ -201,7 +204,9 @@ class Reservations:
             raise BillingUnavailable("the credit counters are unreachable; try again shortly") from error
         if not result.ok:
             raise _refusal(checked[result.failed][0], result, amount_micro, now)
-        return Reservation(request_id, account_id, hold, spend.ttl_ms if spend else 0)
+        return Reservation(
+            request_id, account_id, hold, spend.ttl_ms if spend else 0, _rate_headers(checked, result, now)
+        )
 
     async def settle(self, reservation: Reservation, entry: Entry) -> None:
         """Bill the real cost once and release the hold; never raises for a served request.
@@ -257,15 +262,30 @@ class Reservations:
             await self._store.adjust([Adjust(spend_key, SPENT, 0, ttl_ms=ttl_ms)])
 
 
+def _rate_headers(checked: list[_Limit], result: ApplyResult, now: datetime) -> dict[str, str]:
+    """The x-ratelimit-* headers of the key's rpm and tpm windows, from the apply's counts."""
+    headers: dict[str, str] = {}
+    for (kind, check), count in zip(checked, result.counts, strict=False):
+        if kind in _UNITS and check.limit is not None:
+            headers.update(window_headers(_UNITS[kind], check.limit, count, now))
+    return headers
+
+
+_UNITS = {LimitKind.RPM: REQUESTS, LimitKind.TPM: TOKENS}
+
+
 def _refusal(kind: LimitKind, result: ApplyResult, amount_micro: int, now: datetime) -> BillingError:
     """The error naming the limit that did not hold, with what would still fit."""
     match kind:
         case LimitKind.RPM | LimitKind.TPM:
-            unit = "requests" if kind is LimitKind.RPM else "tokens"
-            return RateLimitExceeded(
+            unit = _UNITS[kind]
+            refusal = RateLimitExceeded(
                 f"rate limit exceeded: this key allows {result.cap} {unit} per minute",
                 retry_after_s=60 - now.second,
             )
+            # What is left of the window that refused (nothing was counted by the refusal).
+            refusal.headers.update(window_headers(unit, result.cap or 0, result.value or 0, now))
+            return refusal
         case LimitKind.SPEND:
             available = max(0, (result.cap or 0) - (result.value or 0))
             return SpendingLimitExceeded(

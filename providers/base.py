@@ -100,11 +100,17 @@ class StreamChunk(msgspec.Struct):
 
     ``text`` is the generated text in this chunk (content, tool-call arguments), counted
     when a stream ends without usage. ``usage`` is set on the chunk that reports it.
+    ``finished``: a choice ends in this chunk (its ``finish_reason`` is set), so the gateway
+    can put its cost on it when the client asked for no usage chunk. ``model``: the chunk's
+    top-level ``model`` as the adapter wrote or read it, which the gateway replaces by the
+    slug the client asked for (in the bytes, without re-encoding the chunk).
     """
 
     data: bytes
     text: str = ""
     usage: Usage | None = None
+    finished: bool = False
+    model: str | None = None
 
 
 class ChatStream(Protocol):

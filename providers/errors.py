@@ -10,6 +10,18 @@ ProviderError
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Self
+
+# The upstream's answer headers that tell a client when to retry, passed on so SDKs back off as
+# the upstream asked (Retry-After in whole seconds; OpenAI's retry-after-ms). Only plain numbers
+# are passed on: a date or anything else the upstream wrote there stays with it.
+RETRY_HEADERS = {"retry-after": "Retry-After", "retry-after-ms": "retry-after-ms"}
+_SECONDS = re.compile(r"[0-9]{1,9}")
+_MILLISECONDS = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
+_PARAM = re.compile(r"[\x21-\x7e]{1,200}")  # a field name or path, printable ASCII
+
 
 class ProviderError(Exception):
     status_code = 502
@@ -21,6 +33,22 @@ class ProviderError(Exception):
         super().__init__(message)
         self.message = message
         self.provider = provider
+        self.param: str | None = None  # the request field at fault, when the upstream named one
+        self.headers: dict[str, str] = {}  # answer headers for the client (Retry-After)
+
+    def passing_on(self, upstream_headers: Mapping[str, str]) -> Self:
+        """This error, carrying the upstream's retry headers (see ``RETRY_HEADERS``) to the client."""
+        for name, ours in RETRY_HEADERS.items():
+            value = (upstream_headers.get(name) or "").strip()
+            if (_MILLISECONDS if name.endswith("-ms") else _SECONDS).fullmatch(value):
+                self.headers[ours] = value
+        return self
+
+    def retry_after_s(self) -> float:
+        """How long the upstream asked to be left alone (0 when it did not say)."""
+        if "retry-after-ms" in self.headers:
+            return float(self.headers["retry-after-ms"]) / 1000
+        return float(self.headers.get("Retry-After", 0))
 
 
 class UpstreamTimeout(ProviderError):
@@ -51,6 +79,7 @@ class UpstreamHTTPError(ProviderError):
         upstream_status: int,
         upstream_type: str = "",
         upstream_code: str = "",
+        upstream_param: object = None,
     ) -> None:
         # What the provider said stays with the operator (``detail``, logged by the gateway):
         # its text may quote the gateway's own request, account or credentials. The caller
@@ -72,6 +101,10 @@ class UpstreamHTTPError(ProviderError):
             self.status_code = upstream_status
             self.type = upstream_type or "invalid_request_error"
             self.code = upstream_code or "upstream_rejected"
+            # The field the upstream blamed, when it is plainly a field name (its free text
+            # stays in ``detail``); never for the auth failures above.
+            if isinstance(upstream_param, str) and _PARAM.fullmatch(upstream_param):
+                self.param = upstream_param
         else:
             self.status_code = 502
             self.code = upstream_code or "upstream_error"

@@ -106,7 +106,7 @@ async def open_streaming(
     refusal: Callable[[int, bytes], ProviderError],
 ) -> httpx.Response:
     """Send ``request`` for a streamed answer; a non-200 is read, closed and raised as
-    ``refusal(status, body)`` before any byte reaches the client."""
+    ``refusal(status, body)`` (with the upstream's retry headers) before any byte reaches the client."""
     try:
         response = await client.send(request, stream=True)
     except httpx.HTTPError as error:
@@ -118,7 +118,7 @@ async def open_streaming(
             raw = b""
         finally:
             await response.aclose()
-        raise refusal(response.status_code, raw)
+        raise refusal(response.status_code, raw).passing_on(response.headers)
     return response
 
 

@@ -88,6 +88,8 @@ class ApplyResult(msgspec.Struct, frozen=True):
     the first failing check, ``missing`` says whether it failed for a missing field (load it
     and retry) rather than its bound, ``value`` and ``cap`` are that check's current value and
     effective cap (``None`` when missing), so callers can say how much would still fit.
+    ``counts``: on success, every check's value after this apply, in order (a key's rate-limit
+    headers read how much of its windows is left from here, not from another round trip).
     """
 
     ok: bool
@@ -95,6 +97,7 @@ class ApplyResult(msgspec.Struct, frozen=True):
     missing: bool = False
     value: int | None = None
     cap: int | None = None
+    counts: tuple[int, ...] = ()
 
 
 class WindowHit(msgspec.Struct, frozen=True):

@@ -72,12 +72,14 @@ class EmbeddedCounterStore:
                     return ApplyResult(ok=False, failed=index, missing=True, value=value)
             if cap is not None and check.delta > 0 and current + check.delta > cap:
                 return ApplyResult(ok=False, failed=index, value=current, cap=cap)
+        counts: list[int] = []
         for check in checks:
             entry = self._entry(check.key, check.ttl_ms)
-            entry.fields[check.field] = entry.fields.get(check.field, 0) + check.delta
+            entry.fields[check.field] = count = entry.fields.get(check.field, 0) + check.delta
+            counts.append(count)
         if hold is not None:
             self._holds.setdefault(hold.key, {})[hold.field] = hold.value
-        return ApplyResult(ok=True)
+        return ApplyResult(ok=True, counts=tuple(counts))
 
     async def hit_window(self, key: str, limit: int, ttl_ms: int) -> WindowHit:
         # No await between the read and the write: atomic on the event loop.

@@ -40,7 +40,8 @@ T = TypeVar("T")
 
 # ARGV[1] = number of checks; then per check: field, delta, limit ("" = none), limit_field
 # ("" = none), must_exist (0/1), ttl_ms; then, with a hold, its field and value (KEYS[n + 1]).
-# Bounds are evaluated against the values before this apply; then every delta is written.
+# Bounds are evaluated against the values before this apply; then every delta is written, and
+# a success returns each check's value after it (after the four fields of a refusal).
 _APPLY = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
@@ -66,11 +67,12 @@ for i = 1, n do
     return {i - 1, 0, value, cap}
   end
 end
+local result = {-1, 0, false, false}
 for i = 1, n do
   local base = (i - 1) * 6 + 1
   local ttl = tonumber(ARGV[base + 6])
   local existed = ttl > 0 and redis.call('EXISTS', KEYS[i]) == 1
-  redis.call('HINCRBY', KEYS[i], ARGV[base + 1], ARGV[base + 2])
+  result[i + 4] = redis.call('HINCRBY', KEYS[i], ARGV[base + 1], ARGV[base + 2])
   if ttl > 0 and not existed then
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
@@ -78,7 +80,7 @@ end
 if #KEYS > n then
   redis.call('HSET', KEYS[n + 1], ARGV[n * 6 + 2], ARGV[n * 6 + 3])
 end
-return {-1, 0, false, false}
+return result
 """
 
 # KEYS[1] = the holds hash, then the adjusted keys, then (when enqueueing) the account's
@@ -352,9 +354,9 @@ class RedisCounterStore:
         if hold is not None:
             keys.append(hold.key)
             args += [hold.field, hold.value]
-        failed, missing, value, cap = await self._call(lambda: self._scripts.run(self._apply, keys, args))
+        failed, missing, value, cap, *counts = await self._call(lambda: self._scripts.run(self._apply, keys, args))
         if failed == -1:
-            return ApplyResult(ok=True)
+            return ApplyResult(ok=True, counts=tuple(int(count) for count in counts))
         return ApplyResult(
             ok=False,
             failed=int(failed),

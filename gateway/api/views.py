@@ -33,11 +33,18 @@ def _pricing(price: ModelPrice) -> dict[str, Any]:
     return pricing
 
 
+# ``created`` of every model in /v1/models: the date the built-in price list was checked
+# (billing/catalogue/prices.toml, 2026-11-01 UTC). A constant rather than the gateway's start,
+# so every process and every restart answers the same (clients cache and sort by it); the
+# gateway has no per-model date to give (a config model's upstream may be any server's).
+CATALOGUE_CREATED = 1_793_491_200
+
+
 def model_view(model: CatalogModel) -> dict[str, Any]:
     return {
         "id": model.slug,
         "object": "model",
-        "created": 0,
+        "created": CATALOGUE_CREATED,
         "owned_by": model.slug.split("/", 1)[0],
         "category": model.category,
         "context_length": model.context_length,

@@ -62,7 +62,11 @@ async def speech(
     return Response(
         content=reply.content,
         media_type=reply.media_type,
-        headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(bill.cost_micro)},
+        headers={
+            "X-Request-Id": request_id,
+            "X-Tollway-Credits-Used": format_credits(bill.cost_micro),
+            **admitted.reservation.rate_headers,
+        },
     )
 
 
@@ -183,5 +187,9 @@ async def transcriptions(
     return Response(
         content=reply.content,
         media_type=reply.media_type,
-        headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(bill.cost_micro)},
+        headers={
+            "X-Request-Id": request_id,
+            "X-Tollway-Credits-Used": format_credits(bill.cost_micro),
+            **admitted.reservation.rate_headers,
+        },
     )

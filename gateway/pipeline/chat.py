@@ -19,7 +19,6 @@ from litestar.response import Stream
 
 from billing.errors import OutOfBudget, RateLimitExceeded
 from billing.estimates import OutputRequest, output_cap, tokens_worst_case
-from billing.ledger import Settlement
 from billing.money import format_credits
 from billing.tokens import chat_tokens_upper_bound, count_chat_tokens, count_text_tokens, encoding_loaded, prompt_fields
 from gateway.catalog import CatalogModel
@@ -33,7 +32,7 @@ from gateway.pipeline.metered import (
     tollway_meta,
     upstream_body,
 )
-from gateway.pipeline.splice import with_member
+from gateway.pipeline.splice import member_bytes, with_member, with_replaced
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
@@ -67,12 +66,19 @@ class ChatMessageView(msgspec.Struct):
     tool_call_id: str | None = None
 
 
+class StreamOptionsView(msgspec.Struct):
+    """``stream_options``: whether the client wants the final usage-only chunk."""
+
+    include_usage: bool | None = None
+
+
 class ChatBodyView(msgspec.Struct):
     """The fields of a chat request the gateway reads; everything else passes through."""
 
     model: str
     messages: Annotated[list[ChatMessageView], msgspec.Meta(min_length=1)]
     stream: bool = False
+    stream_options: StreamOptionsView | None = None
     models: list[str] | None = None
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
@@ -190,7 +196,9 @@ async def chat_completions(
                 return DeadlineStream(await adapter.chat.open_stream(call_for(served)), deadline_at, served.provider)
 
             stream = await call.dispatch(open_stream)
-            streaming = stream_response(call, stream, prompt.exact, "chat.completion.chunk")
+            streaming = stream_response(
+                call, stream, prompt.exact, "chat.completion.chunk", include_usage=wants_usage(view.stream_options)
+            )
             streaming.headers.update(extra_headers)
             call.hand_over()
             return streaming
@@ -213,30 +221,56 @@ async def chat_completions(
 
         usage, anomaly = await billable_usage(result.usage, counted)
         bill = await call.settle(usage, anomaly=anomaly)
-    meta = tollway_meta(state, admitted.ctx, call.served, usage, bill.cost_micro)
+    raw, upstream_model = with_slug(result.raw, result.body, call.served.slug)
+    meta = tollway_meta(state, admitted.ctx, call.served, usage, bill.cost_micro, upstream_model)
     return Response(
-        content=with_meta(result.raw, result.body, meta),
+        content=with_meta(raw, result.body, meta),
         media_type="application/json",
         headers={
             "X-Request-Id": request_id,
             "X-Tollway-Credits-Used": format_credits(bill.cost_micro),
+            **admitted.reservation.rate_headers,
             **extra_headers,
         },
     )
 
 
+def wants_usage(options: StreamOptionsView | None) -> bool:
+    return options is not None and bool(options.include_usage)
+
+
+def with_slug(raw: bytes | None, body: dict[str, Any], slug: str) -> tuple[bytes | None, str]:
+    """A JSON answer naming ``slug`` as its model (``body`` changed, ``raw`` replaced in its
+    bytes, or ``None`` when that cannot be done safely: the caller re-encodes ``body``), and the
+    upstream's own model name ("" when it gave none)."""
+    upstream = body.get("model")
+    if not isinstance(upstream, str):
+        return raw, ""
+    body["model"] = slug
+    if raw is None or upstream == slug:
+        return raw, upstream
+    return with_replaced(raw, member_bytes("model", upstream), member_bytes("model", slug)[0]), upstream
+
+
 def stream_response(
-    call: MeteredCall, stream: ChatStream, prompt_tokens: Callable[[], Awaitable[int]], object_name: str
+    call: MeteredCall,
+    stream: ChatStream,
+    prompt_tokens: Callable[[], Awaitable[int]],
+    object_name: str,
+    *,
+    include_usage: bool = False,
 ) -> Stream:
-    """The client's stream; its body owns the hold from here (the caller hands it over)."""
+    """The client's stream; its body owns the hold from here (the caller hands it over).
+    ``include_usage``: the client asked for the usage-only final chunk (``stream_options``)."""
     admitted = call.admitted
     return Stream(
-        content=_stream_body(call, stream, prompt_tokens, object_name),
+        content=_stream_body(call, stream, prompt_tokens, object_name, include_usage),
         media_type="text/event-stream",
         headers={
             "X-Request-Id": admitted.ctx.request_id,
             "X-Tollway-Credits-Reserved": format_credits(admitted.amount_micro),
             "Cache-Control": "no-cache",
+            **admitted.reservation.rate_headers,
         },
     )
 
@@ -245,27 +279,51 @@ def _sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-def _error_chunk(error: ProviderError, request_id: str, served: CatalogModel, object_name: str) -> bytes:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": "error"}
-    if object_name == "text_completion":
-        choice["text"] = ""
-    else:
-        choice["delta"] = {}
+def _error_event(error: ProviderError, meta: dict[str, Any]) -> bytes:
+    """The last event of a stream that broke midway, in OpenAI's shape: a ``data`` object whose
+    top-level ``error`` makes the OpenAI SDKs raise ``APIError`` instead of returning the half
+    answer as a success. The request id is in the message (where a caller holding only the
+    exception finds it) and in ``_tollway`` with what the partial answer cost."""
     return _encoder.encode(
         {
-            "id": request_id,
-            "object": object_name,
-            "created": int(time.time()),
-            "model": served.slug,
-            "choices": [choice],
-            # Not a top-level "error" key: the OpenAI SDKs raise on that and the caller would
-            # never see the finish_reason docs/product-rules.md promises; the details ride in _tollway.
-            "_tollway": {
-                "request_id": request_id,
-                "error": {"message": error.message, "type": error.type, "code": error.code},
+            "error": {
+                "message": f"{error.message} (request id {meta['request_id']})",
+                "type": error.type,
+                "code": error.code,
+                "param": error.param,
             },
+            "_tollway": meta,
         }
     )
+
+
+class _Slugs:
+    """Puts the slug the client asked for in each chunk's ``model``, replacing the upstream's
+    name in the chunk's bytes (one search, no re-encoding); a chunk written another way is
+    re-encoded. Remembers the upstream's own name for ``_tollway.upstream_model``."""
+
+    def __init__(self, slug: str) -> None:
+        self.slug = slug
+        self.upstream = ""
+        self._old: tuple[bytes, ...] = ()
+        self._new = member_bytes("model", slug)[0]
+
+    def __call__(self, chunk: StreamChunk) -> bytes:
+        model = chunk.model
+        if model is None:
+            return chunk.data
+        if model != self.upstream:
+            self.upstream, self._old = model, member_bytes("model", model)
+        if model == self.slug:
+            return chunk.data
+        replaced = with_replaced(chunk.data, self._old, self._new)
+        if replaced is not None:
+            return replaced
+        decoded = msgspec.json.decode(chunk.data)
+        if not isinstance(decoded, dict):
+            return chunk.data
+        decoded["model"] = self.slug
+        return _encoder.encode(decoded)
 
 
 class _StreamMeter:
@@ -296,42 +354,71 @@ class _StreamMeter:
 
 
 async def _stream_body(
-    call: MeteredCall, stream: ChatStream, prompt_tokens: Callable[[], Awaitable[int]], object_name: str
+    call: MeteredCall,
+    stream: ChatStream,
+    prompt_tokens: Callable[[], Awaitable[int]],
+    object_name: str,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
     state, ctx, served = call.state, call.ctx, call.served
     meter = _StreamMeter(call, prompt_tokens)
+    slugs = _Slugs(served.slug)
+    # Without include_usage the cost rides on the last chunk that ends a choice: each such chunk
+    # is held until the next one (or the end); the upstream's usage usually follows it in the
+    # same read, so the hold costs no latency.
+    held: bytes | None = None
+    failure: ProviderError | None = None
     status, error_code, cancelled, settled = 200, "", False, False
     checkpointed = time.monotonic()
     try:
         try:
-            # What one upstream read brought goes out as one write, the chunks' bytes untouched.
+            # What one upstream read brought goes out as one write, the chunks' bytes untouched
+            # but for the model's name.
             async for batch in _batches(stream):
                 out: list[bytes] = []
                 for chunk in batch:
                     if chunk.text:
                         meter.add(chunk.text)
+                    data = slugs(chunk)
                     if chunk.usage is None:
-                        out += (b"data: ", chunk.data, b"\n\n")
+                        if chunk.finished and not include_usage:
+                            if held is not None:
+                                out += (b"data: ", held, b"\n\n")
+                            held = data
+                        else:
+                            out += (b"data: ", data, b"\n\n")
                         continue
                     meter.reported = chunk.usage
+                    decoded = msgspec.json.decode(data)
+                    if not include_usage and isinstance(decoded, dict) and not decoded.get("choices"):
+                        continue  # the usage-only chunk the client did not ask for
                     usage, _anomaly = await meter.billable()
-                    bill = call.settlement(usage, status_code=200)
-                    out.append(_sse(_with_meta(chunk.data, state, ctx, served, usage, bill)))
+                    meta = tollway_meta(state, ctx, served, usage, call.settlement(usage, status_code=200).cost_micro)
+                    meta["upstream_model"] = slugs.upstream or served.upstream_model
+                    out.append(_sse(with_meta(data, decoded, meta) if isinstance(decoded, dict) else data))
                 if time.monotonic() - checkpointed >= CHECKPOINT_S:
                     # If this process dies mid-stream, the reservation's expiry bills this much.
                     checkpointed = time.monotonic()
                     await call.checkpoint((await meter.billable())[0])
-                yield b"".join(out)
+                if out:
+                    yield b"".join(out)
         except ProviderError as error:
-            status, error_code = error.status_code, error.code
-            yield _sse(_error_chunk(error, ctx.request_id, served, object_name))
+            failure, status, error_code = error, error.status_code, error.code
         await stream.aclose()
         usage, anomaly = await meter.billable()
-        if meter.reported is None:
-            yield _sse(_usage_chunk(state, ctx, served, usage, call.settlement(usage, status_code=200), object_name))
         settled = True
-        await call.settle(usage, status_code=status, error_code=error_code, anomaly=anomaly)
-        yield b"data: [DONE]\n\n"
+        bill = await call.settle(usage, status_code=status, error_code=error_code, anomaly=anomaly)
+        meta = tollway_meta(state, ctx, served, usage, bill.cost_micro, slugs.upstream)
+        tail: list[bytes] = []
+        if held is not None:
+            tail.append(_sse(held if failure is not None else _with_meta(held, meta)))
+        if failure is not None:
+            tail.append(_sse(_error_event(failure, meta)))  # and no [DONE]: the answer is not whole
+        else:
+            if include_usage and meter.reported is None:
+                tail.append(_sse(_usage_chunk(ctx, served, usage, meta, object_name)))
+            tail.append(b"data: [DONE]\n\n")
+        yield b"".join(tail)
     except GeneratorExit:
         cancelled = True
         raise
@@ -376,18 +463,15 @@ async def _one_by_one(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
         yield [chunk]
 
 
-def _with_meta(
-    data: bytes, state: GatewayState, ctx: CallContext, served: CatalogModel, usage: Usage, bill: Settlement
-) -> bytes:
+def _with_meta(data: bytes, meta: dict[str, Any]) -> bytes:
     chunk = msgspec.json.decode(data)
     if not isinstance(chunk, dict):
-        return _encoder.encode(chunk)
-    return with_meta(data, chunk, tollway_meta(state, ctx, served, usage, bill.cost_micro))
+        return data
+    return with_meta(data, chunk, meta)
 
 
-def _usage_chunk(
-    state: GatewayState, ctx: CallContext, served: CatalogModel, usage: Usage, bill: Settlement, object_name: str
-) -> bytes:
+def _usage_chunk(ctx: CallContext, served: CatalogModel, usage: Usage, meta: dict[str, Any], object_name: str) -> bytes:
+    """The usage-only chunk a client asked for when the upstream sent none: the gateway's count."""
     return _encoder.encode(
         {
             "id": ctx.request_id,
@@ -400,6 +484,6 @@ def _usage_chunk(
                 "completion_tokens": usage.output_tokens,
                 "total_tokens": usage.input_tokens + usage.output_tokens,
             },
-            "_tollway": tollway_meta(state, ctx, served, usage, bill.cost_micro),
+            "_tollway": meta,
         }
     )

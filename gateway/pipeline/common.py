@@ -106,11 +106,21 @@ def json_reply(
     state: GatewayState, admitted: Admitted, served: CatalogModel, body: Any, usage: Usage, cost: int
 ) -> Response[bytes]:
     if isinstance(body, dict):
-        body["_tollway"] = tollway_meta(state, admitted.ctx, served, usage, cost)
+        # The answer names the model the client asked for (or the fallback that served); the
+        # upstream's own name rides in _tollway.
+        upstream = body.get("model")
+        if isinstance(upstream, str):
+            body["model"] = served.slug
+        upstream_model = upstream if isinstance(upstream, str) else ""
+        body["_tollway"] = tollway_meta(state, admitted.ctx, served, usage, cost, upstream_model)
     return Response(
         content=_encoder.encode(body),
         media_type="application/json",
-        headers={"X-Request-Id": admitted.ctx.request_id, "X-Tollway-Credits-Used": format_credits(cost)},
+        headers={
+            "X-Request-Id": admitted.ctx.request_id,
+            "X-Tollway-Credits-Used": format_credits(cost),
+            **admitted.reservation.rate_headers,
+        },
     )
 
 

@@ -386,6 +386,10 @@ class MeteredCall:
                     raise
                 state.router.failed(served)
                 wait_s = backoff_s(number, state.settings.retry_backoff_s)
+                if tries[number].provider == served.provider:
+                    # The same upstream again: never sooner than it asked (Retry-After); past the
+                    # deadline, the client gets the error and the header instead.
+                    wait_s = max(wait_s, error.retry_after_s())
                 if spent or not deadline.allows_retry_after(wait_s):
                     raise  # the retry would start at or past the call's deadline
                 await anyio.sleep(wait_s)
@@ -529,12 +533,20 @@ class DeadlineStream:
 
 
 def tollway_meta(
-    state: GatewayState, ctx: CallContext, served: CatalogModel, usage: Usage, cost_micro: int
+    state: GatewayState,
+    ctx: CallContext,
+    served: CatalogModel,
+    usage: Usage,
+    cost_micro: int,
+    upstream_model: str = "",
 ) -> dict[str, Any]:
+    """``upstream_model``: the upstream's own name for the model as its answer gave it (the
+    answer's ``model`` is the slug the client asked for); the configured name when it gave none."""
     meta: dict[str, Any] = {
         "credits_used": format_credits(cost_micro),
         "cost_usd": micro_to_usd(cost_micro, state.settings.credits_per_usd),
         "model_used": served.slug,
+        "upstream_model": upstream_model or served.upstream_model,
         "provider": served.provider,
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,

@@ -9,6 +9,8 @@ returns ``None``).
 
 from __future__ import annotations
 
+import msgspec
+
 _WHITESPACE = b" \t\r\n"
 
 
@@ -29,3 +31,27 @@ def with_member(raw: bytes, decoded: object, name: str, value: bytes) -> bytes |
     member = b'"' + name.encode() + b'":' + value
     comma = b"," if decoded else b""
     return raw[: end - 1] + comma + member + raw[end - 1 :]
+
+
+_encode_str = msgspec.json.Encoder().encode
+
+
+def member_bytes(name: str, value: str) -> tuple[bytes, bytes]:
+    """``"name":"value"`` as a compact encoder writes it (most upstreams), then as Python's
+    ``json.dumps`` does (``"name": "value"``)."""
+    key, encoded = b'"' + name.encode() + b'":', _encode_str(value)
+    return key + encoded, key + b" " + encoded
+
+
+def with_replaced(raw: bytes, old: tuple[bytes, ...], new: bytes) -> bytes | None:
+    """``raw`` with the member written as one of ``old`` (see :func:`member_bytes`) replaced by
+    ``new``; ``None`` when it is there in none of those spellings or more than once (inside a
+    nested object too), and the caller re-encodes instead. A member's bytes cannot occur inside
+    a JSON string (its quotes would be escaped there), so one occurrence is the member itself."""
+    for spelling in old:
+        at = raw.find(spelling)
+        if at >= 0:
+            if raw.find(spelling, at + len(spelling)) >= 0:
+                return None
+            return raw[:at] + new + raw[at + len(spelling) :]
+    return None

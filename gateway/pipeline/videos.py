@@ -129,7 +129,11 @@ async def create_video(
     return Response(
         content=_encoder.encode(job),
         media_type="application/json",
-        headers={"X-Request-Id": request_id, "X-Tollway-Credits-Used": format_credits(bill.cost_micro)},
+        headers={
+            "X-Request-Id": request_id,
+            "X-Tollway-Credits-Used": format_credits(bill.cost_micro),
+            **admitted.reservation.rate_headers,
+        },
     )
 
 

@@ -49,7 +49,7 @@ class AnthropicAdapter:
         except httpx.HTTPError as error:
             raise transport_error(error, self.name) from error
         if response.status_code != 200:
-            raise http_error(self.name, response.status_code, response.content)
+            raise http_error(self.name, response.status_code, response.content).passing_on(response.headers)
         try:
             message = message_decoder.decode(response.content)
         except msgspec.DecodeError as error:

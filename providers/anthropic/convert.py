@@ -379,7 +379,7 @@ class StreamTranslator:
             case MessageStop():
                 usage = usage_from_view(self._usage)
                 payload = {**self._base(), "choices": [], "usage": openai_usage(usage)}
-                return [StreamChunk(data=_json_encoder.encode(payload), usage=usage)]
+                return [StreamChunk(data=_json_encoder.encode(payload), usage=usage, model=self._model)]
             case StreamError(error=detail):
                 raise stream_error(self._provider, detail.type, detail.message)
         return []  # ping, content_block_stop, thinking and other deltas carry nothing for OpenAI
@@ -398,4 +398,9 @@ class StreamTranslator:
 
     def _chunk(self, delta: dict[str, Any], *, text: str = "", finish: str | None = None) -> StreamChunk:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return StreamChunk(data=_json_encoder.encode({**self._base(), "choices": [choice]}), text=text)
+        return StreamChunk(
+            data=_json_encoder.encode({**self._base(), "choices": [choice]}),
+            text=text,
+            finished=finish is not None,
+            model=self._model,
+        )

@@ -15,7 +15,14 @@ from typing import Any
 import msgspec
 
 from providers.base import ChatCall, ChatResult, StreamChunk, Usage
-from providers.demo.convert import answer_words, completion_id, output_limit, prompt_words, usage_body
+from providers.demo.convert import (
+    answer_words,
+    choice_count,
+    completion_id,
+    output_limit,
+    prompt_words,
+    usage_body,
+)
 
 _encoder = msgspec.json.Encoder()
 
@@ -27,7 +34,8 @@ class DemoAdapter:
     async def complete(self, call: ChatCall) -> ChatResult:
         words = answer_words(call)
         finish = "length" if len(words) >= output_limit(call) else "stop"
-        usage = Usage(input_tokens=prompt_words(call.body.get("messages")), output_tokens=len(words))
+        n = choice_count(call)
+        usage = Usage(input_tokens=prompt_words(call.body.get("messages")), output_tokens=n * len(words))
         body = {
             "id": completion_id(call),
             "object": "chat.completion",
@@ -35,10 +43,11 @@ class DemoAdapter:
             "model": call.upstream_model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "message": {"role": "assistant", "content": " ".join(words)},
                     "finish_reason": finish,
                 }
+                for index in range(n)
             ],
             "usage": usage_body(usage),
         }
@@ -65,17 +74,24 @@ class DemoStream:
             "model": call.upstream_model,
         }
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return _encoder.encode({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return _encoder.encode({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
 
-        yield StreamChunk(data=chunk({"role": "assistant", "content": ""}))
-        for index, word in enumerate(words):
-            text = word if index == 0 else " " + word
-            yield StreamChunk(data=chunk({"content": text}), text=text)
-        yield StreamChunk(data=chunk({}, "stop"))
+        model = call.upstream_model
+        finish = "length" if len(words) >= output_limit(call) else "stop"
+        n = choice_count(call)
+        # One choice after the other, each with its own index, as OpenAI's chunks may come.
+        for index in range(n):
+            yield StreamChunk(data=chunk(index, {"role": "assistant", "content": ""}), model=model)
+            for position, word in enumerate(words):
+                text = word if position == 0 else " " + word
+                yield StreamChunk(data=chunk(index, {"content": text}), text=text, model=model)
+            yield StreamChunk(data=chunk(index, {}, finish), finished=True, model=model)
         # Always report usage, as the gateway asks every upstream to (stream_options.include_usage).
-        usage = Usage(input_tokens=prompt_words(call.body.get("messages")), output_tokens=len(words))
-        yield StreamChunk(data=_encoder.encode({**base, "choices": [], "usage": usage_body(usage)}), usage=usage)
+        usage = Usage(input_tokens=prompt_words(call.body.get("messages")), output_tokens=n * len(words))
+        yield StreamChunk(
+            data=_encoder.encode({**base, "choices": [], "usage": usage_body(usage)}), usage=usage, model=model
+        )
 
     async def aclose(self) -> None:
         return None

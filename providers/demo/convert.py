@@ -91,6 +91,13 @@ def output_limit(call: ChatCall) -> int:
     return int(limit) if isinstance(limit, int) else DEFAULT_MAX_WORDS
 
 
+def choice_count(call: ChatCall) -> int:
+    """``n``: how many choices to answer (the gateway checked it is 1 to 128; anything else
+    reaching the adapter directly is read as 1)."""
+    n = call.body.get("n")
+    return n if type(n) is int and 1 <= n <= 128 else 1
+
+
 def usage_body(usage: Usage) -> dict[str, int]:
     return {
         "prompt_tokens": usage.input_tokens,

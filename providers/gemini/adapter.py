@@ -56,7 +56,8 @@ class GeminiAdapter:
         except httpx.HTTPError as error:
             raise transport_error(error, self.name) from error
         if response.status_code != 200:
-            raise http_error(self.name, response.status_code, parse_error(response.content))
+            refusal = http_error(self.name, response.status_code, parse_error(response.content))
+            raise refusal.passing_on(response.headers)
         try:
             view = response_decoder.decode(response.content)
         except msgspec.DecodeError as error:

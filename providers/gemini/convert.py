@@ -467,7 +467,12 @@ class EventTranslator:
         if view.error is not None:
             raise stream_error(self._provider, view.error)
         return [
-            StreamChunk(data=_json_encoder.encode(chunk), text=chunk_text(chunk))
+            StreamChunk(
+                data=_json_encoder.encode(chunk),
+                text=chunk_text(chunk),
+                finished=any(c.get("finish_reason") for c in chunk["choices"]),
+                model=chunk["model"],
+            )
             for chunk in self._translator.feed(view)
         ]
 
@@ -476,4 +481,11 @@ class EventTranslator:
         if final is None or self._translator.usage_metadata is None:
             return []
         usage = usage_from_metadata(self._translator.usage_metadata)
-        return [StreamChunk(data=_json_encoder.encode(final), usage=usage)]
+        return [
+            StreamChunk(
+                data=_json_encoder.encode(final),
+                usage=usage,
+                finished=any(c.get("finish_reason") for c in final["choices"]),
+                model=final["model"],
+            )
+        ]

@@ -52,7 +52,7 @@ class OpenAIAdapter:
         except httpx.HTTPError as error:
             raise transport_error(error, self.name) from error
         if response.status_code != 200:
-            raise self._http_error(response.status_code, response.content)
+            raise self._http_error(response.status_code, response.content).passing_on(response.headers)
         try:
             decoded: Any = msgspec.json.decode(response.content)
         except msgspec.DecodeError as error:
@@ -94,7 +94,7 @@ class OpenAIAdapter:
         except httpx.HTTPError as error:
             raise transport_error(error, self.name) from error
         if not 200 <= response.status_code < 300:
-            raise self._http_error(response.status_code, response.content)
+            raise self._http_error(response.status_code, response.content).passing_on(response.headers)
         media_type = response.headers.get("content-type", "application/octet-stream")
         return UpstreamReply(content=response.content, media_type=media_type, status_code=response.status_code)
 

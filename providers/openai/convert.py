@@ -56,7 +56,13 @@ def stream_chunk(provider: str, data: bytes) -> StreamChunk:
     except msgspec.DecodeError as error:
         raise UpstreamBadResponse(f"upstream {provider} sent a malformed chunk", provider=provider) from error
     usage = usage_from_view(view.usage) if view.usage is not None else None
-    return StreamChunk(data=data, text=chunk_text(view), usage=usage)
+    return StreamChunk(
+        data=data,
+        text=chunk_text(view),
+        usage=usage,
+        finished=any(choice.finish_reason for choice in view.choices),
+        model=view.model if isinstance(view.model, str) else None,
+    )
 
 
 def with_stream_usage(body: dict[str, Any]) -> dict[str, Any]:

@@ -33,10 +33,12 @@ class Delta(msgspec.Struct):
 class ChunkChoice(msgspec.Struct):
     delta: Delta | None = None
     text: str | None = None  # legacy completions stream text here, not in a delta
+    finish_reason: Any = None
 
 
 class ChunkView(msgspec.Struct):
     choices: list[ChunkChoice] = []
+    model: Any = None  # untyped: a chunk with an odd model is forwarded, its model left alone
     usage: UsageView | None = None
 
 
@@ -44,6 +46,7 @@ class ErrorDetail(msgspec.Struct):
     message: str = ""
     type: str | None = None
     code: str | int | None = None
+    param: Any = None  # untyped: checked by UpstreamHTTPError, never trusted to be a string
 
 
 class ErrorView(msgspec.Struct):

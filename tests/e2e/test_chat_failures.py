@@ -59,9 +59,9 @@ def test_chat_upstream_timeout_is_504_and_free(slow_gateway: Gateway) -> None:
 
 def test_chat_stream_idle_timeout_ends_stream_with_error(slow_gateway: Gateway) -> None:
     slow_gateway.fake.chunk_delay_s = 1.0
-    chunks = list(chat(slow_gateway, stream=True))
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
-    assert finishes[-1] == "error"
+    with pytest.raises(openai.APIError) as caught:
+        list(chat(slow_gateway, stream=True))
+    assert caught.value.code == "upstream_timeout"
     (record,) = slow_gateway.usage_records()
     assert record.status_code == 504 and record.streamed
 

@@ -52,19 +52,60 @@ def test_chat_non_streaming_debits_exact_upstream_usage(gateway: Gateway) -> Non
 
 def test_chat_streaming_debits_usage_from_final_chunk(gateway: Gateway) -> None:
     stream = client(gateway).chat.completions.create(
-        model=FAKE_MODEL, messages=[{"role": "user", "content": "Say hello"}], stream=True
+        model=FAKE_MODEL,
+        messages=[{"role": "user", "content": "Say hello"}],
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from the fake upstream"
     usage_chunk = chunks[-1]
     assert usage_chunk.usage is not None and usage_chunk.usage.prompt_tokens == 21
+    assert usage_chunk.choices == []
     cost = expected_cost_micro(prompt=21, completion=5)
     assert usage_chunk.model_extra["_tollway"]["credits_used"] == "0.00615"  # type: ignore[index]
     assert gateway.balance_micro() == OPENING - cost
     assert gateway.fake.received[-1].body["stream_options"] == {"include_usage": True}
     (record,) = gateway.usage_records()
     assert record.streamed and not record.cancelled and record.credits_micro == cost
+
+
+def test_chat_stream_without_include_usage_has_no_usage_chunk(gateway: Gateway) -> None:
+    """A client that did not ask for usage gets no usage-only chunk (the SDKs' consumers index
+    ``choices[0]``); the cost rides on the last chunk, the one that ends the choice, and the
+    upstream is still asked for its usage, which is what is billed."""
+    chunks = list(
+        client(gateway).chat.completions.create(
+            model=FAKE_MODEL, messages=[{"role": "user", "content": "Say hello"}], stream=True
+        )
+    )
+    assert all(c.choices and c.usage is None for c in chunks)
+    final = chunks[-1]
+    assert final.choices[0].finish_reason == "stop"
+    assert final.model_extra["_tollway"]["credits_used"] == "0.00615"  # type: ignore[index]
+    assert final.model_extra["_tollway"]["input_tokens"] == 21  # type: ignore[index]
+    assert all("_tollway" not in (c.model_extra or {}) for c in chunks[:-1])
+    assert gateway.fake.received[-1].body["stream_options"] == {"include_usage": True}
+    assert gateway.balance_micro() == OPENING - expected_cost_micro(prompt=21, completion=5)
+
+
+def test_chat_response_model_is_the_slug_asked_for(gateway: Gateway) -> None:
+    """The answer's ``model`` is the slug the client asked for, in JSON and every chunk; the
+    upstream's own name rides in ``_tollway.upstream_model``."""
+    completion = client(gateway).chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert completion.model == FAKE_MODEL != "gpt-4o-mini"
+    assert completion.model_extra["_tollway"]["upstream_model"] == "gpt-4o-mini"  # type: ignore[index]
+    chunks = list(
+        client(gateway).chat.completions.create(
+            model=FAKE_MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len(chunks) > 3 and {c.model for c in chunks} == {FAKE_MODEL}
+    assert chunks[-1].model_extra["_tollway"]["upstream_model"] == "gpt-4o-mini"  # type: ignore[index]
 
 
 def test_chat_cached_input_tokens_billed_at_cached_rate(gateway: Gateway) -> None:
@@ -77,32 +118,41 @@ def test_chat_stream_without_usage_billed_by_tiktoken(gateway: Gateway) -> None:
     gateway.fake.omit_usage = True
     chunks = list(
         client(gateway).chat.completions.create(
-            model=FAKE_MODEL, messages=[{"role": "user", "content": "Say hello"}], stream=True
+            model=FAKE_MODEL,
+            messages=[{"role": "user", "content": "Say hello"}],
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     final = chunks[-1]
-    assert final.usage is not None
+    assert final.usage is not None and final.choices == []  # the gateway's own count, as asked
     output_tokens = count_text_tokens("Hello from the fake upstream", "gpt-4o-mini")
     assert final.usage.completion_tokens == output_tokens
     cost = expected_cost_micro(prompt=final.usage.prompt_tokens, completion=output_tokens)
     assert gateway.balance_micro() == OPENING - cost
 
 
-def test_chat_mid_stream_upstream_failure_ends_with_error_chunk(gateway: Gateway) -> None:
+def test_chat_mid_stream_upstream_failure_raises_in_the_sdk(gateway: Gateway) -> None:
+    """A stream that breaks midway ends with an OpenAI ``error`` event: the SDK raises
+    ``APIError`` instead of returning half an answer as a success; the partial answer is billed once."""
     gateway.fake.stream_error_after = 2
-    chunks = list(
-        client(gateway).chat.completions.create(
-            model=FAKE_MODEL, messages=[{"role": "user", "content": "Say hello"}], stream=True
-        )
+    seen: list[str] = []
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model=FAKE_MODEL, messages=[{"role": "user", "content": "Say hello"}], stream=True
     )
-    error_chunk = next(c for c in chunks if c.choices and str(c.choices[0].finish_reason) == "error")
-    assert error_chunk.model_extra["_tollway"]["error"]["code"] == "upstream_unavailable"  # type: ignore[index]
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "Hello from"
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in raw.parse():
+            seen.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(seen) == "Hello from"
+    error = raised.value
+    assert error.code == "upstream_unavailable" and error.type == "api_error"
+    request_id = raw.headers["x-request-id"]
+    assert request_id in error.message
     output_tokens = count_text_tokens("Hello from", "gpt-4o-mini")
     (record,) = gateway.usage_records()
     assert record.output_tokens == output_tokens and record.status_code == 502
     assert gateway.balance_micro() == OPENING - record.credits_micro > 0
+    assert gateway.debit_count(request_id) == 1
 
 
 def test_chat_end_user_id_recorded_not_forwarded(gateway: Gateway) -> None:

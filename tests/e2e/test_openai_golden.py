@@ -37,7 +37,9 @@ def test_chat_request_and_response_pass_through_untouched(gateway: Gateway) -> N
     assert gateway.fake.received[-1].body == golden("chat_upstream_request.json")
     answer = response.json()
     meta = answer.pop("_tollway")
-    assert answer == golden("chat_response.json")
+    # Untouched but for the model: the slug asked for, the upstream's own name in _tollway.
+    assert answer == {**golden("chat_response.json"), "model": golden("chat_request.json")["model"]}
+    assert meta["upstream_model"] == golden("chat_response.json")["model"]
     # Billed from the recorded usage: 1024 of 1117 prompt tokens were cached.
     assert gateway.usage_records()[-1].credits_micro == expected_cost_micro(1117, 46, cached=1024)
     assert meta["input_tokens"] == 1117 and meta["output_tokens"] == 46
@@ -124,6 +126,7 @@ def test_azure_gets_the_same_body_on_its_deployment_url(azure: Gateway) -> None:
     assert received.headers["api-key"] == azure.fake.api_key
     assert received.body == {**golden("chat_upstream_request.json"), "model": "prod-4o-mini"}
     answer = response.json()
-    answer.pop("_tollway")
-    assert answer == golden("chat_response.json")
+    assert answer.pop("_tollway")["upstream_model"] == golden("chat_response.json")["model"]
+    assert answer == {**golden("chat_response.json"), "model": answer["model"]}
+    assert answer["model"] == golden("chat_request.json")["model"]
     assert azure.usage_records()[-1].credits_micro == expected_cost_micro(1117, 46, cached=1024)

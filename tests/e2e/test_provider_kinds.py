@@ -113,6 +113,7 @@ def test_anthropic_stream_with_tool_call(kinds: tuple[Gateway, FakeAnthropic, Fa
             messages=[{"role": "user", "content": "weather in SF?"}],
             tools=[WEATHER_TOOL],  # type: ignore[list-item]
             stream=True,
+            stream_options={"include_usage": True},
         )
     )
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]

@@ -208,9 +208,9 @@ def test_deadline_applies_to_whole_answers_and_to_streams(routed: tuple[Gateway,
     assert len(slow.received) == 1
 
     slow.response_delay_s, slow.chunk_delay_s = 0.0, 0.3
-    chunks = list(sdk(gateway).chat.completions.create(model="slow/gpt", messages=HI, stream=True))
-    ended = [c for c in chunks if c.choices and c.choices[0].finish_reason == "error"]
-    assert ended and ended[0].model_extra["_tollway"]["error"]["code"] == "upstream_timeout"
+    with pytest.raises(openai.APIError) as ended:
+        list(sdk(gateway).chat.completions.create(model="slow/gpt", messages=HI, stream=True))
+    assert ended.value.code == "upstream_timeout"
     streamed = [r for r in gateway.usage_records() if r.streamed]
     assert streamed[-1].error_code == "upstream_timeout" and streamed[-1].credits_micro > 0  # billed what came
 

@@ -45,6 +45,8 @@ class FakeOpenAI:
     video_jobs: int = 0
     disconnected: int = 0
     usage_override: Any = None  # a lying upstream: sent verbatim as ``usage`` when set
+    fail_headers: dict[str, str] = field(default_factory=dict)  # sent with each told failure (Retry-After)
+    fail_param: str | None = None  # the ``param`` of each told failure's error body
 
     def usage(self) -> Any:
         if self.usage_override is not None:
@@ -118,7 +120,9 @@ class FakeOpenAI:
         if self.fail_times > 0:
             self.fail_times -= 1
             kind = "server_error" if self.fail_status >= 500 else "invalid_request_error"
-            await _json(send, self.fail_status, _error("The fake upstream was told to fail", kind, None))
+            told = _error("The fake upstream was told to fail", kind, None)
+            told["error"]["param"] = self.fail_param
+            await _json(send, self.fail_status, told, self.fail_headers)
             return
         if self.response_delay_s and not parsed.get("stream"):
             if await _disconnected_within(receive, self.response_delay_s):
@@ -278,6 +282,8 @@ class FakeOpenAI:
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for index, word in enumerate(self.reply_words):
+            if self.stream_error_after is not None and index >= self.stream_error_after:
+                raise ConnectionAbortedError("fake upstream dies mid-stream")
             text = word if index == 0 else " " + word
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": None}
             await _body(send, b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n")
@@ -374,13 +380,14 @@ def _error(message: str, kind: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-async def _json(send: Any, status: int, payload: dict[str, Any]) -> None:
+async def _json(send: Any, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     data = json.dumps(payload).encode()
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *extra],
         }
     )
     await send({"type": "http.response.body", "body": data})

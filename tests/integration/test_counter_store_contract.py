@@ -67,6 +67,16 @@ async def test_counter_store_apply_within_bound(store: CounterStore, key: str) -
     assert await store.get(key, "spend") == 30
 
 
+async def test_counter_store_apply_returns_every_count_after_it(store: CounterStore, key: str) -> None:
+    """A success answers each check's value after the apply, in order (the rate-limit headers
+    read them from here), including a check with no bound."""
+    await store.adjust([Adjust(key, "rpm", 2)])
+    result = await store.apply([Check(key, "rpm", 1, limit=5), Check(key, "held", 30), Check(key, "tpm", 7, limit=9)])
+    assert result.ok and result.counts == (3, 30, 7)
+    refused = await store.apply([Check(key, "rpm", 3, limit=5)])
+    assert not refused.ok and refused.counts == ()
+
+
 async def test_counter_store_refusal_changes_nothing(store: CounterStore, key: str, redis_prefix: str) -> None:
     other = account_key(redis_prefix, 42, "key7")
     await store.adjust([Adjust(key, "spend", 90)])

@@ -21,7 +21,7 @@ from gateway.routing import CallDeadline, Router
 from gateway.settings import ProviderSettings, Settings
 from gateway.state import GatewayState
 from providers.base import ProviderHandle
-from providers.errors import UpstreamTimeout, UpstreamUnavailable
+from providers.errors import UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
 
 
 class SteppedClock:
@@ -149,3 +149,53 @@ async def test_dispatch_shorter_provider_deadline_still_allows_a_retry() -> None
     assert [provider for provider, _ in attempts.seen] == ["a", "b", "a"]
     (_, call_deadline), (_, b_deadline), (_, last) = attempts.seen
     assert b_deadline < call_deadline and last == call_deadline
+
+
+class RateLimited:
+    """Attempts answered by an upstream 429 asking for ``retry_after`` seconds, then "ok"."""
+
+    def __init__(self, retry_after: str, failures: int = 1) -> None:
+        self.retry_after = retry_after
+        self.failures = failures
+        self.seen: list[str] = []
+
+    async def __call__(self, _adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> str:
+        self.seen.append(served.provider)
+        if len(self.seen) <= self.failures:
+            error = UpstreamHTTPError("slow down", provider=served.provider, upstream_status=429)
+            raise error.passing_on({"retry-after": self.retry_after})
+        return "answer"
+
+
+async def test_dispatch_waits_as_long_as_the_upstreams_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("gateway.pipeline.metered.anyio.sleep", sleep)
+    state = DispatchState({"a": 600.0}, retry_attempts=2)
+    limited = RateLimited("2")
+    assert await _call(state, ["a"]).dispatch(limited) == "answer"
+    assert limited.seen == ["a", "a"] and slept == [2.0]  # not the 1 ms backoff
+
+
+async def test_dispatch_retry_after_past_the_deadline_goes_to_the_client() -> None:
+    state = DispatchState({"a": 5.0}, retry_attempts=3)
+    limited = RateLimited("30")
+    with pytest.raises(UpstreamHTTPError) as refused:
+        await _call(state, ["a"]).dispatch(limited)
+    assert limited.seen == ["a"] and refused.value.headers == {"Retry-After": "30"}
+
+
+async def test_dispatch_retry_after_does_not_delay_another_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("gateway.pipeline.metered.anyio.sleep", sleep)
+    state = DispatchState({"a": 600.0, "b": 600.0}, retry_attempts=2)
+    limited = RateLimited("30")
+    assert await _call(state, ["a", "b"]).dispatch(limited) == "answer"
+    assert limited.seen == ["a", "b"] and slept and slept[0] < 1

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.pipeline.chat import with_meta
-from gateway.pipeline.splice import with_member
+from gateway.pipeline.splice import member_bytes, with_member, with_replaced
 
 META = {"credits_used": "0.000021", "model_used": "bench/gpt-4o-mini", "request_id": "req_1"}
 VALUE = msgspec.json.encode(META)
@@ -84,3 +84,21 @@ def test_any_object_splices_to_what_a_re_encode_gives(body: dict[str, Any], padd
     raw = padding + msgspec.json.encode(body) + padding
     out = with_meta(raw, msgspec.json.decode(raw), META)
     assert msgspec.json.decode(out) == {**{k: v for k, v in body.items() if k != "_tollway"}, "_tollway": META}
+
+
+def test_with_replaced_swaps_one_member_in_either_spelling() -> None:
+    new = member_bytes("model", "fake/gpt")[0]
+    compact = b'{"id":"x","model":"gpt-4o","choices":[]}'
+    assert with_replaced(compact, member_bytes("model", "gpt-4o"), new) == b'{"id":"x","model":"fake/gpt","choices":[]}'
+    spaced = b'{"id": "x", "model": "gpt-4o"}'
+    assert with_replaced(spaced, member_bytes("model", "gpt-4o"), new) == b'{"id": "x", "model":"fake/gpt"}'
+    # Not there, or there twice (a nested object): the caller re-encodes.
+    assert with_replaced(b'{"model" : "gpt-4o"}', member_bytes("model", "gpt-4o"), new) is None
+    twice = b'{"model":"gpt-4o","x":{"model":"gpt-4o"}}'
+    assert with_replaced(twice, member_bytes("model", "gpt-4o"), new) is None
+    # Inside a string the member's quotes are escaped, so the text never matches.
+    quoted = b'{"content":"\\"model\\":\\"gpt-4o\\"","model":"gpt-4o"}'
+    assert (
+        with_replaced(quoted, member_bytes("model", "gpt-4o"), new)
+        == b'{"content":"\\"model\\":\\"gpt-4o\\"","model":"fake/gpt"}'
+    )
