@@ -121,6 +121,8 @@ MESSAGES = {
     "stop_sequences": ["END"],
     "metadata": {"user_id": "u-1"},
     "stream": False,
+}
+
 # A Responses request with every field the translation reads set.
 RESPONSES = {
     "model": FAKE_MODEL,
