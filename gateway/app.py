@@ -61,6 +61,7 @@ from gateway.api.v1 import (
     retrieve_video,
     video_content,
 )
+from gateway.cache import build_response_store
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
 from gateway.dashboard import dashboard_routes, template_config
@@ -212,6 +213,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         )
         state: GatewayState = app.state.gateway
         built.append(state)
+        state.responses = build_response_store(
+            settings.redis_url, max_bytes=settings.response_cache.embedded_max_bytes, clock=monotonic
+        )
         state.telemetry.attach(state)
         state.function_client = FunctionEgress(EgressPolicy.from_settings(settings.function_allow_hosts))
         state.function_runtime = FunctionRuntime(
@@ -245,6 +249,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             for adapter in adapters.values():
                 await adapter.aclose()
             await state.function_client.aclose()
+            await state.responses.close()
             await counters.close()
             await engine.dispose()
             if countries is not None:

@@ -100,6 +100,21 @@ class ModelSettings(UsdPrices, forbid_unknown_fields=True, frozen=True):
         return own + list(self.deployments)
 
 
+class ResponseCacheSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The opt-in response cache (docs/response-cache.md): keys turn it on with ``cache_ttl_s``;
+    these are the operator's bounds and the price of a hit."""
+
+    # A hit costs this many thousandths of what the original answer cost (0 = free, 1000 = the
+    # full price), rounded up to the micro-credit: an integer, money never goes through a float.
+    price_per_mille: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    # Neither a request nor an answer larger than this is cached (a 10 MB prompt is never hashed).
+    max_entry_bytes: PositiveInt = 1_000_000
+    # The longest any entry lives, whatever a key allows (a key's cache_ttl_s is capped by it).
+    max_ttl_s: PositiveInt = 7 * 86400
+    # Without Redis: the most the process's embedded store holds (least recently used go first).
+    embedded_max_bytes: PositiveInt = 64 * 1024 * 1024
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = ""
@@ -189,6 +204,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # gets once when it signs up (not the bootstrap account: bootstrap_credits is its own).
     credit_packages: list[CreditPackage] = []
     signup_credits: str = "0"
+    # The opt-in response cache (gateway/pipeline/cached.py): price of a hit and size bounds.
+    response_cache: ResponseCacheSettings = ResponseCacheSettings()
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 

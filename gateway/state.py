@@ -18,6 +18,7 @@ from functions.directory import FunctionDirectory
 from functions.egress import FunctionEgress
 from functions.invocations import InvocationLedger
 from functions.runtime import FunctionRuntime
+from gateway.cache import ResponseStore
 from gateway.catalog import CatalogModel, kind_of
 from gateway.metrics import Telemetry
 from gateway.pipeline.facts import request_facts
@@ -76,6 +77,9 @@ class GatewayState:
     anomalies: Counter[str] = field(default_factory=Counter)
     # Metrics and the access log of the request path (gateway/metrics.py); built by create_app.
     telemetry: Telemetry = field(default_factory=Telemetry)
+    # The opt-in response cache's store (gateway/cache/, gateway/pipeline/cached.py): Redis when
+    # the gateway has one, else the process's embedded store; built in the lifespan.
+    responses: ResponseStore | None = None
 
     def output_cap_field(self, provider: str) -> str:
         """The chat body field that caps output tokens for ``provider`` (its kind's, in the registry)."""

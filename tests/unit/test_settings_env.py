@@ -33,6 +33,7 @@ TABLE_SAMPLES: dict[str, tuple[str, Any]] = {
     "models": ('{"demo/echo": {"provider": "demo", "upstream_model": "echo"}}', "echo"),
     "function_secret_keys": ('{"k2027": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}', "k2027"),
     "credit_packages": ('[{"id": "starter", "name": "Starter", "credits": "12000", "price": "9.00"}]', "starter"),
+    "response_cache": ('{"price_per_mille": 250}', '"price_per_mille":250'),
 }
 
 
