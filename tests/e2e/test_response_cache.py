@@ -81,7 +81,7 @@ def upstream_calls(gateway: Gateway) -> int:
     return sum(1 for request in gateway.fake.received if request.path == "/v1/chat/completions")
 
 
-def ask(gateway: Gateway, key: str | None = None, **headers: str) -> tuple[Any, httpx.Headers]:
+def ask(gateway: Gateway, key: str | None = None, **headers: str) -> tuple[Any, Any]:
     raw = client(gateway, key).chat.completions.with_raw_response.create(
         model=FAKE_MODEL, messages=MESSAGES, extra_headers=headers or None
     )
@@ -139,7 +139,7 @@ def test_response_cache_stream_is_replayed_as_a_stream(
     gateway, _server = start(price_per_mille=100)
     enable_cache(gateway)
 
-    def streamed() -> tuple[list[Any], httpx.Headers]:
+    def streamed() -> tuple[list[Any], Any]:
         with client(gateway).chat.completions.with_streaming_response.create(
             model=FAKE_MODEL, messages=MESSAGES, stream=True
         ) as response:
@@ -246,7 +246,7 @@ def test_response_cache_store_down_goes_upstream(start: Start) -> None:
 def test_response_cache_large_request_is_not_cached(start: Start) -> None:
     gateway, _server = start(max_entry_bytes=4096)
     enable_cache(gateway)
-    big = [{"role": "user", "content": "x" * 10_000}]
+    big: list[Any] = [{"role": "user", "content": "x" * 10_000}]
     for _ in range(2):
         raw = client(gateway).chat.completions.with_raw_response.create(model=FAKE_MODEL, messages=big)
         assert raw.headers["x-tollway-cache"] == "bypass"
