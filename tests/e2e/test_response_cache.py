@@ -4,9 +4,9 @@ requests, two usage rows, the hit priced as configured to the micro-credit, the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,9 +15,11 @@ import pytest
 from sqlalchemy import update
 
 from billing.accounts import create_account
+from billing.counters import RedisCounterStore
 from gateway.cache import RedisResponseStore
-from gateway.cli import main
+from gateway.db import create_engine, create_sessionmaker
 from gateway.pipeline.cached import CACHE_HIT, hit_price_micro
+from gateway.reconcile import reconcile
 from gateway.settings import ResponseCacheSettings
 from keys.models import ApiKey
 from keys.service import create_key
@@ -88,23 +90,31 @@ def ask(gateway: Gateway, key: str | None = None, **headers: str) -> tuple[Any, 
     return raw.parse(), raw.headers
 
 
-def assert_reconciles(gateway: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def assert_reconciles(gateway: Gateway) -> None:
+    """``tollway billing reconcile``'s checks (called directly: the CLI would set up logging)."""
+    gateway.settled()
     settings = gateway.settings
-    config = tmp_path / "reconcile.toml"
-    config.write_text(
-        f'database_url = "{settings.database_url}"\nredis_url = "{settings.redis_url}"\n'
-        f'redis_prefix = "{settings.redis_prefix}"\n'
-    )
-    capsys.readouterr()
-    code = main(["--config", str(config), "--json", "billing", "reconcile"])
-    report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["ok"], report
+
+    async def check() -> None:
+        counters = (
+            RedisCounterStore.from_url(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else None
+        )
+        engine = create_engine(settings.database_url)
+        try:
+            report = await reconcile(
+                create_sessionmaker(engine), counters=counters, prefix=settings.redis_prefix, now=datetime.now(UTC)
+            )
+        finally:
+            await engine.dispose()
+            if counters is not None:
+                await counters.close()
+        assert report.ok and report.debits >= 1, (report.drift, report.parked)
+
+    gateway.run(check())
 
 
 @pytest.mark.parametrize("per_mille", [0, 250])
-def test_response_cache_second_call_is_a_priced_hit(
-    start: Start, per_mille: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_response_cache_second_call_is_a_priced_hit(start: Start, per_mille: int) -> None:
     gateway, _server = start(price_per_mille=per_mille)
     enable_cache(gateway)
     first, first_headers = ask(gateway)
@@ -130,12 +140,10 @@ def test_response_cache_second_call_is_a_priced_hit(
     )
     assert gateway.balance_micro() == OPENING - COST - price
     assert gateway.debit_count(hit.request_id) == (1 if price else 0)
-    assert_reconciles(gateway, tmp_path, capsys)
+    assert_reconciles(gateway)
 
 
-def test_response_cache_stream_is_replayed_as_a_stream(
-    start: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_response_cache_stream_is_replayed_as_a_stream(start: Start) -> None:
     gateway, _server = start(price_per_mille=100)
     enable_cache(gateway)
 
@@ -167,7 +175,7 @@ def test_response_cache_stream_is_replayed_as_a_stream(
     # A plain request is not served from the stream's entry: each shape replays as it was sent.
     ask(gateway)
     assert upstream_calls(gateway) == 2
-    assert_reconciles(gateway, tmp_path, capsys)
+    assert_reconciles(gateway)
 
 
 def test_response_cache_never_shared_across_accounts(start: Start) -> None:
@@ -235,12 +243,31 @@ def test_response_cache_expired_entry_goes_upstream(start: Start, backend: Backe
 def test_response_cache_store_down_goes_upstream(start: Start) -> None:
     gateway, server = start()
     enable_cache(gateway)
-    server.app.state.gateway.responses = RedisResponseStore.from_url("redis://127.0.0.1:1/0")  # nothing listens
-    for _ in range(2):
-        answer, _headers = ask(gateway)
-        assert answer.choices[0].message.content == "Hello from the fake upstream"
+    state = server.app.state.gateway
+    working, state.responses = state.responses, RedisResponseStore.from_url("redis://127.0.0.1:1/0")  # nothing listens
+    try:
+        for _ in range(2):
+            answer, _headers = ask(gateway)
+            assert answer.choices[0].message.content == "Hello from the fake upstream"
+    finally:
+        down, state.responses = state.responses, working
+        gateway.run(down.close())
     assert upstream_calls(gateway) == 2
     assert [record.status_code for record in gateway.usage_records()] == [200, 200]
+
+
+def test_response_cache_concurrent_identical_requests_stay_whole(start: Start) -> None:
+    gateway, _server = start()
+    enable_cache(gateway)
+    gateway.fake.response_delay_s = 0.3  # usually both are in flight before either is stored
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(lambda _: ask(gateway)[0], range(2)))
+    gateway.fake.response_delay_s = 0.0
+    went_upstream = upstream_calls(gateway)
+    assert went_upstream in (1, 2)  # both may miss; neither fails nor reads half an entry
+    replayed, headers = ask(gateway)
+    assert headers["x-tollway-cache"] == "hit" and upstream_calls(gateway) == went_upstream
+    assert {a.choices[0].message.content for a in [*answers, replayed]} == {"Hello from the fake upstream"}
 
 
 def test_response_cache_large_request_is_not_cached(start: Start) -> None:

@@ -238,3 +238,24 @@ async def test_recorder_skips_what_is_too_large_or_fitted() -> None:
     assert await store.get("k") is None
     upstream = FakeStream(CHUNKS)
     assert cache_for(store).recording(upstream, SERVED, prompt_tokens, fitted=10) is upstream
+
+
+# -- the key's setting, as the dashboard form sends it -----------------------------------------
+
+
+def test_key_form_sets_and_clears_the_cache_ttl() -> None:
+    from datetime import UTC, datetime
+
+    from litestar.datastructures import FormMultiDict
+
+    from gateway.dashboard.pages.keys import key_fields
+    from keys.management import KeyCreate, KeyUpdate, changes_from
+
+    created = msgspec.convert(
+        key_fields(FormMultiDict({"name": "k", "cache_ttl_s": "600"}), update=False), KeyCreate, strict=False
+    )
+    assert created.cache_ttl_s == 600
+    blank = msgspec.convert(key_fields(FormMultiDict({"name": "k"}), update=False), KeyCreate, strict=False)
+    assert blank.cache_ttl_s == 0
+    cleared = msgspec.convert(key_fields(FormMultiDict({"name": "k"}), update=True), KeyUpdate, strict=False)
+    assert changes_from(cleared, datetime.now(UTC))["cache_ttl_s"] == 0
