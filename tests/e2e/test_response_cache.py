@@ -310,3 +310,20 @@ async def _delete_entries(gateway: Gateway) -> None:
         await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+def test_response_cache_browser_token_inherits_its_key(start: Start) -> None:
+    gateway, _server = start()
+    enable_cache(gateway)
+    key_id = httpx.get(gateway.url + "/api/keys/", headers={"Authorization": f"Bearer {gateway.key}"}).json()["keys"][
+        0
+    ]["id"]
+    minted = httpx.post(
+        gateway.url + "/api/keys/ephemeral/",
+        json={"key_id": key_id, "ttl": 600},
+        headers={"Authorization": f"Bearer {gateway.key}"},
+    )
+    token = str(minted.json()["data"]["token"])
+    ask(gateway)
+    _, headers = ask(gateway, key=token)  # the same account and the key's own cache
+    assert headers["x-tollway-cache"] == "hit" and upstream_calls(gateway) == 1
