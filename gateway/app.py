@@ -64,6 +64,7 @@ from gateway.api.v1 import (
     retrieve_video,
     video_content,
 )
+from gateway.cache import build_response_store
 from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
 from gateway.dashboard import dashboard_routes, template_config
@@ -221,6 +222,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
         )
         state: GatewayState = app.state.gateway
         built.append(state)
+        state.responses = build_response_store(
+            settings.redis_url, max_bytes=settings.response_cache.embedded_max_bytes, clock=monotonic
+        )
         state.telemetry.attach(state)
         state.payments = build_payment_providers(settings, env)
         state.function_client = FunctionEgress(EgressPolicy.from_settings(settings.function_allow_hosts))
@@ -258,6 +262,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             for payment_provider in state.payments.values():
                 await payment_provider.aclose()
             await state.function_client.aclose()
+            await state.responses.close()
             await counters.close()
             await engine.dispose()
             if countries is not None:

@@ -19,7 +19,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-EXPOSED = b"X-Request-Id, X-Tollway-Credits-Used, X-Tollway-Credits-Reserved, X-Tollway-Max-Tokens, Retry-After"
+EXPOSED = (
+    b"X-Request-Id, X-Tollway-Credits-Used, X-Tollway-Credits-Reserved, X-Tollway-Max-Tokens, Retry-After"
+    b", X-Tollway-Cache"
+)
 ALLOWED_METHODS = b"GET, POST, OPTIONS"
 
 

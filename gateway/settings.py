@@ -174,6 +174,21 @@ def _from_env(value: str, variable: str, env: Mapping[str, str]) -> str:
     return value or (env.get(variable, "") if variable else "")
 
 
+class ResponseCacheSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The opt-in response cache (docs/response-cache.md): keys turn it on with ``cache_ttl_s``;
+    these are the operator's bounds and the price of a hit."""
+
+    # A hit costs this many thousandths of what the original answer cost (0 = free, 1000 = the
+    # full price), rounded up to the micro-credit: an integer, money never goes through a float.
+    price_per_mille: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    # Neither a request nor an answer larger than this is cached (a 10 MB prompt is never hashed).
+    max_entry_bytes: PositiveInt = 1_000_000
+    # The longest any entry lives, whatever a key allows (a key's cache_ttl_s is capped by it).
+    max_ttl_s: PositiveInt = 7 * 86400
+    # Without Redis: the most the process's embedded store holds (least recently used go first).
+    embedded_max_bytes: PositiveInt = 64 * 1024 * 1024
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = ""
@@ -269,6 +284,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     signup_credits: str = "0"
     # The payment providers that sell them (docs/operations.md, Payments).
     payments: PaymentSettings = msgspec.field(default_factory=PaymentSettings)
+    # The opt-in response cache (gateway/pipeline/cached.py): price of a hit and size bounds.
+    response_cache: ResponseCacheSettings = ResponseCacheSettings()
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
 

@@ -19,6 +19,7 @@ from functions.directory import FunctionDirectory
 from functions.egress import FunctionEgress
 from functions.invocations import InvocationLedger
 from functions.runtime import FunctionRuntime
+from gateway.cache import ResponseStore
 from gateway.catalog import CatalogModel, kind_of
 from gateway.metrics import Telemetry
 from gateway.pipeline.facts import request_facts
@@ -79,6 +80,9 @@ class GatewayState:
     telemetry: Telemetry = field(default_factory=Telemetry)
     # The payment providers that sell credits and send webhooks, by name (gateway/payment_providers.py).
     payments: dict[str, PaymentProvider] = field(default_factory=dict)
+    # The opt-in response cache's store (gateway/cache/, gateway/pipeline/cached.py): Redis when
+    # the gateway has one, else the process's embedded store; built in the lifespan.
+    responses: ResponseStore | None = None
 
     def output_cap_field(self, provider: str) -> str:
         """The chat body field that caps output tokens for ``provider`` (its kind's, in the registry)."""

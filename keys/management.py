@@ -35,6 +35,10 @@ from keys.secrets import PRX_PREFIX, display_prefix, hash_key, looks_like_prx_ke
 Limit = PositiveInt32
 Hours = Annotated[str, msgspec.Meta(max_length=11)]  # "HH:MM-HH:MM", checked by parse_active_hours
 Period = Annotated[str, msgspec.Meta(max_length=16)]
+# The response cache's lifetime for a key's answers, in seconds (0 = off); at most 30 days, and
+# the operator's response_cache.max_ttl_s caps it again when an entry is written.
+MAX_CACHE_TTL_S = 30 * 86400
+CacheTtl = Annotated[int, msgspec.Meta(ge=0, le=MAX_CACHE_TTL_S)]
 
 
 class KeyNotFound(KeyError_):
@@ -59,6 +63,7 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
     webhook_url: Url = ""
+    cache_ttl_s: CacheTtl = 0
 
 
 class KeyUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,6 +84,7 @@ class KeyUpdate(msgspec.Struct, forbid_unknown_fields=True):
     rpm_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
     tpm_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
     webhook_url: Url | msgspec.UnsetType | None = msgspec.UNSET
+    cache_ttl_s: CacheTtl | msgspec.UnsetType | None = msgspec.UNSET
 
 
 # What "cleared" means for each column: no restriction.
@@ -95,6 +101,7 @@ _CLEARED: dict[str, Any] = {
     "rpm_limit": None,
     "tpm_limit": None,
     "webhook_url": "",
+    "cache_ttl_s": 0,
 }
 
 

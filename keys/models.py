@@ -72,6 +72,9 @@ class ApiKey(Base):
     rpm_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     tpm_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     webhook_url: Mapped[str] = mapped_column(String(2000), default="")
+    # The response cache (docs/response-cache.md): how long this key's answers may be replayed;
+    # 0 = never cached (the default: caching is the key owner's choice).
+    cache_ttl_s: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

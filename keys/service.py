@@ -71,6 +71,7 @@ class KeyIdentity:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     webhook_url: str = ""
+    cache_ttl_s: int = 0  # the response cache's lifetime for this key's answers; 0 = off
     via_token: bool = False
     prefix: str = ""  # the key's display prefix (``prx-`` + 4), what logs may name
 
@@ -111,6 +112,7 @@ def identity_from_row(key: ApiKey, account_status: str) -> KeyIdentity:
         rpm_limit=key.rpm_limit,
         tpm_limit=key.tpm_limit,
         webhook_url=key.webhook_url,
+        cache_ttl_s=key.cache_ttl_s,
         prefix=key.prefix,
     )
 

@@ -55,6 +55,7 @@ class KeyRead(msgspec.Struct):
     rpm_limit: int | None
     tpm_limit: int | None
     webhook_url: str
+    cache_ttl_s: int  # the response cache's lifetime for this key's answers; 0 = off
     created_at: str
 
 
@@ -119,6 +120,7 @@ async def key_read(state: GatewayState, key: ApiKey) -> KeyRead:
         rpm_limit=key.rpm_limit,
         tpm_limit=key.tpm_limit,
         webhook_url=key.webhook_url,
+        cache_ttl_s=key.cache_ttl_s,
         created_at=key.created_at.isoformat(),
     )
 

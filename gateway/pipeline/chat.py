@@ -23,6 +23,7 @@ from billing.money import format_credits
 from billing.tokens import chat_tokens_upper_bound, count_chat_tokens, count_text_tokens, encoding_loaded, prompt_fields
 from gateway.catalog import CatalogModel
 from gateway.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, validation_param
+from gateway.pipeline.cached import ResponseCache
 from gateway.pipeline.metered import (
     Admission,
     CallContext,
@@ -170,6 +171,9 @@ async def chat_completions(
     async with Admission(state, headers, facts, request_id) as door:
         body, view = parse_chat_body(raw_body)
         plan = door.plan(view, route=CHAT_ROUTE, categories=TEXT | {"image"}, serves=_serves_chat)
+        cache = await ResponseCache.look_up(state, door.ctx, headers, body, len(raw_body))
+        if cache.hit is not None:
+            return await cache.replay(door, plan)
         prompt = ChatPrompt(len(raw_body), body, view, view.model)
         output = OutputRequest(asked=view.max_completion_tokens or view.max_tokens, choices=view.n)
         try:
@@ -179,6 +183,7 @@ async def chat_completions(
             admitted, fitted = await door.reserve_output(plan, await prompt.exact(), output)
     asked = fitted or output.asked
     extra_headers = {"X-Tollway-Max-Tokens": str(fitted)} if fitted else {}
+    extra_headers.update(cache.headers)
 
     def call_for(served: CatalogModel) -> ChatCall:
         # The upstream is never allowed more output than was reserved: the cap always goes up,
@@ -195,7 +200,8 @@ async def chat_completions(
             async def open_stream(adapter: ProviderHandle, served: CatalogModel, deadline_at: float) -> DeadlineStream:
                 return DeadlineStream(await adapter.chat.open_stream(call_for(served)), deadline_at, served.provider)
 
-            stream = await call.dispatch(open_stream)
+            stream: ChatStream = await call.dispatch(open_stream)
+            stream = cache.recording(stream, call.served, prompt.exact, fitted)
             streaming = stream_response(
                 call, stream, prompt.exact, "chat.completion.chunk", include_usage=wants_usage(view.stream_options)
             )
@@ -221,6 +227,7 @@ async def chat_completions(
 
         usage, anomaly = await billable_usage(result.usage, counted)
         bill = await call.settle(usage, anomaly=anomaly)
+        await cache.keep(result, usage, call.served, fitted)
     raw, upstream_model = with_slug(result.raw, result.body, call.served.slug)
     meta = tollway_meta(state, admitted.ctx, call.served, usage, bill.cost_micro, upstream_model)
     return Response(

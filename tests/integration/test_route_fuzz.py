@@ -375,6 +375,7 @@ FIELD_NAMES = [
     "spending_limit",
     "rpm_limit",
     "tpm_limit",
+    "cache_ttl_s",
     "webhook_url",
     "expires_at",
     "allowed_models",

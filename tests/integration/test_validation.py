@@ -40,6 +40,9 @@ def key_names(gateway: Gateway) -> list[str]:
         ("rpm_limit", 2**62),
         ("rpm_limit", 2**31),  # one past an INTEGER column
         ("tpm_limit", 10**30),
+        ("cache_ttl_s", 2**62),
+        ("cache_ttl_s", -1),
+        ("cache_ttl_s", 30 * 86400 + 1),  # past the 30 days a key may cache for
         ("spending_limit", 1e30),
         ("spending_limit", "1e30"),
         ("spending_limit", "1e999999999"),

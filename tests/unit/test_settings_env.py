@@ -38,6 +38,7 @@ TABLE_SAMPLES: dict[str, tuple[str, Any]] = {
         '{"checkout_provider": "stripe", "stripe": {"api_key_env": "STRIPE_SECRET_KEY"}}',
         "STRIPE_SECRET_KEY",
     ),
+    "response_cache": ('{"price_per_mille": 250}', '"price_per_mille":250'),
 }
 
 

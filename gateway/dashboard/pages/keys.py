@@ -90,6 +90,7 @@ def key_fields(form: FormMultiDict, *, update: bool) -> dict[str, Any]:
     data["spending_limit"] = _text(form, "spending_limit") or None
     for name in ("rpm_limit", "tpm_limit"):
         data[name] = _text(form, name) or None
+    data["cache_ttl_s"] = _text(form, "cache_ttl_s") or (None if update else 0)
     if not update and data["active_hours"] is None:
         data["active_hours"] = ""
     return data
@@ -110,6 +111,7 @@ def _form_values(key: ApiKey | None) -> dict[str, Any]:
         "spending_period": key.spending_period,
         "rpm_limit": key.rpm_limit or "",
         "tpm_limit": key.tpm_limit or "",
+        "cache_ttl_s": key.cache_ttl_s or "",
         "webhook_url": key.webhook_url,
         **{name: "\n".join(getattr(key, name)) for name in LIST_FIELDS},
     }
