@@ -208,7 +208,9 @@ class ResponseCache:
 
     # -- a hit: bill it like any call, then replay it ------------------------------------------
 
-    async def replay(self, door: Admission, plan: list[CatalogModel]) -> Response[bytes] | Stream:
+    async def replay(
+        self, door: Admission, plan: list[CatalogModel], *, include_usage: bool = True
+    ) -> Response[bytes] | Stream:
         """Reserve and settle the hit's price (one usage record, one debit when it costs
         anything), then answer with the stored completion or stream."""
         answer, state, ctx = self.hit, self.state, door.ctx
@@ -245,7 +247,7 @@ class ResponseCache:
                 content=_with_meta(answer.body, meta, answer.model), media_type="application/json", headers=headers
             )
         return Stream(
-            content=_replayed(answer, meta, ctx),
+            content=_replayed(answer, meta, ctx, include_usage),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
@@ -280,10 +282,25 @@ def _with_meta(data: bytes, meta: dict[str, Any] | None, slug: str) -> bytes:
     return _json.encode(body)
 
 
-async def _replayed(answer: CachedAnswer, meta: dict[str, Any], ctx: CallContext) -> AsyncIterator[bytes]:
-    """The stored stream in the framing a live one has: its chunks, usage with ``_tollway``, [DONE]."""
-    out: list[bytes] = []
-    for index, data in enumerate(answer.chunks):
+async def _replayed(
+    answer: CachedAnswer, meta: dict[str, Any], ctx: CallContext, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The stored stream in the framing a live one has (gateway.pipeline.chat): with
+    ``stream_options.include_usage`` its chunks, then usage with ``_tollway``, then [DONE];
+    without it no usage-only chunk, and ``_tollway`` on the last chunk."""
+    chunks = list(answer.chunks)
+    if not include_usage:
+        if 0 <= answer.usage_chunk < len(chunks) and _usage_only(chunks[answer.usage_chunk]):
+            del chunks[answer.usage_chunk]
+        out: list[bytes] = []
+        for index, data in enumerate(chunks):
+            last = index == len(chunks) - 1
+            out += (b"data: ", _with_meta(data, meta if last else None, answer.model), b"\n\n")
+        out.append(b"data: [DONE]\n\n")
+        yield b"".join(out)
+        return
+    out = []
+    for index, data in enumerate(chunks):
         out += (b"data: ", _with_meta(data, meta if index == answer.usage_chunk else None, answer.model), b"\n\n")
     if answer.usage_chunk < 0:
         usage = answer.usage
@@ -303,6 +320,21 @@ async def _replayed(answer: CachedAnswer, meta: dict[str, Any], ctx: CallContext
         out += (b"data: ", _json.encode(chunk), b"\n\n")
     out.append(b"data: [DONE]\n\n")
     yield b"".join(out)
+
+
+class _ChoicesView(msgspec.Struct):
+    choices: list[Any] = []
+
+
+_choices_decoder = msgspec.json.Decoder(_ChoicesView)
+
+
+def _usage_only(data: bytes) -> bool:
+    """The usage chunk a client that did not ask for usage never sees live (choices empty)."""
+    try:
+        return not _choices_decoder.decode(data).choices
+    except msgspec.DecodeError:
+        return False
 
 
 class _CreatedView(msgspec.Struct):

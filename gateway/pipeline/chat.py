@@ -173,7 +173,7 @@ async def chat_completions(
         plan = door.plan(view, route=CHAT_ROUTE, categories=TEXT | {"image"}, serves=_serves_chat)
         cache = await ResponseCache.look_up(state, door.ctx, headers, body, len(raw_body))
         if cache.hit is not None:
-            return await cache.replay(door, plan)
+            return await cache.replay(door, plan, include_usage=wants_usage(view.stream_options))
         prompt = ChatPrompt(len(raw_body), body, view, view.model)
         output = OutputRequest(asked=view.max_completion_tokens or view.max_tokens, choices=view.n)
         try:

@@ -143,13 +143,17 @@ def test_response_cache_second_call_is_a_priced_hit(start: Start, per_mille: int
     assert_reconciles(gateway)
 
 
-def test_response_cache_stream_is_replayed_as_a_stream(start: Start) -> None:
+@pytest.mark.parametrize("include_usage", [True, False], ids=["usage", "no_usage"])
+def test_response_cache_stream_is_replayed_as_a_stream(start: Start, include_usage: bool) -> None:
     gateway, _server = start(price_per_mille=100)
     enable_cache(gateway)
 
     def streamed() -> tuple[list[Any], Any]:
         with client(gateway).chat.completions.with_streaming_response.create(
-            model=FAKE_MODEL, messages=MESSAGES, stream=True
+            model=FAKE_MODEL,
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": include_usage},
         ) as response:
             return list(response.parse()), response.headers
 
@@ -164,10 +168,14 @@ def test_response_cache_stream_is_replayed_as_a_stream(start: Start) -> None:
 
     assert text(replayed) == text(live) == "Hello from the fake upstream"
     assert len(replayed) == len(live)
-    usage_chunk = replayed[-1]
-    assert usage_chunk.usage is not None and usage_chunk.usage.prompt_tokens == 21
+    assert [chunk.model for chunk in replayed] == [chunk.model for chunk in live]
+    last = replayed[-1]
+    if include_usage:
+        assert last.usage is not None and last.usage.prompt_tokens == 21 and not last.choices
+    else:  # as live: no usage-only chunk for a client that did not ask, the cost on the last chunk
+        assert all(chunk.choices for chunk in replayed) and "_tollway" in live[-1].model_extra
     price = hit_price_micro(COST, 100)
-    meta = usage_chunk.model_extra["_tollway"]
+    meta = last.model_extra["_tollway"]
     assert meta["cache"] == "hit" and meta["request_id"] == replayed_headers["x-request-id"]
     live_record, hit = gateway.usage_records()
     assert live_record.streamed and hit.streamed and hit.error_code == CACHE_HIT and hit.credits_micro == price
