@@ -11,6 +11,7 @@ servers (each binds its own port) and Redis database (``tests/fakes/services.py`
 Passwords hash at a low scrypt cost in this process (:data:`TEST_PASSWORD_LOG2_N`): hundreds of
 tests sign in, and the production cost is ~0.2 s of CPU and 64 MiB per hash. Processes the tests
 spawn (``tollway serve``) keep the production cost; tests/unit/test_identity.py checks it.
+Every httpx client here shares one verifying SSL context (``tests/fakes/ssl_contexts.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 
 from keys.passwords import set_test_work_factor
 from tests.fakes.services import POSTGRES_ADMIN_URL, REDIS_URL, UNDER_CI
+from tests.fakes.ssl_contexts import share_verifying_ssl_context
 
 pytest_plugins = ["tests.fakes.gateway_fixtures", "tests.fakes.redis_cluster", "tests.fakes.cli_runs"]
 
@@ -34,6 +36,7 @@ T = TypeVar("T")
 
 TEST_PASSWORD_LOG2_N = 10  # 1 MiB, about a millisecond
 set_test_work_factor(TEST_PASSWORD_LOG2_N)
+share_verifying_ssl_context()
 
 
 def service_missing(what: str, error: BaseException) -> None:
