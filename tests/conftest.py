@@ -30,7 +30,12 @@ from keys.passwords import set_test_work_factor
 from tests.fakes.services import POSTGRES_ADMIN_URL, REDIS_URL, UNDER_CI
 from tests.fakes.ssl_contexts import share_verifying_ssl_context
 
-pytest_plugins = ["tests.fakes.gateway_fixtures", "tests.fakes.redis_cluster", "tests.fakes.cli_runs"]
+pytest_plugins = [
+    "tests.fakes.gateway_fixtures",
+    "tests.fakes.redis_cluster",
+    "tests.fakes.cli_runs",
+    "tests.fakes.exclusive",
+]
 
 T = TypeVar("T")
 
