@@ -3,6 +3,11 @@
 Stored as ``scrypt$<log2 n>$<r>$<p>$<salt b64>$<hash b64>`` so the cost can be raised later
 without invalidating existing hashes: :func:`needs_rehash` tells the login path to upgrade.
 Hashing takes tens of milliseconds of CPU by design, so callers run it in a thread.
+
+The cost is :data:`PRODUCTION_LOG2_N`; nothing an operator sets (settings, environment) can lower
+it. Only the test suite does, through :func:`set_test_work_factor`, because hundreds of tests
+sign in and each strong hash costs ~0.2 s of CPU and 64 MiB (tests/conftest.py;
+tests/unit/test_identity.py checks that a fresh process still hashes at the production cost).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import secrets
 
 from keys.errors import IdentityInvalid
 
-_LOG2_N = 16  # 64 MiB, ~0.2 s on this class of machine
+PRODUCTION_LOG2_N = 16  # 64 MiB, ~0.2 s on this class of machine
+_LOG2_N = PRODUCTION_LOG2_N
 _R = 8
 _P = 1
 _SALT_BYTES = 16
@@ -47,6 +53,17 @@ def check_password_policy(password: str) -> None:
         raise IdentityInvalid(f"password must be at most {MAX_PASSWORD_LENGTH} characters", param="password")
     if len(set(password)) < 5:
         raise IdentityInvalid("password is too repetitive: use at least 5 different characters", param="password")
+
+
+def set_test_work_factor(log2_n: int) -> None:
+    """Tests only: hash new passwords (and judge :func:`needs_rehash`) at ``2**log2_n``.
+
+    Hashes keep their own parameters, so verifying works whatever the current cost is."""
+    global _LOG2_N
+    if not 1 <= log2_n <= PRODUCTION_LOG2_N:
+        raise ValueError(f"log2_n must be between 1 and {PRODUCTION_LOG2_N}")
+    _LOG2_N = log2_n
+    _dummy_hash.cache_clear()  # the unknown-email check costs what a real check costs
 
 
 def hash_password(password: str) -> str:

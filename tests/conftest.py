@@ -3,6 +3,15 @@
 Integration tests run once per backend (``sqlite`` = SQLite file + embedded counters,
 ``postgres`` = Postgres + Redis). ``TOLLWAY_TEST_BACKENDS=sqlite`` narrows a local run.
 Under CI (``CI=true``) an unreachable Postgres or Redis fails the run instead of skipping.
+
+Under pytest-xdist (``scripts/test`` runs ``-n 2``) every worker is its own process with its own
+session fixtures: its own temporary directories, Postgres databases (random names), fake
+servers (each binds its own port) and Redis database (``tests/fakes/services.py``).
+
+Passwords hash at a low scrypt cost in this process (:data:`TEST_PASSWORD_LOG2_N`): hundreds of
+tests sign in, and the production cost is ~0.2 s of CPU and 64 MiB per hash. Processes the tests
+spawn (``tollway serve``) keep the production cost; tests/unit/test_identity.py checks it.
+Every httpx client here shares one verifying SSL context (``tests/fakes/ssl_contexts.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +26,22 @@ from typing import Any, TypeVar
 
 import pytest
 
+from keys.passwords import set_test_work_factor
 from tests.fakes.services import POSTGRES_ADMIN_URL, REDIS_URL, UNDER_CI
+from tests.fakes.ssl_contexts import share_verifying_ssl_context
 
-pytest_plugins = ["tests.fakes.gateway_fixtures", "tests.fakes.redis_cluster", "tests.fakes.cli_runs"]
+pytest_plugins = [
+    "tests.fakes.gateway_fixtures",
+    "tests.fakes.redis_cluster",
+    "tests.fakes.cli_runs",
+    "tests.fakes.exclusive",
+]
 
 T = TypeVar("T")
+
+TEST_PASSWORD_LOG2_N = 10  # 1 MiB, about a millisecond
+set_test_work_factor(TEST_PASSWORD_LOG2_N)
+share_verifying_ssl_context()
 
 
 def service_missing(what: str, error: BaseException) -> None:

@@ -31,7 +31,8 @@ from tests.fakes.servers import ThreadedServer
 from tests.integration import test_two_processes as two_processes
 from tests.integration.test_two_processes import _all_ledger, auth, reconciles, start_gateways, stop, wait_refused
 
-pytestmark = pytest.mark.slow
+# Never beside test_two_processes.py on another worker (tests/fakes/exclusive.py).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("alone_among_workers")]
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MODEL = "fake/gpt"

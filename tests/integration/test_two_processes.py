@@ -21,6 +21,9 @@ from tests.fakes.servers import ThreadedServer, free_port
 REPO = Path(__file__).resolve().parents[2]
 CHAT = {"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]}
 
+# Never beside test_redis_cluster.py on another worker (tests/fakes/exclusive.py).
+pytestmark = pytest.mark.usefixtures("alone_among_workers")
+
 
 def start_gateways(
     config_text: str, tmp_path: Path, count: int = 2, start_s: float = 120.0

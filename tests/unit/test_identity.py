@@ -2,15 +2,64 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from keys import passwords
 from keys.errors import IdentityInvalid, RoleForbidden
 from keys.members import normalise_email
 from keys.models import Role
 from keys.passwords import check_password_policy, hash_password, needs_rehash, verify_password
 from keys.roles import Permission, allows, may_assign, require
 
+REPO = Path(__file__).resolve().parents[2]
 
+
+@pytest.fixture
+def production_cost() -> Iterator[None]:
+    """The production work factor for one test (tests/conftest.py lowers it for the suite)."""
+    lowered = passwords._LOG2_N
+    passwords.set_test_work_factor(passwords.PRODUCTION_LOG2_N)
+    try:
+        yield
+    finally:
+        passwords.set_test_work_factor(lowered)
+
+
+def test_password_production_cost_stays_strong_outside_the_tests() -> None:
+    """A process that never ran the test suite's conftest (as ``tollway serve``) hashes at the
+    production cost, and that cost stays memory-hard (64 MiB); no product module lowers it."""
+    assert passwords.PRODUCTION_LOG2_N >= 16
+    program = (
+        "from keys.passwords import hash_password, needs_rehash\n"
+        "stored = hash_password('correct horse battery staple')\n"
+        "print(stored, needs_rehash(stored), needs_rehash('scrypt$10$8$1$c2FsdA$aGFzaA'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    assert out[0].startswith(f"scrypt${passwords.PRODUCTION_LOG2_N}$8$1$")
+    assert out[1:] == ["False", "True"]
+    callers = [
+        str(path.relative_to(REPO))
+        for package in ("gateway", "keys", "billing", "functions", "providers")
+        for path in (REPO / package).rglob("*.py")
+        if "set_test_work_factor(" in path.read_text(encoding="utf-8")
+    ]
+    assert callers == ["keys/passwords.py"]  # its own definition; only tests/ call it
+
+
+def test_password_test_work_factor_is_bounded() -> None:
+    for wrong in (0, passwords.PRODUCTION_LOG2_N + 1):
+        with pytest.raises(ValueError):
+            passwords.set_test_work_factor(wrong)
+
+
+@pytest.mark.usefixtures("production_cost")
 def test_password_hash_round_trip_and_salting() -> None:
     first = hash_password("correct horse battery staple")
     second = hash_password("correct horse battery staple")
@@ -25,6 +74,7 @@ def test_foreign_or_broken_hashes_never_verify(stored: str) -> None:
     assert not verify_password("anything at all", stored)
 
 
+@pytest.mark.usefixtures("production_cost")
 def test_weaker_parameters_are_upgraded_on_login() -> None:
     assert needs_rehash("scrypt$14$8$1$c2FsdA$aGFzaA")
 
