@@ -48,7 +48,7 @@ async def test_finished_work_returns_and_leaves_nothing_waiting() -> None:
 
     assert await cancel_on_disconnect(cycle.receive, work()) == 7
     assert cycle.calls == 1
-    assert not cycle.event._waiters  # type: ignore[attr-defined]  # the pending receive was closed
+    assert not cycle.event._waiters  # the pending receive was closed
 
 
 @pytest.mark.parametrize("bare_yield", [False, True])
@@ -108,7 +108,7 @@ async def test_errors_of_the_work_reach_the_caller_as_themselves() -> None:
 
     with pytest.raises(ValueError, match="bad body"):
         await cancel_on_disconnect(cycle.receive, work())
-    assert not cycle.event._waiters  # type: ignore[attr-defined]
+    assert not cycle.event._waiters
 
 
 async def test_a_failing_receive_ends_the_watch_not_the_work() -> None:
