@@ -121,7 +121,8 @@ class _DisconnectWatch:
     """Waits for ``http.disconnect`` on ``receive`` without a task of its own, then cancels
     ``scope``: the coroutine of each ``receive()`` call is sent into by hand, as a task would,
     each time the future it waits on completes (an asyncio task per request, created, stepped,
-    cancelled and stepped again, cost ~100k instructions; bench/RESULTS.md). Messages other than
+    cancelled and stepped again, made the wrapper cost ~72k instructions a request, ~50k without
+    it; bench/disconnect_cost.py). Messages other than
     a disconnect (a body the route already read to its end) are read past, as before."""
 
     __slots__ = ("_coro", "_receive", "_scope", "_waiting")
@@ -145,6 +146,8 @@ class _DisconnectWatch:
                     return
                 self._coro = _as_coroutine(self._receive())
                 continue
+            except (KeyboardInterrupt, SystemExit):
+                raise
             except BaseException:
                 # The server's receive failed: stop watching, as the watcher task would have.
                 self._coro = None
