@@ -40,8 +40,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_up(url: str) -> None:
-    deadline = time.monotonic() + 30
+def wait_up(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             httpx.get(url, timeout=1)

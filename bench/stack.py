@@ -56,11 +56,16 @@ class Stack:
         redis_url: str = "redis://127.0.0.1:6379/2",
         extra_config: str = "",
         gateway_cpus: str | None = None,
+        serve_prefix: tuple[str, ...] = (),
+        startup_s: float = 30,
     ) -> None:
         self.workers = workers
         self.redis_url = redis_url
         self.extra_config = extra_config
         self.gateway_cpus = gateway_cpus
+        # e.g. valgrind: the server runs as ``prefix python tollway serve`` (bench/callgrind_request.py)
+        self.serve_prefix = serve_prefix
+        self.startup_s = startup_s
         self.work = Path(tempfile.mkdtemp(prefix="tollway-stack-"))
         self.config = self.work / "tollway.toml"
         self.db_name = f"tollway_stack_{os.getpid()}_{time.monotonic_ns()}"
@@ -121,11 +126,13 @@ max_output_tokens = 16384
             subprocess.Popen([sys.executable, str(HERE / "canned_upstream.py"), str(self.upstream_port)])
         )
         serve = [str(VENV_BIN / "tollway"), "--config", str(self.config), "serve"]
+        if self.serve_prefix:
+            serve = [*self.serve_prefix, sys.executable, *serve]
         if self.gateway_cpus:
             serve = ["taskset", "-c", self.gateway_cpus, *serve]
         self.processes.append(subprocess.Popen(serve, stdout=subprocess.DEVNULL))
         wait_up(f"http://127.0.0.1:{self.upstream_port}/")
-        wait_up(f"{self.url}/healthz")
+        wait_up(f"{self.url}/healthz", self.startup_s)
         if self.workers > 1:
             deadline = time.monotonic() + 60
             while len(self.serving_pids()) < self.workers and time.monotonic() < deadline:
