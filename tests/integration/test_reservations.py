@@ -57,7 +57,12 @@ async def test_reservation_refuses_each_limit_kind_with_its_own_error(meter: tup
     await m.reserve(account_id, 1, "req_rpm_1", limits=KeyLimits(5, rpm_limit=1), now=NOW)
     with pytest.raises(RateLimitExceeded, match="1 requests per minute") as rpm:
         await m.reserve(account_id, 1, "req_rpm_2", limits=KeyLimits(5, rpm_limit=1), now=NOW)
-    assert rpm.value.headers == {"Retry-After": "30"}  # the rest of the minute
+    assert rpm.value.headers == {  # the rest of the minute, and the limit that refused in OpenAI's names
+        "Retry-After": "30",
+        "x-ratelimit-limit-requests": "1",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "30s",
+    }
     assert await m.available_micro(account_id) == 10_000 - 1  # refusals took nothing
 
 
