@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import httpx
 
 from functions.invocations import ErrorType
-from tests.fakes.function_calls import Served, make_function, served, third_party  # noqa: F401
+from tests.fakes.function_calls import Recorded, Served, make_function, served, third_party  # noqa: F401
 from tests.fakes.third_party import BINARY, SSE_FIRST
 
 ORIGIN = "https://app.example.com"
@@ -248,7 +248,7 @@ def test_function_runtime_ledger_sees_every_call_once(served: Served) -> None:
     ids = [r.headers["x-request-id"] for r in (ok, limited, refused_early)]
     assert len(set(ids)) == 3
 
-    def finished(request_id: str) -> list[Any]:
+    def finished(request_id: str) -> list[Recorded]:
         # A call is finished once its answer has gone out: on a busy machine the client may read
         # the answer before the finish is recorded, so wait (bounded) for it rather than race it.
         deadline = time.monotonic() + 15
