@@ -2,7 +2,9 @@
 
 The gateway's client already carries ``x-api-key`` and ``anthropic-version``. Unlike the
 OpenAI adapter, streams cannot be forwarded byte for byte: each Anthropic event is decoded
-and re-encoded as OpenAI chunks by :class:`StreamTranslator`.
+and re-encoded as OpenAI chunks by :class:`StreamTranslator`. A client that speaks Messages
+itself is served by :meth:`AnthropicAdapter.create_message` / :meth:`open_message_stream`,
+which send its body as it is and read only what is metered (:mod:`providers.anthropic.native`).
 """
 
 from __future__ import annotations
