@@ -219,3 +219,22 @@ def test_messages_native_upstream_refusal_is_anthropic_shaped(
         sdk(gateway).messages.create(model=CLAUDE, max_tokens=50, messages=HELLO)
     (record,) = gateway.usage_records()
     assert record.status_code == 429 and record.credits_micro == 0 and gateway.balance_micro() == OPENING
+
+
+def test_messages_native_lying_usage_is_counted_and_flagged(claude_gateway: tuple[Gateway, FakeAnthropic]) -> None:
+    gateway, claude = claude_gateway
+    claude.input_tokens = -5  # not a count: the gateway counts the prompt and the answer itself
+    message = sdk(gateway).messages.create(model=CLAUDE, max_tokens=50, messages=HELLO)
+    assert message.model == CLAUDE
+    (record,) = gateway.usage_records()
+    assert record.anomaly == "malformed_usage" and record.input_tokens > 0 and record.output_tokens > 0
+    assert record.cached_tokens == 0 and gateway.balance_micro() == OPENING - record.credits_micro > 0
+
+
+def test_messages_native_retry_sends_the_same_body(claude_gateway: tuple[Gateway, FakeAnthropic]) -> None:
+    gateway, claude = claude_gateway
+    claude.fail_status, claude.fail_times = 529, 1  # the first attempt is overloaded, the retry serves
+    message = sdk(gateway).messages.create(model=CLAUDE, max_tokens=50, messages=HELLO, extra_body={"top_k": 2})
+    assert message.content[0].type == "text" and claude.served == 1
+    assert [request.body["top_k"] for request in claude.received] == [2, 2]
+    assert len(gateway.usage_records()) == 1 and gateway.balance_micro() == OPENING - CLAUDE_COST
