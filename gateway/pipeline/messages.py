@@ -1,5 +1,6 @@
 """``POST /v1/messages`` and ``/v1/messages/count_tokens``: Anthropic's Messages API, served by
-any configured model through the chat pipeline.
+any configured model through the chat pipeline; a model served only by Anthropic adapters
+gets the client's body passed through instead (:mod:`gateway.pipeline.messages_native`).
 
 The request is translated to a chat body (:mod:`providers.dialects.messages`) and run through
 :func:`gateway.pipeline.chat.chat_completions` as it is: the same security chain, hold,
@@ -25,6 +26,7 @@ from litestar.response import Stream
 from billing.tokens import count_chat_tokens, prompt_fields
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.pipeline.chat import chat_completions, count_tokens
+from gateway.pipeline.messages_native import native_message, serves_natively
 from gateway.pipeline.metered import Admission, find_model
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate, authorize_models
@@ -85,10 +87,13 @@ async def create_message(
     try:
         check_version(carried.get(VERSION_HEADER))
         request = parse_request(raw_body, MessagesRequest)
-        chat_body = to_chat_body(request)
+        native = serves_natively(state, request)
+        chat_body = {} if native else to_chat_body(request)
     except InvalidMessagesRequest as error:
         await _refuse(state, carried, facts, request_id, error)
         raise AssertionError("unreachable: _refuse always raises") from error
+    if native:
+        return await native_message(state, carried, facts, raw_body, request_id, request)
     answer = await chat_completions(state, carried, facts, _encoder.encode(chat_body), request_id)
     ident = message_id(request_id)
     if isinstance(answer, Stream):

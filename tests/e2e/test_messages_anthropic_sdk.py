@@ -268,7 +268,7 @@ def test_messages_anthropic_upstream_keeps_cache_usage(kinds: tuple[Gateway, Fak
     gateway, claude, _ = kinds
     message = sdk(gateway).messages.create(model=CLAUDE, max_tokens=100, system="Be brief.", messages=HELLO)
     assert message.content[0].type == "text" and message.content[0].text == "Hello from the fake Claude"
-    # The upstream's usage comes back as it was sent, through the chat round trip.
+    # An Anthropic model is passed through (test_messages_native.py): its usage comes back as sent.
     usage = message.usage
     assert (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (21, 4, 2)
     assert usage.output_tokens == 5

@@ -227,3 +227,58 @@ async def test_anthropic_unreachable_upstream_is_unavailable() -> None:
             await adapter.open_stream(call())
     finally:
         await adapter.aclose()
+
+
+# ---------------------------------------------------------------- Messages passed through as they are
+
+NATIVE_BODY: dict[str, Any] = {
+    "model": MODEL,
+    "max_tokens": 64,
+    "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+    "messages": [{"role": "user", "content": "Say hello"}],
+    "top_k": 4,
+}
+
+
+async def test_anthropic_native_message_is_the_upstreams(
+    fake: tuple[FakeAnthropic, str], adapter: AnthropicAdapter
+) -> None:
+    upstream, _ = fake
+    answer = await adapter.create_message(NATIVE_BODY)
+    assert upstream.received[-1].body == NATIVE_BODY  # not translated, nothing added
+    assert json.loads(answer.raw) == answer.body and answer.body["model"] == MODEL
+    # Anthropic's 21 fresh input tokens plus 7 read from and 3 written to the cache.
+    assert answer.usage == Usage(input_tokens=31, output_tokens=5, cached_input_tokens=7, cache_write_tokens=3)
+    assert answer.text == "Hello from the fake Claude"
+
+
+async def test_anthropic_native_stream_events(fake: tuple[FakeAnthropic, str], adapter: AnthropicAdapter) -> None:
+    upstream, _ = fake
+    stream = await adapter.open_message_stream(NATIVE_BODY)
+    events = [chunk async for chunk in stream]
+    assert upstream.received[-1].body == {**NATIVE_BODY, "stream": True}
+    assert "".join(chunk.text for chunk in events) == "Hello from the fake Claude"
+    assert [chunk.usage for chunk in events if chunk.usage is not None][-1] == Usage(
+        input_tokens=31, output_tokens=5, cached_input_tokens=7, cache_write_tokens=3
+    )
+    assert all(json.loads(chunk.data)["type"] for chunk in events)
+
+
+async def test_anthropic_native_refusals_keep_status_and_hide_auth_text(
+    fake: tuple[FakeAnthropic, str], adapter: AnthropicAdapter
+) -> None:
+    fake[0].fail_status = 429
+    for attempt in (adapter.create_message, adapter.open_message_stream):
+        with pytest.raises(UpstreamHTTPError) as limited:
+            await attempt(NATIVE_BODY)
+        assert limited.value.status_code == 429 and limited.value.retryable
+    fake[0].fail_status = 0
+    wrong = AnthropicAdapter("claude", client_for(fake[1], api_key="sk-ant-wrong-key"))
+    try:
+        for attempt in (wrong.create_message, wrong.open_message_stream):
+            with pytest.raises(UpstreamHTTPError) as refused:
+                await attempt(NATIVE_BODY)
+            assert (refused.value.status_code, refused.value.code) == (502, "upstream_auth_failed")
+            assert "sk-ant-wrong-key" not in refused.value.message
+    finally:
+        await wrong.aclose()
