@@ -492,6 +492,12 @@ def validate_settings(settings: Settings) -> None:
             raise SettingsError(
                 f"providers.{name}.responses_api: kind {provider.kind!r} does not pass JSON routes through"
             )
+        if provider.responses_api and provider.kind == "azure":
+            # Azure serves the Responses API on its v1 API only, not under deployment URLs.
+            raise SettingsError(
+                f"providers.{name}.responses_api: Azure serves the Responses API on its v1 API; configure "
+                'it as kind = "openai" with base_url = "https://<resource>.openai.azure.com/openai/v1"'
+            )
     for slug, model in settings.models.items():
         if "/" not in slug:
             raise SettingsError(f"models.{slug!r}: model slugs are provider/model")
