@@ -79,7 +79,7 @@ class NativeView(RoutedView, kw_only=True):
     """The fields of a Responses request the gateway reads; the rest goes upstream unread."""
 
     input: str | Annotated[list[Any], msgspec.Meta(min_length=1)]
-    instructions: str | None = None
+    instructions: str | list[Any] | None = None  # a string, or input items (as input is)
     tools: list[dict[str, Any]] | None = None
     stream: bool = False
     max_output_tokens: MaxTokens | None = None
@@ -172,19 +172,21 @@ def _check(view: NativeView) -> None:
 
 
 def _walk(value: Any, texts: list[str]) -> int:
-    """The strings of an input (appended to ``texts``); returns how many media parts it holds."""
-    media = 0
-    if isinstance(value, str):
-        texts.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            media += _walk(item, texts)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if key in _MEDIA_KEYS:
-                media += 1
-            elif key != "type":
-                media += _walk(item, texts)
+    """The strings of an input (appended to ``texts``); returns how many media parts it holds.
+    A loop, not recursion: a body nested as deep as the JSON decoder allows must not overflow."""
+    media, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, list):
+            pending.extend(reversed(item))
+        elif isinstance(item, dict):
+            for key, member in reversed(item.items()):
+                if key in _MEDIA_KEYS:
+                    media += 1
+                elif key != "type":
+                    pending.append(member)
     return media
 
 
@@ -194,9 +196,7 @@ class NativePrompt:
 
     def __init__(self, raw_size: int, view: NativeView, model: str) -> None:
         self._texts: list[str] = []
-        media = _walk(view.input, self._texts)
-        if view.instructions:
-            self._texts.append(view.instructions)
+        media = _walk(view.input, self._texts) + _walk(view.instructions, self._texts)
         if view.tools:
             self._texts.append(_encoder.encode(view.tools).decode())
         self._items = len(view.input) if isinstance(view.input, list) else 1

@@ -96,3 +96,11 @@ def test_responses_api_only_where_json_routes_pass_through() -> None:
             validate_settings(
                 Settings(providers={"p": ProviderSettings(kind=kind, base_url=base_url, responses_api=True)})
             )
+
+
+def test_deeply_nested_input_is_walked_without_recursion() -> None:
+    nested: Any = "deep"
+    for _ in range(5000):
+        nested = [{"content": nested}]
+    prompt = NativePrompt(20_000, NativeView(model="m/x", input=nested), "gpt-4o-mini")
+    assert asyncio.run(prompt.exact()) >= 1 and prompt.bound >= 20_000
