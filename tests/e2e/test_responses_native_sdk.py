@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.settings import ProviderSettings
+from gateway.settings import ProviderSettings, Settings
 from tests.fakes.gateway_fixtures import (
     FAKE_MODEL,
     Backend,
@@ -29,24 +29,18 @@ STREAM_TEXT = "Héllo 👋"  # the golden stream's deltas, joined
 GOLDEN_COST = expected_cost_micro(prompt=19, completion=10, cached=4)
 
 
-@pytest.fixture
-def native(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
+def _native_settings(backend: Backend, fake_openai: FakeOpenAI) -> Settings:
     base = gateway_settings(backend, fake_openai)
     provider = base.providers["fake"]
-    settings = gateway_settings(
-        backend,
-        fake_openai,
-        providers={
-            "fake": ProviderSettings(
-                kind="openai",
-                base_url=provider.base_url,
-                api_key=provider.api_key,
-                read_timeout_s=5.0,
-                responses_api=True,
-            )
-        },
+    native = ProviderSettings(
+        kind="openai", base_url=provider.base_url, api_key=provider.api_key, read_timeout_s=5.0, responses_api=True
     )
-    gateway, server = start_gateway(settings, fake_openai)
+    return gateway_settings(backend, fake_openai, providers={"fake": native})
+
+
+@pytest.fixture
+def native(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
+    gateway, server = start_gateway(_native_settings(backend, fake_openai), fake_openai)
     try:
         yield gateway
     finally:
@@ -186,3 +180,18 @@ def test_native_bad_requests_are_400_before_the_upstream(native: Gateway) -> Non
     assert native.fake.received == []
     assert [(r.status_code, r.credits_micro) for r in native.usage_records()] == [(400, 0)] * len(BAD)
     assert native.balance_micro() == OPENING
+
+
+def test_native_output_is_fitted_to_the_balance(backend: Backend, fake_openai: FakeOpenAI) -> None:
+    """One credit holds about 1,600 output tokens at this price, not the model's 16,384: without a
+    cap the output is lowered to what fits, sent upstream and named in X-Tollway-Max-Tokens."""
+    gateway, server = start_gateway(_native_settings(backend, fake_openai), fake_openai, credits_micro=1_000_000)
+    try:
+        raw = sdk(gateway).responses.with_raw_response.create(model=FAKE_MODEL, input="Say hello")
+        fitted = int(raw.headers["x-tollway-max-tokens"])
+        assert 1 <= fitted < 16384 and fake_openai.received[-1].body["max_output_tokens"] == fitted
+        (record,) = gateway.usage_records()
+        assert record.credits_micro == GOLDEN_COST and gateway.debit_count(record.request_id) == 1
+        assert gateway.balance_micro() == 1_000_000 - GOLDEN_COST
+    finally:
+        server.stop()
