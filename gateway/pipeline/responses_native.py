@@ -33,6 +33,7 @@ from gateway.pipeline.chat import count_tokens, view_of
 from gateway.pipeline.common import Lazy, RoutedView, bill_json, decode_reply
 from gateway.pipeline.metered import (
     Admission,
+    Admitted,
     DeadlineStream,
     MeteredCall,
     billable_usage,
@@ -233,6 +234,27 @@ def _output_text(answer: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+async def _admit(
+    door: Admission, raw: bytes, body: dict[str, Any]
+) -> tuple[NativeView, NativePrompt, Admitted, int | None]:
+    """Parse, plan (the deployments that serve the API themselves) and reserve; the output
+    fitted to the balance when the client set no cap and the whole of it does not fit."""
+    state = door.state
+    view = view_of(body, NativeView)
+    _check(view)
+    plan = door.plan(view, route=ROUTE, categories=TEXT, serves=lambda _adapter: True)
+    plan = [served for served in plan if serves_natively(state, served.provider)]
+    if not plan:
+        raise InvalidRequest(f"the provider of model {view.model!r} does not serve {ROUTE}", param="model")
+    prompt = NativePrompt(len(raw), view, plan[0].upstream_model)
+    output = OutputRequest(asked=view.max_output_tokens, choices=1)
+    try:
+        return view, prompt, await door.reserve(plan, tokens_worst_case(plan, prompt.bound, output)), None
+    except (OutOfBudget, RateLimitExceeded):
+        admitted, fitted = await door.reserve_output(plan, await prompt.exact(), output)
+        return view, prompt, admitted, fitted
+
+
 async def native_response(
     state: GatewayState,
     headers: Mapping[str, str],
@@ -242,19 +264,8 @@ async def native_response(
     request_id: str,
 ) -> Response[bytes] | Stream:
     async with Admission(state, headers, facts, request_id) as door:
-        view = view_of(body, NativeView)
-        _check(view)
-        plan = door.plan(view, route=ROUTE, categories=TEXT, serves=lambda _adapter: True)
-        plan = [served for served in plan if serves_natively(state, served.provider)]
-        if not plan:
-            raise InvalidRequest(f"the provider of model {view.model!r} does not serve {ROUTE}", param="model")
-        prompt = NativePrompt(len(raw), view, plan[0].upstream_model)
-        output = OutputRequest(asked=view.max_output_tokens, choices=1)
-        try:
-            admitted, fitted = await door.reserve(plan, tokens_worst_case(plan, prompt.bound, output)), None
-        except (OutOfBudget, RateLimitExceeded):
-            admitted, fitted = await door.reserve_output(plan, await prompt.exact(), output)
-    asked = fitted or output.asked
+        view, prompt, admitted, fitted = await _admit(door, raw, body)
+    asked = fitted or view.max_output_tokens
     extra = {"X-Tollway-Max-Tokens": str(fitted)} if fitted else {}
 
     def forwarded(served: CatalogModel) -> dict[str, Any]:
@@ -321,6 +332,8 @@ class _EventMeter:
         self.reported: Usage | None = None
         self.sequence = -1
         self.upstream_model = ""
+        self.final: tuple[str, bytes] | None = None  # the final event: its type and data
+        self.upstream_failed = False  # the upstream said so itself (an error event, response.failed)
         self._prompt_tokens = prompt_tokens
         self._old: tuple[bytes, ...] = ()
         self._new = member_bytes("model", call.served.slug)[0]
@@ -337,6 +350,21 @@ class _EventMeter:
         if type(event.sequence_number) is int:
             self.sequence = max(self.sequence, event.sequence_number)
         return event
+
+    def forward(self, batch: list[StreamChunk]) -> list[bytes]:
+        """The SSE bytes of one upstream read; the final event is kept back (``self.final``)."""
+        out: list[bytes] = []
+        for chunk in batch:
+            event = self.read(chunk)
+            if event.type in FINAL_EVENTS:
+                self.reported = _view_usage(event.response.usage if event.response else None)
+                self.final = (event.type, chunk.data)
+                self.upstream_failed = self.upstream_failed or event.type == "response.failed"
+                continue
+            self.upstream_failed = self.upstream_failed or event.type == "error"
+            data = self.named(chunk, event) if event.type in MODEL_EVENTS else chunk.data
+            out.append(_sse(event.type or "message", data))
+        return out
 
     def named(self, chunk: StreamChunk, event: EventView) -> bytes:
         """The event with the slug as its response's model (in its bytes when it can be)."""
@@ -395,32 +423,21 @@ async def _events(
     """The client's stream; it owns the hold and settles it exactly once, however it ends."""
     state, ctx, served = call.state, call.ctx, call.served
     meter = _EventMeter(call, prompt_tokens)
-    final: tuple[str, bytes] | None = None
     failure: ProviderError | None = None
     status, error_code, cancelled, settled = 200, "", False, False
     checkpointed = time.monotonic()
     try:
         try:
             async for batch in _batches(stream):
-                out: list[bytes] = []
-                for chunk in batch:
-                    event = meter.read(chunk)
-                    if event.type in FINAL_EVENTS:
-                        meter.reported = _view_usage(event.response.usage if event.response else None)
-                        final = (event.type, chunk.data)
-                        if event.type == "response.failed":
-                            status, error_code = 502, "upstream_error"
-                        continue
-                    if event.type == "error":
-                        status, error_code = 502, "upstream_error"
-                    data = meter.named(chunk, event) if event.type in MODEL_EVENTS else chunk.data
-                    out.append(_sse(event.type or "message", data))
+                out = meter.forward(batch)
                 if time.monotonic() - checkpointed >= CHECKPOINT_S:
                     checkpointed = time.monotonic()
                     await call.checkpoint((await meter.billable())[0])
                 if out:
                     yield b"".join(out)
-            if final is None and status == 200:
+            if meter.upstream_failed:
+                status, error_code = 502, "upstream_error"  # its own error event went to the client
+            elif meter.final is None:
                 raise UpstreamBadResponse(
                     f"upstream {served.provider} ended the stream before its final event", provider=served.provider
                 )
@@ -432,8 +449,8 @@ async def _events(
         bill = await call.settle(usage, status_code=status, error_code=error_code, anomaly=anomaly)
         meta = tollway_meta(state, ctx, served, usage, bill.cost_micro, meter.upstream_model)
         tail: list[bytes] = []
-        if final is not None:
-            tail.append(_sse(final[0], _final_with_meta(final[1], meta, served.slug)))
+        if meter.final is not None:
+            tail.append(_sse(meter.final[0], _final_with_meta(meter.final[1], meta, served.slug)))
         if failure is not None:
             tail.append(_sse("error", _error_event(failure, meta, meter.sequence + 1)))
         if tail:
