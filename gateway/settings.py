@@ -22,6 +22,7 @@ import msgspec
 from billing.money import MoneyError, credits_to_micro
 from billing.payments.packages import CreditPackage, PackageError
 from billing.pricing import UsdPrices
+from providers.base import Capability
 from providers.registry import KINDS, UnknownProviderKind, provider_kind
 
 Category = Literal["text", "embedding", "image", "video", "stt", "tts"]
@@ -52,6 +53,10 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     catalogue_models: bool = False  # offer every model of this vendor in the shipped price list
     headers: dict[str, str] = {}
     api_version: str = ""  # azure: the api-version query parameter
+    # The upstream serves OpenAI's Responses API at POST {base_url}/responses (api.openai.com,
+    # Azure's v1 API): /v1/responses is then passed through to it instead of being translated
+    # to chat completions. Only for kinds that pass JSON routes through (openai, azure, …).
+    responses_api: bool = False
 
     @property
     def effective_base_url(self) -> str:
@@ -483,6 +488,16 @@ def validate_settings(settings: Settings) -> None:
             raise SettingsError(f"providers.{name}.kind: {error}") from error
         if kind.needs_upstream and not provider.effective_base_url:
             raise SettingsError(f"providers.{name}.base_url is required for kind {provider.kind!r}")
+        if provider.responses_api and Capability.JSON not in kind.capabilities:
+            raise SettingsError(
+                f"providers.{name}.responses_api: kind {provider.kind!r} does not pass JSON routes through"
+            )
+        if provider.responses_api and provider.kind == "azure":
+            # Azure serves the Responses API on its v1 API only, not under deployment URLs.
+            raise SettingsError(
+                f"providers.{name}.responses_api: Azure serves the Responses API on its v1 API; configure "
+                'it as kind = "openai" with base_url = "https://<resource>.openai.azure.com/openai/v1"'
+            )
     for slug, model in settings.models.items():
         if "/" not in slug:
             raise SettingsError(f"models.{slug!r}: model slugs are provider/model")

@@ -1,4 +1,5 @@
-"""``POST /v1/responses`` (OpenAI's Responses API), served statelessly over the chat pipeline.
+"""``POST /v1/responses`` (OpenAI's Responses API), served statelessly over the chat pipeline
+(or passed through to a provider that serves the API itself: :mod:`.responses_native`).
 
 The request is translated into a chat-completions body (:mod:`providers.dialects.responses`)
 and run through :func:`gateway.pipeline.chat.chat_completions` unchanged, so it gets the same
@@ -23,6 +24,7 @@ from litestar.response import Stream
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.pipeline.chat import chat_completions, decode_object
 from gateway.pipeline.metered import Admission
+from gateway.pipeline.responses_native import goes_native, native_response
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
 from providers.dialects.responses import (
@@ -60,7 +62,13 @@ async def create_response(
             f"a responses request may be at most {state.settings.max_chat_body_bytes} bytes (max_chat_body_bytes)"
         )
     try:
-        request, chat = chat_body_from_responses(decode_object(raw_body))
+        body = decode_object(raw_body)
+    except GatewayError as error:
+        await _refuse(state, headers, facts, request_id, error)
+    if goes_native(state, body):
+        return await native_response(state, headers, facts, raw_body, body, request_id)
+    try:
+        request, chat = chat_body_from_responses(body)
     except GatewayError as error:
         await _refuse(state, headers, facts, request_id, error)
     except ResponsesRequestError as error:

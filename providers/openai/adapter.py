@@ -21,6 +21,7 @@ from providers.openai.errors import http_error
 from providers.sse import SSEEvent
 
 _DONE = b"[DONE]"
+RESPONSES_ROUTE = "/responses"
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -65,11 +66,16 @@ class OpenAIAdapter:
         return await self.open_json_stream("/chat/completions", call.upstream_model, call.body)
 
     async def open_json_stream(self, route: str, upstream_model: str, body: dict[str, Any]) -> SSEStream:
-        body = with_stream_usage({**body, "stream": True})
+        # The Responses API reports usage on its final event unasked, and refuses the chat
+        # streams' stream_options.include_usage; its events are not chat chunks either.
+        responses = route == RESPONSES_ROUTE
+        body = {**body, "stream": True} if responses else with_stream_usage({**body, "stream": True})
         request = self._client.build_request(
             "POST", self._path_for(route, upstream_model), content=_json_encoder.encode(body), headers=_JSON_SSE
         )
         response = await open_streaming(self._client, request, self.name, self._http_error)
+        if responses:
+            return SSEStream(response, self.name, _as_sent, end_marker=_DONE)
         return SSEStream(response, self.name, self._stream_chunks, end_marker=_DONE)
 
     def _stream_chunks(self, event: SSEEvent) -> tuple[StreamChunk]:
@@ -103,6 +109,11 @@ class OpenAIAdapter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _as_sent(event: SSEEvent) -> tuple[StreamChunk]:
+    """A Responses API event, untouched: the gateway reads what it meters itself."""
+    return (StreamChunk(data=event.data),)
 
 
 _JSON = {"content-type": "application/json"}

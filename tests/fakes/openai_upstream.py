@@ -16,6 +16,7 @@ from email.policy import default
 from typing import Any
 
 from tests.fakes.asgi import ReceivedRequest, read_request, serve_lifespan
+from tests.fakes.responses_upstream import golden_usage, response_body, stream_events
 
 Scope = dict[str, Any]
 
@@ -293,6 +294,22 @@ class FakeOpenAI:
             await _body(send, b"data: " + json.dumps({**base, "choices": [], "usage": self.usage()}).encode() + b"\n\n")
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
+    async def _responses(self, request: dict[str, Any], send: Any, receive: Any) -> None:
+        """The Responses API (api.openai.com's ``POST /v1/responses``): its events one write each."""
+        usage = None if self.omit_usage else (self.usage_override or golden_usage())
+        if not request.get("stream"):
+            await _json(send, 200, response_body(request["model"], usage))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for index, event in enumerate(stream_events(request["model"], usage)):
+            if self.stream_error_after is not None and index >= self.stream_error_after:
+                raise ConnectionAbortedError("fake upstream dies mid-stream")
+            if self.chunk_delay_s and await _disconnected_within(receive, self.chunk_delay_s):
+                self.disconnected += 1  # the gateway closed its upstream stream
+                return
+            await _body(send, event)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def _images(self, request: dict[str, Any], send: Any, receive: Any) -> None:
         count = int(request.get("n") or 1)
         data = [{"b64_json": "iVBORw0KGgo=", "revised_prompt": request["prompt"]} for _ in range(count)]
@@ -342,6 +359,7 @@ _ROUTES = {
     "/v1/videos": "_video_create",
     "/v1/embeddings": "_embeddings",
     "/v1/completions": "_completions",
+    "/v1/responses": "_responses",
     "/v1/images/generations": "_images",
     "/v1/audio/speech": "_speech",
     "/v1/audio/transcriptions": "_transcriptions",
