@@ -29,7 +29,9 @@ from gateway.pipeline.metered import (
     CallContext,
     DeadlineStream,
     MeteredCall,
+    StreamEnd,
     billable_usage,
+    stream_batches,
     tollway_meta,
     upstream_body,
 )
@@ -375,13 +377,12 @@ async def _stream_body(
     # same read, so the hold costs no latency.
     held: bytes | None = None
     failure: ProviderError | None = None
-    status, error_code, cancelled, settled = 200, "", False, False
     checkpointed = time.monotonic()
-    try:
+    async with StreamEnd(call, stream, meter.billable) as end:
         try:
             # What one upstream read brought goes out as one write, the chunks' bytes untouched
             # but for the model's name.
-            async for batch in _batches(stream):
+            async for batch in stream_batches(stream):
                 out: list[bytes] = []
                 for chunk in batch:
                     if chunk.text:
@@ -410,11 +411,9 @@ async def _stream_body(
                 if out:
                     yield b"".join(out)
         except ProviderError as error:
-            failure, status, error_code = error, error.status_code, error.code
-        await stream.aclose()
-        usage, anomaly = await meter.billable()
-        settled = True
-        bill = await call.settle(usage, status_code=status, error_code=error_code, anomaly=anomaly)
+            failure = error
+            end.failed(error)
+        usage, bill = await end.settle()
         meta = tollway_meta(state, ctx, served, usage, bill.cost_micro, slugs.upstream)
         tail: list[bytes] = []
         if held is not None:
@@ -426,27 +425,6 @@ async def _stream_body(
                 tail.append(_sse(_usage_chunk(ctx, served, usage, meta, object_name)))
             tail.append(b"data: [DONE]\n\n")
         yield b"".join(tail)
-    except GeneratorExit:
-        cancelled = True
-        raise
-    except BaseException as error:
-        if isinstance(error, anyio.get_cancelled_exc_class()):
-            cancelled = True
-        else:
-            status, error_code = 500, "internal_error"
-        raise
-    finally:
-        if not settled:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-                usage, anomaly = await meter.billable()
-                await call.settle(
-                    usage,
-                    status_code=499 if cancelled else status,
-                    error_code="client_disconnected" if cancelled else error_code,
-                    cancelled=cancelled,
-                    anomaly=anomaly,
-                )
 
 
 def with_meta(raw: bytes | None, body: dict[str, Any], meta: dict[str, Any]) -> bytes:
@@ -458,16 +436,6 @@ def with_meta(raw: bytes | None, body: dict[str, Any], meta: dict[str, Any]) -> 
             return spliced
     body["_tollway"] = meta
     return _encoder.encode(body)
-
-
-def _batches(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
-    grouped = getattr(stream, "batches", None)
-    return grouped() if grouped is not None else _one_by_one(stream)
-
-
-async def _one_by_one(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
-    async for chunk in stream:
-        yield [chunk]
 
 
 def _with_meta(data: bytes, meta: dict[str, Any]) -> bytes:

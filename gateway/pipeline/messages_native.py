@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import anyio
 import msgspec
 from litestar import Response
 from litestar.response import Stream
@@ -30,7 +29,15 @@ from billing.money import format_credits
 from billing.tokens import chat_tokens_upper_bound, count_chat_tokens, count_text_tokens, prompt_fields
 from gateway.catalog import CatalogModel
 from gateway.pipeline.chat import CHECKPOINT_S, count_tokens, decode_object, view_of, with_meta, with_slug
-from gateway.pipeline.metered import Admission, DeadlineStream, MeteredCall, billable_usage, tollway_meta, upstream_body
+from gateway.pipeline.metered import (
+    Admission,
+    DeadlineStream,
+    MeteredCall,
+    StreamEnd,
+    billable_usage,
+    tollway_meta,
+    upstream_body,
+)
 from gateway.pipeline.splice import member_bytes, with_replaced
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
@@ -282,9 +289,8 @@ async def _stream_body(call: MeteredCall, stream: DeadlineStream, prompt: Native
     the stream ends (its end, an upstream break, the client hanging up)."""
     meter = _NativeMeter(call, prompt)
     failure: ProviderError | None = None
-    status, error_code, cancelled, settled = 200, "", False, False
     checkpointed = time.monotonic()
-    try:
+    async with StreamEnd(call, stream, meter.billable) as end:
         try:
             async for batch in stream.batches():
                 out = [await meter.frame(chunk) for chunk in batch]
@@ -294,32 +300,9 @@ async def _stream_body(call: MeteredCall, stream: DeadlineStream, prompt: Native
                     await call.checkpoint((await meter.billable())[0])
                 yield b"".join(out)
         except ProviderError as error:
-            failure, status, error_code = error, error.status_code, error.code
-        await stream.aclose()
-        usage, anomaly = await meter.billable()
-        settled = True
-        bill = await call.settle(usage, status_code=status, error_code=error_code, anomaly=anomaly)
+            failure = error
+            end.failed(error)
+        usage, bill = await end.settle()
         if failure is not None:
             meta = tollway_meta(call.state, call.ctx, call.served, usage, bill.cost_micro, meter.upstream_model)
             yield _error_frame(failure, meta)
-    except GeneratorExit:
-        cancelled = True
-        raise
-    except BaseException as error:
-        if isinstance(error, anyio.get_cancelled_exc_class()):
-            cancelled = True
-        else:
-            status, error_code = 500, "internal_error"
-        raise
-    finally:
-        if not settled:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-                usage, anomaly = await meter.billable()
-                await call.settle(
-                    usage,
-                    status_code=499 if cancelled else status,
-                    error_code="client_disconnected" if cancelled else error_code,
-                    cancelled=cancelled,
-                    anomaly=anomaly,
-                )

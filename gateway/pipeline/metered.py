@@ -544,6 +544,65 @@ class MeteredCall:
         await self.settle(Usage(), status_code=status, error_code=code, cancelled=cancelled)
 
 
+def stream_batches(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
+    """A stream's chunks grouped as each upstream read brought them (one client write each),
+    or one by one for a stream that cannot say."""
+    grouped = getattr(stream, "batches", None)
+    return grouped() if grouped is not None else _one_by_one(stream)
+
+
+async def _one_by_one(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
+    async for chunk in stream:
+        yield [chunk]
+
+
+class StreamEnd:
+    """How a metered stream ends, settled exactly once whichever way it ends: the body calls
+    :meth:`settle` at its normal end (after :meth:`failed` for an upstream error midway);
+    leaving the ``async with`` without it — the client gone (``GeneratorExit``, cancellation:
+    499 ``client_disconnected``) or a bug (500 ``internal_error``) — settles what was counted
+    so far, shielded, so a dropped stream still pays for what it was served.
+
+    ``billable`` gives the usage to bill and its anomaly (the reported usage, else a count)."""
+
+    def __init__(
+        self, call: MeteredCall, stream: ChatStream, billable: Callable[[], Awaitable[tuple[Usage, str]]]
+    ) -> None:
+        self._call, self._stream, self._billable = call, stream, billable
+        self.status_code, self.error_code = 200, ""
+        self._settled = False
+
+    def failed(self, error: ProviderError) -> None:
+        self.status_code, self.error_code = error.status_code, error.code
+
+    async def settle(self) -> tuple[Usage, Settlement]:
+        await self._stream.aclose()
+        usage, anomaly = await self._billable()
+        self._settled = True
+        bill = await self._call.settle(usage, status_code=self.status_code, error_code=self.error_code, anomaly=anomaly)
+        return usage, bill
+
+    async def __aenter__(self) -> StreamEnd:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
+        if self._settled:
+            return
+        cancelled = kind is GeneratorExit or isinstance(error, anyio.get_cancelled_exc_class())
+        if error is not None and not cancelled:
+            self.status_code, self.error_code = 500, "internal_error"
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+            usage, anomaly = await self._billable()
+            await self._call.settle(
+                usage,
+                status_code=499 if cancelled else self.status_code,
+                error_code="client_disconnected" if cancelled else self.error_code,
+                cancelled=cancelled,
+                anomaly=anomaly,
+            )
+
+
 async def billable_usage(reported: Usage | None, count: Callable[[], Awaitable[Usage]]) -> tuple[Usage, str]:
     """The usage to bill: the upstream's when it sent a believable one, else the gateway's own
     count (flagged when the upstream sent one that could not be believed)."""

@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
-import anyio
 import msgspec
 from litestar import Response
 from litestar.response import Stream
@@ -36,8 +35,10 @@ from gateway.pipeline.metered import (
     Admitted,
     DeadlineStream,
     MeteredCall,
+    StreamEnd,
     billable_usage,
     requested_models,
+    stream_batches,
     tollway_meta,
     upstream_body,
 )
@@ -424,11 +425,10 @@ async def _events(
     state, ctx, served = call.state, call.ctx, call.served
     meter = _EventMeter(call, prompt_tokens)
     failure: ProviderError | None = None
-    status, error_code, cancelled, settled = 200, "", False, False
     checkpointed = time.monotonic()
-    try:
+    async with StreamEnd(call, stream, meter.billable) as end:
         try:
-            async for batch in _batches(stream):
+            async for batch in stream_batches(stream):
                 out = meter.forward(batch)
                 if time.monotonic() - checkpointed >= CHECKPOINT_S:
                     checkpointed = time.monotonic()
@@ -436,17 +436,15 @@ async def _events(
                 if out:
                     yield b"".join(out)
             if meter.upstream_failed:
-                status, error_code = 502, "upstream_error"  # its own error event went to the client
+                end.status_code, end.error_code = 502, "upstream_error"  # its own error event went out
             elif meter.final is None:
                 raise UpstreamBadResponse(
                     f"upstream {served.provider} ended the stream before its final event", provider=served.provider
                 )
         except ProviderError as error:
-            failure, status, error_code = error, error.status_code, error.code
-        await stream.aclose()
-        usage, anomaly = await meter.billable()
-        settled = True
-        bill = await call.settle(usage, status_code=status, error_code=error_code, anomaly=anomaly)
+            failure = error
+            end.failed(error)
+        usage, bill = await end.settle()
         meta = tollway_meta(state, ctx, served, usage, bill.cost_micro, meter.upstream_model)
         tail: list[bytes] = []
         if meter.final is not None:
@@ -455,34 +453,3 @@ async def _events(
             tail.append(_sse("error", _error_event(failure, meta, meter.sequence + 1)))
         if tail:
             yield b"".join(tail)
-    except GeneratorExit:
-        cancelled = True
-        raise
-    except BaseException as error:
-        if isinstance(error, anyio.get_cancelled_exc_class()):
-            cancelled = True
-        else:
-            status, error_code = 500, "internal_error"
-        raise
-    finally:
-        if not settled:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-                usage, anomaly = await meter.billable()
-                await call.settle(
-                    usage,
-                    status_code=499 if cancelled else status,
-                    error_code="client_disconnected" if cancelled else error_code,
-                    cancelled=cancelled,
-                    anomaly=anomaly,
-                )
-
-
-def _batches(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
-    grouped = getattr(stream, "batches", None)
-    return grouped() if grouped is not None else _one_by_one(stream)
-
-
-async def _one_by_one(stream: ChatStream) -> AsyncIterator[list[StreamChunk]]:
-    async for chunk in stream:
-        yield [chunk]
