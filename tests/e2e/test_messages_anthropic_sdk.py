@@ -14,7 +14,6 @@ import httpx
 import pytest
 from anthropic.types import MessageParam, ToolParam
 
-from gateway.settings import ModelSettings, ProviderSettings
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gateway_fixtures import (
     FAKE_MODEL,
@@ -26,11 +25,10 @@ from tests.fakes.gateway_fixtures import (
 )
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.servers import ThreadedServer
+from tests.fakes.provider_kinds import CLAUDE, GEMINI, gateway_with_every_kind
 
 OPENING = 500_000_000
-CLAUDE = "anthropic/claude-sonnet-4-5"
-GEMINI = "google/gemini-2.5-flash"
+
 WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "Current weather",
@@ -50,44 +48,8 @@ def _micro(tokens: int, usd_per_mtok: str) -> int:
 
 @pytest.fixture
 def kinds(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, FakeAnthropic, FakeGemini]]:
-    claude, gemini = FakeAnthropic(cache_read_tokens=4, cache_creation_tokens=2), FakeGemini(cached_tokens=5)
-    servers = [ThreadedServer(claude).start(), ThreadedServer(gemini).start()]
-    base = gateway_settings(backend, fake_openai)
-    settings = gateway_settings(
-        backend,
-        fake_openai,
-        providers={
-            **base.providers,
-            "anthropic": ProviderSettings(kind="anthropic", base_url=servers[0].url, api_key=claude.api_key),
-            "google": ProviderSettings(kind="gemini", base_url=servers[1].url, api_key=gemini.api_key),
-        },
-        models={
-            **base.models,
-            CLAUDE: ModelSettings(
-                provider="anthropic",
-                upstream_model="claude-sonnet-4-5",
-                input_per_mtok=Decimal("3"),
-                output_per_mtok=Decimal("15"),
-                cached_input_per_mtok=Decimal("0.30"),
-                cache_write_per_mtok=Decimal("3.75"),
-                max_output_tokens=8192,
-            ),
-            GEMINI: ModelSettings(
-                provider="google",
-                upstream_model="gemini-2.5-flash",
-                input_per_mtok=Decimal("0.30"),
-                output_per_mtok=Decimal("2.50"),
-                cached_input_per_mtok=Decimal("0.075"),
-            ),
-        },
-    )
-    gateway, server = start_gateway(settings, fake_openai)
-    try:
-        yield gateway, claude, gemini
-    finally:
-        server.stop()
-        for upstream in servers:
-            upstream.stop()
+    with gateway_with_every_kind(backend, fake_openai) as (claude_gateway, claude, gemini):
+        yield claude_gateway, claude, gemini
 
 
 # ---------------------------------------------------------------- the OpenAI-compatible fake

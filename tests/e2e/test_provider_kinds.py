@@ -17,10 +17,8 @@ from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gateway_fixtures import FAKE_MODEL, Backend, Gateway, gateway_settings, start_gateway
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.servers import ThreadedServer
+from tests.fakes.provider_kinds import CLAUDE, GEMINI, gateway_with_every_kind
 
-CLAUDE = "anthropic/claude-sonnet-4-5"
-GEMINI = "google/gemini-2.5-flash"
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -33,44 +31,8 @@ WEATHER_TOOL = {
 
 @pytest.fixture
 def kinds(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, FakeAnthropic, FakeGemini]]:
-    anthropic, gemini = FakeAnthropic(cache_read_tokens=4, cache_creation_tokens=2), FakeGemini(cached_tokens=5)
-    servers = [ThreadedServer(anthropic).start(), ThreadedServer(gemini).start()]
-    base = gateway_settings(backend, fake_openai)
-    settings = gateway_settings(
-        backend,
-        fake_openai,
-        providers={
-            **base.providers,
-            "anthropic": ProviderSettings(kind="anthropic", base_url=servers[0].url, api_key=anthropic.api_key),
-            "google": ProviderSettings(kind="gemini", base_url=servers[1].url, api_key=gemini.api_key),
-        },
-        models={
-            **base.models,
-            CLAUDE: ModelSettings(
-                provider="anthropic",
-                upstream_model="claude-sonnet-4-5",
-                input_per_mtok=Decimal("3"),
-                output_per_mtok=Decimal("15"),
-                cached_input_per_mtok=Decimal("0.30"),
-                cache_write_per_mtok=Decimal("3.75"),
-                max_output_tokens=8192,
-            ),
-            GEMINI: ModelSettings(
-                provider="google",
-                upstream_model="gemini-2.5-flash",
-                input_per_mtok=Decimal("0.30"),
-                output_per_mtok=Decimal("2.50"),
-                cached_input_per_mtok=Decimal("0.075"),
-            ),
-        },
-    )
-    gateway, server = start_gateway(settings, fake_openai)
-    try:
-        yield gateway, anthropic, gemini
-    finally:
-        server.stop()
-        for upstream in servers:
-            upstream.stop()
+    with gateway_with_every_kind(backend, fake_openai) as (anthropic_gateway, anthropic, gemini):
+        yield anthropic_gateway, anthropic, gemini
 
 
 def sdk(gateway: Gateway) -> openai.OpenAI:
@@ -79,7 +41,6 @@ def sdk(gateway: Gateway) -> openai.OpenAI:
 
 def _micro(tokens: int, usd_per_mtok: str) -> int:
     # tokens × USD/Mtok × 1000 credits/USD × 10⁶ micro/credit ÷ 10⁶ tokens/Mtok
-    from decimal import Decimal
 
     return int(tokens * Decimal(usd_per_mtok) * 1000)
 

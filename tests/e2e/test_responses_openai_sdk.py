@@ -21,7 +21,6 @@ from openai.types.responses import (
     ResponseFunctionCallArgumentsDoneEvent,
 )
 
-from gateway.settings import ModelSettings, ProviderSettings
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.asgi import ReceivedRequest
 from tests.fakes.gateway_fixtures import (
@@ -29,16 +28,13 @@ from tests.fakes.gateway_fixtures import (
     Backend,
     Gateway,
     expected_cost_micro,
-    gateway_settings,
-    start_gateway,
 )
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.servers import ThreadedServer
+from tests.fakes.provider_kinds import CLAUDE, GEMINI, gateway_with_every_kind
 
 OPENING = 500_000_000
-CLAUDE = "anthropic/claude-sonnet-4-5"
-GEMINI = "google/gemini-2.5-flash"
+
 WEATHER: FunctionToolParam = {
     "type": "function",
     "name": "get_weather",
@@ -99,38 +95,11 @@ class Target:
 
 @pytest.fixture
 def upstreams(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gateway, dict[str, Target]]]:
-    anthropic, gemini = FakeAnthropic(cache_read_tokens=4, cache_creation_tokens=2), FakeGemini(cached_tokens=5)
-    servers = [ThreadedServer(anthropic).start(), ThreadedServer(gemini).start()]
-    base = gateway_settings(backend, fake_openai)
-    settings = gateway_settings(
-        backend,
-        fake_openai,
-        providers={
-            **base.providers,
-            "anthropic": ProviderSettings(kind="anthropic", base_url=servers[0].url, api_key=anthropic.api_key),
-            "google": ProviderSettings(kind="gemini", base_url=servers[1].url, api_key=gemini.api_key),
-        },
-        models={
-            **base.models,
-            CLAUDE: ModelSettings(
-                provider="anthropic",
-                upstream_model="claude-sonnet-4-5",
-                input_per_mtok=Decimal("3"),
-                output_per_mtok=Decimal("15"),
-                cached_input_per_mtok=Decimal("0.30"),
-                cache_write_per_mtok=Decimal("3.75"),
-                max_output_tokens=8192,
-            ),
-            GEMINI: ModelSettings(
-                provider="google",
-                upstream_model="gemini-2.5-flash",
-                input_per_mtok=Decimal("0.30"),
-                output_per_mtok=Decimal("2.50"),
-                cached_input_per_mtok=Decimal("0.075"),
-            ),
-        },
-    )
+    with gateway_with_every_kind(backend, fake_openai) as (gateway, anthropic, gemini):
+        yield gateway, _targets(fake_openai, anthropic, gemini)
 
+
+def _targets(fake_openai: FakeOpenAI, anthropic: FakeAnthropic, gemini: FakeGemini) -> dict[str, Target]:
     def openai_tool_on() -> None:
         fake_openai.canned_completion = _openai_tool_answer("call_fake_1")
 
@@ -173,13 +142,7 @@ def upstreams(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[tuple[Gatew
             gemini_tool(False),
         ),
     }
-    gateway, server = start_gateway(settings, fake_openai)
-    try:
-        yield gateway, targets
-    finally:
-        server.stop()
-        for upstream in servers:
-            upstream.stop()
+    return targets
 
 
 def sdk(gateway: Gateway) -> openai.OpenAI:
