@@ -276,6 +276,14 @@ class Gateway:
 
         return list(self.run(_with_session(self.settings, load)))
 
+    def awaited_usage_records(self, timeout_s: float = 20.0) -> list[UsageRecord]:
+        """The usage records once there is at least one: a stream the client dropped is settled
+        after the client has gone, so a test waits for its record (generous: CI shares two cores)."""
+        deadline = time.monotonic() + timeout_s
+        while not (records := self.usage_records()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return records
+
     def debit_counts(self) -> dict[str, int]:
         """How many debits each request id has, for every debited request."""
         self.settled()
