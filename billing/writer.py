@@ -252,46 +252,51 @@ class SettlementWriter:
             # Forget them before reading: a settlement buffered after our read marks its
             # account again, so nothing waits for a round that never comes.
             self._dirty.difference_update(targets)
-            idle_ms = self._claim_idle_ms if claim_stale else None
             try:
-                claims = await asyncio.gather(
-                    *(
-                        self._store.claim_settlements(
-                            self._keys.stream(account_id), self.consumer, _WRITE_BATCH, idle_ms
-                        )
-                        for account_id in targets
-                    )
-                )
-            except CounterStoreUnavailable as error:
+                return await self._write_round(targets, claim_stale)
+            except BaseException:
+                # Failed or cancelled midway (a stopping writer cancels its round): what the
+                # round claimed is still ours in the streams, and the next round, such as the
+                # final drain on stop, must look there again.
                 self._dirty.update(targets)
-                raise BillingUnavailable("the credit counters are unreachable") from error
-            batches = [(account_id, entries) for account_id, entries in zip(targets, claims, strict=True) if entries]
-            if not batches:
-                return 0
-            decoded: list[Entry] = []
-            unreadable: list[Refused] = []
-            for account_id, entries in batches:
-                _decode_into(decoded, unreadable, account_id, entries)
-            try:
-                await self._commit(decoded, unreadable)
-            except DATABASE_ERRORS as error:
-                self._dirty.update(account_id for account_id, _entries in batches)
-                log.warning("database unavailable: %d settlements stay buffered", len(decoded))
-                raise BillingUnavailable("the credits database is unreachable") from error
-            try:
-                await asyncio.gather(*(self._acknowledge(account_id, entries) for account_id, entries in batches))
-            except CounterStoreUnavailable as error:
-                # Written but not acknowledged: the next round writes them again, which writes nothing.
-                self._dirty.update(account_id for account_id, _entries in batches)
-                raise BillingUnavailable("the credit counters are unreachable") from error
-            self.lag_s = _batch_lag_s(batches)  # for the operator's metrics
-            for entry in decoded:
-                self._unwritten.pop(entry.request_id, None)
-            for account_id, entries in batches:
-                if len(entries) >= _WRITE_BATCH:
-                    self._dirty.add(account_id)  # there is more
-            await self._resync([account_id for account_id, _entries in batches])
-            return len(decoded) + len(unreadable)
+                raise
+
+    async def _write_round(self, targets: list[int], claim_stale: bool) -> int:
+        idle_ms = self._claim_idle_ms if claim_stale else None
+        try:
+            claims = await asyncio.gather(
+                *(
+                    self._store.claim_settlements(self._keys.stream(account_id), self.consumer, _WRITE_BATCH, idle_ms)
+                    for account_id in targets
+                )
+            )
+        except CounterStoreUnavailable as error:
+            raise BillingUnavailable("the credit counters are unreachable") from error
+        batches = [(account_id, entries) for account_id, entries in zip(targets, claims, strict=True) if entries]
+        if not batches:
+            return 0
+        decoded: list[Entry] = []
+        unreadable: list[Refused] = []
+        for account_id, entries in batches:
+            _decode_into(decoded, unreadable, account_id, entries)
+        try:
+            await self._commit(decoded, unreadable)
+        except DATABASE_ERRORS as error:
+            log.warning("database unavailable: %d settlements stay buffered", len(decoded))
+            raise BillingUnavailable("the credits database is unreachable") from error
+        try:
+            await asyncio.gather(*(self._acknowledge(account_id, entries) for account_id, entries in batches))
+        except CounterStoreUnavailable as error:
+            # Written but not acknowledged: the next round writes them again, which writes nothing.
+            raise BillingUnavailable("the credit counters are unreachable") from error
+        self.lag_s = _batch_lag_s(batches)  # for the operator's metrics
+        for entry in decoded:
+            self._unwritten.pop(entry.request_id, None)
+        for account_id, entries in batches:
+            if len(entries) >= _WRITE_BATCH:
+                self._dirty.add(account_id)  # there is more
+        await self._resync([account_id for account_id, _entries in batches])
+        return len(decoded) + len(unreadable)
 
     async def _acknowledge(self, account_id: int, entries: list[QueuedSettlement]) -> None:
         await self._store.ack_settlements(

@@ -430,6 +430,38 @@ async def test_a_busy_writer_still_runs_one_round_per_batch_window(
     assert await books.reconciles()
 
 
+async def test_a_round_cancelled_mid_commit_is_written_by_the_stopping_writers_final_drain(
+    books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping a writer cancels its round; one cancelled after it claimed its entries used to
+    forget their account, so the final drain wrote nothing and the debits waited for another
+    process's scan (30 s) instead of landing on a graceful stop."""
+    meter = books.meter("writer-a")
+    for i in range(4):
+        await serve(meter, books.account_id, f"req_{i}", 1_000)
+    claimed, release = asyncio.Event(), asyncio.Event()
+    real_commit = meter.writer._commit
+
+    async def blocked_commit(*args: Any, **kwargs: Any) -> int:
+        claimed.set()
+        await release.wait()
+        return await real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(meter.writer, "_commit", blocked_commit)
+    round_ = asyncio.create_task(meter.write_pending())
+    await claimed.wait()  # the entries are claimed by this writer, not yet written
+    round_.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await round_
+    assert await books.debits() == {}
+    monkeypatch.setattr(meter.writer, "_commit", real_commit)
+    assert meter.writer.has_buffered
+    assert await meter.write_pending() == 4  # the final drain's call: default targets
+    assert await books.debits() == {f"req_{i}": 1 for i in range(4)}
+    assert await books.balance() == OPENING - 4_000
+    assert await books.reconciles()
+
+
 async def test_redis_losing_its_data_rebuilds_spend_counters_after_the_replay(books: Books) -> None:
     """The spend counter is rebuilt from usage records: before the lost buffers were rewritten,
     it missed them and stayed low (a key could spend past its limit, and reconcile drifted)."""
