@@ -11,9 +11,22 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
+from typing import Any, TypeGuard
 
 import aiohttp
 import httpx
+from httpx._client import USE_CLIENT_DEFAULT, UseClientDefault
+from httpx._types import (
+    AuthTypes,
+    CookieTypes,
+    HeaderTypes,
+    QueryParamTypes,
+    RequestContent,
+    RequestData,
+    RequestExtensions,
+    RequestFiles,
+    TimeoutTypes,
+)
 from httpx_aiohttp import AiohttpTransport
 
 from providers.base import StreamChunk
@@ -27,9 +40,149 @@ from providers.sse import SSEEvent, SSEParser
 FORWARDED: ContextVar[Sequence[tuple[str, str]]] = ContextVar("tollway_forwarded_headers", default=())
 
 
-async def _forward_headers(request: httpx.Request) -> None:
-    for name, value in FORWARDED.get():
-        request.headers[name] = value
+def _text_headers(headers: object) -> TypeGuard[dict[str, str]]:
+    return isinstance(headers, dict) and all(type(k) is str and type(v) is str for k, v in headers.items())
+
+
+_URLS_KEPT = 512  # paths per upstream (one per route, or per model where the path names it)
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """One upstream's shared httpx client, with a short path through httpx for what the adapters
+    send: a relative path, bytes or no body, a dict of headers.
+
+    Profiled under load (bench/RESULTS.md), httpx's own work around the transport took a third
+    of the gateway's CPU per chat request: merging the base URL and the headers anew, building
+    ``Headers`` three times, the auth and redirect generators, the cookie jar. Here the merged
+    URL is kept per path, the headers are put together once as bytes, and a plain send goes
+    straight to the transport. Any other call (a full URL object, ``json=``, ``files=``, auth,
+    redirects, event hooks added later) takes httpx's own path unchanged.
+
+    Differences from httpx's path, all on purpose: a response's cookies are not kept (one
+    client serves every tenant, so an upstream's ``Set-Cookie`` must not ride along on the next
+    tenant's call), ``Response.elapsed`` is not set, and the headers of the request being served
+    (:data:`FORWARDED`) are added when a request is built rather than by an event hook."""
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **options: Any) -> None:
+        super().__init__(transport=transport, **options)
+        self._upstream = transport
+        self._urls: dict[tuple[str, tuple[tuple[str, str], ...]], httpx.URL] = {}
+
+    def build_request(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        content: RequestContent | None = None,
+        data: RequestData | None = None,
+        files: RequestFiles | None = None,
+        json: Any | None = None,
+        params: QueryParamTypes | None = None,
+        headers: HeaderTypes | None = None,
+        cookies: CookieTypes | None = None,
+        timeout: TimeoutTypes | UseClientDefault = USE_CLIENT_DEFAULT,
+        extensions: RequestExtensions | None = None,
+    ) -> httpx.Request:
+        plain = (
+            isinstance(url, str)
+            and (content is None or isinstance(content, bytes))
+            and data is None
+            and files is None
+            and json is None
+            and cookies is None
+            and extensions is None
+            and isinstance(timeout, UseClientDefault)
+            and (params is None or isinstance(params, dict))
+            and (headers is None or _text_headers(headers))
+        )
+        if not plain:
+            request = super().build_request(
+                method,
+                url,
+                content=content,
+                data=data,
+                files=files,
+                json=json,
+                params=params,
+                headers=headers,
+                cookies=cookies,
+                timeout=timeout,
+                extensions=extensions,
+            )
+            for name, value in FORWARDED.get():
+                request.headers[name] = value
+            return request
+        assert isinstance(url, str) and (content is None or isinstance(content, bytes))  # for mypy: `plain`
+        assert headers is None or _text_headers(headers)
+        return self._plain_request(method.upper(), url, content, params, headers)
+
+    def _plain_request(
+        self, method: str, path: str, content: bytes | None, params: Any, headers: dict[str, str] | None
+    ) -> httpx.Request:
+        query = tuple(params.items()) if params else ()
+        full = self._urls.get((path, query))
+        if full is None:
+            # httpx's own merge, once per path: the same URL its path would have sent to.
+            full = super().build_request(method, path, params=params).url
+            if len(self._urls) >= _URLS_KEPT:
+                self._urls.clear()
+            self._urls[(path, query)] = full
+        forwarded = FORWARDED.get()
+        # Precedence as on httpx's path: the client's headers, then the call's, then the served
+        # request's (its hook set them last).
+        replaced = {name.lower() for name, _value in forwarded}
+        raw: list[tuple[bytes, bytes]] = [(b"Host", full.netloc)]
+        if headers:
+            given = [(name, value) for name, value in headers.items() if name.lower() not in replaced]
+            replaced.update(name.lower() for name in headers)
+        raw += [(name, value) for name, value in self.headers.raw if name.lower().decode("latin-1") not in replaced]
+        if headers:
+            raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in given]
+        raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in forwarded]
+        if content is not None or method in ("POST", "PUT", "PATCH"):
+            raw.append((b"Content-Length", str(len(content or b"")).encode("ascii")))
+        request = httpx.Request(
+            method,
+            full,
+            headers=raw,
+            stream=httpx.ByteStream(content or b""),
+            extensions={"timeout": self.timeout.as_dict()},
+        )
+        request.read()  # the body is in memory already: the transport sends it with its length
+        return request
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: AuthTypes | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        follow_redirects: bool | UseClientDefault = USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        plain = (
+            isinstance(auth, UseClientDefault)
+            and isinstance(follow_redirects, UseClientDefault)
+            and self.auth is None
+            and not self.follow_redirects
+            and not self.event_hooks["request"]
+            and not self.event_hooks["response"]
+            and not self.is_closed
+        )
+        if not plain:
+            return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        try:
+            response = await self._upstream.handle_async_request(request)
+        except httpx.RequestError as error:
+            error.request = request  # as httpx's path does: callers may read it
+            raise
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
 
 
 def build_client(
@@ -41,7 +194,7 @@ def build_client(
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
     proxy: str = "",
-) -> httpx.AsyncClient:
+) -> UpstreamClient:
     """``proxy``: the operator's ``egress_proxy`` URL ("" for none); see :func:`_proxy` for where
     its credentials go (to the proxy alone)."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -55,7 +208,7 @@ def build_client(
             # header the proxy consumes). aiohttp sends proxy_headers only on a CONNECT, and its
             # proxy_auth, which would do this, is deprecated.
             headers["Proxy-Authorization"] = authorization
-    return httpx.AsyncClient(
+    return UpstreamClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
         timeout=httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=5.0),
@@ -64,7 +217,6 @@ def build_client(
         # a proxy is used only when configured as such (egress_proxy).
         transport=transport or AiohttpTransport(limits=limits, trust_env=False, proxy=aiohttp_proxy),
         trust_env=False,
-        event_hooks={"request": [_forward_headers]},
     )
 
 
