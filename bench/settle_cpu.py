@@ -23,7 +23,7 @@ from gateway.db import create_engine, create_sessionmaker, migrate
 from providers.base import Usage
 
 
-async def run(requests: int, gap_s: float, redis_db: int) -> None:
+async def run(requests: int, gap_s: float, redis_db: int, window_s: float) -> None:
     name = f"tollway_settle_{os.getpid()}"
     admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -66,7 +66,7 @@ async def run(requests: int, gap_s: float, redis_db: int) -> None:
                 ),
             )
 
-        async with settlement_writer(meter):
+        async with settlement_writer(meter, batch_window_s=window_s):
             for i in range(50):  # warm pools, scripts and the mirror
                 await serve(f"warm_{i}")
             await asyncio.sleep(0.5)
@@ -93,8 +93,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--gap-ms", type=float, default=2.0, help="pause between requests (the rest of a request)")
     parser.add_argument("--redis-db", type=int, default=0)
+    parser.add_argument("--window-ms", type=float, default=20.0, help="the writer's batch window")
     args = parser.parse_args()
-    asyncio.run(run(args.requests, args.gap_ms / 1000, args.redis_db))
+    asyncio.run(run(args.requests, args.gap_ms / 1000, args.redis_db, args.window_ms / 1000))
 
 
 if __name__ == "__main__":

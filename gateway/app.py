@@ -250,7 +250,11 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             async with (
                 follow_price_changes(state, counters),
                 deliver_webhooks(webhooks, settings.webhook_poll_s),
-                settlement_writer(state.meter, scan_s=settings.settlement_scan_s),
+                settlement_writer(
+                    state.meter,
+                    scan_s=settings.settlement_scan_s,
+                    batch_window_s=settings.settlement_batch_window_s,
+                ),
                 metrics_listener(state, settings.metrics_bind)
                 if settings.metrics and settings.metrics_bind
                 else contextlib.nullcontext(),
