@@ -338,6 +338,9 @@ def test_a_process_killed_mid_batch_loses_no_debit(
                 ]
                 assert [r.status_code for r in served] == [200] * 20  # answering never waits for the database
                 for _ in range(100):
+                    # Inside the lock's transaction pg_stat_activity is a snapshot taken at its
+                    # first read: without clearing it, a writer that arrives later is never seen.
+                    await database.execute("SELECT pg_stat_clear_snapshot()")
                     waiting = await database.fetchval(
                         "SELECT count(*) FROM pg_stat_activity"
                         " WHERE wait_event_type = 'Lock' AND query ILIKE 'UPDATE accounts%'"
