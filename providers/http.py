@@ -40,8 +40,8 @@ from providers.sse import SSEEvent, SSEParser
 FORWARDED: ContextVar[Sequence[tuple[str, str]]] = ContextVar("tollway_forwarded_headers", default=())
 
 
-def _text_headers(headers: object) -> TypeGuard[dict[str, str]]:
-    return isinstance(headers, dict) and all(type(k) is str and type(v) is str for k, v in headers.items())
+def _text_headers(mapping: object) -> TypeGuard[dict[str, str]]:
+    return isinstance(mapping, dict) and all(type(k) is str and type(v) is str for k, v in mapping.items())
 
 
 _URLS_KEPT = 512  # paths per upstream (one per route, or per model where the path names it)
@@ -92,7 +92,7 @@ class UpstreamClient(httpx.AsyncClient):
             and cookies is None
             and extensions is None
             and isinstance(timeout, UseClientDefault)
-            and (params is None or isinstance(params, dict))
+            and (params is None or _text_headers(params))  # str to str: part of the kept URL's key
             and (headers is None or _text_headers(headers))
         )
         if not plain:

@@ -167,3 +167,10 @@ async def test_a_closed_client_refuses_like_httpx(recorder: Recorder) -> None:
     await client.aclose()
     with pytest.raises(RuntimeError):
         await client.post("/chat/completions", content=b"{}")
+
+
+async def test_query_parameters_other_than_text_take_httpxs_own_path(recorder: Recorder) -> None:
+    client = client_for(recorder)
+    request = client.build_request("GET", "/models", params={"tag": ["a", "b"], "limit": 5})
+    assert request.url.params.get_list("tag") == ["a", "b"] and request.url.params["limit"] == "5"
+    await client.aclose()
