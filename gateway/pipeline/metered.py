@@ -100,11 +100,25 @@ class ClientGone(GatewayError):
     code = "client_disconnected"
 
 
+_scope_class: type[anyio.CancelScope] | None = None
+
+
+def cancel_scope(*, shield: bool = False) -> anyio.CancelScope:
+    """``anyio.CancelScope(shield=...)`` without its per-call lookup of the running async library
+    and backend (sniffio, then a dict): the backend's own class, learned from the first scope
+    made, is built directly. Two scopes per request made that lookup ~3 % of a chat request's
+    CPU under py-spy. The gateway runs on asyncio only (uvloop is an asyncio loop)."""
+    global _scope_class
+    if _scope_class is None:
+        _scope_class = type(anyio.CancelScope())
+    return _scope_class(shield=shield)
+
+
 async def cancel_on_disconnect(receive: Callable[[], Awaitable[Mapping[str, Any]]], work: Awaitable[R]) -> R:
     """Run ``work`` (the whole pipeline of a request whose body has been read), cancelling it if
     the client disconnects: the upstream request is cancelled with it and the pipeline settles
     what it held (shielded), instead of paying for an answer nobody will read."""
-    with anyio.CancelScope() as scope:
+    with cancel_scope() as scope:
         # No task per request: the server's ``receive`` is stepped by the callbacks of the
         # futures it waits on (_DisconnectWatch). The cancellation stays an anyio scope's, which
         # the pipeline's shielded settlement holds off; errors of ``work`` reach the error
@@ -519,7 +533,7 @@ class MeteredCall:
         self._settled = True
         if settlement.anomaly:
             self.state.anomalies[settlement.anomaly] += 1
-        with anyio.CancelScope(shield=True):
+        with cancel_scope(shield=True):
             await self.state.meter.settle(self.admitted.reservation, settlement)
         self.state.telemetry.finished(  # metrics and access log: once per admitted request
             settlement, self.ctx.identity, self._upstream_s, stream_opened=self._handed_over
@@ -591,7 +605,7 @@ class StreamEnd:
         cancelled = kind is GeneratorExit or isinstance(error, anyio.get_cancelled_exc_class())
         if error is not None and not cancelled:
             self.status_code, self.error_code = 500, "internal_error"
-        with anyio.CancelScope(shield=True):
+        with cancel_scope(shield=True):
             await self._stream.aclose()
             usage, anomaly = await self._billable()
             await self._call.settle(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 
-from gateway.pipeline.metered import ClientGone, cancel_on_disconnect
+from gateway.pipeline.metered import ClientGone, cancel_on_disconnect, cancel_scope
 
 
 class Cycle:
@@ -83,12 +84,17 @@ async def test_a_disconnect_before_the_work_cancels_it_at_its_first_wait() -> No
     assert reached == []
 
 
-async def test_a_shielded_settlement_finishes_before_the_cancellation() -> None:
+@pytest.mark.parametrize("shielded", [lambda: anyio.CancelScope(shield=True), lambda: cancel_scope(shield=True)])
+async def test_a_shielded_settlement_finishes_before_the_cancellation(
+    shielded: Callable[[], anyio.CancelScope],
+) -> None:
+    """The pipeline's settlement shields itself with cancel_scope (anyio's scope without the
+    per-call backend lookup): it must hold off the disconnect exactly as anyio's own does."""
     cycle = Cycle()
     settled: list[str] = []
 
     async def work() -> None:
-        with anyio.CancelScope(shield=True):
+        with shielded():
             cycle.hang_up()
             await asyncio.sleep(0.01)  # the settlement's write
             settled.append("settled")
@@ -121,3 +127,8 @@ async def test_a_failing_receive_ends_the_watch_not_the_work() -> None:
         return "done"
 
     assert await cancel_on_disconnect(receive, work()) == "done"
+
+
+async def test_cancel_scope_is_anyios_own_scope_class() -> None:
+    assert type(cancel_scope()) is type(anyio.CancelScope())
+    assert cancel_scope(shield=True).shield and not cancel_scope().shield
