@@ -47,6 +47,7 @@ from gateway.cache import ResponseStoreUnavailable, entry_key
 from gateway.catalog import CatalogModel
 from gateway.errors import InvalidRequest
 from gateway.pipeline.metered import Admission, CallContext
+from gateway.pipeline.streaming import WatchedStream
 from gateway.state import GatewayState
 from providers.base import ChatResult, ChatStream, StreamChunk, Usage
 
@@ -246,7 +247,7 @@ class ResponseCache:
             return Response(
                 content=_with_meta(answer.body, meta, answer.model), media_type="application/json", headers=headers
             )
-        return Stream(
+        return WatchedStream(
             content=_replayed(answer, meta, ctx, include_usage),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},

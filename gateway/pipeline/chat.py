@@ -36,6 +36,7 @@ from gateway.pipeline.metered import (
     upstream_body,
 )
 from gateway.pipeline.splice import member_bytes, with_member, with_replaced
+from gateway.pipeline.streaming import WatchedStream
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
@@ -272,7 +273,7 @@ def stream_response(
     """The client's stream; its body owns the hold from here (the caller hands it over).
     ``include_usage``: the client asked for the usage-only final chunk (``stream_options``)."""
     admitted = call.admitted
-    return Stream(
+    return WatchedStream(
         content=_stream_body(call, stream, prompt_tokens, object_name, include_usage),
         media_type="text/event-stream",
         headers={

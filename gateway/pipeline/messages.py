@@ -28,6 +28,7 @@ from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.pipeline.chat import chat_completions, count_tokens
 from gateway.pipeline.messages_native import native_message, serves_natively
 from gateway.pipeline.metered import Admission, find_model
+from gateway.pipeline.streaming import WatchedStream
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate, authorize_models
 from providers.dialects.messages import (
@@ -110,7 +111,7 @@ async def create_message(
 
 def _messages_stream(inner: Stream, ident: str, model: str) -> Stream:
     translator = MessagesStreamTranslator(message_id=ident, model=model)
-    return Stream(
+    return WatchedStream(
         content=translate_stream(inner.iterator, translator),  # type: ignore[arg-type]
         media_type="text/event-stream",
         headers={**inner.headers, "request-id": ident.removeprefix("msg_")},

@@ -39,6 +39,7 @@ from gateway.pipeline.metered import (
     upstream_body,
 )
 from gateway.pipeline.splice import member_bytes, with_replaced
+from gateway.pipeline.streaming import WatchedStream
 from gateway.routing import ProviderPreferences
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
@@ -171,7 +172,7 @@ async def native_message(
                 return DeadlineStream(upstream, deadline_at, served.provider)
 
             stream = await call.dispatch(open_stream)
-            response = Stream(
+            response = WatchedStream(
                 content=_stream_body(call, stream, prompt),
                 media_type="text/event-stream",
                 headers={

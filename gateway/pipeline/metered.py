@@ -120,10 +120,10 @@ async def cancel_on_disconnect(receive: Callable[[], Awaitable[Mapping[str, Any]
     what it held (shielded), instead of paying for an answer nobody will read."""
     with cancel_scope() as scope:
         # No task per request: the server's ``receive`` is stepped by the callbacks of the
-        # futures it waits on (_DisconnectWatch). The cancellation stays an anyio scope's, which
+        # futures it waits on (DisconnectWatch). The cancellation stays an anyio scope's, which
         # the pipeline's shielded settlement holds off; errors of ``work`` reach the error
         # handlers as themselves, not wrapped in an ExceptionGroup.
-        watch = _DisconnectWatch(receive, scope)
+        watch = DisconnectWatch(receive, scope)
         try:
             return await work
         finally:
@@ -131,7 +131,7 @@ async def cancel_on_disconnect(receive: Callable[[], Awaitable[Mapping[str, Any]
     raise ClientGone("client disconnected")
 
 
-class _DisconnectWatch:
+class DisconnectWatch:
     """Waits for ``http.disconnect`` on ``receive`` without a task of its own, then cancels
     ``scope``: the coroutine of each ``receive()`` call is sent into by hand, as a task would,
     each time the future it waits on completes (an asyncio task per request, created, stepped,

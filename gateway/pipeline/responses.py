@@ -25,6 +25,7 @@ from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.pipeline.chat import chat_completions, decode_object
 from gateway.pipeline.metered import Admission
 from gateway.pipeline.responses_native import goes_native, native_response
+from gateway.pipeline.streaming import WatchedStream
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
 from providers.dialects.responses import (
@@ -91,7 +92,7 @@ def _as_event_stream(chat: Stream, request: ResponsesRequest, response_id: str, 
     inner = chat.iterator
     assert isinstance(inner, AsyncIterator), "the chat pipeline streams an async generator"
     translator = ResponsesStreamTranslator(request, response_id, created_at)
-    return Stream(
+    return WatchedStream(
         content=translated_events(inner, translator), media_type="text/event-stream", headers=dict(chat.headers)
     )
 

@@ -43,6 +43,7 @@ from gateway.pipeline.metered import (
     upstream_body,
 )
 from gateway.pipeline.splice import member_bytes, with_replaced
+from gateway.pipeline.streaming import WatchedStream
 from gateway.state import GatewayState
 from keys.chain import RequestFacts
 from providers.base import Capability, ChatStream, ProviderHandle, StreamChunk, UpstreamReply, Usage
@@ -283,7 +284,7 @@ async def native_response(
                 return DeadlineStream(stream, deadline_at, served.provider)
 
             stream = await call.dispatch(open_stream)
-            streaming = Stream(
+            streaming = WatchedStream(
                 content=_events(call, stream, prompt.exact),
                 media_type="text/event-stream",
                 headers={
