@@ -40,7 +40,7 @@ from providers.sse import SSEEvent, SSEParser
 FORWARDED: ContextVar[Sequence[tuple[str, str]]] = ContextVar("tollway_forwarded_headers", default=())
 
 
-def _text_headers(mapping: object) -> TypeGuard[dict[str, str]]:
+def _text_mapping(mapping: object) -> TypeGuard[dict[str, str]]:
     return isinstance(mapping, dict) and all(type(k) is str and type(v) is str for k, v in mapping.items())
 
 
@@ -92,8 +92,8 @@ class UpstreamClient(httpx.AsyncClient):
             and cookies is None
             and extensions is None
             and isinstance(timeout, UseClientDefault)
-            and (params is None or _text_headers(params))  # str to str: part of the kept URL's key
-            and (headers is None or _text_headers(headers))
+            and (params is None or _text_mapping(params))  # str to str: part of the kept URL's key
+            and (headers is None or _text_mapping(headers))
         )
         if not plain:
             request = super().build_request(
@@ -113,7 +113,7 @@ class UpstreamClient(httpx.AsyncClient):
                 request.headers[name] = value
             return request
         assert isinstance(url, str) and (content is None or isinstance(content, bytes))  # for mypy: `plain`
-        assert headers is None or _text_headers(headers)
+        assert headers is None or _text_mapping(headers)
         return self._plain_request(method.upper(), url, content, params, headers)
 
     def _plain_request(
@@ -130,15 +130,12 @@ class UpstreamClient(httpx.AsyncClient):
         forwarded = FORWARDED.get()
         # Precedence as on httpx's path: the client's headers, then the call's, then the served
         # request's (its hook set them last).
-        replaced = {name.lower() for name, _value in forwarded}
+        forwarded_names = {name.lower() for name, _value in forwarded}
+        given = [(name, value) for name, value in (headers or {}).items() if name.lower() not in forwarded_names]
+        replaced = forwarded_names.union(name.lower() for name, _value in given)
         raw: list[tuple[bytes, bytes]] = [(b"Host", full.netloc)]
-        if headers:
-            given = [(name, value) for name, value in headers.items() if name.lower() not in replaced]
-            replaced.update(name.lower() for name in headers)
         raw += [(name, value) for name, value in self.headers.raw if name.lower().decode("latin-1") not in replaced]
-        if headers:
-            raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in given]
-        raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in forwarded]
+        raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in (*given, *forwarded)]
         if content is not None or method in ("POST", "PUT", "PATCH"):
             raw.append((b"Content-Length", str(len(content or b"")).encode("ascii")))
         request = httpx.Request(
