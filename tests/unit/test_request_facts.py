@@ -48,3 +48,13 @@ def test_facts_country_header_only_through_trusted_proxy() -> None:
         fail_closed_on_unknown_country=True,
     )
     assert unknown.country is None
+
+
+def test_facts_a_huge_forwarded_hop_is_refused_and_never_kept() -> None:
+    from gateway.pipeline import facts
+
+    before = facts._parse_short_ip.cache_info().currsize
+    huge = " " * 20_000 + "198.51.100.7"
+    assert client_ip("10.0.0.1", huge, PROXIES) == ipaddress.ip_address("198.51.100.7")  # parsed, as before
+    assert client_ip("10.0.0.1", "1.1.1.1, " + "9" * 20_000, PROXIES) == ipaddress.ip_address("10.0.0.1")
+    assert facts._parse_short_ip.cache_info().currsize <= before + 1  # only the short peer text
