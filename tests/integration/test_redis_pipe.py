@@ -336,6 +336,19 @@ async def test_redis_pipe_fails_closed_when_the_server_refuses_connections() -> 
         await store.close()
 
 
+async def test_redis_pipe_close_fails_the_calls_in_flight() -> None:
+    """Closing the store does not leave a call waiting on a reply that will never come."""
+    async with FakeRedis(_silent) as server:
+        store = _store(server.port, timeout=60)
+        call = asyncio.create_task(store.hit_window("twtest:fake:w1", 5, 1000))
+        while not server.commands:
+            await asyncio.sleep(0.01)
+        await store.close()
+        async with asyncio.timeout(10):  # far short of the socket timeout
+            with pytest.raises(CounterStoreUnavailable):
+                await call
+
+
 def _window_reply(command: list[bytes]) -> bytes:
     """hit_window's answer with the count taken from the key's last digit: who got whose reply."""
     return b"*3\r\n:1\r\n:%d\r\n:1000\r\n" % int(command[3][-1:])
@@ -463,6 +476,7 @@ _ON_UVLOOP: dict[str, Callable[[str, str], Coroutine[Any, Any, None]]] = {
     "refused": lambda url, prefix: test_redis_pipe_fails_closed_when_the_server_refuses_connections(),
     "late-reply": lambda url, prefix: test_redis_pipe_never_hands_a_late_reply_to_a_later_call(),
     "auth": lambda url, prefix: test_redis_pipe_sends_auth_and_select_before_any_script(),
+    "closed": lambda url, prefix: test_redis_pipe_close_fails_the_calls_in_flight(),
 }
 
 
