@@ -2,7 +2,9 @@
 
 Scripts receive every key they touch in ``KEYS`` (Redis Cluster routes by them), and the
 keys of one account share a hash tag, so a script never spans slots. Connection failures
-become :class:`CounterStoreUnavailable` so money checks fail closed.
+become :class:`CounterStoreUnavailable` so money checks fail closed. On a single server over
+plain TCP the scripts go out on a pipelined connection of their own
+(:class:`~billing.counters.pipe.ScriptPipe`); everything else goes through redis-py's client.
 
 A ``redis+cluster://`` (or ``rediss+cluster://``) URL selects Redis Cluster: the client learns
 the other nodes from the one named. What differs from one server is kept to three places, so
