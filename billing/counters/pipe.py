@@ -237,6 +237,14 @@ class ScriptPipe:
             protocol = await self._connect()
         return await protocol.send(data, len(commands))
 
+    def send_now(self, commands: Sequence[tuple[Any, ...]]) -> asyncio.Future[list[Any]] | None:
+        """Like :meth:`execute` but written at once, from a callback: the future of the replies,
+        or ``None`` when there is no live connection in this loop yet (call :meth:`execute`)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed or protocol.loop is not asyncio.get_running_loop():
+            return None
+        return protocol.send(b"".join([hiredis.pack_command(command) for command in commands]), len(commands))
+
     async def _connect(self) -> _PipeProtocol:
         # Batches that find no connection share one attempt.
         if self._connecting is None:

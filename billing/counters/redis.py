@@ -228,6 +228,12 @@ class ScriptBatcher:
 
     def _send_waiting(self) -> None:
         batch, self._waiting = self._waiting, []
+        if self._pipe is not None:
+            sent = self._pipe.send_now(self._commands(batch))
+            if sent is not None:
+                # Connected: written now, answered from the reply's callback; no task per batch.
+                sent.add_done_callback(lambda replied: self._replied(batch, replied))
+                return
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)  # a reference, so the task is not collected mid-flight
         task.add_done_callback(self._sending.discard)
@@ -235,9 +241,7 @@ class ScriptBatcher:
     async def _send(self, batch: list[_Call]) -> None:
         try:
             if self._pipe is not None:
-                replies = await self._pipe.execute(
-                    [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _result in batch]
-                )
+                replies = await self._pipe.execute(self._commands(batch))
             else:
                 pipeline = self._client.pipeline(transaction=False)
                 for script, keys, args, _result in batch:
@@ -252,6 +256,34 @@ class ScriptBatcher:
             if not isinstance(error, Exception):
                 raise
             return
+        await self._answer(batch, replies)
+
+    @staticmethod
+    def _commands(batch: list[_Call]) -> list[tuple[Any, ...]]:
+        return [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _result in batch]
+
+    def _replied(self, batch: list[_Call], replied: asyncio.Future[list[Any]]) -> None:
+        error = None if replied.cancelled() else replied.exception()
+        if replied.cancelled() or error is not None:
+            for *_call, result in batch:
+                if not result.done():
+                    result.set_exception(error or RedisConnectionError("the batch was cancelled"))
+            return
+        replies = replied.result()
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            task = asyncio.get_running_loop().create_task(self._answer(batch, replies))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+            return
+        for (*_call, result), reply in zip(batch, replies, strict=True):
+            if result.done():
+                continue  # its caller was cancelled
+            if isinstance(reply, Exception):
+                result.set_exception(reply)
+            else:
+                result.set_result(reply)
+
+    async def _answer(self, batch: list[_Call], replies: list[Any]) -> None:
         for (script, keys, args, result), reply in zip(batch, replies, strict=True):
             if isinstance(reply, NoScriptError):  # the server restarted or flushed its scripts
                 try:

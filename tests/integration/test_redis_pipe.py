@@ -160,7 +160,25 @@ async def test_redis_pipe_matches_replies_to_their_calls_with_batches_in_flight(
         finally:
             in_flight -= 1
 
+    send_now = pipe.send_now
+
+    def counting_now(commands: Any) -> asyncio.Future[list[Any]] | None:
+        # The batcher writes straight from its callback once connected.
+        nonlocal in_flight, most
+        sent = send_now(commands)
+        if sent is not None:
+            in_flight += 1
+            most = max(most, in_flight)
+
+            def landed(_done: object) -> None:
+                nonlocal in_flight
+                in_flight -= 1
+
+            sent.add_done_callback(landed)
+        return sent
+
     monkeypatch.setattr(pipe, "execute", counting)
+    monkeypatch.setattr(pipe, "send_now", counting_now)
     await store.hit_window(account_key(redis_prefix, 0, "rpm"), 5, 1000)  # connected before the calls
     most = 0
 
