@@ -250,9 +250,7 @@ class ScriptBatcher:
                     pipeline.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 replies = await pipeline.execute(raise_on_error=False)
         except BaseException as error:
-            for *_call, result in batch:
-                if not result.done():
-                    result.set_exception(error if isinstance(error, Exception) else RedisConnectionError(str(error)))
+            _fail(batch, error if isinstance(error, Exception) else RedisConnectionError(str(error)))
             if not isinstance(error, Exception):
                 raise
             return
@@ -265,9 +263,7 @@ class ScriptBatcher:
     def _replied(self, batch: list[_Call], replied: asyncio.Future[list[Any]]) -> None:
         error = None if replied.cancelled() else replied.exception()
         if replied.cancelled() or error is not None:
-            for *_call, result in batch:
-                if not result.done():
-                    result.set_exception(error or RedisConnectionError("the batch was cancelled"))
+            _fail(batch, error or RedisConnectionError("the batch was cancelled"))
             return
         replies = replied.result()
         if any(isinstance(reply, NoScriptError) for reply in replies):
@@ -276,12 +272,7 @@ class ScriptBatcher:
             task.add_done_callback(self._sending.discard)
             return
         for (*_call, result), reply in zip(batch, replies, strict=True):
-            if result.done():
-                continue  # its caller was cancelled
-            if isinstance(reply, Exception):
-                result.set_exception(reply)
-            else:
-                result.set_result(reply)
+            _deliver(result, reply)
 
     async def _answer(self, batch: list[_Call], replies: list[Any]) -> None:
         for (script, keys, args, result), reply in zip(batch, replies, strict=True):
@@ -291,12 +282,22 @@ class ScriptBatcher:
                     reply = await self._client.evalsha(script.sha, len(keys), *keys, *args)
                 except Exception as error:
                     reply = error
-            if result.done():
-                continue  # its caller was cancelled
-            if isinstance(reply, Exception):
-                result.set_exception(reply)
-            else:
-                result.set_result(reply)
+            _deliver(result, reply)
+
+
+def _deliver(result: asyncio.Future[Any], reply: Any) -> None:
+    if result.done():
+        return  # its caller was cancelled
+    if isinstance(reply, Exception):
+        result.set_exception(reply)
+    else:
+        result.set_result(reply)
+
+
+def _fail(batch: list[_Call], error: BaseException) -> None:
+    for *_call, result in batch:
+        if not result.done():
+            result.set_exception(error)
 
 
 class ClusterScriptBatcher(ScriptBatcher):
@@ -324,9 +325,7 @@ class ClusterScriptBatcher(ScriptBatcher):
                 node = self._client.get_node_from_key(call[1][0])
                 by_node.setdefault(node.name if node is not None else "", []).append(call)
         except Exception as error:
-            for *_call, result in batch:
-                if not result.done():
-                    result.set_exception(error)
+            _fail(batch, error)
             return
         if len(by_node) == 1:
             await super()._send(batch)
