@@ -69,6 +69,10 @@ def _reply_error(message: str) -> Exception:
     return error_class(rest)
 
 
+def _packed(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    return b"".join([hiredis.pack_command(command) for command in commands])
+
+
 class _Batch:
     __slots__ = ("count", "done", "future", "replies", "timer")
 
@@ -194,7 +198,7 @@ class ScriptPipe:
         if client_name:
             setup.append(("CLIENT", "SETNAME", client_name))
         self._setup = setup
-        self._setup_data = b"".join(hiredis.pack_command(command) for command in setup)
+        self._setup_data = _packed(setup)
         self._protocol: _PipeProtocol | None = None
         self._connecting: asyncio.Task[_PipeProtocol] | None = None
         self._closes = 0  # an attempt that outlives a close() must not keep its connection
@@ -231,11 +235,11 @@ class ScriptPipe:
         """Send ``commands`` as one write; their replies in order, an error reply as the
         exception in its place. A lost connection or a late reply raises redis-py's
         ``ConnectionError`` / ``TimeoutError`` (for this batch and every other in flight)."""
-        data = b"".join([hiredis.pack_command(command) for command in commands])
-        protocol = self._protocol
-        if protocol is None or protocol.closed or protocol.loop is not asyncio.get_running_loop():
+        sent = self.send_now(commands)
+        if sent is None:
             protocol = await self._connect()
-        return await protocol.send(data, len(commands))
+            sent = protocol.send(_packed(commands), len(commands))
+        return await sent
 
     def send_now(self, commands: Sequence[tuple[Any, ...]]) -> asyncio.Future[list[Any]] | None:
         """Like :meth:`execute` but written at once, from a callback: the future of the replies,
@@ -243,7 +247,7 @@ class ScriptPipe:
         protocol = self._protocol
         if protocol is None or protocol.closed or protocol.loop is not asyncio.get_running_loop():
             return None
-        return protocol.send(b"".join([hiredis.pack_command(command) for command in commands]), len(commands))
+        return protocol.send(_packed(commands), len(commands))
 
     async def _connect(self) -> _PipeProtocol:
         # Batches that find no connection share one attempt.
