@@ -58,7 +58,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import anyio
 import msgspec
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -69,6 +68,7 @@ from billing.ledger import Settlement
 from billing.metering import Meter, Reservation
 from billing.money import format_credits
 from billing.records import Record, RecordRefused
+from billing.shielding import shielded
 from functions.config import ResolvedFunction
 from functions.invocations import ErrorType, InvocationRefused, InvocationTicket
 from functions.models import FunctionInvocation
@@ -256,7 +256,7 @@ class FunctionLedger:
                 error_code=error_type.value,
             )
         record = _record(function, ticket.request_id, call, settlement)
-        with anyio.CancelScope(shield=True):
+        with shielded():
             try:
                 if reservation is not None:
                     await self._meter.settle(reservation, record)
@@ -270,7 +270,7 @@ class FunctionLedger:
     ) -> None:
         """Log a call refused before admission (429, 402): free, nothing held. Never raises."""
         call = _invocation(function, self._now(), status, 0, error_type, origin, 0)
-        with anyio.CancelScope(shield=True):
+        with shielded():
             try:
                 await self._meter.record(_record(function, request_id, call, None))
             except Exception:

@@ -51,12 +51,12 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import aiohttp
-import anyio
 import httpx
 import msgspec
 
 from billing.counters import CounterStoreUnavailable
 from billing.errors import BillingError
+from billing.shielding import shielded
 from functions.config import ResolvedFunction
 from functions.egress import EgressRefused, FunctionEgress
 from functions.forwarding import Plan, build_body, build_url, clean_extra_path
@@ -188,7 +188,7 @@ class Forwarded:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
+        with shielded():
             try:
                 await self._response.aclose()
             except httpx.HTTPError:
@@ -344,7 +344,7 @@ class FunctionRuntime:
             log.info("proxy function %s: target failed (%s)", function.id, type(error).__name__)
         finally:
             if not answered and ledger is not None and ticket is not None:
-                with anyio.CancelScope(shield=True):
+                with shielded():
                     await ledger.finish(
                         ticket,
                         function,

@@ -42,6 +42,7 @@ from litestar.response import Stream
 from billing.estimates import Estimate
 from billing.ledger import Settlement
 from billing.money import format_credits, micro_to_usd
+from billing.shielding import shielded
 from billing.tokens import count_text_tokens
 from gateway.cache import ResponseStoreUnavailable, entry_key
 from gateway.catalog import CatalogModel
@@ -234,7 +235,7 @@ class ResponseCache:
             streamed=answer.streamed,
             end_user_id=ctx.end_user_id,
         )
-        with anyio.CancelScope(shield=True):  # reserved: it is settled whatever happens now
+        with shielded():  # reserved: it is settled whatever happens now
             await state.meter.settle(admitted.reservation, settlement)
         state.telemetry.finished(settlement, ctx.identity, None, stream_opened=False)
         meta = self._meta(ctx, answer, price)

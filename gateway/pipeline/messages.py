@@ -18,11 +18,11 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-import anyio
 import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from billing.shielding import shielded
 from billing.tokens import count_chat_tokens, prompt_fields
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.pipeline.chat import chat_completions, count_tokens
@@ -136,7 +136,7 @@ async def translate_stream(
     finally:
         closer = getattr(chat, "aclose", None)
         if closer is not None:
-            with anyio.CancelScope(shield=True):
+            with shielded():
                 await closer()
 
 

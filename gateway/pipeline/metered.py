@@ -31,6 +31,7 @@ from billing.estimates import Estimate, OutputRequest, affordable_output, tokens
 from billing.ledger import Settlement
 from billing.metering import KeyLimits, Reservation
 from billing.money import format_credits, micro_to_usd
+from billing.shielding import Cancellation, shielded
 from billing.webhooks import enqueue, rate_limit_event, spending_limit_event
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable
@@ -100,34 +101,35 @@ class ClientGone(GatewayError):
     code = "client_disconnected"
 
 
-_scope_class: type[anyio.CancelScope] | None = None
+class DisconnectScope(Cancellation):
+    """``async with DisconnectScope(receive) as scope``: the stretch of a request's task that the
+    client's disconnect cancels. ``receive`` is watched for ``http.disconnect`` by
+    :class:`DisconnectWatch` (no task of its own); the cancellation is asyncio's own, held off by
+    :func:`billing.shielding.shielded` settlements; ``scope.caught`` tells that it ended the block."""
 
+    __slots__ = ("_receive", "_watch")
 
-def cancel_scope(*, shield: bool = False) -> anyio.CancelScope:
-    """``anyio.CancelScope(shield=...)`` without its per-call lookup of the running async library
-    and backend (sniffio, then a dict): the backend's own class, learned from the first scope
-    made, is built directly. Two scopes per request made that lookup ~3 % of a chat request's
-    CPU under py-spy. The gateway runs on asyncio only (uvloop is an asyncio loop)."""
-    global _scope_class
-    if _scope_class is None:
-        _scope_class = type(anyio.CancelScope())
-    return _scope_class(shield=shield)
+    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> None:
+        super().__init__()
+        self._receive = receive
+
+    async def __aenter__(self) -> DisconnectScope:
+        await super().__aenter__()
+        self._watch = DisconnectWatch(self._receive, self)
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
+        self._watch.close()
+        return await super().__aexit__(kind, error, tb)
 
 
 async def cancel_on_disconnect(receive: Callable[[], Awaitable[Mapping[str, Any]]], work: Awaitable[R]) -> R:
     """Run ``work`` (the whole pipeline of a request whose body has been read), cancelling it if
     the client disconnects: the upstream request is cancelled with it and the pipeline settles
-    what it held (shielded), instead of paying for an answer nobody will read."""
-    with cancel_scope() as scope:
-        # No task per request: the server's ``receive`` is stepped by the callbacks of the
-        # futures it waits on (DisconnectWatch). The cancellation stays an anyio scope's, which
-        # the pipeline's shielded settlement holds off; errors of ``work`` reach the error
-        # handlers as themselves, not wrapped in an ExceptionGroup.
-        watch = DisconnectWatch(receive, scope)
-        try:
-            return await work
-        finally:
-            watch.close()
+    what it held (shielded), instead of paying for an answer nobody will read. Errors of
+    ``work`` reach the error handlers as themselves."""
+    async with DisconnectScope(receive):
+        return await work
     raise ClientGone("client disconnected")
 
 
@@ -141,7 +143,7 @@ class DisconnectWatch:
 
     __slots__ = ("_coro", "_receive", "_scope", "_waiting")
 
-    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]], scope: anyio.CancelScope) -> None:
+    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]], scope: DisconnectScope) -> None:
         self._receive = receive
         self._scope = scope
         self._coro: Coroutine[Any, Any, Mapping[str, Any]] | None = _as_coroutine(receive())
@@ -445,8 +447,8 @@ class MeteredCall:
             spent = False  # this attempt ran into the call's own deadline: nothing is left to retry in
             try:
                 try:
-                    # asyncio's timeout, not anyio's scope: a third of the cost, and it composes
-                    # with the anyio scopes around it (both count cancellations on the task).
+                    # asyncio's timeout: it composes with the DisconnectScope around it (both
+                    # count their cancellations on the task).
                     async with asyncio.timeout(deadline_at - started):
                         outcome = await call(adapter, served, deadline_at)
                 except TimeoutError as error:
@@ -533,7 +535,7 @@ class MeteredCall:
         self._settled = True
         if settlement.anomaly:
             self.state.anomalies[settlement.anomaly] += 1
-        with cancel_scope(shield=True):
+        with shielded():
             await self.state.meter.settle(self.admitted.reservation, settlement)
         self.state.telemetry.finished(  # metrics and access log: once per admitted request
             settlement, self.ctx.identity, self._upstream_s, stream_opened=self._handed_over
@@ -602,10 +604,10 @@ class StreamEnd:
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
         if self._settled:
             return
-        cancelled = kind is GeneratorExit or isinstance(error, anyio.get_cancelled_exc_class())
+        cancelled = kind is GeneratorExit or isinstance(error, asyncio.CancelledError)
         if error is not None and not cancelled:
             self.status_code, self.error_code = 500, "internal_error"
-        with cancel_scope(shield=True):
+        with shielded():
             await self._stream.aclose()
             usage, anomaly = await self._billable()
             await self._call.settle(

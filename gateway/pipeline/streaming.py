@@ -17,7 +17,7 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 
-from gateway.pipeline.metered import DisconnectWatch, cancel_scope
+from gateway.pipeline.metered import DisconnectScope
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Send
@@ -27,12 +27,8 @@ class WatchedStreamingResponse(ASGIStreamingResponse):
     __slots__ = ()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        with cancel_scope() as scope:
-            watch = DisconnectWatch(receive, scope)
-            try:
-                await self._stream(send)
-            finally:
-                watch.close()
+        async with DisconnectScope(receive):
+            await self._stream(send)
 
 
 class WatchedStream(Stream):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
-import anyio
 import pytest
 
-from gateway.pipeline.metered import ClientGone, cancel_on_disconnect, cancel_scope
+from billing.shielding import shielded
+from gateway.pipeline.metered import ClientGone, DisconnectScope, cancel_on_disconnect
 
 
 class Cycle:
@@ -84,12 +83,7 @@ async def test_a_disconnect_before_the_work_cancels_it_at_its_first_wait() -> No
     assert reached == []
 
 
-@pytest.mark.parametrize("shielded", [lambda: anyio.CancelScope(shield=True), lambda: cancel_scope(shield=True)])
-async def test_a_shielded_settlement_finishes_before_the_cancellation(
-    shielded: Callable[[], anyio.CancelScope],
-) -> None:
-    """The pipeline's settlement shields itself with cancel_scope (anyio's scope without the
-    per-call backend lookup): it must hold off the disconnect exactly as anyio's own does."""
+async def test_a_shielded_settlement_finishes_before_the_cancellation() -> None:
     cycle = Cycle()
     settled: list[str] = []
 
@@ -103,6 +97,109 @@ async def test_a_shielded_settlement_finishes_before_the_cancellation(
     with pytest.raises(ClientGone):
         await cancel_on_disconnect(cycle.receive, work())
     assert settled == ["settled"]
+
+
+async def test_a_cancellation_held_off_by_one_shield_does_not_land_in_the_next() -> None:
+    """Two settlements one after the other (a stream's close, then its bill): the disconnect
+    during the first waits out the second too, then lands at the first await outside both."""
+    cycle = Cycle()
+    done: list[str] = []
+
+    async def work() -> None:
+        with shielded():
+            cycle.hang_up()
+            await asyncio.sleep(0.01)
+            done.append("first")
+        with shielded():
+            await asyncio.sleep(0.01)
+            done.append("second")
+        await asyncio.Event().wait()
+        done.append("never")
+
+    with pytest.raises(ClientGone):
+        await cancel_on_disconnect(cycle.receive, work())
+    assert done == ["first", "second"]
+
+
+async def test_a_cancellation_held_off_by_a_last_shield_never_lands_outside_the_scope() -> None:
+    """The disconnect arrives during the settlement and the work returns right after it, with no
+    await left for the cancellation to land on: the answer is returned, and the task is not
+    cancelled later at some unrelated await of the server's."""
+    cycle = Cycle()
+
+    async def work() -> str:
+        with shielded():
+            cycle.hang_up()
+            await asyncio.sleep(0.01)
+        return "answer"
+
+    assert await cancel_on_disconnect(cycle.receive, work()) == "answer"
+    await asyncio.sleep(0)  # would raise CancelledError if the cancellation had leaked
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_the_code_handling_the_cancellation_can_await_without_a_shield() -> None:
+    """Cancelled once, as asyncio cancels: a stream's settlement after the disconnect runs its
+    awaits to the end (anyio's scopes cancelled every await until the scope was left)."""
+    cycle = Cycle()
+    settled: list[str] = []
+
+    async def work() -> None:
+        try:
+            cycle.hang_up()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)
+            settled.append("settled")
+            raise
+
+    with pytest.raises(ClientGone):
+        await cancel_on_disconnect(cycle.receive, work())
+    assert settled == ["settled"]
+
+
+async def test_work_that_swallows_the_cancellation_returns_and_leaves_the_task_clean() -> None:
+    cycle = Cycle()
+
+    async def work() -> str:
+        try:
+            cycle.hang_up()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        return "kept going"
+
+    assert await cancel_on_disconnect(cycle.receive, work()) == "kept going"
+    await asyncio.sleep(0)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+@pytest.mark.parametrize("also_disconnected", [False, True])
+async def test_a_cancellation_of_the_task_from_elsewhere_is_not_a_client_disconnect(also_disconnected: bool) -> None:
+    """A server stopping cancels the request's task itself: that goes on up as a cancellation,
+    whether or not the client hung up as well, never as the scope's own ClientGone."""
+    cycle = Cycle()
+    serving = asyncio.ensure_future(cancel_on_disconnect(cycle.receive, asyncio.Event().wait()))
+    await asyncio.sleep(0.01)  # the work waits on its upstream
+    if also_disconnected:
+        cycle.hang_up()  # the scope's own cancellation follows on the next loop turn
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert serving.cancelled()
+
+
+async def test_the_scope_tells_whether_the_client_ended_it() -> None:
+    cycle = Cycle()
+    async with DisconnectScope(cycle.receive) as scope:
+        await asyncio.sleep(0)
+    assert not scope.caught
+    async with DisconnectScope(cycle.receive) as scope:
+        cycle.hang_up()
+        await asyncio.Event().wait()
+    assert scope.caught
 
 
 async def test_errors_of_the_work_reach_the_caller_as_themselves() -> None:
@@ -127,8 +224,3 @@ async def test_a_failing_receive_ends_the_watch_not_the_work() -> None:
         return "done"
 
     assert await cancel_on_disconnect(receive, work()) == "done"
-
-
-async def test_cancel_scope_is_anyios_own_scope_class() -> None:
-    assert type(cancel_scope()) is type(anyio.CancelScope())
-    assert cancel_scope(shield=True).shield and not cancel_scope().shield
