@@ -99,6 +99,25 @@ def test_keys_material() -> None:
     assert not looks_like_prx_key("prx-" + "g" * 48)
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        "prx-" + "a" * 47,
+        "prx-" + "a" * 49,
+        "prx-" + "a" * 48 + "\n",  # $ would match before a final newline; fullmatch does not
+        "prx-" + "A" * 48,  # keys are lowercase hex
+        "prx-" + "\u0661" * 48,  # ARABIC-INDIC DIGIT ONE: a digit to \\d, not to [0-9]
+        "prx-" + "\uff41" * 48,  # FULLWIDTH LATIN SMALL LETTER A
+        "PRX-" + "a" * 48,
+        " prx-" + "a" * 47,
+        "bt-" + "a" * 48,
+        "",
+    ],
+)
+def test_only_a_prx_key_shaped_token_looks_like_one(token: str) -> None:
+    assert not looks_like_prx_key(token)
+
+
 # --- steps 4-9, each alone, then in order ---------------------------------------------------
 
 from ipaddress import ip_address  # noqa: E402
