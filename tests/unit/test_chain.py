@@ -106,7 +106,7 @@ def test_keys_material() -> None:
         "prx-" + "a" * 49,
         "prx-" + "a" * 48 + "\n",  # $ would match before a final newline; fullmatch does not
         "prx-" + "A" * 48,  # keys are lowercase hex
-        "prx-" + "\u0661" * 48,  # ARABIC-INDIC DIGIT ONE: a digit to \\d, not to [0-9]
+        "prx-" + "\u0661" * 48,  # ARABIC-INDIC DIGIT ONE: a digit to \d, not to [0-9]
         "prx-" + "\uff41" * 48,  # FULLWIDTH LATIN SMALL LETTER A
         "PRX-" + "a" * 48,
         " prx-" + "a" * 47,
