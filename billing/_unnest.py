@@ -16,6 +16,7 @@ connection, so the pool never hands the dead one out again.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -72,6 +73,10 @@ class Driver:
 
     @classmethod
     async def of(cls, connection: AsyncConnection) -> Driver:
+        if not connection.in_transaction():
+            # What SQLAlchemy's autobegin does before a statement of its own: without it, a
+            # "commit as you go" connection's commit() would find nothing to commit.
+            await connection.begin()
         pooled = await connection.get_raw_connection()
         adapted: Any = pooled.dbapi_connection
         driver = cls(connection, adapted, pooled.driver_connection)
@@ -79,28 +84,39 @@ class Driver:
         # and commits or rolls back only a transaction it started: start it here, its way, if
         # no statement of this transaction went through SQLAlchemy yet.
         if adapted._transaction is None and not adapted.autocommit:
+            handling = sys.exc_info()[1]
             try:
                 await adapted._start_transaction()
             except Exception as error:
-                raise await driver._wrapped("BEGIN", error) from error
+                raise await driver._wrapped("BEGIN", error, handling) from error
         return driver
 
     async def fetch(self, statement: str, *args: object) -> list[Any]:
+        handling = sys.exc_info()[1]
         try:
             return cast(list[Any], await self._driver.fetch(statement, *args))
         except Exception as error:
-            raise await self._wrapped(statement, error) from error
+            raise await self._wrapped(statement, error, handling) from error
 
     async def fetchrow(self, statement: str, *args: object) -> Any:
+        handling = sys.exc_info()[1]
         try:
             return await self._driver.fetchrow(statement, *args)
         except Exception as error:
-            raise await self._wrapped(statement, error) from error
+            raise await self._wrapped(statement, error, handling) from error
 
-    async def _wrapped(self, statement: str, error: Exception) -> BaseException:
+    async def _wrapped(self, statement: str, error: Exception, handling: BaseException | None = None) -> BaseException:
         """``error`` as SQLAlchemy raises it for a statement of its own: translated to the
         adapter's DBAPI error (which keeps the SQLSTATE), wrapped as ``DBAPIError`` or the
-        subclass that names it, the connection invalidated when it is gone."""
+        subclass that names it, the connection invalidated when it is gone.
+
+        ``handling``: the exception the caller was handling when it called (the writer retries
+        the halves of a refused batch inside its ``except``). asyncpg raises in the caller's
+        frames, so Python chains that exception under asyncpg's as its context, and
+        :func:`billing.parking.is_refusal`, which walks the chain, would read an outage there
+        as the earlier refusal. SQLAlchemy's own statements run in a greenlet of their own and
+        never chain it; neither does this."""
+        _unchain(error, handling)
         translated: Exception = error
         try:
             self._adapted._handle_exception(error)  # always raises: the DBAPI-level error
@@ -118,3 +134,18 @@ class Driver:
             connection_invalidated=gone,
             dialect=dialect,
         )
+
+
+def _unchain(error: BaseException, handling: BaseException | None) -> None:
+    """Cut ``error``'s chain where it reaches ``handling``."""
+    if handling is None:
+        return
+    current: BaseException | None = error
+    for _ in range(16):
+        if current is None:
+            return
+        if current.__context__ is handling:
+            current.__context__ = None
+        if current.__cause__ is handling:
+            current.__cause__ = None
+        current = current.__cause__ or current.__context__
