@@ -59,6 +59,27 @@ def create_engine(database_url: str) -> AsyncEngine:
     )
 
 
+def create_writer_engine(database_url: str) -> AsyncEngine | None:
+    """An engine of its own for the write-behind settlement writer on Postgres (``None`` on
+    SQLite: the writer shares the one engine).
+
+    Without ``pool_pre_ping``: the request path's engine pings at every checkout, a round trip
+    the writer paid once per round. A connection that died while idle instead fails the round
+    that takes it (its settlements stay buffered, the connection is invalidated) and the next
+    round connects afresh. One connection stays pooled (a round is one transaction at a time);
+    the overflow serves the rare burst of direct writes while the counters are unreachable.
+    """
+    if database_url.startswith("sqlite"):
+        return None
+    return create_async_engine(
+        database_url,
+        pool_size=1,
+        max_overflow=4,
+        pool_pre_ping=False,
+        connect_args={"prepared_statement_cache_size": PREPARED_STATEMENTS_PER_CONNECTION},
+    )
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
     return async_sessionmaker(engine, expire_on_commit=False)
 
