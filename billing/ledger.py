@@ -16,7 +16,7 @@ from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing._unnest import Driver, unnest_insert
+from billing._pgrows import Driver, json_insert
 from billing.models import Account, LedgerEntry, LedgerKind, UsageRecord, WebhookEvent, utcnow
 from billing.money import format_credits
 from providers.base import Usage
@@ -90,14 +90,14 @@ _DEBIT_BALANCE = (
 _INSERT_LEDGER = insert(_ledger)
 _INSERT_EVENT = insert(cast(Table, WebhookEvent.__table__))
 
-# Postgres: one SQL text each whatever the batch, run on the asyncpg connection (billing._unnest):
+# Postgres: one SQL text each whatever the batch, run on the asyncpg connection (billing._pgrows):
 # asyncpg prepares each once per connection, and no statement is compiled or bound by SQLAlchemy.
-_PG_INSERT_USAGE = unnest_insert(
+_PG_INSERT_USAGE = json_insert(
     _usage,
     _USAGE_COLUMNS,
     suffix=f"ON CONFLICT ({_usage.c.request_id.name}) DO NOTHING RETURNING {_usage.c.request_id.name}",
 )
-_PG_INSERT_LEDGER = unnest_insert(_ledger, _LEDGER_COLUMNS)
+_PG_INSERT_LEDGER = json_insert(_ledger, _LEDGER_COLUMNS)
 # The same UPDATE as SQLite's, compiled once to asyncpg's $n style, with its parameters' order.
 _pg_debit = _DEBIT_BALANCE.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))  # type: ignore[no-untyped-call]
 _PG_DEBIT_BALANCE = str(_pg_debit)
@@ -111,7 +111,7 @@ async def write_settlements(connection: AsyncConnection, settlements: Sequence[S
     A request id already in the database (a retry, a replayed or re-claimed batch) writes
     nothing again. Statements are per batch, not per request: one multi-row insert of usage
     records, one balance update per account, one insert of every ledger entry. On Postgres
-    (asyncpg) they are fixed statements on the driver's connection (:mod:`billing._unnest`).
+    (asyncpg) they are fixed statements on the driver's connection (:mod:`billing._pgrows`).
     """
     now = utcnow()
     unique: dict[str, Settlement] = {}
@@ -153,7 +153,7 @@ async def write_settlements(connection: AsyncConnection, settlements: Sequence[S
                 _INSERT_LEDGER, [dict(zip(_LEDGER_COLUMNS, row, strict=True)) for row in ledger_rows]
             )
         else:
-            await driver.fetch(_PG_INSERT_LEDGER, *zip(*ledger_rows, strict=True))
+            await driver.insert(_PG_INSERT_LEDGER, ledger_rows)
     if events:
         await connection.execute(_INSERT_EVENT, events)
     return len(inserted)
@@ -171,8 +171,8 @@ async def _insert_usage(connection: AsyncConnection, driver: Driver | None, rows
     """Insert usage records (value tuples in ``_USAGE_COLUMNS`` order) but those whose request
     id exists; returns the request ids inserted."""
     if driver is not None:
-        # One array per column: the statement's text is the same for one row or five hundred.
-        return {str(row[0]) for row in await driver.fetch(_PG_INSERT_USAGE, *zip(*rows, strict=True))}
+        # The rows as one JSON parameter: the statement's text is the same for one row or five hundred.
+        return {str(row[0]) for row in await driver.insert(_PG_INSERT_USAGE, rows)}
     values = [dict(zip(_USAGE_COLUMNS, row, strict=True)) for row in rows]
     return {str(row[0]) for row in await connection.execute(_INSERT_USAGE[connection.dialect.name], values)}
 

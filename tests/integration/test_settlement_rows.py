@@ -1,5 +1,5 @@
-"""``write_settlements`` on both backends: on Postgres its rows go through fixed ``unnest``
-statements on the asyncpg connection (billing/_unnest.py), on SQLite through SQLAlchemy; the
+"""``write_settlements`` on both backends: on Postgres its rows go through fixed statements on
+the asyncpg connection, one JSON parameter each (billing/_pgrows.py), on SQLite through SQLAlchemy; the
 same batch must leave the same books, and asyncpg's errors must read as SQLAlchemy's."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from billing._unnest import Driver
+from billing._pgrows import Driver
 from billing.accounts import create_account
 from billing.ledger import _PG_INSERT_USAGE, Settlement, _usage_values, write_settlements
 from billing.models import Account, LedgerEntry, UsageRecord, WebhookEvent, utcnow
@@ -152,16 +152,14 @@ async def test_write_settlements_on_postgres_prepares_one_statement_whatever_the
         statements = [str(row[0]) for row in prepared]
         # Eleven batch sizes, one statement each (the account's own grant went through SQLAlchemy).
         assert [s for s in statements if s.startswith("INSERT INTO usage_records")] == [_PG_INSERT_USAGE]
-        assert len([s for s in statements if s.startswith("INSERT INTO credit_ledger") and "unnest" in s]) == 1
+        assert (
+            len([s for s in statements if s.startswith("INSERT INTO credit_ledger") and "jsonb_array_elements" in s])
+            == 1
+        )
         async with create_sessionmaker(engine)() as session:
             assert len(list(await session.scalars(select(UsageRecord)))) == sum(range(1, 12))
     finally:
         await engine.dispose()
-
-
-def _usage_arrays(row: Settlement) -> list[list[Any]]:
-    """One row as the usage insert's column arrays."""
-    return [[value] for value in _usage_values(row, utcnow())]
 
 
 @pytest.mark.parametrize(
@@ -169,6 +167,8 @@ def _usage_arrays(row: Settlement) -> list[list[Any]]:
     [
         ({"end_user_id": "u" * 300}, "22"),  # too long for its column
         ({"provider": "nul\x00slipped"}, "22"),  # past storable: Postgres refuses NUL in text
+        ({"latency_ms": 2**31}, "22"),  # out of an INTEGER column's range
+        ({"key_id": 2**64}, "22"),  # out of a BIGINT's
         ({"account_id": 424242}, "23"),  # no such account
     ],
 )
@@ -183,7 +183,9 @@ async def test_driver_raises_a_refused_row_as_sqlalchemys_refusal(
         with pytest.raises(DBAPIError) as refused:
             async with engine.begin() as connection:
                 driver = await Driver.of(connection)
-                await driver.fetch(_PG_INSERT_USAGE, *_usage_arrays(settlement(account, "req_bad", 10, **changes)))
+                await driver.insert(
+                    _PG_INSERT_USAGE, [_usage_values(settlement(account, "req_bad", 10, **changes), utcnow())]
+                )
         assert is_refusal(refused.value)
         assert str(getattr(refused.value.orig, "sqlstate", "")).startswith(sqlstate_class)
         assert not refused.value.connection_invalidated
