@@ -109,9 +109,9 @@ async def write_settlements(connection: AsyncConnection, settlements: Sequence[S
     for those that cost anything, one debit each; returns how many were new.
 
     A request id already in the database (a retry, a replayed or re-claimed batch) writes
-    nothing again. Statements are per batch, not per request: one multi-row insert of usage
-    records, one balance update per account, one insert of every ledger entry. On Postgres
-    (asyncpg) they are fixed statements on the driver's connection (:mod:`billing._pgrows`).
+    nothing again. Statements are per batch, not per request: one insert of every usage record,
+    one balance update per account, one insert of every ledger entry. On Postgres (asyncpg)
+    they are fixed statements on the driver's connection (:mod:`billing._pgrows`).
     """
     now = utcnow()
     unique: dict[str, Settlement] = {}

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK_ID = 7_210_114_111_108
-# The settlement writer's multi-row inserts are a new SQL text (and prepared statement, ~100 KiB)
+# The settlement writer's multi-row inserts were a new SQL text (and prepared statement, ~100 KiB)
 # for every batch size; at SQLAlchemy's default of 100 per pooled connection they grew a soak's
-# RSS by 35 MiB in 150 s (bench/RESULTS.md). The statements that repeat stay in a small LRU.
+# RSS by 35 MiB in 150 s (bench/RESULTS.md). On asyncpg they are fixed statements now
+# (billing/_pgrows.py); any other multi-row insert still varies, and what repeats stays in this LRU.
 PREPARED_STATEMENTS_PER_CONNECTION = 16
 
 
