@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing._pgrows import Driver
 from billing.accounts import create_account
-from billing.ledger import _PG_INSERT_USAGE, Settlement, _usage_values, write_settlements
+from billing.ledger import (
+    _LEDGER_COLUMNS,
+    _PG_INSERT_USAGE,
+    _USAGE_COLUMNS,
+    Settlement,
+    _usage_values,
+    write_settlements,
+)
 from billing.models import Account, LedgerEntry, UsageRecord, WebhookEvent, utcnow
 from billing.parking import is_refusal
 from gateway.db import create_engine, create_sessionmaker, migrate
@@ -245,3 +252,10 @@ async def test_an_outage_while_handling_a_refusal_is_still_an_outage(postgres_ur
     finally:
         await admin.close()
         await engine.dispose()
+
+
+def test_the_fixed_statements_write_every_column_but_the_id() -> None:
+    """A column added to the models but not to the raw statements would get no Python-side
+    default on Postgres, and every row could be refused: the lists must cover the tables."""
+    for table, columns in ((UsageRecord.__table__, _USAGE_COLUMNS), (LedgerEntry.__table__, _LEDGER_COLUMNS)):
+        assert sorted(columns) == sorted(column.name for column in table.columns if column.name != "id")
