@@ -16,6 +16,7 @@ from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing._pgrows import Driver, json_insert
 from billing.models import Account, LedgerEntry, LedgerKind, UsageRecord, WebhookEvent, utcnow
 from billing.money import format_credits
 from providers.base import Usage
@@ -47,8 +48,31 @@ _usage = cast(Table, UsageRecord.__table__)
 _ledger = cast(Table, LedgerEntry.__table__)
 _accounts = cast(Table, Account.__table__)
 
+# The columns a settlement writes, in the order of the value tuples below (both paths use them).
+_USAGE_COLUMNS = (
+    "request_id",
+    "account_id",
+    "key_id",
+    "model",
+    "provider",
+    "upstream_model",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "credits_micro",
+    "latency_ms",
+    "status_code",
+    "error_code",
+    "streamed",
+    "cancelled",
+    "end_user_id",
+    "anomaly",
+    "created_at",
+)
+_LEDGER_COLUMNS = ("account_id", "kind", "amount_micro", "balance_after_micro", "request_id", "reason", "created_at")
+
 # Built once: execute() with parameters hits SQLAlchemy's compiled cache instead of building
-# (and cache-keying) a statement per request.
+# (and cache-keying) a statement per request. SQLite's path (and Postgres on another driver).
 _INSERT_USAGE = {
     "postgresql": postgresql.insert(_usage)
     .on_conflict_do_nothing(index_elements=["request_id"])
@@ -66,14 +90,28 @@ _DEBIT_BALANCE = (
 _INSERT_LEDGER = insert(_ledger)
 _INSERT_EVENT = insert(cast(Table, WebhookEvent.__table__))
 
+# Postgres: one SQL text each whatever the batch, run on the asyncpg connection (billing._pgrows):
+# asyncpg prepares each once per connection, and no statement is compiled or bound by SQLAlchemy.
+_PG_INSERT_USAGE = json_insert(
+    _usage,
+    _USAGE_COLUMNS,
+    suffix=f"ON CONFLICT ({_usage.c.request_id.name}) DO NOTHING RETURNING {_usage.c.request_id.name}",
+)
+_PG_INSERT_LEDGER = json_insert(_ledger, _LEDGER_COLUMNS)
+# The same UPDATE as SQLite's, compiled once to asyncpg's $n style, with its parameters' order.
+_pg_debit = _DEBIT_BALANCE.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))  # type: ignore[no-untyped-call]
+_PG_DEBIT_BALANCE = str(_pg_debit)
+_PG_DEBIT_PARAMETERS = tuple(_pg_debit.positiontup or ())
+
 
 async def write_settlements(connection: AsyncConnection, settlements: Sequence[Settlement]) -> int:
     """Write a batch of settled requests in the caller's transaction: their usage records and,
     for those that cost anything, one debit each; returns how many were new.
 
     A request id already in the database (a retry, a replayed or re-claimed batch) writes
-    nothing again. Statements are per batch, not per request: one multi-row insert of usage
-    records, one balance update per account, one insert of every ledger entry.
+    nothing again. Statements are per batch, not per request: one insert of every usage record,
+    one balance update per account, one insert of every ledger entry. On Postgres (asyncpg)
+    they are fixed statements on the driver's connection (:mod:`billing._pgrows`).
     """
     now = utcnow()
     unique: dict[str, Settlement] = {}
@@ -81,23 +119,20 @@ async def write_settlements(connection: AsyncConnection, settlements: Sequence[S
         unique.setdefault(settlement.request_id, settlement)  # a duplicate in the batch: the first wins
     if not unique:
         return 0
-    inserted = {
-        str(row[0])
-        for row in await connection.execute(
-            _INSERT_USAGE[connection.dialect.name],
-            [_usage_row(settlement, now) for settlement in unique.values()],
-        )
-    }
+    driver = await Driver.of(connection) if _on_asyncpg(connection) else None
+    inserted = await _insert_usage(
+        connection, driver, [_usage_values(settlement, now) for settlement in unique.values()]
+    )
     debits: dict[int, list[Settlement]] = {}
     for request_id, settlement in unique.items():
         if request_id in inserted and settlement.cost_micro:
             debits.setdefault(settlement.account_id, []).append(settlement)
-    ledger_rows: list[dict[str, Any]] = []
+    ledger_rows: list[tuple[Any, ...]] = []
     events: list[dict[str, Any]] = []
     for account_id in sorted(debits):  # a fixed lock order: concurrent writers never deadlock
         batch = debits[account_id]
         total = sum(settlement.cost_micro for settlement in batch)
-        row = (await connection.execute(_DEBIT_BALANCE, {"debit_account_id": account_id, "debit_micro": total})).first()
+        row = await _debit(connection, driver, account_id, total)
         if row is None:
             continue  # the account is gone; its usage records stay as the trace
         balance, threshold, email = int(row[0]) + total, row[1], row[2]
@@ -108,22 +143,47 @@ async def write_settlements(connection: AsyncConnection, settlements: Sequence[S
                 # the batches, and within a batch the walk is in order, so exactly one debit per
                 # crossing sees it (docs/product-rules.md: once per crossing).
                 events.append(_low_credits_event(account_id, email, balance, now))
+            # In _LEDGER_COLUMNS order.
             ledger_rows.append(
-                {
-                    "account_id": account_id,
-                    "kind": LedgerKind.DEBIT.value,
-                    "amount_micro": -settlement.cost_micro,
-                    "balance_after_micro": balance,
-                    "request_id": settlement.request_id,
-                    "reason": settlement.model,
-                    "created_at": now,
-                }
+                (account_id, _DEBIT, -settlement.cost_micro, balance, settlement.request_id, settlement.model, now)
             )
     if ledger_rows:
-        await connection.execute(_INSERT_LEDGER, ledger_rows)
+        if driver is None:
+            await connection.execute(
+                _INSERT_LEDGER, [dict(zip(_LEDGER_COLUMNS, row, strict=True)) for row in ledger_rows]
+            )
+        else:
+            await driver.insert(_PG_INSERT_LEDGER, ledger_rows)
     if events:
         await connection.execute(_INSERT_EVENT, events)
     return len(inserted)
+
+
+_DEBIT = LedgerKind.DEBIT.value
+
+
+def _on_asyncpg(connection: AsyncConnection) -> bool:
+    dialect = connection.dialect
+    return dialect.name == "postgresql" and dialect.driver == "asyncpg"
+
+
+async def _insert_usage(connection: AsyncConnection, driver: Driver | None, rows: list[tuple[Any, ...]]) -> set[str]:
+    """Insert usage records (value tuples in ``_USAGE_COLUMNS`` order) but those whose request
+    id exists; returns the request ids inserted."""
+    if driver is not None:
+        # The rows as one JSON parameter: the statement's text is the same for one row or five hundred.
+        return {str(row[0]) for row in await driver.insert(_PG_INSERT_USAGE, rows)}
+    values = [dict(zip(_USAGE_COLUMNS, row, strict=True)) for row in rows]
+    return {str(row[0]) for row in await connection.execute(_INSERT_USAGE[connection.dialect.name], values)}
+
+
+async def _debit(connection: AsyncConnection, driver: Driver | None, account_id: int, total: int) -> Any:
+    """Take ``total`` off the account's balance; returns (balance after, low-credit threshold,
+    email), or ``None`` for an account that is gone."""
+    parameters = {"debit_account_id": account_id, "debit_micro": total}
+    if driver is not None:
+        return await driver.fetchrow(_PG_DEBIT_BALANCE, *(parameters[name] for name in _PG_DEBIT_PARAMETERS))
+    return (await connection.execute(_DEBIT_BALANCE, parameters)).first()
 
 
 _TEXT_FIELDS = ("request_id", "model", "provider", "upstream_model", "error_code", "end_user_id", "anomaly")
@@ -144,28 +204,29 @@ def storable(settlement: Settlement) -> Settlement:
     return msgspec.structs.replace(settlement, **cleaned)
 
 
-def _usage_row(settlement: Settlement, now: datetime) -> dict[str, Any]:
+def _usage_values(settlement: Settlement, now: datetime) -> tuple[Any, ...]:
+    """A usage record's values in ``_USAGE_COLUMNS`` order."""
     usage = settlement.usage
-    return {
-        "request_id": settlement.request_id,
-        "account_id": settlement.account_id,
-        "key_id": settlement.key_id,
-        "model": settlement.model,
-        "provider": settlement.provider,
-        "upstream_model": settlement.upstream_model,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cached_tokens": usage.cached_input_tokens,
-        "credits_micro": settlement.cost_micro,
-        "latency_ms": settlement.latency_ms,
-        "status_code": settlement.status_code,
-        "error_code": settlement.error_code,
-        "streamed": settlement.streamed,
-        "cancelled": settlement.cancelled,
-        "end_user_id": settlement.end_user_id,
-        "anomaly": settlement.anomaly,
-        "created_at": now,
-    }
+    return (
+        settlement.request_id,
+        settlement.account_id,
+        settlement.key_id,
+        settlement.model,
+        settlement.provider,
+        settlement.upstream_model,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        settlement.cost_micro,
+        settlement.latency_ms,
+        settlement.status_code,
+        settlement.error_code,
+        settlement.streamed,
+        settlement.cancelled,
+        settlement.end_user_id,
+        settlement.anomaly,
+        now,
+    )
 
 
 def _low_credits_event(account_id: int, email: str, balance_after: int, now: datetime) -> dict[str, Any]:

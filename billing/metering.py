@@ -73,10 +73,19 @@ class Meter:
         consumer: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        writer_engine: AsyncEngine | None = None,
     ) -> None:
+        """``writer_engine``: what the write-behind writer writes its batches through (default:
+        ``engine``); the gateway gives it one without a ping per checkout (gateway/db.py)."""
         self.keys = CounterKeys(prefix)
         self.writer = SettlementWriter(
-            store, engine, sessionmaker, self.keys, claim_idle_s=claim_idle_s, consumer=consumer, clock=clock
+            store,
+            writer_engine or engine,
+            sessionmaker,
+            self.keys,
+            claim_idle_s=claim_idle_s,
+            consumer=consumer,
+            clock=clock,
         )
         self.expiry = ExpirySweep(store, self.keys, self.writer, wall_clock=wall_clock)
         self.refresher = BalanceRefresher(

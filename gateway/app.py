@@ -69,7 +69,7 @@ from gateway.catalog import build_adapters, build_catalog
 from gateway.cors import cors_middleware
 from gateway.dashboard import dashboard_routes, template_config
 from gateway.dashboard.nav import BILLING_PATH
-from gateway.db import create_engine, create_sessionmaker
+from gateway.db import create_engine, create_sessionmaker, create_writer_engine
 from gateway.errors import (
     DOMAIN_ERRORS,
     handle_domain_error,
@@ -188,6 +188,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             refresh_ttl_s=settings.session_refresh_ttl_s,
             now=now,
         )
+        # The settlement writer's own pool, without a ping per round (None on SQLite: shared).
+        writer_engine = create_writer_engine(settings.database_url)
         app.state.gateway = GatewayState(
             settings=settings,
             engine=engine,
@@ -202,6 +204,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
                 reservation_ttl_s=settings.reservation_ttl_s,
                 claim_idle_s=settings.settlement_claim_idle_s,
                 clock=monotonic,
+                writer_engine=writer_engine,
             ),
             keys=KeyResolver(sessionmaker, ttl_s=settings.key_cache_ttl_s, clock=monotonic),
             catalog=build_catalog(settings),
@@ -269,6 +272,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             await state.responses.close()
             await counters.close()
             await engine.dispose()
+            if writer_engine is not None:
+                await writer_engine.dispose()
             if countries is not None:
                 countries.close()
 

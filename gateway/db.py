@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK_ID = 7_210_114_111_108
-# The settlement writer's multi-row inserts are a new SQL text (and prepared statement, ~100 KiB)
+# The settlement writer's multi-row inserts were a new SQL text (and prepared statement, ~100 KiB)
 # for every batch size; at SQLAlchemy's default of 100 per pooled connection they grew a soak's
-# RSS by 35 MiB in 150 s (bench/RESULTS.md). The statements that repeat stay in a small LRU.
+# RSS by 35 MiB in 150 s (bench/RESULTS.md). On asyncpg they are fixed statements now
+# (billing/_pgrows.py); any other multi-row insert still varies, and what repeats stays in this LRU.
 PREPARED_STATEMENTS_PER_CONNECTION = 16
 
 
@@ -55,6 +56,27 @@ def create_engine(database_url: str) -> AsyncEngine:
         pool_size=10,
         max_overflow=20,
         pool_pre_ping=True,
+        connect_args={"prepared_statement_cache_size": PREPARED_STATEMENTS_PER_CONNECTION},
+    )
+
+
+def create_writer_engine(database_url: str) -> AsyncEngine | None:
+    """An engine of its own for the write-behind settlement writer on Postgres (``None`` on
+    SQLite: the writer shares the one engine).
+
+    Without ``pool_pre_ping``: the request path's engine pings at every checkout, a round trip
+    the writer paid once per round. A connection that died while idle instead fails the round
+    that takes it (its settlements stay buffered, the connection is invalidated) and the next
+    round connects afresh. One connection stays pooled (a round is one transaction at a time);
+    the overflow serves the rare burst of direct writes while the counters are unreachable.
+    """
+    if database_url.startswith("sqlite"):
+        return None
+    return create_async_engine(
+        database_url,
+        pool_size=1,
+        max_overflow=4,
+        pool_pre_ping=False,
         connect_args={"prepared_statement_cache_size": PREPARED_STATEMENTS_PER_CONNECTION},
     )
 

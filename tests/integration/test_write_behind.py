@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -19,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import billing.mirror
 from billing.accounts import account_balance, create_account
 from billing.counters import Enqueue, RedisCounterStore
+from billing.errors import BillingUnavailable
 from billing.ledger import Settlement, write_settlements
 from billing.metering import BALANCE, PENDING, KeyLimits, Meter
 from billing.mirror import REFRESHED
 from billing.models import ParkedSettlement, UsageRecord
 from gateway.cli import main
-from gateway.db import create_engine, create_sessionmaker, migrate
+from gateway.db import create_engine, create_sessionmaker, create_writer_engine, migrate
 from gateway.reconcile import reconcile
 from providers.base import Usage
 from tests.fakes.gateway_fixtures import debits_per_request
@@ -40,6 +42,7 @@ class Books:
     prefix: str
     redis_url: str
     database_url: str
+    writer_engine: AsyncEngine  # the writer's own pool, without pre-ping, as the gateway builds it
 
     def meter(self, consumer: str, claim_idle_s: float = 30.0) -> Meter:
         return Meter(
@@ -50,6 +53,7 @@ class Books:
             refresh_s=60.0,
             consumer=consumer,
             claim_idle_s=claim_idle_s,
+            writer_engine=self.writer_engine,
         )
 
     async def balance(self) -> int:
@@ -85,8 +89,11 @@ async def books(postgres_url: str, redis_url: str, redis_prefix: str) -> AsyncIt
     async with create_sessionmaker(engine)() as session:
         account = await create_account(session, "acme", email="ops@acme.test", credits_micro=OPENING)
     store = RedisCounterStore.from_url(redis_url, prefix=redis_prefix)
-    yield Books(engine, store, account.id, redis_prefix, redis_url, postgres_url)
+    writer_engine = create_writer_engine(postgres_url)
+    assert writer_engine is not None
+    yield Books(engine, store, account.id, redis_prefix, redis_url, postgres_url, writer_engine)
     await store.close()
+    await writer_engine.dispose()
     await engine.dispose()
     await _forget_redis(redis_url, redis_prefix)
 
@@ -258,6 +265,49 @@ async def test_writer_parks_a_refused_entry_and_writes_every_other_account(books
     assert await books.reconciles()
 
 
+async def test_writer_parks_numbers_out_of_range_and_writes_the_rest(books: Books) -> None:
+    """Rows sent as one JSON parameter (billing/_pgrows.py) are refused per entry as before."""
+    meter = books.meter("writer-a")
+    await serve(meter, books.account_id, "req_ok", 1_000)
+    await _reserve_and_settle(
+        meter, msgspec.structs.replace(settlement(books.account_id, "req_int4", 100), latency_ms=2**31)
+    )
+    await _reserve_and_settle(
+        meter, msgspec.structs.replace(settlement(books.account_id, "req_int8", 100), key_id=2**63)
+    )
+    await serve(meter, books.account_id, "req_ok_late", 1_000)
+    assert await meter.write_pending() == 4
+    assert await books.debits() == {"req_ok": 1, "req_ok_late": 1}
+    async with create_sessionmaker(books.engine)() as session:
+        parked = {p.request_id: p.error for p in await session.scalars(select(ParkedSettlement))}
+    assert sorted(parked) == ["req_int4", "req_int8"]
+    assert all("NumericValueOutOfRange" in error for error in parked.values())
+    assert await books.store.queued_settlements() == 0
+
+
+async def test_a_writer_connection_killed_fails_one_round_and_the_next_reconnects(books: Books) -> None:
+    """The writer's pool pings nothing: a connection that died idle fails the round that takes
+    it, the round's entries stay buffered, and the next round connects afresh."""
+    meter = books.meter("writer-a")
+    await serve(meter, books.account_id, "req_0", 1_000)
+    assert await meter.write_pending() == 1
+    async with books.writer_engine.connect() as connection:  # the one pooled connection
+        raw = await connection.get_raw_connection()
+        pid = raw.driver_connection.get_server_pid()  # type: ignore[union-attr]
+    admin = await asyncpg.connect(books.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+    finally:
+        await admin.close()
+    await serve(meter, books.account_id, "req_1", 1_000)
+    with pytest.raises(BillingUnavailable):
+        await meter.write_pending()
+    assert await books.store.queued_settlements() == 1 and await books.debits() == {"req_0": 1}
+    assert await meter.write_pending() == 1
+    assert await books.debits() == {"req_0": 1, "req_1": 1}
+    assert await books.reconciles()
+
+
 async def test_an_unreadable_buffered_entry_is_parked_not_dropped(books: Books) -> None:
     meter = books.meter("writer-a")
     await serve(meter, books.account_id, "req_ok", 1_000)
@@ -301,7 +351,14 @@ class PausingStore(RedisCounterStore):
 
 def pausing_meter(books: Books, consumer: str) -> tuple[Meter, PausingStore]:
     store = PausingStore(aioredis.Redis.from_url(books.redis_url), prefix=books.prefix)
-    meter = Meter(store, books.engine, create_sessionmaker(books.engine), prefix=books.prefix, refresh_s=60.0)
+    meter = Meter(
+        store,
+        books.engine,
+        create_sessionmaker(books.engine),
+        prefix=books.prefix,
+        refresh_s=60.0,
+        writer_engine=books.writer_engine,
+    )
     meter.consumer = consumer
     return meter, store
 
