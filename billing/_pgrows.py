@@ -36,6 +36,19 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 _preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+
+
+def _adapter_supported() -> bool:
+    """The parts of SQLAlchemy's asyncpg adapter :class:`Driver` relies on (not public API): a
+    SQLAlchemy that changed them makes the writer take SQLAlchemy's own path, not fail."""
+    try:
+        from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection as adapter
+    except ImportError:
+        return False
+    return all(hasattr(adapter, name) for name in ("_start_transaction", "_handle_exception", "_transaction"))
+
+
+ADAPTER_SUPPORTED = _adapter_supported()
 _encoder = msgspec.json.Encoder()
 
 

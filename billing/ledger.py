@@ -16,7 +16,7 @@ from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing._pgrows import Driver, json_insert
+from billing._pgrows import ADAPTER_SUPPORTED, Driver, json_insert
 from billing.models import Account, LedgerEntry, LedgerKind, UsageRecord, WebhookEvent, utcnow
 from billing.money import format_credits
 from providers.base import Usage
@@ -164,7 +164,7 @@ _DEBIT = LedgerKind.DEBIT.value
 
 def _on_asyncpg(connection: AsyncConnection) -> bool:
     dialect = connection.dialect
-    return dialect.name == "postgresql" and dialect.driver == "asyncpg"
+    return dialect.name == "postgresql" and dialect.driver == "asyncpg" and ADAPTER_SUPPORTED
 
 
 async def _insert_usage(connection: AsyncConnection, driver: Driver | None, rows: list[tuple[Any, ...]]) -> set[str]:

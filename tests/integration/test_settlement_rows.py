@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from billing._pgrows import Driver
+from billing._pgrows import ADAPTER_SUPPORTED, Driver
 from billing.accounts import create_account
 from billing.ledger import (
     _LEDGER_COLUMNS,
@@ -259,3 +259,9 @@ def test_the_fixed_statements_write_every_column_but_the_id() -> None:
     default on Postgres, and every row could be refused: the lists must cover the tables."""
     for table, columns in ((UsageRecord.__table__, _USAGE_COLUMNS), (LedgerEntry.__table__, _LEDGER_COLUMNS)):
         assert sorted(columns) == sorted(column.name for column in table.columns if column.name != "id")
+
+
+def test_the_installed_sqlalchemy_has_what_the_driver_path_needs() -> None:
+    """Else the writer quietly takes SQLAlchemy's slower path: a SQLAlchemy upgrade that changed
+    its asyncpg adapter must show here, not only in a benchmark."""
+    assert ADAPTER_SUPPORTED
