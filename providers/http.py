@@ -275,6 +275,34 @@ def _nothing() -> Iterable[StreamChunk]:
     return ()
 
 
+def body_reads(response: httpx.Response) -> AsyncIterator[bytes]:
+    """A streamed response's body, read by read, for a caller that closes it (:func:`close_reads`).
+
+    An undecoded body (no ``Content-Encoding``, the usual SSE upstream) is read from the
+    transport's stream itself: httpx's ``aiter_bytes`` stacks two async generators over it,
+    which a stream that stops at its end marker leaves unfinished, and closing the outer one
+    does not close the inner ones. Each was then finalised by the event loop (a thread-safe
+    wake-up and a task running its ``aclose``): three tasks per streamed request. An encoded
+    body, or one already read, takes httpx's path."""
+    stream = response.stream
+    if (
+        response.is_stream_consumed
+        or response.is_closed
+        or not isinstance(stream, httpx.AsyncByteStream)
+        or "content-encoding" in response.headers
+    ):
+        return response.aiter_bytes()
+    response.is_stream_consumed = True  # as aiter_raw marks it: a second read raises StreamConsumed
+    return stream.__aiter__()
+
+
+async def close_reads(reads: AsyncIterator[bytes]) -> None:
+    """Close what :func:`body_reads` returned, now rather than when it is collected."""
+    aclose = getattr(reads, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 class SSEStream:
     """An upstream's SSE body as OpenAI chunks, for every vendor: the vendor supplies only
     ``translate`` (one SSE event → the chunks to forward, raising a :class:`ProviderError` for
@@ -300,8 +328,9 @@ class SSEStream:
 
     async def __aiter__(self) -> AsyncIterator[StreamChunk]:
         parser = SSEParser()
+        reads = body_reads(self._response)
         try:
-            async for raw in self._response.aiter_bytes():
+            async for raw in reads:
                 for event in parser.feed(raw):
                     if event.data == self._end_marker:
                         return
@@ -317,15 +346,19 @@ class SSEStream:
         except httpx.HTTPError as error:
             raise transport_error(error, self._provider) from error
         finally:
-            await self._response.aclose()
+            try:
+                await close_reads(reads)
+            finally:
+                await self._response.aclose()
 
     async def batches(self) -> AsyncIterator[list[StreamChunk]]:
         """The same chunks, grouped by the upstream read that completed them (never empty): a
         gateway forwards a group as one write instead of one per event. Chunks translated
         before an error event of the same read come out before the error."""
         parser = SSEParser()
+        reads = body_reads(self._response)
         try:
-            async for raw in self._response.aiter_bytes():
+            async for raw in reads:
                 batch: list[StreamChunk] = []
                 ended = False
                 try:
@@ -359,7 +392,10 @@ class SSEStream:
         except httpx.HTTPError as error:
             raise transport_error(error, self._provider) from error
         finally:
-            await self._response.aclose()
+            try:
+                await close_reads(reads)
+            finally:
+                await self._response.aclose()
 
     async def aclose(self) -> None:
         await self._response.aclose()

@@ -310,7 +310,8 @@ def _error_event(error: ProviderError, meta: dict[str, Any]) -> bytes:
 class _Slugs:
     """Puts the slug the client asked for in each chunk's ``model``, replacing the upstream's
     name in the chunk's bytes (one search, no re-encoding); a chunk written another way is
-    re-encoded. Remembers the upstream's own name for ``_tollway.upstream_model``."""
+    re-encoded. Remembers the upstream's own name for ``_tollway.upstream_model``. ``swap`` is
+    a plain method, called bound: an instance's ``__call__`` costs a slot lookup per chunk."""
 
     def __init__(self, slug: str) -> None:
         self.slug = slug
@@ -318,7 +319,7 @@ class _Slugs:
         self._old: tuple[bytes, ...] = ()
         self._new = member_bytes("model", slug)[0]
 
-    def __call__(self, chunk: StreamChunk) -> bytes:
+    def swap(self, chunk: StreamChunk) -> bytes:
         model = chunk.model
         if model is None:
             return chunk.data
@@ -341,14 +342,9 @@ class _StreamMeter:
 
     def __init__(self, call: MeteredCall, prompt_tokens: Callable[[], Awaitable[int]]) -> None:
         self.call = call
-        self.generated: list[str] = []
-        self.generated_bytes = 0
+        self.generated: list[str] = []  # appended to per chunk by the body, joined only to count
         self.reported: Usage | None = None
         self._prompt_tokens = prompt_tokens
-
-    def add(self, text: str) -> None:
-        self.generated.append(text)
-        self.generated_bytes += len(text)
 
     async def counted(self) -> Usage:
         """When usage never came (or could not be believed): the prompt and what was streamed."""
@@ -356,7 +352,7 @@ class _StreamMeter:
         model = self.call.served.upstream_model
         return Usage(
             input_tokens=await self._prompt_tokens(),
-            output_tokens=await count_tokens(self.generated_bytes, lambda: count_text_tokens(text, model)),
+            output_tokens=await count_tokens(len(text), lambda: count_text_tokens(text, model)),
         )
 
     async def billable(self) -> tuple[Usage, str]:
@@ -373,6 +369,7 @@ async def _stream_body(
     state, ctx, served = call.state, call.ctx, call.served
     meter = _StreamMeter(call, prompt_tokens)
     slugs = _Slugs(served.slug)
+    swap, generated = slugs.swap, meter.generated
     # Without include_usage the cost rides on the last chunk that ends a choice: each such chunk
     # is held until the next one (or the end); the upstream's usage usually follows it in the
     # same read, so the hold costs no latency.
@@ -387,8 +384,8 @@ async def _stream_body(
                 out: list[bytes] = []
                 for chunk in batch:
                     if chunk.text:
-                        meter.add(chunk.text)
-                    data = slugs(chunk)
+                        generated.append(chunk.text)
+                    data = swap(chunk)
                     if chunk.usage is None:
                         if chunk.finished and not include_usage:
                             if held is not None:

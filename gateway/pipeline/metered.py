@@ -630,12 +630,24 @@ async def billable_usage(reported: Usage | None, count: Callable[[], Awaitable[U
 
 
 class DeadlineStream:
-    """An upstream stream held to the provider's overall deadline, chunk by chunk."""
+    """An upstream stream held to the provider's overall deadline, chunk by chunk.
+
+    One timer per stream, not an ``asyncio.timeout`` entered per upstream read (~30k
+    instructions each under uvloop, a handle made and cancelled every read). The timer cancels
+    the task only while it is inside a read, as a timeout around the read would: between reads
+    the generator has yielded and the task runs the consumer's code (writing to the client,
+    a checkpoint), which the deadline must not cancel. A deadline that passes there marks the
+    stream expired, and the next read is cancelled when it waits, as ``asyncio.timeout(0)``
+    around it would do. A cancellation the timer did not request passes through untouched."""
 
     def __init__(self, stream: ChatStream, deadline_at: float, provider: str) -> None:
         self._stream = stream
         self._deadline_at = deadline_at
         self._provider = provider
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading: asyncio.Task[Any] | None = None  # the task inside a read, while it is
+        self._expired = False
+        self._cancelled_reading = False  # the timer cancelled the read in progress
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self._before_deadline(self._stream.__aiter__())
@@ -650,20 +662,53 @@ class DeadlineStream:
         async for chunk in self:
             yield [chunk]
 
+    def _on_deadline(self) -> None:
+        self._expired = True
+        task = self._reading
+        if task is not None and not self._cancelled_reading:
+            self._cancelled_reading = True
+            task.cancel()
+
     async def _before_deadline(self, items: AsyncIterator[R]) -> AsyncIterator[R]:
-        while True:
-            try:
-                async with asyncio.timeout(max(0.0, self._deadline_at - time.monotonic())):  # per item: cheap
+        loop = asyncio.get_running_loop()
+        if self._timer is None:
+            self._timer = loop.call_at(loop.time() + max(0.0, self._deadline_at - time.monotonic()), self._on_deadline)
+        try:
+            while True:
+                task = asyncio.current_task()
+                assert task is not None, "read outside a task"
+                cancelling = task.cancelling()
+                self._reading = task
+                if self._expired:
+                    loop.call_soon(self._on_deadline)  # cancels this read if it has to wait
+                try:
                     item = await items.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError as error:
-                raise UpstreamTimeout(
-                    f"upstream {self._provider} stream passed its deadline", provider=self._provider
-                ) from error
-            yield item
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError as error:
+                    if self._cancelled_reading:
+                        self._cancelled_reading = False
+                        if task.uncancel() <= cancelling:  # no other cancellation asked for
+                            raise UpstreamTimeout(
+                                f"upstream {self._provider} stream passed its deadline", provider=self._provider
+                            ) from error
+                    raise
+                finally:
+                    self._reading = None
+                    if self._cancelled_reading:  # the read ended some other way: as asyncio.timeout
+                        self._cancelled_reading = False
+                        task.uncancel()
+                yield item
+        finally:
+            self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def aclose(self) -> None:
+        self._stop_timer()
         await self._stream.aclose()
 
 

@@ -55,13 +55,26 @@ def stream_chunk(provider: str, data: bytes) -> StreamChunk:
         view = chunk_decoder.decode(data)
     except msgspec.DecodeError as error:
         raise UpstreamBadResponse(f"upstream {provider} sent a malformed chunk", provider=provider) from error
-    usage = usage_from_view(view.usage) if view.usage is not None else None
+    choices = view.choices
+    if len(choices) == 1:
+        # Nearly every chunk: one choice whose delta carries content alone (or nothing).
+        choice = choices[0]
+        delta = choice.delta
+        if delta is not None and choice.text is None and delta.refusal is None and delta.tool_calls is None:
+            text = delta.content or ""
+        else:
+            text = chunk_text(view)
+        finished = bool(choice.finish_reason)
+    else:
+        text = chunk_text(view)
+        finished = any(choice.finish_reason for choice in choices)
+    model = view.model
     return StreamChunk(
         data=data,
-        text=chunk_text(view),
-        usage=usage,
-        finished=any(choice.finish_reason for choice in view.choices),
-        model=view.model if isinstance(view.model, str) else None,
+        text=text,
+        usage=usage_from_view(view.usage) if view.usage is not None else None,
+        finished=finished,
+        model=model if isinstance(model, str) else None,
     )
 
 

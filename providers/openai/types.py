@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 
-class UsageView(msgspec.Struct):
+class UsageView(msgspec.Struct, gc=False):
     # Untyped on purpose: a lying upstream's "12" or 1e308 must not break the chunk that carries
     # it; providers.base.Usage.reported checks each counter.
     prompt_tokens: Any = None
@@ -15,28 +15,28 @@ class UsageView(msgspec.Struct):
     prompt_tokens_details: Any = None
 
 
-class FunctionDelta(msgspec.Struct):
+class FunctionDelta(msgspec.Struct, gc=False):
     name: str | None = None
     arguments: str | None = None
 
 
-class ToolCallDelta(msgspec.Struct):
+class ToolCallDelta(msgspec.Struct, gc=False):
     function: FunctionDelta | None = None
 
 
-class Delta(msgspec.Struct):
+class Delta(msgspec.Struct, gc=False):
     content: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 
-class ChunkChoice(msgspec.Struct):
+class ChunkChoice(msgspec.Struct, gc=False):
     delta: Delta | None = None
     text: str | None = None  # legacy completions stream text here, not in a delta
     finish_reason: Any = None
 
 
-class ChunkView(msgspec.Struct):
+class ChunkView(msgspec.Struct, gc=False):
     choices: list[ChunkChoice] = []
     model: Any = None  # untyped: a chunk with an odd model is forwarded, its model left alone
     usage: UsageView | None = None

@@ -4,6 +4,7 @@ iterating the stream gives: the same chunks, the same end, the same error after 
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator
 
 import httpx
@@ -85,3 +86,47 @@ def test_one_read_is_one_batch_and_an_error_comes_after_its_read_s_chunks() -> N
     assert asyncio.run(grouped([BODIES[1]])) == ([[b"a", b"b"], [b"finished"]], "")
     batches, error = asyncio.run(grouped([BODIES[2]]))
     assert (batches == [[b"a", b"b"]] and error == "bad_upstream_response") or error
+
+
+class ClosingBody(httpx.AsyncByteStream):
+    """A transport's body whose reader records being closed, as aiohttp's stream does."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.closed_reader = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            for piece in self.pieces:
+                yield piece
+        finally:
+            self.closed_reader = True
+
+
+def test_a_stream_that_stops_at_its_end_marker_closes_the_transport_s_reader() -> None:
+    """Not left to the event loop's finaliser (a wake-up and a task per unfinished generator)."""
+
+    async def run(iterate_batches: bool) -> bool:
+        body = ClosingBody([b"data: a\n\ndata: [DONE]\n\n", b"data: never\n\n"])
+        stream = SSEStream(httpx.Response(200, stream=body), "fake", translate, end_marker=b"[DONE]")
+        if iterate_batches:
+            assert [[c.data for c in batch] async for batch in stream.batches()] == [[b"a"]]
+        else:
+            assert [chunk.data async for chunk in stream] == [b"a"]
+        return body.closed_reader  # closed by then, not by the loop later (nor at its shutdown)
+
+    assert asyncio.run(run(True))
+    assert asyncio.run(run(False))
+
+
+def test_an_encoded_body_is_still_decoded() -> None:
+    async def run() -> list[bytes]:
+        response = httpx.Response(
+            200,
+            headers={"content-encoding": "gzip"},
+            stream=ClosingBody([gzip.compress(b"data: a\n\ndata: b\n\ndata: [DONE]\n\n")]),
+        )
+        stream = SSEStream(response, "fake", translate, end_marker=b"[DONE]")
+        return [chunk.data for batch in [b async for b in stream.batches()] for chunk in batch]
+
+    assert asyncio.run(run()) == [b"a", b"b"]

@@ -102,3 +102,24 @@ def test_with_replaced_swaps_one_member_in_either_spelling() -> None:
         with_replaced(quoted, member_bytes("model", "gpt-4o"), new)
         == b'{"content":"\\"model\\":\\"gpt-4o\\"","model":"fake/gpt"}'
     )
+
+
+def _replaced_by_finding(raw: bytes, old: tuple[bytes, ...], new: bytes) -> bytes | None:
+    """with_replaced as first written (find, find again, join slices): the reference."""
+    for spelling in old:
+        at = raw.find(spelling)
+        if at >= 0:
+            if raw.find(spelling, at + len(spelling)) >= 0:
+                return None
+            return raw[:at] + new + raw[at + len(spelling) :]
+    return None
+
+
+_SPELLINGS = member_bytes("model", "m")
+
+
+@given(st.lists(st.sampled_from([*_SPELLINGS, b'"model":"m', b'"m"', b"{", b"}", b",", b'"model": "m"x'])))
+def test_with_replaced_agrees_with_finding_and_joining(pieces: list[bytes]) -> None:
+    raw = b"".join(pieces)
+    new = member_bytes("model", "fake/m")[0]
+    assert with_replaced(raw, _SPELLINGS, new) == _replaced_by_finding(raw, _SPELLINGS, new)
