@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.pipeline.metered import DeadlineStream, cancel_scope
+from billing.shielding import Cancellation
+from gateway.pipeline.metered import DeadlineStream
 from providers.base import StreamChunk
 from providers.errors import UpstreamTimeout
 
@@ -82,11 +83,11 @@ async def test_deadline_stream_past_deadline_read_that_need_not_wait_still_passe
 
 async def test_deadline_stream_lets_another_cancellation_through() -> None:
     stream = DeadlineStream(SlowStream(3, 1.0), deadline_in(0.2), "fake")
-    with cancel_scope() as scope:
+    async with Cancellation() as scope:
         asyncio.get_running_loop().call_later(0.05, scope.cancel)
         async for _batch in stream.batches():
             pytest.fail("no read completes")
-    assert scope.cancelled_caught  # cancelled by the scope, not turned into a timeout
+    assert scope.caught  # cancelled by the scope, not turned into a timeout
 
 
 async def test_deadline_stream_timer_stops_with_the_stream() -> None:
