@@ -274,7 +274,7 @@ class _Pool:
         except BaseException as error:
             if waiter.done() and not waiter.cancelled():  # given just as we gave up: pass it on
                 self._give(waiter.result())
-            else:
+            elif waiter in self._waiters:  # a cancelled waiter may have been skipped (popped) already
                 self._waiters.remove(waiter)
             if isinstance(error, TimeoutError):
                 raise httpx.PoolTimeout("no connection to the upstream became free in time") from None

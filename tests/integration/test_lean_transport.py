@@ -196,6 +196,31 @@ async def test_lean_transport_limits_connections_and_times_out_waiting_for_one()
     assert [r.content for r in responses] == [b"ok"] * 3 and wire.connections == 2
 
 
+async def test_lean_transport_a_cancelled_waiter_leaves_the_queue_and_the_slot_count_intact() -> None:
+    gate = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await wire_of(handler).request(reader) is not None:
+            await gate.wait()
+            writer.write(OK)
+
+    async with upstream(handler, max_connections=1) as (wire, client):
+        holder = asyncio.create_task(client.get("/"))
+        await until(lambda: len(wire.heads) == 1)
+        waiters = [asyncio.create_task(client.get("/")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        waiters[1].cancel()
+        gate.set()
+        served = await asyncio.gather(holder, waiters[0], waiters[2])
+        assert [r.content for r in served] == [b"ok"] * 3 and waiters[1].cancelled()
+        assert (await client.get("/")).content == b"ok"
+        transport = client._transport
+        assert isinstance(transport, LeanTransport)
+        (pool,) = transport._pools.values()
+        assert pool._count == 1 and not pool._waiters
+    assert wire.connections == 1
+
+
 async def test_lean_transport_reads_chunked_and_length_framed_bodies_and_keeps_repeated_headers() -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n"
