@@ -23,6 +23,9 @@ keeps it alive; a stream closed early, a cancelled call or any error closes it. 
 connection that the server closed just as the request went out (no byte of an answer) is
 retried once on a fresh one, as httpcore and aiohttp do for stale keep-alive connections.
 No proxy support (build_client keeps aiohttp for an egress proxy), no HTTP/2, no 100-continue.
+``timeout["write"]`` is not used: the request goes to the socket's buffer in one write, and an
+upstream that reads none of it is caught by the read timeout on its answer. Addresses are
+resolved per new connection (no DNS cache: connections are kept alive) and tried in turn.
 Headers are never logged or put in an error message: they carry the provider's API key.
 """
 
