@@ -1,9 +1,11 @@
 """The one shared httpx client per upstream, and the one wrapper for every upstream SSE stream.
 
 httpx's own connection pool is the first bottleneck of a Python gateway (docs/performance.md:
-three times the throughput with aiohttp's transport underneath), so clients get
-``AiohttpTransport`` and keep httpx as the API. Timeouts are explicit: connect, and a read
-timeout that applies per chunk read, i.e. an idle timeout for streams.
+three times the throughput with aiohttp's transport underneath), and aiohttp's per-request
+machinery was the next one (bench/RESULTS.md), so clients get our own ``LeanTransport``
+(providers/transport.py) and keep httpx as the API; through an egress proxy, ``AiohttpTransport``.
+Timeouts are explicit: connect, and a read timeout that applies per chunk read, i.e. an idle
+timeout for streams.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from httpx_aiohttp import AiohttpTransport
 from providers.base import StreamChunk
 from providers.errors import ProviderError, UpstreamTimeout, UpstreamUnavailable
 from providers.sse import SSEEvent, SSEParser
+from providers.transport import LeanTransport
 
 # The headers the current request forwards to every upstream it calls (its request id, the
 # caller's trace context), set once per request by the gateway (gateway/request_id.py) and read
@@ -193,10 +196,10 @@ def build_client(
     proxy: str = "",
 ) -> UpstreamClient:
     """``proxy``: the operator's ``egress_proxy`` URL ("" for none); see :func:`_proxy` for where
-    its credentials go (to the proxy alone)."""
+    its credentials go (to the proxy alone). Without one, :class:`LeanTransport`; through one,
+    aiohttp's (the lean transport speaks no proxy protocol)."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     headers = dict(headers)
-    aiohttp_proxy = None
     if proxy and transport is None:
         aiohttp_proxy, authorization = _proxy(proxy)
         if authorization and not base_url.startswith("https://"):
@@ -205,6 +208,7 @@ def build_client(
             # header the proxy consumes). aiohttp sends proxy_headers only on a CONNECT, and its
             # proxy_auth, which would do this, is deprecated.
             headers["Proxy-Authorization"] = authorization
+        transport = AiohttpTransport(limits=limits, trust_env=False, proxy=aiohttp_proxy)
     return UpstreamClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
@@ -212,7 +216,7 @@ def build_client(
         limits=limits,
         # trust_env=False: an operator's HTTP(S)_PROXY must not silently reroute provider traffic;
         # a proxy is used only when configured as such (egress_proxy).
-        transport=transport or AiohttpTransport(limits=limits, trust_env=False, proxy=aiohttp_proxy),
+        transport=transport or LeanTransport(limits=limits),
         trust_env=False,
     )
 
@@ -231,8 +235,9 @@ def _proxy(url: str) -> tuple[httpx.Proxy, str]:
 
 
 def _timed_out(error: httpx.HTTPError) -> bool:
-    # httpx-aiohttp maps a refused connection (aiohttp.ClientConnectorError) to ConnectTimeout;
-    # the aiohttp exception it chains tells the two apart.
+    # httpx-aiohttp (behind an egress proxy) maps a refused connection (aiohttp.ClientConnectorError)
+    # to ConnectTimeout; the aiohttp exception it chains tells the two apart. LeanTransport raises
+    # ConnectError for a refusal and ConnectTimeout only for a timeout.
     cause = error.__cause__
     if isinstance(cause, aiohttp.ServerTimeoutError):
         return True

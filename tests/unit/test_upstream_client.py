@@ -4,6 +4,7 @@ headers, timeouts), keeps no upstream cookie, and anything unusual takes httpx's
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -174,3 +175,16 @@ async def test_query_parameters_other_than_text_take_httpxs_own_path(recorder: R
     request = client.build_request("GET", "/models", params={"tag": ["a", "b"], "limit": 5})
     assert request.url.params.get_list("tag") == ["a", "b"] and request.url.params["limit"] == "5"
     await client.aclose()
+
+
+async def test_build_client_uses_the_lean_transport_unless_through_an_egress_proxy() -> None:
+    from httpx_aiohttp import AiohttpTransport
+
+    from providers.transport import LeanTransport
+
+    options: dict[str, Any] = {"headers": {}, "connect_timeout_s": 1.0, "read_timeout_s": 1.0, "max_connections": 2}
+    direct = build_client("https://api.example.invalid/v1", **options)
+    proxied = build_client("https://api.example.invalid/v1", proxy="http://127.0.0.1:9", **options)
+    assert isinstance(direct._transport, LeanTransport) and isinstance(proxied._transport, AiohttpTransport)
+    await direct.aclose()
+    await proxied.aclose()
