@@ -32,6 +32,7 @@ Headers are never logged or put in an error message: they carry the provider's A
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -42,6 +43,7 @@ import httpx
 
 _HIGH_WATER = 256 * 1024  # body bytes buffered before the socket stops being read
 _NO_BODY_STATUS = frozenset((204, 304))
+_UNSAFE = re.compile(rb"[\r\n\x00]")
 _Key = tuple[bytes, str, int]
 
 
@@ -172,6 +174,11 @@ class _Connection(asyncio.Protocol):
         self.done = True
         self._parser = None
         self._wake()
+
+    @property
+    def buffered(self) -> bool:
+        """Body bytes received and not read yet."""
+        return bool(self._chunks)
 
     # used by the transport
     def start(self, data: bytes, head_request: bool) -> None:
@@ -371,7 +378,12 @@ class _Body(httpx.AsyncByteStream):
         connection = self._connection
         if connection is not None:
             self._connection = None
-            self._pool.discard(connection)
+            if connection.done and not connection.buffered:
+                # Read to its last byte though not past it (a stream stops at its end marker, and
+                # the body's end came in the same read): reusable, not a connection to close.
+                self._pool.release(connection)
+            else:
+                self._pool.discard(connection)
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -478,6 +490,11 @@ async def _serialize(request: httpx.Request) -> bytes:
             has_length = True
         elif lowered == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
+        if _UNSAFE.search(name) or _UNSAFE.search(value):
+            # A line break would end the header early and let the rest be read as headers or as
+            # a second request (aiohttp and h11 refuse them too); never show the value: it may
+            # be a key.
+            raise httpx.LocalProtocolError(f"header {name[:64]!r} holds a line break or NUL; not sent")
         parts += (name, b": ", value, b"\r\n")
     if not has_host:
         parts += (b"Host: ", url.netloc, b"\r\n")

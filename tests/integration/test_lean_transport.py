@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from providers.errors import UpstreamTimeout, UpstreamUnavailable
-from providers.http import build_client, transport_error
+from providers.http import body_reads, build_client, close_reads, transport_error
 from providers.transport import LeanTransport
 from tests.fakes.servers import free_port
 
@@ -273,6 +273,38 @@ async def test_lean_transport_closes_a_stream_closed_early_instead_of_reusing_it
         async with client.stream("GET", "/") as response:
             assert (await response.aread()).count(b"chunk") == 50
     assert wire.connections == 2
+
+
+async def test_lean_transport_reuses_a_stream_read_to_its_last_byte_but_not_past_it() -> None:
+    """An SSE reader stops at its end marker and closes the stream without asking for more: when
+    the body's end came with its last bytes, the connection goes back to the pool (a new TCP and
+    TLS handshake per streamed request otherwise)."""
+    events = b"data: 1\n\ndata: [DONE]\n\n"
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer += b"%x\r\n%s\r\n0\r\n\r\n" % (len(events), events)
+    async with upstream(keep_answering(answer)) as (wire, client):
+        for _ in range(3):
+            request = client.build_request("POST", "/v1/chat", content=b"{}")
+            response = await client.send(request, stream=True)
+            reads = body_reads(response)  # as SSEStream reads a stream
+            while b"[DONE]" not in await anext(reads):
+                pass
+            await close_reads(reads)
+            await response.aclose()
+    assert wire.connections == 1
+
+
+async def test_lean_transport_refuses_a_header_with_a_line_break_or_nul() -> None:
+    values = [b"x\r\nX-Injected: 1", b"x\nGET / HTTP/1.1", b"x\rY", b"x\x00y"]
+    async with upstream(keep_answering()) as (wire, client):
+        for value in values:
+            request = client.build_request("POST", "/v1/chat", content=b"{}")
+            request.headers["x-forwarded-thing"] = value.decode("latin-1")
+            with pytest.raises(httpx.LocalProtocolError) as caught:
+                await client.send(request)
+            assert value.decode("latin-1") not in str(caught.value)
+        assert (await client.post("/v1/chat", content=b"{}")).content == b"ok"  # the pool is intact
+    assert len(wire.heads) == 1 and b"Injected" not in wire.heads[0]
 
 
 async def test_lean_transport_refused_connection_is_a_connect_error_mapped_as_unavailable() -> None:
