@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import httpx
@@ -50,6 +51,9 @@ def one_attempt(backend: Backend, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
 
 
 def test_rate_limit_headers_from_the_reservation(gateway: Gateway) -> None:
+    # The windows are wall-clock minutes: at the top of one, the test's requests all share it
+    # (run near the end of a minute they straddled two, and the count started again).
+    gateway.clock.set_now(datetime.now(UTC).replace(second=0, microsecond=0))
     key = new_key(gateway, rpm_limit=3, tpm_limit=1_000_000)
     raw = sdk(gateway, key).chat.completions.with_raw_response.create(model=FAKE_MODEL, messages=HI)
     assert raw.headers["x-ratelimit-limit-requests"] == "3"
