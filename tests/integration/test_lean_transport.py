@@ -5,9 +5,7 @@ closed early, every failure and the httpx exception it becomes, TLS with a certi
 from __future__ import annotations
 
 import asyncio
-import datetime
 import gzip
-import ipaddress
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,15 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from providers.errors import UpstreamTimeout, UpstreamUnavailable
 from providers.http import body_reads, build_client, close_reads, transport_error
 from providers.transport import LeanTransport
 from tests.fakes.servers import free_port
+from tests.fakes.third_party import self_signed
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -439,36 +434,10 @@ async def test_lean_transport_aclose_closes_every_connection() -> None:
 
 def _self_signed() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context with a fresh certificate for localhost, and a client context trusting it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = certificate.public_bytes(serialization.Encoding.PEM)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with tempfile.TemporaryDirectory() as directory:
-        cert_file, key_file = Path(directory, "cert.pem"), Path(directory, "key.pem")
-        cert_file.write_bytes(pem)
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
+        cert_file, key_file, client = self_signed(Path(directory), "localhost")
         server.load_cert_chain(cert_file, key_file)
-    client = ssl.create_default_context(cadata=pem.decode("ascii"))
     return server, client
 
 
