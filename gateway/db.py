@@ -51,13 +51,7 @@ def create_engine(database_url: str) -> AsyncEngine:
         engine = create_async_engine(database_url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
-        database_url,
-        pool_size=10,
-        max_overflow=20,
-        pool_pre_ping=True,
-        connect_args={"prepared_statement_cache_size": PREPARED_STATEMENTS_PER_CONNECTION},
-    )
+    return _postgres_engine(database_url, pool_size=10, max_overflow=20, pre_ping=True)
 
 
 def create_writer_engine(database_url: str) -> AsyncEngine | None:
@@ -72,11 +66,15 @@ def create_writer_engine(database_url: str) -> AsyncEngine | None:
     """
     if database_url.startswith("sqlite"):
         return None
+    return _postgres_engine(database_url, pool_size=1, max_overflow=4, pre_ping=False)
+
+
+def _postgres_engine(database_url: str, *, pool_size: int, max_overflow: int, pre_ping: bool) -> AsyncEngine:
     return create_async_engine(
         database_url,
-        pool_size=1,
-        max_overflow=4,
-        pool_pre_ping=False,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=pre_ping,
         connect_args={"prepared_statement_cache_size": PREPARED_STATEMENTS_PER_CONNECTION},
     )
 
