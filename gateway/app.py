@@ -66,6 +66,7 @@ from gateway.api.v1 import (
 )
 from gateway.cache import build_response_store
 from gateway.catalog import build_adapters, build_catalog
+from gateway.collector import settle_heap
 from gateway.cors import cors_middleware
 from gateway.dashboard import dashboard_routes, template_config
 from gateway.dashboard.nav import BILLING_PATH
@@ -336,6 +337,13 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
     )
 
 
+def serving_app(settings: Settings) -> Litestar:
+    """The app a server process runs (not a test's): the collector is tuned once it started."""
+    app = create_app(settings)
+    app.on_startup.append(settle_heap)
+    return app
+
+
 def app_from_environment() -> Litestar:
     """Factory for server workers: settings come from ``TOLLWAY_CONFIG`` and ``TOLLWAY_*``."""
-    return create_app(load_settings(env=os.environ))
+    return serving_app(load_settings(env=os.environ))

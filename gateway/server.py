@@ -33,7 +33,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
-from gateway.app import create_app
+from gateway.app import serving_app
 from gateway.settings import Settings
 
 KEEP_ALIVE_S = 5  # an idle connection between requests is closed after this long
@@ -205,7 +205,7 @@ def run_server(
     """Serve on ``sock`` until stopped. False when the server never started (the cause is
     already logged by uvicorn)."""
     if settings.workers == 1:
-        server = _AnnouncingServer(server_config(settings, create_app(settings)), on_started)
+        server = _AnnouncingServer(server_config(settings, serving_app(settings)), on_started)
         try:
             server.run(sockets=[sock])
         except SystemExit:  # uvicorn's way of saying the lifespan failed

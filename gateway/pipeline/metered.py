@@ -119,7 +119,11 @@ class DisconnectScope(Cancellation):
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
-        self._watch.close()
+        # Dropped, not only closed: the watch refers back to this scope, and a cycle per request
+        # would wait for the garbage collector (bench/RESULTS.md, "the collector").
+        watch = self._watch
+        del self._watch
+        watch.close()
         return await super().__aexit__(kind, error, tb)
 
 
