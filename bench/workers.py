@@ -4,7 +4,9 @@ Redis, canned upstream, loopback only: the throughput ratio (the issue's target 
 Run by hand: ``python bench/workers.py [--duration 15] [--repeats 3]``. wrk (32 connections)
 and the canned upstream run unpinned next to the gateway, so on a 2-core machine they take
 CPU from the second worker: the ratio is a lower bound there, and on a shared machine only
-indicative. Prints each run and the median ratio.
+indicative. Prints each run, the median ratio, and where the cores went during each measured
+run (the workers, the upstream, Redis, Postgres and wrk, in cores busy and CPU µs a request),
+so a ratio bounded by the harness shows as such.
 """
 
 from __future__ import annotations
@@ -12,14 +14,62 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
 
 from run import BODY, HERE
 from stack import Stack
 
 
-def wrk_rps(url: str, key: str, duration: int) -> float:
+class Run(NamedTuple):
+    rps: float
+    requests: int
+    seconds: float
+    cpu_s: dict[str, float]  # CPU seconds by role over the run
+
+
+def _ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _roles(stack: Stack) -> dict[int, str]:
+    """Every process that serves or answers the benchmark's requests, by role."""
+    roles = {pid: "gateway workers" for pid in stack.serving_pids()}
+    roles[stack.processes[0].pid] = "canned upstream"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            name = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if name.startswith("redis-server"):
+            roles[int(proc.name)] = "redis"
+        elif name.startswith("postgres"):
+            roles[int(proc.name)] = "postgres"
+    return roles
+
+
+def _cpu_by_role(roles: dict[int, str]) -> Counter[str]:
+    ticks: Counter[str] = Counter()
+    for pid, role in roles.items():
+        try:
+            ticks[role] += _ticks(pid)
+        except OSError:  # a Postgres backend that ended
+            continue
+    return ticks
+
+
+def wrk_run(url: str, key: str, duration: int, stack: Stack | None = None) -> Run:
+    roles = _roles(stack) if stack is not None else {}
+    before, children = _cpu_by_role(roles), resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
     out = subprocess.run(
         ["wrk", "-t2", "-c32", f"-d{duration}s", "-s", str(HERE / "post.lua"), url],
         check=True,
@@ -27,10 +77,21 @@ def wrk_rps(url: str, key: str, duration: int) -> float:
         text=True,
         env={**os.environ, "BENCH_KEY": key, "BENCH_BODY": BODY},
     ).stdout
+    seconds = time.monotonic() - start
+    after, done = _cpu_by_role(roles), resource.getrusage(resource.RUSAGE_CHILDREN)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise SystemExit(f"wrk saw {errors.group(1)} error responses:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = {role: (after[role] - before[role]) / tick for role in after}
+    cpu["wrk"] = (done.ru_utime + done.ru_stime) - (children.ru_utime + children.ru_stime)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return Run(rps, requests, seconds, cpu)
+
+
+def wrk_rps(url: str, key: str, duration: int) -> float:
+    return wrk_run(url, key, duration).rps
 
 
 def main() -> None:
@@ -39,23 +100,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2")
     args = parser.parse_args()
-    results: dict[int, list[float]] = {1: [], 2: []}
+    results: dict[int, list[Run]] = {1: [], 2: []}
     for _ in range(args.repeats):
         for workers in (1, 2):
             with Stack(workers=workers, redis_url=args.redis_url) as stack:
                 url = f"{stack.url}/v1/chat/completions"
                 wrk_rps(url, stack.key, 3)  # warm caches and pools in every worker
-                results[workers].append(wrk_rps(url, stack.key, args.duration))
+                results[workers].append(wrk_run(url, stack.key, args.duration, stack))
                 reconcile = stack.reconcile()
                 if not reconcile.get("ok"):
                     raise SystemExit(f"reconcile not clean after {workers} worker(s): {reconcile}")
-    ratios = [two / one for one, two in zip(results[1], results[2], strict=True)]
+    ratios = [two.rps / one.rps for one, two in zip(results[1], results[2], strict=True)]
     print(f"\nchat, wrk c=32 {args.duration}s, {os.cpu_count()} cores, {args.repeats} repeats\n")
     print("| run | 1 worker RPS | 2 workers RPS | ratio |")
     print("| --- | --- | --- | --- |")
     for index, (one, two, ratio) in enumerate(zip(results[1], results[2], ratios, strict=True), 1):
-        print(f"| {index} | {one:,.0f} | {two:,.0f} | {ratio:.2f} |")
+        print(f"| {index} | {one.rps:,.0f} | {two.rps:,.0f} | {ratio:.2f} |")
     print(f"\nmedian ratio: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+    roles = ["gateway workers", "canned upstream", "redis", "postgres", "wrk"]
+    print("\nwhere the cores went, median of the runs: cores busy (CPU µs a request)\n")
+    print("| workers | " + " | ".join(roles) + " | all |")
+    print("| --- |" + " --- |" * (len(roles) + 1))
+    for workers, runs in results.items():
+        cells = []
+        for role in [*roles, "all"]:
+            spent = [sum(run.cpu_s.values()) if role == "all" else run.cpu_s.get(role, 0.0) for run in runs]
+            per_request = [cpu / run.requests * 1e6 for cpu, run in zip(spent, runs, strict=True)]
+            busy = [cpu / run.seconds for cpu, run in zip(spent, runs, strict=True)]
+            cells.append(f"{statistics.median(busy):.2f} ({statistics.median(per_request):,.0f})")
+        print(f"| {workers} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
