@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import MasterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.counters._base import (
@@ -198,6 +198,12 @@ def is_cluster_url(url: str) -> bool:
     """Whether ``url`` names a Redis Cluster (``redis+cluster://host:port``)."""
     return url.startswith(CLUSTER_SCHEMES)
 
+
+# A server that answers but refuses to write: full (at ``maxmemory`` with ``noeviction``), a
+# replica since a failover, a master that lost its replicas. It refuses a script at its first
+# write, so none of it ran: treated as a server out of reach (money checks fail closed, a
+# settlement goes to the database), not as a bug (a 500, and a settlement lost).
+_REFUSING = (OutOfMemoryError, ReadOnlyError, MasterDownError)
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -386,7 +392,7 @@ class RedisCounterStore:
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await operation()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        except (RedisConnectionError, RedisTimeoutError, OSError, *_REFUSING) as error:
             raise CounterStoreUnavailable(f"redis unavailable: {type(error).__name__}") from error
 
     async def apply(self, checks: Sequence[Check], hold: Hold | None = None) -> ApplyResult:
