@@ -22,7 +22,7 @@ from tests.fakes.gateway_fixtures import FAKE_MODEL, Backend, Gateway, gateway_s
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.redis_cluster import _cli, _free_ports, _missing
 
-BODY = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+BODY: dict[str, object] = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
 class PrivateRedis:
