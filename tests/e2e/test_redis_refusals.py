@@ -20,14 +20,14 @@ import pytest
 
 from tests.fakes.gateway_fixtures import FAKE_MODEL, Backend, Gateway, gateway_settings, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.redis_cluster import _cli, _free_ports, _missing
+from tests.fakes.redis_cluster import free_ports, missing_redis, redis_cli
 
 BODY: dict[str, object] = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
 class PrivateRedis:
     def __init__(self, directory: Path) -> None:
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
         self.process = subprocess.Popen(
             [
                 shutil.which("redis-server") or "redis-server",
@@ -48,7 +48,7 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
-        while _cli(self.port, "ping").strip() != "PONG":
+        while redis_cli(self.port, "ping").strip() != "PONG":
             assert time.monotonic() < deadline, "the private redis-server did not answer"
             time.sleep(0.05)
 
@@ -58,7 +58,7 @@ class PrivateRedis:
 
     def full(self, full: bool) -> None:
         """At ``maxmemory`` 1 byte every write is refused with OOM; 0 lifts the limit."""
-        assert _cli(self.port, "config", "set", "maxmemory", "1" if full else "0").strip() == "OK"
+        assert redis_cli(self.port, "config", "set", "maxmemory", "1" if full else "0").strip() == "OK"
 
     def stop(self) -> None:
         self.process.terminate()
@@ -68,7 +68,7 @@ class PrivateRedis:
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        _missing("redis-server / redis-cli not found: cannot start a private Redis")
+        missing_redis("redis-server / redis-cli not found: cannot start a private Redis")
     server = PrivateRedis(tmp_path)
     try:
         yield server

@@ -28,7 +28,7 @@ MASTERS = 3
 _START_S = 30.0  # generous: two cores shared by a whole team
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports free now for the node and its cluster bus (port + 10000) alike."""
     ports: list[int] = []
     while len(ports) < count:
@@ -46,7 +46,7 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
+def redis_cli(port: int, *args: str, timeout: float = 10.0) -> str:
     done = subprocess.run(
         ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
         capture_output=True,
@@ -78,7 +78,7 @@ class RedisCluster:
         return [f"redis://127.0.0.1:{port}/0" for port in self.ports]
 
     def start(self) -> RedisCluster:
-        self.ports = _free_ports(MASTERS)
+        self.ports = free_ports(MASTERS)
         for port in self.ports:
             node = self.directory / str(port)
             node.mkdir()
@@ -109,7 +109,7 @@ class RedisCluster:
                     stderr=subprocess.DEVNULL,
                 )
             )
-        self._wait(lambda port: _cli(port, "ping").strip() == "PONG", "the nodes did not answer")
+        self._wait(lambda port: redis_cli(port, "ping").strip() == "PONG", "the nodes did not answer")
         created = subprocess.run(
             [
                 "redis-cli",
@@ -128,8 +128,8 @@ class RedisCluster:
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
         # Every node must see the whole cluster before a client may route by it.
-        self._wait(lambda port: "cluster_state:ok" in _cli(port, "cluster", "info"), "the cluster never formed")
-        for line in _cli(self.ports[0], "cluster", "nodes").splitlines():
+        self._wait(lambda port: "cluster_state:ok" in redis_cli(port, "cluster", "info"), "the cluster never formed")
+        for line in redis_cli(self.ports[0], "cluster", "nodes").splitlines():
             fields = line.split()
             port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
             for assigned in fields[8:]:
@@ -164,7 +164,7 @@ class RedisCluster:
                 process.wait(timeout=10)
 
 
-def _missing(message: str) -> None:
+def missing_redis(message: str) -> None:
     if UNDER_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -174,7 +174,7 @@ def _missing(message: str) -> None:
 def redis_cluster() -> Iterator[RedisCluster]:
     server = os.environ.get("TOLLWAY_TEST_REDIS_SERVER") or shutil.which("redis-server")
     if server is None or shutil.which("redis-cli") is None:
-        _missing("redis-server / redis-cli not found: cannot start a Redis Cluster")
+        missing_redis("redis-server / redis-cli not found: cannot start a Redis Cluster")
     assert server is not None
     with tempfile.TemporaryDirectory(prefix="tollway-cluster-") as directory:
         cluster = RedisCluster(Path(directory), server)
@@ -182,7 +182,7 @@ def redis_cluster() -> Iterator[RedisCluster]:
             cluster.start()
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
             cluster.stop()
-            _missing(f"could not start a Redis Cluster: {error}")
+            missing_redis(f"could not start a Redis Cluster: {error}")
         try:
             yield cluster
         finally:
