@@ -85,11 +85,15 @@ async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncI
         server.close()
 
 
-def keep_answering(answer: bytes = OK, *, delay_s: float = 0.0) -> Handler:
+def keep_answering(answer: bytes = OK, *, delay_s: float = 0.0, gate: asyncio.Event | None = None) -> Handler:
+    """Answers every request on a connection; after ``delay_s``, or once ``gate`` is set."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await wire_of(handler).request(reader) is not None:
             if delay_s:
                 await asyncio.sleep(delay_s)
+            if gate is not None:
+                await gate.wait()
             writer.write(answer)
             await writer.drain()
 
@@ -173,12 +177,7 @@ async def test_lean_transport_sends_a_streamed_request_body_chunked() -> None:
 
 async def test_lean_transport_limits_connections_and_times_out_waiting_for_one() -> None:
     gate = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await wire_of(handler).request(reader) is not None:
-            await gate.wait()
-            writer.write(OK)
-
+    handler = keep_answering(gate=gate)
     async with upstream(handler, max_connections=2, pool_s=0.2) as (wire, client):
         first = [asyncio.create_task(client.get("/")) for _ in range(2)]
         await until(lambda: len(wire.heads) == 2)
@@ -193,12 +192,7 @@ async def test_lean_transport_limits_connections_and_times_out_waiting_for_one()
 
 async def test_lean_transport_a_cancelled_waiter_leaves_the_queue_and_the_slot_count_intact() -> None:
     gate = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await wire_of(handler).request(reader) is not None:
-            await gate.wait()
-            writer.write(OK)
-
+    handler = keep_answering(gate=gate)
     async with upstream(handler, max_connections=1) as (wire, client):
         holder = asyncio.create_task(client.get("/"))
         await until(lambda: len(wire.heads) == 1)
