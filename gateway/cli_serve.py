@@ -12,7 +12,7 @@ import os
 import sys
 
 from gateway.cli_common import settings_of
-from gateway.preflight import StartupError, bind_socket
+from gateway.preflight import StartupError, bind_sockets
 
 __all__ = ["cmd_serve"]
 
@@ -28,18 +28,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = settings_of(args, host=args.host, port=args.port, workers=args.workers)
     for warning in startup_warnings(settings, os.environ):
         print(f"tollway: warning: {warning}", file=sys.stderr, flush=True)
-    sock = bind_socket(settings)
+    sockets = bind_sockets(settings)
     try:
         # The key check runs after migrating and before the banner: a refusal is the last word.
         made = asyncio.run(prepare(settings, verify=check_keys_before_serving))
         started = run_server(
             settings,
-            sock,
+            sockets,
             on_started=lambda: announce(settings, made, as_json=args.json),
             config_path=args.config,
         )
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     if not started:
         announce_failure(settings, made)
         raise StartupError("the server did not start (the reason is logged above)")

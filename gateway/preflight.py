@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import sys
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +23,7 @@ __all__ = [
     "STARTUP_FAILURE",
     "StartupError",
     "bind_socket",
+    "bind_sockets",
     "check_database",
     "check_redis",
     "database_location",
@@ -35,16 +37,49 @@ class StartupError(Exception):
     """The server cannot start; the message says why in one line (no secret in it)."""
 
 
-def bind_socket(settings: Settings) -> socket.socket:
-    """The server's listening socket, bound now so a port in use is the first thing said.
+#: Linux spreads new connections over the listening sockets of a SO_REUSEPORT group; the BSDs
+#: and macOS accept the option but give every connection to one socket, which would idle the
+#: other workers, so they keep one socket shared by all.
+SPREADS_CONNECTIONS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_sockets(settings: Settings) -> list[socket.socket]:
+    """The server's listening sockets, bound now so a port in use is the first thing said: one,
+    or with several workers on Linux one per worker (SO_REUSEPORT), so that the kernel spreads
+    new connections over the workers instead of the first to wake taking them all.
+
+    The port is first bound without SO_REUSEPORT: that fails if anything listens on it, another
+    tollway's group of workers included (a group only admits sockets that ask to join it), so a
+    second server never shares the port by accident.
+    """
+    sock = bind_socket(settings)
+    if settings.workers == 1 or not SPREADS_CONNECTIONS:
+        return [sock]
+    sock.close()
+    group: list[socket.socket] = []
+    try:
+        for _ in range(settings.workers):
+            group.append(bind_socket(settings, reuse_port=True))
+    except BaseException:
+        for member in group:
+            member.close()
+        raise
+    return group
+
+
+def bind_socket(settings: Settings, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket, bound now so a port in use is the first thing said.
 
     SO_REUSEADDR as uvicorn sets it (a restart need not wait for TIME_WAIT); on Linux it still
-    refuses a port another process listens on.
+    refuses a port another process listens on. ``reuse_port``: one of a group of sockets on
+    the port (:func:`bind_sockets`).
     """
     host, port = settings.host, settings.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except socket.gaierror as error:

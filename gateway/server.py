@@ -15,14 +15,15 @@ Two of uvicorn's defaults are wrong for a gateway that enforces per-key IP rules
   are complete. It does not bound how slowly a *body* arrives; a reverse proxy in front
   (nginx ``client_body_timeout``) covers that, as the README says.
 
-The CLI binds the listening socket itself before anything else (gateway/preflight.py) and hands
-it over; ``on_started`` runs only once the server answers requests (with several workers: once
+The CLI binds the listening sockets itself before anything else (gateway/preflight.py) and hands
+them over; ``on_started`` runs only once the server answers requests (with several workers: once
 every worker has finished its startup), so the banner never announces a server that is not there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -32,9 +33,13 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
 from gateway.app import serving_app
+from gateway.preflight import STARTUP_FAILURE, bind_socket
 from gateway.settings import Settings
+
+_log = logging.getLogger("tollway.server")
 
 KEEP_ALIVE_S = 5  # an idle connection between requests is closed after this long
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is refused (431), as nginx and Node do
@@ -155,18 +160,44 @@ class _AnnouncingServer(uvicorn.Server):
 
 
 class _Supervisor(Multiprocess):
-    """uvicorn's worker supervisor, waiting for every worker to be ready before ``on_started``.
+    """uvicorn's worker supervisor, with two changes.
 
-    A worker that dies before it is ready stops them all: its cause (a lifespan error) is the
-    same for every worker, and restarting it in a loop would only hide it.
+    ``on_started`` waits for every worker to be ready. A worker that dies before it is ready
+    stops them all: its cause (a lifespan error) is the same for every worker, and restarting it
+    in a loop would only hide it.
+
+    Each worker serves its own slot's listening socket when there is one per worker
+    (:func:`gateway.preflight.bind_sockets`). On one shared socket the worker that wakes first
+    accepts every connection waiting (uvloop accepts until the queue is empty), so the
+    keep-alive connections of a burst (a load balancer's pool, a client's) could all land on one
+    worker and leave the other idle. The supervisor holds every slot's socket: connections for a
+    worker being replaced wait in its queue until the replacement accepts them.
     """
 
     POLL_S = 0.05
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], on_started: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket.socket],
+        on_started: Callable[[], None],
+        open_slot: Callable[[], socket.socket] | None = None,
+    ) -> None:
         super().__init__(config, sockets)
         self._on_started = on_started
         self.started = False
+        self._own_sockets = len(sockets) > 1
+        self._slots = list(sockets) if self._own_sockets else sockets * config.workers
+        # A socket for a worker added by SIGTTIN (one of the group, or the shared one).
+        self._open_slot = open_slot if self._own_sockets and open_slot else lambda: sockets[0]
+
+    def _process(self, slot: int) -> Process:
+        process = Process(self.config, [self._slots[slot]])
+        process.start()
+        return process
+
+    def init_processes(self) -> None:
+        self.processes = [self._process(slot) for slot in range(self.processes_num)]
 
     def run(self) -> None:
         self.init_processes()
@@ -194,20 +225,73 @@ class _Supervisor(Multiprocess):
             time.sleep(self.POLL_S)
         return True
 
+    # uvicorn's own keep_subprocess_alive, restart_all and SIGTTIN/SIGTTOU handlers, each worker
+    # started on its slot's socket.
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        for slot, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # hung
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                # It failed before serving: every restart would fail the same way.
+                _log.error("worker [%s] failed to start; stopping the server", process.pid)
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            _log.info("worker [%s] died; starting another", process.pid)
+            self.processes[slot] = self._process(slot)
+
+    def restart_all(self) -> None:
+        """Replaces each worker, bringing its replacement into service before retiring the old one."""
+        for slot, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._process(slot)
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                _log.error("worker [%s] was not ready in time; keeping [%s], restart aborted", new.pid, old.pid)
+                return
+            old.terminate()
+            old.join()
+            self.processes[slot] = new
+
+    def handle_ttin(self) -> None:
+        self._slots.append(self._open_slot())
+        self.processes_num += 1
+        self.processes.append(self._process(len(self._slots) - 1))
+
+    def handle_ttou(self) -> None:
+        if self.processes_num <= 1:
+            return
+        self.processes_num -= 1
+        process = self.processes.pop()
+        process.terminate()
+        process.join()
+        slot = self._slots.pop()
+        if self._own_sockets:
+            # No worker accepts from it any more: closed, the kernel stops giving it connections.
+            slot.close()
+
 
 def run_server(
     settings: Settings,
-    sock: socket.socket,
+    sockets: list[socket.socket],
     *,
     on_started: Callable[[], None] = lambda: None,
     config_path: str | None = None,
 ) -> bool:
-    """Serve on ``sock`` until stopped. False when the server never started (the cause is
-    already logged by uvicorn)."""
+    """Serve on ``sockets`` (:func:`gateway.preflight.bind_sockets`) until stopped. False when
+    the server never started (the cause is already logged by uvicorn)."""
     if settings.workers == 1:
         server = _AnnouncingServer(server_config(settings, serving_app(settings)), on_started)
         try:
-            server.run(sockets=[sock])
+            server.run(sockets=sockets)
         except SystemExit:  # uvicorn's way of saying the lifespan failed
             return False
         return server.started
@@ -220,6 +304,6 @@ def run_server(
     os.environ["TOLLWAY_AUTO_MIGRATE"] = "false"
     os.environ["TOLLWAY_BOOTSTRAP"] = "false"
     config = server_config(settings, "gateway.app:app_from_environment", factory=True, workers=settings.workers)
-    supervisor = _Supervisor(config, [sock], on_started)
+    supervisor = _Supervisor(config, sockets, on_started, open_slot=lambda: bind_socket(settings, reuse_port=True))
     supervisor.run()
     return supervisor.started
