@@ -230,6 +230,14 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             settings.redis_url, max_bytes=settings.response_cache.embedded_max_bytes, clock=monotonic
         )
         state.telemetry.attach(state)
+        if settings.otel_traces_endpoint:
+            from gateway.tracing import Tracing
+
+            state.telemetry.tracing = Tracing(
+                settings.otel_traces_endpoint,
+                settings.otel_service_name,
+                provider_kind=lambda name: settings.providers[name].kind if name in settings.providers else "",
+            )
         state.payments = build_payment_providers(settings, env)
         state.function_client = FunctionEgress(EgressPolicy.from_settings(settings.function_allow_hosts))
         state.function_runtime = FunctionRuntime(
@@ -272,6 +280,8 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> L
             await state.function_client.aclose()
             await state.responses.close()
             await counters.close()
+            if state.telemetry.tracing is not None:
+                await asyncio.to_thread(state.telemetry.tracing.close)  # exports what is buffered
             await engine.dispose()
             if writer_engine is not None:
                 await writer_engine.dispose()

@@ -54,6 +54,7 @@ from providers.errors import ProviderError
 if TYPE_CHECKING:
     from gateway.catalog import CatalogModel
     from gateway.state import GatewayState
+    from gateway.tracing import Tracing
 
 __all__ = ["CHAIN_STEPS", "CounterValues", "HistogramValues", "ScrapeCollector", "Telemetry", "render"]
 
@@ -184,6 +185,8 @@ class Telemetry:
         self.access = access
         self._known_model = known_model  # the catalogue is rebuilt on price changes: asked each time
         self.collector: ScrapeCollector | None = None
+        # OpenTelemetry spans (gateway/tracing.py), when otel_traces_endpoint is set.
+        self.tracing: Tracing | None = None
         # This process's holds between reserve and settle (read at scrape time).
         self.open_reservations = 0
         self.registry = CollectorRegistry(auto_describe=True)
@@ -307,6 +310,8 @@ class Telemetry:
             )
         if self.access and access_log.isEnabledFor(logging.INFO):
             self._access_line(route, request_id, settlement, identity)
+        if self.tracing is not None:
+            self.tracing.finished(settlement, route, request_id)
 
     def refused(self, error: BaseException, identity: KeyIdentity | None, slug: str, started: float) -> None:
         """A request refused before any provider was called (once per such request)."""
@@ -322,6 +327,8 @@ class Telemetry:
             duration[bisect_left(_LATENCY_BUCKETS, latency_s)] += 1
             duration[_SUM] += latency_s
             self._refusals.cell((CHAIN_STEPS.get(code, REQUEST_STEP), code))[0] += 1
+        if self.tracing is not None:
+            self.tracing.refused(status, code, model, route)
         if self.access and access_log.isEnabledFor(logging.INFO):
             fields = {
                 "request_id": request_id,

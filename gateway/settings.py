@@ -7,6 +7,7 @@ operator's config fails loudly instead of being ignored.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -285,6 +286,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # metrics_bind names a separate listener ("127.0.0.1:9464") that serves it without one.
     metrics: bool = True
     metrics_bind: str = ""
+    # OpenTelemetry traces (gateway/tracing.py): an OTLP/HTTP traces URL, e.g.
+    # http://otel-collector:4318/v1/traces, turns on one span per /v1 call ("" = no tracing).
+    otel_traces_endpoint: str = ""
+    otel_service_name: str = "tollway"
     # Overload (gateway/overload.py): requests one process serves at once; past it a 503
     # ``overloaded`` with Retry-After, so a burst is shed instead of queued. 0 = no cap.
     max_in_flight_requests: Annotated[int, msgspec.Meta(ge=0)] = 1024
@@ -439,6 +444,13 @@ def validate_settings(settings: Settings) -> None:
     _check_credit_packages(settings.credit_packages, settings.signup_credits)
     _check_payments(settings.payments)
     _check_egress_proxy(settings.egress_proxy)
+    if settings.otel_traces_endpoint and urlsplit(settings.otel_traces_endpoint).scheme not in ("http", "https"):
+        # Not echoed: a collector's URL may carry credentials.
+        raise SettingsError("otel_traces_endpoint must be an http:// or https:// URL (or empty for no tracing)")
+    if settings.otel_traces_endpoint and not urlsplit(settings.otel_traces_endpoint).hostname:
+        raise SettingsError("otel_traces_endpoint must name a host")
+    if settings.otel_traces_endpoint and importlib.util.find_spec("opentelemetry.sdk") is None:
+        raise SettingsError("otel_traces_endpoint needs OpenTelemetry's SDK: pip install 'tollway[otel]'")
     _decimal(settings.function_invocation_credits, "function_invocation_credits")
     try:
         credits_to_micro(settings.function_invocation_credits)
@@ -590,7 +602,7 @@ SECRET_FIELDS = frozenset(
 )
 MASK = "********"
 # Settings that hold a URL without ending in _url: shown with their password masked, like *_url.
-URL_SECRET_FIELDS = frozenset({"egress_proxy"})
+URL_SECRET_FIELDS = frozenset({"egress_proxy", "otel_traces_endpoint"})
 
 
 def _mask_url(url: str) -> str:

@@ -35,6 +35,7 @@ from billing.shielding import Cancellation, shielded
 from billing.webhooks import enqueue, rate_limit_event, spending_limit_event
 from gateway.catalog import CatalogModel
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable
+from gateway.request_id import CURRENT
 from gateway.routing import CallDeadline, ProviderPreferences, attempts, backoff_s
 from gateway.state import GatewayState
 from keys.chain import RequestFacts, authenticate, authorize_models
@@ -285,6 +286,8 @@ class Admission:
     async def __aenter__(self) -> Admission:
         started = time.perf_counter()
         state = self.state
+        if state.telemetry.tracing is not None:
+            state.telemetry.tracing.begin(CURRENT.get()[0])
         try:
             identity = await authenticate(
                 self.headers.get("authorization"), state.keys, self._now, self.facts, state.tokens

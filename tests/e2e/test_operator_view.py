@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -217,3 +218,83 @@ def test_replayed_request_id_is_billed_every_time(gateway: Gateway) -> None:
     assert len(own) == 2
     debits = gateway.debit_counts()
     assert all(debits.get(request_id) == 1 for request_id in own)
+
+
+class _Collector:
+    """An OTLP/HTTP traces receiver on loopback: keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        received: list[Any] = []
+        self.spans = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                export = ExportTraceServiceRequest.FromString(body)
+                for resource in export.resource_spans:
+                    for scope in resource.scope_spans:
+                        received.extend(scope.spans)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _attributes(span: Any) -> dict[str, Any]:
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+
+
+def test_traces_reach_the_collector_with_the_genai_attributes(backend: Backend, fake_openai: FakeOpenAI) -> None:
+    collector = _Collector()
+    settings = gateway_settings(backend, fake_openai, otel_traces_endpoint=collector.url)
+    gw, server = start_gateway(settings, fake_openai)
+    try:
+        answer = chat(gw, headers={"traceparent": TRACEPARENT, "X-Request-Id": "traced-1"})
+        assert answer.status_code == 200
+        sent = gw.fake.received[-1].headers["traceparent"]
+        streamed = chat(gw, stream=True)
+        assert streamed.status_code == 200
+        assert chat(gw, key="prx-" + "0" * 48).status_code == 401
+        gw.settled()
+        records = {r.request_id: r for r in gw.usage_records()}
+    finally:
+        server.stop()  # the app's shutdown exports what the batch processor holds
+        collector.server.shutdown()
+    spans = {_attributes(s).get("tollway.request_id", "refused"): s for s in collector.spans}
+    assert len(collector.spans) == 3 and len(spans) == 3
+
+    traced = spans[answer.headers["x-tollway-request-id"]]
+    attributes = _attributes(traced)
+    record = records[answer.headers["x-tollway-request-id"]]
+    assert traced.name == f"chat {FAKE_MODEL}"
+    assert (
+        traced.trace_id.hex() == TRACEPARENT.split("-")[1] and traced.parent_span_id.hex() == TRACEPARENT.split("-")[2]
+    )
+    # The upstream was sent the gateway's span as its parent.
+    assert sent.split("-")[1:3] == [traced.trace_id.hex(), traced.span_id.hex()]
+    assert attributes["gen_ai.operation.name"] == "chat" and attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.request.model"] == FAKE_MODEL
+    assert attributes["gen_ai.usage.input_tokens"] == record.input_tokens > 0
+    assert attributes["gen_ai.usage.output_tokens"] == record.output_tokens > 0
+    assert (
+        attributes["tollway.credits_micro"] == record.credits_micro
+        and attributes["tollway.correlation_id"] == "traced-1"
+    )
+    # Without a caller's id, Tollway's own is the one answered.
+    assert _attributes(spans[streamed.headers["x-request-id"]])["tollway.streamed"] is True
+    refused = _attributes(spans["refused"])
+    assert (refused["http.response.status_code"], refused["error.type"]) == (401, "invalid_api_key")
+    # Nothing secret went to the collector: not the key, not the upstream's key.
+    everything = b"".join(s.SerializeToString() for s in collector.spans)
+    assert gw.key.encode() not in everything and gw.fake.api_key.encode() not in everything

@@ -15,8 +15,19 @@ REPO = Path(__file__).resolve().parents[2]
 # Each is megabytes of RSS that the ordinary request path never uses: tiktoken and its encodings
 # (counts are rare: billing/tokens.py), Alembic and Mako (a server worker never migrates),
 # maxminddb (only with a country database), httpx's command line (click, rich, pygments), the
-# Stripe library (only when Stripe sells credits).
-DEFERRED = ["tiktoken", "alembic", "mako", "maxminddb", "rich", "pygments", "stripe"]
+# Stripe library (only when Stripe sells credits), OpenTelemetry's tracing SDK and exporter (only
+# with otel_traces_endpoint; redis-py loads the SDK's metrics part by itself when it is installed).
+DEFERRED = [
+    "tiktoken",
+    "alembic",
+    "mako",
+    "maxminddb",
+    "rich",
+    "pygments",
+    "stripe",
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter",
+]
 
 PROGRAM = """
 import json, sys

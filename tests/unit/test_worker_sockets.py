@@ -139,7 +139,8 @@ def test_each_worker_and_its_replacements_serve_their_own_socket(
 
     fake_processes[0].alive = False  # the first worker dies: its replacement takes its socket
     supervisor.keep_subprocess_alive()
-    assert fake_processes[2].sockets == [slots[0]] and supervisor.processes[0] is fake_processes[2]
+    assert fake_processes[2].sockets == [slots[0]]
+    assert supervisor.processes[0] is fake_processes[2]  # type: ignore[comparison-overlap]
 
     supervisor.restart_all()  # SIGHUP: every worker replaced on the same socket
     assert [p.sockets for p in fake_processes[3:]] == [[slots[0]], [slots[1]]]
