@@ -262,7 +262,12 @@ class _Supervisor(Multiprocess):
             self.processes[slot] = new
 
     def handle_ttin(self) -> None:
-        self._slots.append(self._open_slot())
+        try:
+            slot = self._open_slot()
+        except Exception as error:  # e.g. out of file descriptors: the running workers go on
+            _log.error("no socket for another worker: %s", error)
+            return
+        self._slots.append(slot)
         self.processes_num += 1
         self.processes.append(self._process(len(self._slots) - 1))
 

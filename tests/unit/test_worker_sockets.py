@@ -154,6 +154,23 @@ def test_each_worker_and_its_replacements_serve_their_own_socket(
     assert all(sock.fileno() != -1 for sock in slots)
 
 
+def test_a_worker_without_a_socket_is_not_added(
+    fake_processes: list[_FakeProcess], closing: list[socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    slots = [socket.socket() for _ in range(2)]
+    closing.extend(slots)
+    config = server_config(Settings(workers=2), "gateway.app:app_from_environment", workers=2)
+
+    def no_socket() -> socket.socket:
+        raise OSError(24, "Too many open files")
+
+    supervisor = _Supervisor(config, slots, lambda: None, open_slot=no_socket)
+    supervisor.init_processes()
+    supervisor.handle_ttin()
+    assert len(supervisor.processes) == 2 and supervisor.processes_num == 2
+    assert "no socket for another worker" in caplog.text
+
+
 def test_one_shared_socket_is_served_by_every_worker_and_never_closed(
     fake_processes: list[_FakeProcess], closing: list[socket.socket]
 ) -> None:
