@@ -22,6 +22,7 @@ STRING_SAMPLES = {
     "session_secret": "s" * 32,
     "function_invocation_credits": "0.25",
     "egress_proxy": "http://proxy.internal:3128",
+    "otel_traces_endpoint": "http://otel-collector:4318/v1/traces",
     "log_format": "json",
     "metrics_bind": "127.0.0.1:9464",
     "signup_credits": "250",
