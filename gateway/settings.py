@@ -489,10 +489,10 @@ def validate_settings(settings: Settings) -> None:
     # all accounts in one slot or split one account's keys across slots (scripts then fail).
     if "{" in settings.redis_prefix or "}" in settings.redis_prefix:
         raise SettingsError("redis_prefix must not contain { or }: Tollway puts the account in a hash tag")
-    if settings.redis_url.startswith(("redis+cluster://", "rediss+cluster://")) and urlsplit(
-        settings.redis_url
-    ).path.strip("/") not in ("", "0"):
-        raise SettingsError("redis_url: a Redis Cluster has only database 0 (drop the /N from the URL)")
+    if settings.redis_url.startswith(("redis+cluster://", "rediss+cluster://")):
+        first, _others = _cluster_seeds(settings.redis_url)
+        if urlsplit(first).path.strip("/") not in ("", "0"):
+            raise SettingsError("redis_url: a Redis Cluster has only database 0 (drop the /N from the URL)")
     if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise SettingsError(
             "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://, "
@@ -554,6 +554,15 @@ def _check_payments(payments: PaymentSettings) -> None:
         raise SettingsError("payments.lemonsqueezy.store_id is required when checkout_provider is lemonsqueezy")
     if payments.lemonsqueezy.store_id and not payments.lemonsqueezy.store_id.isdigit():
         raise SettingsError("payments.lemonsqueezy.store_id must be the store's number (Settings → Stores)")
+
+
+def _cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    from billing.counters.redis import cluster_seeds
+
+    try:
+        return cluster_seeds(url)
+    except ValueError as error:  # the URL is not echoed: it may carry Redis's password
+        raise SettingsError(f"redis_url: {error} (redis+cluster://host:port,host:port)") from None
 
 
 def _check_egress_proxy(url: str) -> None:

@@ -7,7 +7,8 @@ plain TCP the scripts go out on a pipelined connection of their own
 (:class:`~billing.counters.pipe.ScriptPipe`); everything else goes through redis-py's client.
 
 A ``redis+cluster://`` (or ``rediss+cluster://``) URL selects Redis Cluster: the client learns
-the other nodes from the one named. What differs from one server is kept to three places, so
+the other nodes from the first of the seeds named (``redis+cluster://h1:7000,h2:7000``) that
+answers, so one node down at startup does not stop a gateway. What differs from one server is kept to three places, so
 the single-server path does no extra work per call: the script batcher splits each batch by
 node (:class:`ClusterScriptBatcher`), a script the node has not seen is loaded on every primary,
 and the settlement streams are found by scanning each primary (one ``SCAN`` sees one node).
@@ -20,10 +21,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.counters._base import (
@@ -199,11 +208,41 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEMES)
 
 
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster URL's first seed as a plain ``redis://`` URL (credentials, TLS and options kept),
+    and the further seeds of ``host:port,host:port`` as (host, port) pairs (port 6379 if none).
+    Raises ValueError on a seed without a host or with a port that is not a number."""
+    scheme, _, rest = url.replace("+cluster://", "://", 1).partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    seeds = [_seed(host) for host in hosts.split(",")]
+    first_host, first_port = seeds[0]
+    first = f"[{first_host}]" if ":" in first_host else first_host
+    return f"{scheme}://{userinfo}{at}{first}:{first_port}{tail}", seeds[1:]
+
+
+def _seed(text: str) -> tuple[str, int]:
+    text = text.strip()
+    if text.startswith("["):  # [IPv6]:port
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = text.partition(":")
+    if not host:
+        raise ValueError("a Redis Cluster seed without a host")
+    if port and not port.isdigit():
+        raise ValueError("a Redis Cluster seed's port must be a number")
+    return host, int(port) if port else 6379
+
+
 # A server that answers but refuses to write: full (at ``maxmemory`` with ``noeviction``), a
 # replica since a failover, a master that lost its replicas. It refuses a script at its first
 # write, so none of it ran: treated as a server out of reach (money checks fail closed, a
 # settlement goes to the database), not as a bug (a 500, and a settlement lost).
-_REFUSING = (OutOfMemoryError, ReadOnlyError, MasterDownError)
+# CLUSTERDOWN (slots without a master, until a failover) is the same for a cluster.
+_REFUSING = (OutOfMemoryError, ReadOnlyError, MasterDownError, ClusterDownError)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -369,10 +408,12 @@ class RedisCounterStore:
         """Build from a URL (``redis+cluster://`` for a cluster); connects lazily. Short timeouts
         so a dead Redis fails fast."""
         if is_cluster_url(url):
+            first, others = cluster_seeds(url)
             # max_connections is per node in a cluster client.
             return cls(
                 RedisCluster.from_url(
-                    url.replace("+cluster://", "://", 1),
+                    first,
+                    startup_nodes=[ClusterNode(host, port) for host, port in others] or None,
                     socket_timeout=2,
                     socket_connect_timeout=2,
                     max_connections=max_connections,
@@ -392,8 +433,13 @@ class RedisCounterStore:
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await operation()
-        except (RedisConnectionError, RedisTimeoutError, OSError, *_REFUSING) as error:
+        except (*_UNREACHABLE, *_REFUSING) as error:
             raise CounterStoreUnavailable(f"redis unavailable: {type(error).__name__}") from error
+        except RedisClusterException as error:
+            # redis-py's word for "no seed answered" (not a RedisError); any other is a bug.
+            if not isinstance(error.__cause__, _UNREACHABLE):
+                raise
+            raise CounterStoreUnavailable("redis unavailable: no cluster node reachable") from error
 
     async def apply(self, checks: Sequence[Check], hold: Hold | None = None) -> ApplyResult:
         if not checks:

@@ -85,6 +85,18 @@ def test_startup_unreachable_redis_is_one_line(tmp_path: Path) -> None:
     assert result.stdout == ""  # no banner, no key
 
 
+def test_startup_unreachable_redis_cluster_is_one_line(tmp_path: Path) -> None:
+    """Every seed of a cluster URL closed: redis-py's own exception (not a RedisError) is still
+    the one line, not a traceback."""
+    closed, also_closed = free_port(), free_port()
+    url = f"redis+cluster://:r3dis-pw@127.0.0.1:{closed},127.0.0.1:{also_closed}"
+    result = serve_failing(tmp_path, TOLLWAY_PORT=str(free_port()), TOLLWAY_REDIS_URL=url)
+    assert result.returncode == STARTUP_FAILURE
+    line = one_line(result)
+    assert "cannot reach Redis" in line and f"127.0.0.1:{closed}" in line
+    assert "r3dis-pw" not in result.stderr + result.stdout
+
+
 def test_startup_bad_log_level_is_one_line(tmp_path: Path) -> None:
     result = serve_failing(tmp_path, TOLLWAY_PORT=str(free_port()), TOLLWAY_LOG_LEVEL="loud")
     assert result.returncode == 2

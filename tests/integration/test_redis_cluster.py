@@ -19,14 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from billing.counters import Adjust, Enqueue, RedisCounterStore, account_key
+from billing.counters import Adjust, CounterStoreUnavailable, Enqueue, RedisCounterStore, account_key
 from billing.counters.redis import ScriptBatcher
 from billing.layout import CounterKeys
 from billing.writer import SettlementWriter
 from gateway.db import create_engine, create_sessionmaker
 from tests.fakes.gateway_fixtures import ADMIN_TOKEN
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.redis_cluster import RedisCluster, delete_prefix
+from tests.fakes.redis_cluster import RedisCluster, delete_prefix, free_ports
 from tests.fakes.servers import ThreadedServer
 from tests.integration import test_two_processes as two_processes
 from tests.integration.test_two_processes import _all_ledger, auth, reconciles, start_gateways, stop, wait_refused
@@ -339,3 +339,23 @@ def test_redis_cluster_a_killed_process_does_not_hold_credits_forever(
         )
     finally:
         asyncio.run(delete_prefix(redis_cluster_url, redis_prefix))
+
+
+async def test_redis_cluster_a_dead_first_seed_is_passed_over(redis_cluster: RedisCluster, redis_prefix: str) -> None:
+    """``redis+cluster://a,b``: a gateway starting while the first seed is down learns the
+    cluster from the next; named alone, the dead seed fails closed."""
+    (dead,) = free_ports(1)
+    key = account_key(redis_prefix, 1, "balance")
+    seeded = RedisCounterStore.from_url(
+        f"redis+cluster://127.0.0.1:{dead},127.0.0.1:{redis_cluster.ports[1]}", prefix=redis_prefix
+    )
+    alone = RedisCounterStore.from_url(f"redis+cluster://127.0.0.1:{dead}", prefix=redis_prefix)
+    try:
+        await seeded.ping()
+        await seeded.adjust([Adjust(key, "bal", 5)])
+        assert await seeded.get(key, "bal") == 5
+        with pytest.raises(CounterStoreUnavailable):
+            await alone.ping()
+    finally:
+        await seeded.close()
+        await alone.close()
