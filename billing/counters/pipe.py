@@ -14,6 +14,10 @@ What it does not do, on purpose:
   fails every batch in flight (``ConnectionError`` / ``TimeoutError``, which the store turns into
   :class:`~billing.counters.CounterStoreUnavailable`: money checks fail closed) and the next
   batch connects again.
+- Wait for a dead peer to be noticed by the next batch alone. An idle connection whose server
+  vanished without a FIN (a host lost, a NAT entry expired) would fail the next batch only after
+  its timeout; TCP keepalive (first probe after :data:`KEEPALIVE_IDLE_S` idle) closes it
+  beforehand, so that batch connects again at once.
 - Anything but plain TCP: :meth:`ScriptPipe.for_client` answers ``None`` for TLS, unix
   sockets, credential providers, RESP3 or decoded replies, and the batcher keeps using
   redis-py's pipeline for those (and for Redis Cluster).
@@ -22,6 +26,7 @@ What it does not do, on purpose:
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -41,6 +46,25 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# TCP keepalive of the pipe's connection: probes after this long idle, then every
+# KEEPALIVE_INTERVAL_S, and the connection is dropped after KEEPALIVE_PROBES unanswered ones.
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_PROBES = 3
+
+
+def keep_alive(sock: Any) -> None:
+    """TCP keepalive on ``sock`` (where the platform has the knobs; Linux and macOS do)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
 
 # The classes redis-py's parser gives the error codes a script call can meet on one server (it
 # drops the code from the message of these and of ERR). What matters to the store: NOSCRIPT is
@@ -100,6 +124,9 @@ class _PipeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP transport; uvloop's does not derive from asyncio.Transport, so no isinstance.
         self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            keep_alive(sock)
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader

@@ -32,7 +32,7 @@ from billing.counters import (
     account_key,
     settlement_stream,
 )
-from billing.counters.pipe import ScriptPipe
+from billing.counters.pipe import KEEPALIVE_IDLE_S, KEEPALIVE_PROBES, ScriptPipe
 
 
 async def _forget(redis_url: str, prefix: str) -> None:
@@ -438,6 +438,25 @@ async def test_redis_pipe_refused_password_fails_closed_and_sends_no_script() ->
             await store.close()
 
 
+async def test_redis_pipe_probes_an_idle_connection(redis_url: str, redis_prefix: str) -> None:
+    """TCP keepalive: a server gone without a word is found while the pipe idles, not by the next
+    batch's timeout (which fails its calls)."""
+    store = RedisCounterStore.from_url(redis_url, prefix=redis_prefix)
+    try:
+        await store.adjust([Adjust(account_key(redis_prefix, 1, "balance"), "bal", 1)])
+        assert store._pipe is not None and store._pipe._protocol is not None
+        transport = store._pipe._protocol._transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_S
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_PROBES
+    finally:
+        await store.close()
+        await _forget(redis_url, redis_prefix)
+
+
 def test_redis_pipe_only_for_plain_tcp() -> None:
     """TLS, unix sockets and decoded replies keep redis-py's pipeline; so does a cluster."""
     assert ScriptPipe.for_client(aioredis.Redis.from_url("redis://127.0.0.1:6379/2")) is not None
@@ -500,6 +519,7 @@ _ON_UVLOOP: dict[str, Callable[[str, str], Coroutine[Any, Any, None]]] = {
     "late-reply": lambda url, prefix: test_redis_pipe_never_hands_a_late_reply_to_a_later_call(),
     "auth": lambda url, prefix: test_redis_pipe_sends_auth_and_select_before_any_script(),
     "closed": lambda url, prefix: test_redis_pipe_close_fails_the_calls_in_flight(),
+    "keepalive": test_redis_pipe_probes_an_idle_connection,
 }
 
 
