@@ -16,8 +16,9 @@ model, the provider, the token counts, the status and Tollway's own ids and cred
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from billing.ledger import Settlement
 from providers.http import FORWARDED
@@ -66,7 +67,7 @@ class Tracing:
         self,
         endpoint: str,
         service_name: str,
-        provider_kind: Any,
+        provider_kind: Callable[[str], str],
         exporter: SpanExporter | None = None,
     ) -> None:
         # Imported here: a gateway without tracing never loads the SDK.
