@@ -444,13 +444,7 @@ def validate_settings(settings: Settings) -> None:
     _check_credit_packages(settings.credit_packages, settings.signup_credits)
     _check_payments(settings.payments)
     _check_egress_proxy(settings.egress_proxy)
-    if settings.otel_traces_endpoint and urlsplit(settings.otel_traces_endpoint).scheme not in ("http", "https"):
-        # Not echoed: a collector's URL may carry credentials.
-        raise SettingsError("otel_traces_endpoint must be an http:// or https:// URL (or empty for no tracing)")
-    if settings.otel_traces_endpoint and not urlsplit(settings.otel_traces_endpoint).hostname:
-        raise SettingsError("otel_traces_endpoint must name a host")
-    if settings.otel_traces_endpoint and importlib.util.find_spec("opentelemetry.sdk") is None:
-        raise SettingsError("otel_traces_endpoint needs OpenTelemetry's SDK: pip install 'tollway[otel]'")
+    _check_otel_endpoint(settings.otel_traces_endpoint)
     _decimal(settings.function_invocation_credits, "function_invocation_credits")
     try:
         credits_to_micro(settings.function_invocation_credits)
@@ -563,6 +557,19 @@ def _cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
         return cluster_seeds(url)
     except ValueError as error:  # the URL is not echoed: it may carry Redis's password
         raise SettingsError(f"redis_url: {error} (redis+cluster://host:port,host:port)") from None
+
+
+def _check_otel_endpoint(url: str) -> None:
+    if not url:
+        return
+    parts = urlsplit(url)
+    # The URL itself is never echoed: a collector's URL may carry credentials.
+    if parts.scheme not in ("http", "https"):
+        raise SettingsError("otel_traces_endpoint must be an http:// or https:// URL (or empty for no tracing)")
+    if not parts.hostname:
+        raise SettingsError("otel_traces_endpoint must name a host")
+    if importlib.util.find_spec("opentelemetry.sdk") is None:
+        raise SettingsError("otel_traces_endpoint needs OpenTelemetry's SDK: pip install 'tollway[otel]'")
 
 
 def _check_egress_proxy(url: str) -> None:
