@@ -56,6 +56,14 @@ _PROVIDER_NAMES = {
 }
 
 
+def _take_span() -> Span | None:
+    """The call's span, once: a second end finds none."""
+    span = _CURRENT_SPAN.get()
+    if span is not None:
+        _CURRENT_SPAN.set(None)
+    return span
+
+
 def operation_of(route: str) -> str:
     return _OPERATIONS.get(route, "generate_content")
 
@@ -106,10 +114,9 @@ class Tracing:
 
     def finished(self, settlement: Settlement, route: str, request_id: str) -> None:
         """The call's usage record is settled: the span ends with what it came to."""
-        span = _CURRENT_SPAN.get()
+        span = _take_span()
         if span is None:
             return
-        _CURRENT_SPAN.set(None)
         span.update_name(f"{operation_of(route)} {settlement.model}")
         usage = settlement.usage
         attributes: dict[str, str | int | bool] = {
@@ -133,10 +140,9 @@ class Tracing:
 
     def refused(self, status: int, code: str, model: str, route: str) -> None:
         """The call was refused before a provider was asked (at the door or later)."""
-        span = _CURRENT_SPAN.get()
+        span = _take_span()
         if span is None:
             return
-        _CURRENT_SPAN.set(None)
         attributes: dict[str, str | int | bool] = {"http.response.status_code": status}
         if model:
             attributes["gen_ai.request.model"] = model
