@@ -8,10 +8,11 @@ plain TCP the scripts go out on a pipelined connection of their own
 
 A ``redis+cluster://`` (or ``rediss+cluster://``) URL selects Redis Cluster: the client learns
 the other nodes from the first of the seeds named (``redis+cluster://h1:7000,h2:7000``) that
-answers, so one node down at startup does not stop a gateway. What differs from one server is kept to three places, so
-the single-server path does no extra work per call: the script batcher splits each batch by
-node (:class:`ClusterScriptBatcher`), a script the node has not seen is loaded on every primary,
-and the settlement streams are found by scanning each primary (one ``SCAN`` sees one node).
+answers, so one node down at startup does not stop a gateway. What differs from one server is
+kept to three places, so the single-server path does no extra work per call: the script batcher
+splits each batch by node (:class:`ClusterScriptBatcher`), a script the node has not seen is
+loaded on every primary, and the settlement streams are found by scanning each primary (one
+``SCAN`` sees one node).
 """
 
 from __future__ import annotations
